@@ -1,0 +1,1 @@
+"""Commands `simulate`, `hysteresis` and `reproduce` (filled in by the router engine work)."""

@@ -1,0 +1,83 @@
+"""Atomic file output: write to a temporary file in the same folder, then rename.
+
+A killed process leaves either the old file or the new one, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "OutputError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_writable_dir",
+    "check_writable_file",
+]
+
+
+class OutputError(ValueError):
+    """An output path cannot be written. ``.option`` names the argument that gave it."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"{option}: {message}")
+        self.option = option
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def check_writable_dir(option: str, path: str | os.PathLike) -> Path:
+    """Create ``path`` (with parents) if needed and check that files can be created in it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(option, f"cannot create folder {str(path)!r}: {e.strerror}") from None
+    if not path.is_dir():
+        raise OutputError(option, f"{str(path)!r} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".moebif-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(option, f"folder {str(path)!r} is not writable: {e.strerror}") from None
+    return path
+
+
+def check_writable_file(option: str, path: str | os.PathLike) -> Path:
+    """Check that ``path`` can be written (its folder exists and is writable; not a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(option, f"{str(path)!r} is a folder, not a file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(option, f"folder {str(parent)!r} does not exist")
+    check_writable_dir(option, parent)
+    return path

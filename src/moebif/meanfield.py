@@ -1,0 +1,149 @@
+"""Mean-field ODEs of the adaptive router: eq. (3)/(8), r_i' = a p_i(r) - gamma r_i + b_i, and
+its two-expert reduction (6), y' = a tanh(y/2T) - gamma y + h.
+
+Time is the ODE time ``t = n eta`` (n counts router steps). The softmax is evaluated with the
+log-sum-exp shift, so scores far beyond ``r/T ~ 1e3`` neither overflow nor produce NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .params import ParameterError, RouterParams
+from .theory import load
+
+__all__ = ["jacobian", "softmax", "solve_meanfield", "uniform_state", "vector_field"]
+
+
+def softmax(r, T: float):
+    """``p_i = exp(r_i/T) / sum_j exp(r_j/T)`` along the last axis, eq. (1)/(8), overflow-free."""
+    z = np.asarray(r, dtype=float) / T
+    z = z - np.max(z, axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def _drift_vector(params: RouterParams, b) -> np.ndarray:
+    if b is None:
+        return params.b
+    b = np.asarray(b, dtype=float)
+    if b.shape != (params.n_experts,):
+        raise ParameterError(
+            "b", f"must have shape ({params.n_experts},) for n_experts={params.n_experts}, "
+            f"got {b.shape}"
+        )
+    if not np.all(np.isfinite(b)):
+        raise ParameterError("b", "must be finite")
+    return b
+
+
+def vector_field(r, params: RouterParams, b=None):
+    """Right-hand side of eq. (8), ``a p(r) - gamma r + b``; ``r`` has shape ``(..., N)``.
+
+    ``b`` defaults to ``params.b = (h/2, -h/2, 0, ..., 0)``.
+    """
+    p = params
+    r = np.asarray(r, dtype=float)
+    return p.a * softmax(r, p.T) - p.gamma * r + _drift_vector(p, b)
+
+
+def jacobian(r, params: RouterParams):
+    """Analytic Jacobian of eq. (8) at ``r`` (shape ``(N,)``): ``(a/T)(diag p - p p^T) - gamma I``.
+
+    It is symmetric: (8) is the gradient flow of
+    ``V(r) = gamma |r|^2 / 2 - a T logsumexp(r/T) - b.r``.
+    """
+    p = params
+    pr = softmax(np.asarray(r, dtype=float), p.T)
+    return p.a / p.T * (np.diag(pr) - np.outer(pr, pr)) - p.gamma * np.eye(pr.size)
+
+
+def uniform_state(params: RouterParams) -> np.ndarray:
+    """The uniform equilibrium ``r_i = a / (N gamma)`` of (8) with ``b = 0``, shape ``(N,)``."""
+    return np.full(params.n_experts, params.a / (params.n_experts * params.gamma))
+
+
+def solve_meanfield(
+    params: RouterParams,
+    t,
+    y0=0.0,
+    *,
+    h: Callable[[float], float] | None = None,
+    b=None,
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+    method: str = "DOP853",
+):
+    """Integrate the mean-field ODE and return the load on the caller's time grid.
+
+    **Arguments:**
+
+    - ``params``: router parameters. For ``n_experts == 2`` the reduced equation (6) is solved.
+    - ``t``: increasing ODE times (``t = n eta``), shape ``(K,)``; the state at ``t[0]`` is ``y0``.
+    - ``y0``: initial score difference ``y = r1 - r2`` (two experts), or the initial score vector
+      ``r0`` of shape ``(N,)`` (N experts; a scalar means the uniform state shifted by nothing).
+    - ``h``: optional time-varying skew ``h(t)`` replacing ``params.h`` (two experts, or N experts
+      with ``b = (h/2, -h/2, 0, ...)``).
+    - ``b``: explicit drift vector for N experts (constant in time).
+
+    **Returns:** for two experts ``u(t) = tanh(y(t)/2T)``, shape ``(K,)``; for N experts the loads
+    ``p(r(t))``, shape ``(K, N)``.
+    """
+    p = params
+    t = np.asarray(t, dtype=float)
+    if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)):
+        raise ParameterError("t", "must be a non-empty 1-d array of finite times")
+    if t.size > 1 and np.any(np.diff(t) <= 0):
+        raise ParameterError("t", "must be strictly increasing")
+
+    if p.n_experts == 2 and b is None:
+        y0 = float(np.asarray(y0, dtype=float).reshape(-1)[0] if np.ndim(y0) else y0)
+        if h is None:
+
+            def rhs(_t, y):
+                return p.a * np.tanh(y / (2.0 * p.T)) - p.gamma * y + p.h
+        else:
+
+            def rhs(_t, y):
+                return p.a * np.tanh(y / (2.0 * p.T)) - p.gamma * y + h(_t)
+
+        def jac(_t, y):
+            q = y[0] / (2.0 * p.T)
+            return np.array([[p.a / (2.0 * p.T) / np.cosh(min(abs(q), 350.0)) ** 2 - p.gamma]])
+
+        y = _integrate(rhs, jac, t, np.array([y0]), rtol, atol, method)
+        return load(y[:, 0], p.T)
+
+    n = p.n_experts
+    r0 = np.asarray(y0, dtype=float)
+    r0 = np.full(n, float(r0)) if r0.ndim == 0 else r0
+    if r0.shape != (n,):
+        raise ParameterError("y0", f"must be a scalar or a vector of shape ({n},), got {r0.shape}")
+    bvec = _drift_vector(p, b)
+    e12 = np.zeros(n)
+    e12[0], e12[1] = 0.5, -0.5
+
+    def rhs_n(_t, r):
+        bb = bvec if h is None else e12 * h(_t)
+        return p.a * softmax(r, p.T) - p.gamma * r + bb
+
+    def jac_n(_t, r):
+        return jacobian(r, p)
+
+    r = _integrate(rhs_n, jac_n, t, r0, rtol, atol, method)
+    return softmax(r, p.T)
+
+
+def _integrate(rhs, jac, t, x0, rtol, atol, method):
+    from scipy.integrate import solve_ivp  # lazy: keeps `import moebif` fast
+    if t.size == 1:
+        return x0[None, :].copy()
+    kwargs = {"jac": jac} if method in ("Radau", "BDF", "LSODA") else {}
+    sol = solve_ivp(
+        rhs, (t[0], t[-1]), x0, method=method, t_eval=t, rtol=rtol, atol=atol, **kwargs
+    )
+    if not sol.success:
+        raise RuntimeError(f"mean-field integration failed: {sol.message}")
+    return sol.y.T

@@ -1,0 +1,161 @@
+"""Symmetric equilibria of the N-expert mean-field router, eq. (8) with b = 0.
+
+Eq. (8), ``r' = a p(r) - gamma r``, is the gradient flow of
+``V(r) = gamma |r|^2 / 2 - a T logsumexp(r / T)``. Besides the uniform state it has "m winners,
+N - m losers" equilibria: ``gamma r_w = a p_w``, ``gamma r_l = a p_l`` with score gap
+``d = (r_w - r_l) / T > 0``, which gives
+
+    a / (gamma T) = g_m(d) = d (m e^d + N - m) / (e^d - 1).
+
+``g_m(0+) = N`` (the linear threshold (10)) and ``g_m(d) ~ N + (m - N/2) d`` for small d, so for
+``m < N/2`` the branch bends back below ``N`` and is born in a saddle-node at
+``min_d g_m(d) < N``. For ``m = 1`` the upper part of that branch is the collapsed state: stable
+for ``a > a_SN = gamma T min_d g_1(d)``, while the uniform state is still linearly stable up to
+``a = N gamma T``. Between the two the balanced router is only metastable.
+
+Stability along every branch is decided by the eigenvalues of the full (symmetric) Jacobian.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .meanfield import jacobian, softmax
+from .params import RouterParams, check_positive
+
+__all__ = [
+    "SymmetricEquilibrium",
+    "branch_ratio",
+    "collapse_threshold",
+    "regime",
+    "saddle_node_gap",
+    "symmetric_equilibria",
+]
+
+NRegime = Literal["balanced", "metastable", "collapsing"]
+
+
+def branch_ratio(d, n_experts: int, winners: int):
+    """``g_m(d) = d (m e^d + N - m) / (e^d - 1)``, the value of ``a / (gamma T)`` on the branch with
+    ``m`` winners at score gap ``d > 0`` (overflow-free form; vectorised over ``d``)."""
+    d = np.asarray(d, dtype=float)
+    em = np.exp(-d)
+    # d / (1 - e^-d) = d / -expm1(-d); at d -> 0 the limit is N
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = d * (winners + (n_experts - winners) * em) / -np.expm1(-d)
+    return np.where(d == 0.0, float(n_experts), out)
+
+
+def saddle_node_gap(n_experts: int, winners: int = 1) -> tuple[float, float]:
+    """``(d_SN, g_m(d_SN))``: the score gap and ``a / (gamma T)`` at the fold of branch ``m``.
+
+    Only branches with ``m < N/2`` fold back below the linear threshold; for the others the
+    minimum is at ``d -> 0`` and ``(0, N)`` is returned.
+    """
+    n, m = n_experts, winners
+    if not 1 <= m < n:
+        raise ValueError(f"winners: must be in 1..{n - 1}, got {m}")
+    if 2 * m >= n:
+        return 0.0, float(n)
+    from scipy.optimize import minimize_scalar
+    res = minimize_scalar(
+        lambda d: float(branch_ratio(d, n, m)), bounds=(1e-9, 4.0 * math.log(n) + 20.0),
+        method="bounded", options={"xatol": 1e-12},
+    )
+    return float(res.x), float(res.fun)
+
+
+def collapse_threshold(n_experts: int, gamma: float, T: float) -> float:
+    """``a_SN``: the smallest ``a`` at which a stable collapsed (one-winner) state exists.
+
+    Equals ``2 gamma T`` for two experts (the pitchfork); for ``N >= 3`` it is the saddle-node of
+    the one-winner branch, below the linear threshold ``N gamma T`` (about ``3.22 gamma T`` for
+    ``N = 4``).
+    """
+    gamma = check_positive("gamma", gamma)
+    T = check_positive("T", T)
+    if n_experts == 2:
+        return 2.0 * gamma * T
+    return gamma * T * saddle_node_gap(n_experts, 1)[1]
+
+
+def regime(params: RouterParams) -> NRegime:
+    """``balanced`` (a < a_SN: uniform state the only stable one), ``metastable``
+    (a_SN <= a < N gamma T: uniform and collapsed states both stable), ``collapsing``
+    (a >= N gamma T: uniform state unstable)."""
+    p = params
+    if p.a >= p.critical_a:
+        return "collapsing"
+    return "metastable" if p.a >= collapse_threshold(p.n_experts, p.gamma, p.T) else "balanced"
+
+
+@dataclass(frozen=True, slots=True)
+class SymmetricEquilibrium:
+    """An equilibrium of (8) with ``m`` winners (``m = 0``: the uniform state)."""
+
+    winners: int
+    gap: float  # d = (r_w - r_l) / T
+    r: np.ndarray  # scores, shape (N,), winners first
+    max_load: float
+    eigenvalue: float  # largest eigenvalue of the Jacobian
+    stable: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "winners": self.winners,
+            "gap": self.gap,
+            "max_load": self.max_load,
+            "eigenvalue": self.eigenvalue,
+            "stable": self.stable,
+        }
+
+
+def _equilibrium(params: RouterParams, m: int, d: float) -> SymmetricEquilibrium:
+    p, n = params, params.n_experts
+    z = np.zeros(n)
+    z[:m] = d
+    pr = softmax(z, 1.0)
+    r = p.a * pr / p.gamma
+    lam = float(np.linalg.eigvalsh(jacobian(r, p))[-1])
+    return SymmetricEquilibrium(
+        winners=m, gap=float(d), r=r, max_load=float(pr.max()), eigenvalue=lam, stable=lam < 0.0
+    )
+
+
+def symmetric_equilibria(params: RouterParams) -> list[SymmetricEquilibrium]:
+    """The uniform state and every "m winners" equilibrium of (8) at ``b = 0``, ``h = 0``.
+
+    Sorted by ``(m, d)``. Roots of ``g_m(d) = a / (gamma T)`` are bracketed on each monotone piece
+    of ``g_m`` (split at its minimum) and refined with Brent's method.
+    """
+    p, n = params, params.n_experts
+    if p.h != 0.0:
+        raise ValueError("h: symmetric equilibria need h = 0")
+    from scipy.optimize import brentq
+
+    target = p.a / (p.gamma * p.T)
+    out = [_equilibrium(p, 0, 0.0)]
+    for m in range(1, n):
+        d_sn, g_sn = saddle_node_gap(n, m)
+
+        def f(d, m=m):
+            return float(branch_ratio(d, n, m)) - target
+
+        gaps = []
+        # falling piece (0, d_sn): g from N down to g_sn
+        if d_sn > 0.0 and g_sn < target < n:
+            gaps.append(brentq(f, 1e-300, d_sn, xtol=1e-15, rtol=4 * np.finfo(float).eps))
+        # rising piece (d_sn, inf): g from g_sn to infinity (~ m d)
+        if target > g_sn:
+            hi = max(d_sn, 1.0)
+            while f(hi) < 0.0:
+                hi *= 2.0
+            lo = max(d_sn, 1e-300)
+            if f(lo) < 0.0:
+                gaps.append(brentq(f, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps))
+        out.extend(_equilibrium(p, m, d) for d in sorted(gaps))
+    return out
