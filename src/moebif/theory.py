@@ -56,6 +56,22 @@ Regime = Literal["balanced", "bistable", "biased"]
 _EPS = np.finfo(float).eps
 
 
+def _tanh_series_coefficients(n: int) -> tuple[float, ...]:
+    """Taylor coefficients c_k of tanh x = sum_k c_k x^(2k+1), from tanh' = 1 - tanh^2:
+    (2k+1) c_k = -sum_{i+j=k-1} c_i c_j, computed exactly with fractions."""
+    from fractions import Fraction
+
+    c = [Fraction(1)]
+    for k in range(1, n):
+        c.append(-sum(c[i] * c[k - 1 - i] for i in range(k)) / (2 * k + 1))
+    return tuple(float(x) for x in c)
+
+
+# tanh q - q by its series for |q| < 1/2 (radius pi/2: 24 terms leave < 1e-19 relative)
+_TANH_C = _tanh_series_coefficients(24)
+_SERIES_Q = 0.5
+
+
 # ----------------------------------------------------------------------------------------------
 # load map (7)
 
@@ -76,6 +92,29 @@ def score_gap(u, T: float):
 # drift (6), its derivatives (15), potential (12)
 
 
+def _tanh_minus_id(q):
+    """``tanh q - q`` without cancellation near ``q = 0`` (vectorised)."""
+    q = np.asarray(q, dtype=float)
+    small = np.abs(q) < _SERIES_Q
+    x = np.where(small, q, 0.0)
+    x2 = x * x
+    acc = np.zeros_like(x)
+    for ck in reversed(_TANH_C[1:]):  # Horner in x^2, from c_1 x^3 on
+        acc = acc * x2 + ck
+    series = acc * x2 * x
+    return np.where(small, series, np.tanh(np.where(small, 1.0, q)) - q)
+
+
+def _tanh_minus_id_scalar(q: float) -> float:
+    if abs(q) >= _SERIES_Q:
+        return math.tanh(q) - q
+    x2 = q * q
+    acc = 0.0
+    for ck in reversed(_TANH_C[1:]):
+        acc = acc * x2 + ck
+    return acc * x2 * q
+
+
 def _sech2(q):
     # 1/cosh^2 without overflow: cosh overflows near |q| = 710, where sech^2 is 0 anyway
     with np.errstate(over="ignore"):
@@ -85,14 +124,24 @@ def _sech2(q):
 def drift(y, params: RouterParams):
     """Drift ``F(y) = a tanh(y/2T) - gamma y + h`` of the reduced system, eq. (6)."""
     p = params
-    y = np.asarray(y, dtype=float)
-    return p.a * np.tanh(y / (2.0 * p.T)) - p.gamma * y + p.h
+    q = np.asarray(y, dtype=float) / (2.0 * p.T)
+    c = 2.0 * p.gamma * p.T
+    # near q = 0 write a tanh q - c q = (a - c) q + a (tanh q - q): the two large terms that
+    # cancel at the cusp (a ~ c) are never formed
+    near = (p.a - c) * q + p.a * _tanh_minus_id(q)
+    far = p.a * np.tanh(q) - c * q
+    return np.where(np.abs(q) < _SERIES_Q, near, far) + p.h
 
 
 def drift_dy(y, params: RouterParams):
     """``F_y = (a / 2T) sech^2(y/2T) - gamma``, eq. (15): the eigenvalue at an equilibrium."""
     p = params
-    return p.a / (2.0 * p.T) * _sech2(np.asarray(y, dtype=float) / (2.0 * p.T)) - p.gamma
+    q = np.asarray(y, dtype=float) / (2.0 * p.T)
+    t2 = np.tanh(q) ** 2
+    # sech^2 = 1 - tanh^2: (a - 2 gamma T)/2T - (a/2T) tanh^2 q has no cancellation near the cusp
+    near = (p.a - 2.0 * p.gamma * p.T) / (2.0 * p.T) - p.a / (2.0 * p.T) * t2
+    far = p.a / (2.0 * p.T) * _sech2(q) - p.gamma
+    return np.where(t2 < 0.5, near, far)
 
 
 def drift_dyy(y, params: RouterParams):
@@ -150,7 +199,7 @@ def _shcosh_minus_q(q):
     direct = 0.5 * np.sinh(np.where(np.abs(q) < 0.5, 0.0, 2.0 * q)) - q
     x = 2.0 * np.where(np.abs(q) < 0.5, q, 0.0)
     x2 = x * x
-    term = x**3 / 12.0  # k = 1: x^3 / (2 * 3!)
+    term = x * x2 / 12.0  # k = 1: x^3 / (2 * 3!)
     series = term.copy()
     for k in range(2, 14):
         term = term * x2 / ((2 * k) * (2 * k + 1))
@@ -224,7 +273,9 @@ class Equilibrium:
 
 
 def _scaled_drift(q: float, a: float, c: float, h: float) -> float:
-    # F in terms of q = y/2T: a tanh q - 2 gamma T q + h, with c = 2 gamma T
+    # F in terms of q = y/2T: a tanh q - 2 gamma T q + h, with c = 2 gamma T (see drift())
+    if abs(q) < _SERIES_Q:
+        return (a - c) * q + a * _tanh_minus_id_scalar(q) + h
     return a * math.tanh(q) - c * q + h
 
 
@@ -250,7 +301,7 @@ def _root(lo: float, hi: float, a: float, c: float, h: float) -> float:
         else:
             pos = x
         t = math.tanh(x)
-        dfx = a * (1.0 - t * t) - c
+        dfx = (a - c) - a * t * t
         x_new = x - fx / dfx if dfx != 0.0 else math.nan
         left, right = min(neg, pos), max(neg, pos)
         if not left < x_new < right:  # also catches NaN
@@ -283,6 +334,8 @@ def equilibria(params: RouterParams) -> list[Equilibrium]:
     c = 2.0 * p.gamma * T
     # every root has |a tanh q| <= a, so it lies in [(h - a)/c, (h + a)/c]; F(lo) >= 0 >= F(hi)
     lo, hi = (h - a) / c, (h + a) / c
+    pad = 1e-9 * (abs(lo) + abs(hi) + 1.0)  # rounding in lo, hi must not flip F's sign there
+    lo, hi = lo - pad, hi + pad
     H = hysteresis_halfwidth(a, p.gamma, T) if a > c else 0.0
     # F is evaluated with an absolute rounding error of a few eps * (|a| + |c q| + |h|)
     band = 16.0 * _EPS * (a + abs(h) + abs(lo) * c + abs(hi) * c)

@@ -1,0 +1,111 @@
+"""The `moebif` command's contract (SPEC section 4): JSON fields, exit code 2 on bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from moebif import RouterParams, equilibria, hysteresis_halfwidth
+from moebif.cli import main
+
+
+def run(capsys, *args):
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_theory_json_fields(capsys):
+    code, out, err = run(capsys, "theory", "--a", "3", "--gamma", "1", "--T", "1", "--h", "0.08",
+                         "--json")
+    assert code == 0 and err == ""
+    rep = json.loads(out)
+    assert rep["params"] == {"a": 3.0, "gamma": 1.0, "T": 1.0, "h": 0.08, "n_experts": 2}
+    assert rep["critical_a"] == 2.0 and rep["kappa"] == 1.5 and rep["regime"] == "bistable"
+    assert rep["hysteresis_halfwidth"] == hysteresis_halfwidth(3.0, 1.0, 1.0)
+    ref = equilibria(RouterParams(a=3, gamma=1, T=1, h=0.08))
+    assert [e["y"] for e in rep["equilibria"]] == [e.y for e in ref]
+    for e in rep["equilibria"]:
+        assert set(e) >= {"y", "u", "stable", "eigenvalue"}
+        assert isinstance(e["stable"], bool) and isinstance(e["u"], float)
+    ys = [e["y"] for e in rep["equilibria"]]
+    assert ys == sorted(ys)
+
+
+@pytest.mark.parametrize("a,h,expected", [(1.5, 0.0, "balanced"), (3.0, 1.0, "biased"),
+                                          (3.0, -0.1, "bistable")])
+def test_theory_regimes(capsys, a, h, expected):
+    code, out, _ = run(capsys, "theory", "--a", str(a), "--gamma", "1", "--T", "1", "--h", str(h),
+                       "--json")
+    rep = json.loads(out)
+    assert rep["regime"] == expected
+    assert (rep["hysteresis_halfwidth"] == 0.0) == (a <= 2.0)
+
+
+def test_theory_many_experts_json(capsys):
+    code, out, _ = run(capsys, "theory", "--a", "3.5", "--gamma", "1", "--T", "1", "--experts",
+                       "4", "--json")
+    rep = json.loads(out)
+    assert code == 0
+    assert rep["critical_a"] == 4.0 and rep["kappa"] == 0.875
+    assert 3.2 < rep["collapse_a"] < 3.25 and rep["regime"] == "metastable"
+    assert rep["uniform_state_eigenvalues"]["contrast_multiplicity"] == 3
+
+
+def test_theory_table_output(capsys):
+    code, out, _ = run(capsys, "theory", "--a", "4", "--gamma", "1", "--T", "1")
+    assert code == 0 and "bistable" in out and "equilibria" in out
+
+
+def test_fold_curve_json_and_csv(capsys, tmp_path):
+    code, out, _ = run(capsys, "fold-curve", "--gamma", "1", "--T", "1", "--points", "5",
+                       "--q-max", "1", "--json")
+    rep = json.loads(out)
+    assert code == 0 and len(rep["a"]) == 5 and rep["q"][2] == 0.0 and rep["a"][2] == 2.0
+    f = tmp_path / "fold.csv"
+    code, _, err = run(capsys, "fold-curve", "--gamma", "1", "--T", "1", "--csv", str(f))
+    lines = f.read_text().splitlines()
+    assert code == 0 and lines[0] == "q,a,h,y" and len(lines) == 202
+
+
+@pytest.mark.parametrize(
+    "args,name",
+    [
+        (["theory", "--a", "3", "--gamma", "1", "--T", "0"], "--T"),
+        (["theory", "--a", "3", "--gamma", "-1", "--T", "1"], "--gamma"),
+        (["theory", "--a", "3", "--gamma", "nan", "--T", "1"], "--gamma"),
+        (["theory", "--a", "-3", "--gamma", "1", "--T", "1"], "--a"),
+        (["theory", "--a", "x", "--gamma", "1", "--T", "1"], "--a"),
+        (["theory", "--a", "3", "--gamma", "1", "--T", "1", "--h", "inf"], "--h"),
+        (["theory", "--a", "3", "--gamma", "1", "--T", "1", "--experts", "1"], "--experts"),
+        (["theory", "--a", "3", "--gamma", "1"], "--T"),
+        (["theory", "--a", "3", "--gamma", "1", "--T", "1", "--bogus", "1"], "--bogus"),
+        (["fold-curve", "--gamma", "1", "--T", "1", "--points", "1"], "--points"),
+        (["fold-curve", "--gamma", "1", "--T", "1", "--q-max", "-1"], "--q-max"),
+        (["fold-curve", "--gamma", "1", "--T", "1", "--csv", "/nonexistent/dir/f.csv"], "--csv"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, args, name):
+    code, out, err = run(capsys, *args)
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "Traceback" not in err
+
+
+def test_console_script_subprocess():
+    """The installed entry point: version, exit code 2, no traceback, no torch/numba import."""
+    r = subprocess.run([sys.executable, "-m", "moebif.cli", "--version"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and r.stdout.startswith("moebif ")
+    r = subprocess.run([sys.executable, "-m", "moebif.cli", "theory", "--a", "1", "--gamma", "1",
+                        "--T", "-2"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--T" in r.stderr
+    code = ("import sys, moebif.cli as c; c.main(['theory','--a','3','--gamma','1','--T','1']);"
+            "print(sorted(m for m in ('torch','numba','matplotlib') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]"

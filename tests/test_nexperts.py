@@ -1,0 +1,86 @@
+"""Symmetric m-winner equilibria of (8) and the collapse threshold a_SN."""
+
+import numpy as np
+import pytest
+
+from moebif import RouterParams, jacobian, solve_meanfield, vector_field
+from moebif.nexperts import (
+    branch_ratio,
+    collapse_threshold,
+    regime,
+    saddle_node_gap,
+    symmetric_equilibria,
+)
+
+
+@pytest.mark.parametrize("n,approx", [(4, 3.22), (8, 4.25), (64, 6.9)])
+def test_collapse_threshold_values(n, approx):
+    """The values quoted (rounded) in the many-experts issue."""
+    a_sn = collapse_threshold(n, 1.0, 1.0)
+    assert a_sn == pytest.approx(approx, rel=0.01)
+    assert a_sn < n
+    # scaling: a_SN is proportional to gamma T
+    assert collapse_threshold(n, 2.0, 0.5) == pytest.approx(a_sn, rel=1e-9)
+    assert collapse_threshold(n, 2.0, 1.5) == pytest.approx(3 * a_sn, rel=1e-9)
+
+
+def test_two_experts_reduce_to_pitchfork():
+    assert collapse_threshold(2, 1.3, 0.7) == pytest.approx(2 * 1.3 * 0.7)
+    d = np.linspace(0.01, 5, 50)
+    np.testing.assert_allclose(branch_ratio(d, 2, 1), d / np.tanh(d / 2))  # a/gT = d coth(d/2)
+
+
+@pytest.mark.parametrize("n", [3, 4, 8])
+@pytest.mark.parametrize("kappa_frac", [0.5, 0.9, 1.2])
+def test_symmetric_equilibria_are_equilibria_and_stability_is_right(n, kappa_frac):
+    a_sn = collapse_threshold(n, 1.0, 1.0)
+    a = a_sn + kappa_frac * (n - a_sn)
+    p = RouterParams(a=a, gamma=1.0, T=1.0, n_experts=n)
+    eqs = symmetric_equilibria(p)
+    for e in eqs:
+        np.testing.assert_allclose(vector_field(e.r, p, b=np.zeros(n)), 0.0, atol=1e-10)
+        lam = np.linalg.eigvalsh(jacobian(e.r, p))[-1]
+        assert (lam < 0) == e.stable
+    stable_collapsed = [e for e in eqs if e.stable and e.winners > 0]
+    assert any(e.winners == 1 for e in stable_collapsed)
+
+
+def test_no_stable_collapsed_state_below_a_sn():
+    """a_SN is where the first stable collapsed state appears: below it only the uniform state."""
+    for n in (3, 4, 6, 8, 16):
+        a_sn = collapse_threshold(n, 1.0, 1.0)
+        below = symmetric_equilibria(RouterParams(a=0.99 * a_sn, gamma=1.0, T=1.0, n_experts=n))
+        assert [e.winners for e in below if e.stable] == [0]
+        above = symmetric_equilibria(RouterParams(a=1.01 * a_sn, gamma=1.0, T=1.0, n_experts=n))
+        assert sorted(e.winners for e in above if e.stable) == [0, 1]
+
+
+def test_collapsed_state_persists_in_the_ode_between_thresholds():
+    """Independent check by integration: in the metastable window a collapsed start stays
+    collapsed and a near-uniform start stays uniform; below a_SN the collapse dissolves."""
+    n = 8
+    a_sn = collapse_threshold(n, 1.0, 1.0)
+    t = np.linspace(0, 200, 5)
+    r_col = np.zeros(n)
+    r_col[0] = 6.0
+    meta = RouterParams(a=0.5 * (a_sn + n), gamma=1.0, T=1.0, n_experts=n)
+    assert solve_meanfield(meta, t, r_col, b=np.zeros(n))[-1].max() > 0.6
+    near_uniform = np.linspace(-0.01, 0.01, n)
+    assert solve_meanfield(meta, t, near_uniform, b=np.zeros(n))[-1].max() < 1 / n + 1e-6
+    low = RouterParams(a=0.97 * a_sn, gamma=1.0, T=1.0, n_experts=n)
+    assert solve_meanfield(low, t, r_col, b=np.zeros(n))[-1].max() < 1 / n + 1e-6
+
+
+def test_regime_labels():
+    n = 8
+    a_sn = collapse_threshold(n, 1.0, 1.0)
+    assert regime(RouterParams(a=0.9 * a_sn, gamma=1.0, T=1.0, n_experts=n)) == "balanced"
+    assert regime(RouterParams(a=6.0, gamma=1.0, T=1.0, n_experts=n)) == "metastable"
+    assert regime(RouterParams(a=8.0, gamma=1.0, T=1.0, n_experts=n)) == "collapsing"
+
+
+def test_saddle_node_is_minimum_of_branch():
+    d_sn, g_sn = saddle_node_gap(8, 1)
+    d = np.linspace(0.01, 10, 2000)
+    assert g_sn <= branch_ratio(d, 8, 1).min() + 1e-12
+    assert saddle_node_gap(8, 4) == (0.0, 8.0)
