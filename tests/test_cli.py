@@ -20,8 +20,9 @@ def run(capsys, *args):
 
 
 def test_theory_json_fields(capsys):
-    code, out, err = run(capsys, "theory", "--a", "3", "--gamma", "1", "--T", "1", "--h", "0.08",
-                         "--json")
+    code, out, err = run(
+        capsys, "theory", "--a", "3", "--gamma", "1", "--T", "1", "--h", "0.08", "--json"
+    )
     assert code == 0 and err == ""
     rep = json.loads(out)
     assert rep["params"] == {"a": 3.0, "gamma": 1.0, "T": 1.0, "h": 0.08, "n_experts": 2}
@@ -36,19 +37,22 @@ def test_theory_json_fields(capsys):
     assert ys == sorted(ys)
 
 
-@pytest.mark.parametrize("a,h,expected", [(1.5, 0.0, "balanced"), (3.0, 1.0, "biased"),
-                                          (3.0, -0.1, "bistable")])
+@pytest.mark.parametrize(
+    "a,h,expected", [(1.5, 0.0, "balanced"), (3.0, 1.0, "biased"), (3.0, -0.1, "bistable")]
+)
 def test_theory_regimes(capsys, a, h, expected):
-    code, out, _ = run(capsys, "theory", "--a", str(a), "--gamma", "1", "--T", "1", "--h", str(h),
-                       "--json")
+    code, out, _ = run(
+        capsys, "theory", "--a", str(a), "--gamma", "1", "--T", "1", "--h", str(h), "--json"
+    )
     rep = json.loads(out)
     assert rep["regime"] == expected
     assert (rep["hysteresis_halfwidth"] == 0.0) == (a <= 2.0)
 
 
 def test_theory_many_experts_json(capsys):
-    code, out, _ = run(capsys, "theory", "--a", "3.5", "--gamma", "1", "--T", "1", "--experts",
-                       "4", "--json")
+    code, out, _ = run(
+        capsys, "theory", "--a", "3.5", "--gamma", "1", "--T", "1", "--experts", "4", "--json"
+    )
     rep = json.loads(out)
     assert code == 0
     assert rep["critical_a"] == 4.0 and rep["kappa"] == 0.875
@@ -62,8 +66,9 @@ def test_theory_table_output(capsys):
 
 
 def test_fold_curve_json_and_csv(capsys, tmp_path):
-    code, out, _ = run(capsys, "fold-curve", "--gamma", "1", "--T", "1", "--points", "5",
-                       "--q-max", "1", "--json")
+    code, out, _ = run(
+        capsys, "fold-curve", "--gamma", "1", "--T", "1", "--points", "5", "--q-max", "1", "--json"
+    )
     rep = json.loads(out)
     assert code == 0 and len(rep["a"]) == 5 and rep["q"][2] == 0.0 and rep["a"][2] == 2.0
     f = tmp_path / "fold.csv"
@@ -99,13 +104,19 @@ def test_bad_input_exits_2_with_one_line(capsys, args, name):
 
 def test_console_script_subprocess():
     """The installed entry point: version, exit code 2, no traceback, no torch/numba import."""
-    r = subprocess.run([sys.executable, "-m", "moebif.cli", "--version"], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "moebif.cli", "--version"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and r.stdout.startswith("moebif ")
-    r = subprocess.run([sys.executable, "-m", "moebif.cli", "theory", "--a", "1", "--gamma", "1",
-                        "--T", "-2"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "moebif.cli", "theory", "--a", "1", "--gamma", "1", "--T", "-2"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--T" in r.stderr
-    code = ("import sys, moebif.cli as c; c.main(['theory','--a','3','--gamma','1','--T','1']);"
-            "print(sorted(m for m in ('torch','numba','matplotlib') if m in sys.modules))")
+    code = (
+        "import sys, moebif.cli as c; c.main(['theory','--a','3','--gamma','1','--T','1']);"
+        "print(sorted(m for m in ('torch','numba','matplotlib') if m in sys.modules))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]"

@@ -28,20 +28,24 @@ def test_softmax_overflow_free():
         p_cold = softmax(r, 1e-3)  # r/T ~ 1e6
     assert np.all(np.isfinite(p)) and p.sum() == pytest.approx(1.0)
     assert p_cold[0] == 1.0 and np.all(np.isfinite(p_cold))
-    np.testing.assert_allclose(softmax(np.array([0.1, 0.2, 0.3]), 0.5),
-                               np.exp([0.2, 0.4, 0.6]) / np.exp([0.2, 0.4, 0.6]).sum())
+    np.testing.assert_allclose(
+        softmax(np.array([0.1, 0.2, 0.3]), 0.5),
+        np.exp([0.2, 0.4, 0.6]) / np.exp([0.2, 0.4, 0.6]).sum(),
+    )
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 12), seed=st.integers(0, 2**31), T=st.floats(0.2, 3.0),
-       a=st.floats(0.0, 10.0))
+@given(
+    n=st.integers(2, 12), seed=st.integers(0, 2**31), T=st.floats(0.2, 3.0), a=st.floats(0.0, 10.0)
+)
 def test_jacobian_matches_finite_differences(n, seed, T, a):
     p = RouterParams(a=a, gamma=0.8, T=T, h=0.3, n_experts=n)
     r = np.random.default_rng(seed).normal(scale=2.0, size=n)
     J = jacobian(r, p)
     e = 1e-6
-    fd = np.column_stack([(vector_field(r + e * v, p) - vector_field(r - e * v, p)) / (2 * e)
-                          for v in np.eye(n)])
+    fd = np.column_stack(
+        [(vector_field(r + e * v, p) - vector_field(r - e * v, p)) / (2 * e) for v in np.eye(n)]
+    )
     np.testing.assert_allclose(J, fd, atol=1e-7)
     np.testing.assert_allclose(J, J.T, atol=1e-15)  # gradient system
 

@@ -38,8 +38,9 @@ def test_frozen_normalised_and_derived():
         p.a = 1.0
     assert p.critical_a == 2.0 == critical_feedback(1.0, 0.5, 4)
     assert p.kappa == 1.5
-    np.testing.assert_array_equal(RouterParams(a=1, gamma=1, T=1, h=0.4, n_experts=3).b,
-                                  [0.2, -0.2, 0.0])
+    np.testing.assert_array_equal(
+        RouterParams(a=1, gamma=1, T=1, h=0.4, n_experts=3).b, [0.2, -0.2, 0.0]
+    )
     assert p.replace(h=0.2).h == 0.2
     with pytest.raises(ParameterError):
         p.replace(T=-1)

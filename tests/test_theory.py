@@ -31,7 +31,7 @@ mpmath.mp.dps = 50
 
 
 def brute_force_roots(p: RouterParams, n: int = 200_001) -> list[float]:
-    """Roots of F by sign changes on a fine grid covering every root, refined with scipy's brentq."""
+    """Roots of F by sign changes on a fine grid covering all roots, refined by scipy's brentq."""
     lo, hi = (p.h - p.a) / p.gamma - 1.0, (p.h + p.a) / p.gamma + 1.0
     y = np.linspace(lo, hi, n)
     f = drift(y, p)
@@ -58,13 +58,18 @@ def test_derivatives_match_finite_differences():
     p = RouterParams(a=3.3, gamma=0.7, T=0.9, h=0.2)
     y = np.linspace(-6, 6, 41)
     e = 1e-5
-    np.testing.assert_allclose(drift_dy(y, p), (drift(y + e, p) - drift(y - e, p)) / (2 * e),
-                               rtol=1e-8, atol=1e-9)
-    np.testing.assert_allclose(drift_dyy(y, p), (drift_dy(y + e, p) - drift_dy(y - e, p)) / (2 * e),
-                               rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(drift_dyyy(y, p),
-                               (drift_dyy(y + e, p) - drift_dyy(y - e, p)) / (2 * e),
-                               rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        drift_dy(y, p), (drift(y + e, p) - drift(y - e, p)) / (2 * e), rtol=1e-8, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        drift_dyy(y, p), (drift_dy(y + e, p) - drift_dy(y - e, p)) / (2 * e), rtol=1e-7, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        drift_dyyy(y, p),
+        (drift_dyy(y + e, p) - drift_dyy(y - e, p)) / (2 * e),
+        rtol=1e-6,
+        atol=1e-8,
+    )
 
 
 def test_potential_is_gradient_of_drift():
@@ -135,8 +140,9 @@ def test_equilibria_match_brute_force(a, gamma, T, hr):
         assert eqs[0].eigenvalue < 0 < eqs[1].eigenvalue and eqs[2].eigenvalue < 0
     else:
         assert eqs[0].stable and eqs[0].eigenvalue <= 0
-    assert regime(p) == ("bistable" if len(eqs) == 3 else ("balanced" if a <= 2 * gamma * T
-                                                            else "biased"))
+    assert regime(p) == (
+        "bistable" if len(eqs) == 3 else ("balanced" if a <= 2 * gamma * T else "biased")
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ __all__ = [
     "atomic_write_text",
     "check_writable_dir",
     "check_writable_file",
+    "default_mode",
 ]
 
 
@@ -28,10 +29,19 @@ class OutputError(ValueError):
         self.option = option
 
 
+def default_mode(directory: bool = False) -> int:
+    """Permissions an ordinary ``open``/``mkdir`` would give under the current umask (mkstemp
+    and mkdtemp create private 0600/0700 entries, which is wrong for results meant to be read)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -15,8 +15,8 @@ from typing import Annotated
 
 import typer
 
-from ._version import __version__
 from ._io import OutputError
+from ._version import __version__
 from .params import ParameterError, RouterParams
 
 app = typer.Typer(
@@ -205,7 +205,9 @@ def fold_curve_cmd(
         from ._io import atomic_write_text, check_writable_file
 
         check_writable_file("--csv", csv)
-        rows = ["q,a,h,y"] + [f"{qi!r},{ai!r},{hi!r},{yi!r}" for qi, ai, hi, yi in zip(q, a, hh, y)]
+        rows = ["q,a,h,y"] + [
+            f"{qi!r},{ai!r},{hi!r},{yi!r}" for qi, ai, hi, yi in zip(q, a, hh, y, strict=True)
+        ]
         atomic_write_text(csv, "\n".join(rows) + "\n")
         print(f"wrote {points} points to {csv}", file=sys.stderr)
         return
@@ -224,13 +226,67 @@ def fold_curve_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"fold curve (16), gamma={gamma:g}, T={T:g}; cusp at a={2*gamma*T:g}, h=0")
+    table = Table(
+        title=f"fold curve (16), gamma={gamma:g}, T={T:g}; cusp at a={2 * gamma * T:g}, h=0"
+    )
     for c in ("q", "a(q)", "h(q)", "y = 2Tq"):
         table.add_column(c, justify="right")
     idx = np.unique(np.linspace(0, points - 1, min(points, 11)).round().astype(int))
     for i in idx:
         table.add_row(f"{q[i]:.4g}", f"{a[i]:.6g}", f"{hh[i]:.6g}", f"{y[i]:.4g}")
     Console().print(table)
+
+
+# ----------------------------------------------------------------------------------------------
+# reproduce
+
+
+@app.command()
+def reproduce(
+    only: Annotated[
+        str | None, typer.Option("--only", help="Comma-separated experiment ids (default: all).")
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Small, fast variant.")] = False,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("results"),
+    jobs: Annotated[int, typer.Option("--jobs", help="Worker processes J >= 1.")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Recompute finished experiments.")] = False,
+) -> int:
+    """Reproduce the paper's experiments into OUT, with figures, data, claims and a report."""
+    from ._io import check_writable_dir
+    from .experiments import REGISTRY
+
+    ids = None
+    if only is not None:
+        ids = [i.strip() for i in only.split(",") if i.strip()]
+        unknown = [i for i in ids if i not in REGISTRY]
+        if unknown or not ids:
+            known = ", ".join(REGISTRY)
+            msg = (
+                f"unknown experiment id {unknown[0]!r} (known: {known})"
+                if unknown
+                else ("no ids given")
+            )
+            raise CLIError("--only", msg)
+        ids = list(dict.fromkeys(ids))
+    if jobs < 1:
+        raise CLIError("--jobs", f"must be >= 1, got {jobs}")
+    check_writable_dir("--out", out)
+
+    from rich.console import Console
+
+    from .report import claims_table
+    from .reproduce import reproduce as run_reproduce
+
+    outcomes = run_reproduce(ids, out=out, quick=quick, jobs=jobs, force=force)
+    claims = [c for o in outcomes for c in o.claims]
+    con = Console()
+    con.print(claims_table(claims))
+    con.print(f"report: {out / 'report.html'}   claims: {out / 'claims.json'}")
+    failed = [o.id for o in outcomes if o.status == "failed"]
+    if failed:
+        print(f"moebif: error: experiments failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,8 +31,9 @@ def _drift_vector(params: RouterParams, b) -> np.ndarray:
     b = np.asarray(b, dtype=float)
     if b.shape != (params.n_experts,):
         raise ParameterError(
-            "b", f"must have shape ({params.n_experts},) for n_experts={params.n_experts}, "
-            f"got {b.shape}"
+            "b",
+            f"must have shape ({params.n_experts},) for n_experts={params.n_experts}, "
+            f"got {b.shape}",
         )
     if not np.all(np.isfinite(b)):
         raise ParameterError("b", "must be finite")
@@ -138,12 +139,11 @@ def solve_meanfield(
 
 def _integrate(rhs, jac, t, x0, rtol, atol, method):
     from scipy.integrate import solve_ivp  # lazy: keeps `import moebif` fast
+
     if t.size == 1:
         return x0[None, :].copy()
     kwargs = {"jac": jac} if method in ("Radau", "BDF", "LSODA") else {}
-    sol = solve_ivp(
-        rhs, (t[0], t[-1]), x0, method=method, t_eval=t, rtol=rtol, atol=atol, **kwargs
-    )
+    sol = solve_ivp(rhs, (t[0], t[-1]), x0, method=method, t_eval=t, rtol=rtol, atol=atol, **kwargs)
     if not sol.success:
         raise RuntimeError(f"mean-field integration failed: {sol.message}")
     return sol.y.T

@@ -62,9 +62,12 @@ def saddle_node_gap(n_experts: int, winners: int = 1) -> tuple[float, float]:
     if 2 * m >= n:
         return 0.0, float(n)
     from scipy.optimize import minimize_scalar
+
     res = minimize_scalar(
-        lambda d: float(branch_ratio(d, n, m)), bounds=(1e-9, 4.0 * math.log(n) + 20.0),
-        method="bounded", options={"xatol": 1e-12},
+        lambda d: float(branch_ratio(d, n, m)),
+        bounds=(1e-9, 4.0 * math.log(n) + 20.0),
+        method="bounded",
+        options={"xatol": 1e-12},
     )
     return float(res.x), float(res.fun)
 

@@ -15,8 +15,8 @@ Numerical notes. It is convenient to write the state as ``q = y / 2T``: then
 (at most three) intervals between critical points F is strictly monotone, so every real root is
 bracketed and found by a safeguarded Newton-bisection iteration that keeps the bracket (it
 converges to the last ulp; scipy's brentq gives the same roots, see the tests, but importing
-scipy.optimize would triple the start-up time of ``moebif theory``). Differences that cancel near the cusp
-(``sinh q cosh q - q``) are evaluated by their Taylor series there.
+scipy.optimize would triple the start-up time of ``moebif theory``). Differences that cancel
+near the cusp (``tanh q - q``, ``sinh q cosh q - q``) are evaluated by their Taylor series.
 """
 
 from __future__ import annotations

@@ -1,0 +1,449 @@
+"""Random streams, exact binomial/multinomial samplers and the batch-router kernels (numba).
+
+Imported lazily by :mod:`moebif.router` (numba costs ~0.3 s to import).
+
+**Random streams.** Every replica ``i`` of a simulation owns an xoshiro256++ generator
+(Blackman & Vigna 2018) whose 256-bit state is four successive SplitMix64 outputs started from
+``mix64(mix64(seed) + i * 0x9E3779B97F4A7C15)``. A replica's numbers therefore depend only on
+``(seed, i)``: not on the number of replicas, the thread count, the scheduling or how the steps
+are split into chunks. Uniforms are ``((x >> 11) + 1/2) 2^-53``, in the open interval (0, 1).
+
+**Binomial(n, p).** Exact. With ``p <= 1/2`` (otherwise ``n - Binomial(n, 1 - p)``):
+
+- ``n p < 10``: sequential inversion from 0 (expected ``n p + 1`` comparisons), restarted in the
+  rare event that round-off lets the search run past ``min(n, np + 10 sqrt(npq + 1))``;
+- ``n p >= 10``: BTRD, transformed rejection with decomposition (W. Hoermann, "The generation
+  of binomial random variates", J. Statist. Comput. Simul. 46 (1993) 101-110). About 86% of the
+  draws are accepted in the first step with one uniform and no transcendental function, which
+  is what makes the router kernel faster than numpy's BTPE.
+
+**Multinomial(n, p)** by conditional binomials, ``N_j ~ Binomial(n - sum_{i<j} N_i,
+p_j / sum_{i>=j} p_i)``, with the suffix sums formed by addition (no cancellation).
+
+**Kernels.** One step of the batch router (Kiselev 2026, sec. 8) for a chunk of steps
+``n0 <= n < n1``, in place on the scores and the generator states; the serial and the
+``prange`` kernels run the very same per-replica function, so they agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = [
+    "binomial_sample",
+    "multinomial_sample",
+    "n_expert_chunk",
+    "n_expert_chunk_parallel",
+    "seed_streams",
+    "two_expert_chunk",
+    "two_expert_chunk_parallel",
+    "uniform_sample",
+]
+
+_U64 = np.uint64
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_TWO_M53 = 1.0 / 9007199254740992.0  # 2^-53
+
+# f_c(k) = log k! - (k + 1/2) log(k + 1) + (k + 1) - log sqrt(2 pi), k = 0..9 (mpmath, 40 digits)
+_FC = np.array(
+    [
+        0.08106146679532726,
+        0.0413406959554093,
+        0.02767792568499834,
+        0.020790672103765093,
+        0.016644691189821193,
+        0.013876128823070748,
+        0.01189670994589177,
+        0.010411265261972096,
+        0.009255462182712733,
+        0.00833056343336287,
+    ]
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# SplitMix64 seeding and xoshiro256++
+
+
+@njit(cache=True)
+def _mix64(z):
+    z = (z ^ (z >> _U64(30))) * _MIX1
+    z = (z ^ (z >> _U64(27))) * _MIX2
+    return z ^ (z >> _U64(31))
+
+
+@njit(cache=True)
+def seed_streams(seed, first, count):
+    """xoshiro256++ states of replicas ``first .. first + count - 1``, shape ``(count, 4)``."""
+    out = np.empty((count, 4), dtype=np.uint64)
+    key = _mix64(_U64(seed))
+    for i in range(count):
+        x = _mix64(key + _U64(first + i) * _GOLDEN)
+        for j in range(4):
+            x = x + _GOLDEN
+            out[i, j] = _mix64(x)
+        if out[i, 0] == 0 and out[i, 1] == 0 and out[i, 2] == 0 and out[i, 3] == 0:
+            out[i, 0] = _U64(1)  # the one forbidden state (probability 2^-256)
+    return out
+
+
+@njit(cache=True)
+def _rotl(x, k):
+    return (x << _U64(k)) | (x >> _U64(64 - k))
+
+
+@njit(cache=True)
+def _next_u64(st):
+    s0, s1, s2, s3 = st[0], st[1], st[2], st[3]
+    result = _rotl(s0 + s3, 23) + s0
+    t = s1 << _U64(17)
+    s2 ^= s0
+    s3 ^= s1
+    s1 ^= s2
+    s0 ^= s3
+    s2 ^= t
+    s3 = _rotl(s3, 45)
+    st[0], st[1], st[2], st[3] = s0, s1, s2, s3
+    return result
+
+
+@njit(cache=True)
+def _uniform(st):
+    """A uniform double in the open interval (0, 1)."""
+    return (float(_next_u64(st) >> _U64(11)) + 0.5) * _TWO_M53
+
+
+# ----------------------------------------------------------------------------------------------
+# binomial: inversion and BTRD
+
+
+@njit(cache=True)
+def _fc(k):
+    """Stirling-series correction ``log k! - [(k + 1/2) log(k + 1) - (k + 1) + log sqrt(2 pi)]``."""
+    if k <= 9:
+        return _FC[k]
+    r = 1.0 / (k + 1.0)
+    r2 = r * r
+    return (1.0 / 12.0 - (1.0 / 360.0 - r2 / 1260.0) * r2) * r
+
+
+@njit(cache=True)
+def _binomial_inversion(st, n, p, q):
+    # sequential search from 0 with the pmf recursion f(x) = f(x-1) ((n + 1) r / x - r)
+    r = p / q
+    g = r * (n + 1.0)
+    qn = math.exp(n * math.log1p(-p))
+    bound = min(float(n), math.floor(n * p + 10.0 * math.sqrt(n * p * q + 1.0)))
+    while True:
+        x = 0
+        px = qn
+        u = _uniform(st)
+        ok = True
+        while u > px:
+            x += 1
+            if x > bound:
+                ok = False
+                break
+            u -= px
+            px *= g / x - r
+        if ok:
+            return x
+
+
+@njit(cache=True)
+def _btrd(st, n, p, q):
+    # Hoermann (1993), algorithm BTRD; requires p <= 1/2 and n p >= 10
+    m = int(math.floor((n + 1.0) * p))
+    r = p / q
+    nr = (n + 1.0) * r
+    npq = n * p * q
+    spq = math.sqrt(npq)
+    b = 1.15 + 2.53 * spq
+    a = -0.0873 + 0.0248 * b + 0.01 * p
+    c = n * p + 0.5
+    alpha = (2.83 + 5.1 / b) * spq
+    vr = 0.92 - 4.2 / b
+    urvr = 0.86 * vr
+    while True:
+        # step 1: the box inside the hat, accepted without evaluating the pmf
+        v = _uniform(st)
+        if v <= urvr:
+            u = v / vr - 0.43
+            return int(math.floor((2.0 * a / (0.5 - abs(u)) + b) * u + c))
+        # step 2: the rest of the hat
+        if v >= vr:
+            u = _uniform(st) - 0.5
+        else:
+            u = v / vr - 0.93
+            u = math.copysign(0.5, u) - u
+            v = _uniform(st) * vr
+        # step 3.0
+        us = 0.5 - abs(u)
+        if us <= 0.0:
+            continue
+        kf = math.floor((2.0 * a / us + b) * u + c)
+        if kf < 0.0 or kf > n:
+            continue
+        k = int(kf)
+        v = v * alpha / (a / (us * us) + b)
+        km = abs(k - m)
+        if km <= 15:
+            # step 3.1: f(k) / f(m) by the recursion of the pmf
+            f = 1.0
+            if m < k:
+                for i in range(m + 1, k + 1):
+                    f *= nr / i - r
+            elif m > k:
+                for i in range(k + 1, m + 1):
+                    v *= nr / i - r
+            if v <= f:
+                return k
+            continue
+        # step 3.2: squeeze on log f(k) / f(m)
+        v = math.log(v)
+        kmf = float(km)
+        rho = (kmf / npq) * (((kmf / 3.0 + 0.625) * kmf + 1.0 / 6.0) / npq + 0.5)
+        t = -kmf * kmf / (2.0 * npq)
+        if v < t - rho:
+            return k
+        if v > t + rho:
+            continue
+        # steps 3.3-3.4: final acceptance with Stirling's formula
+        nm = n - m + 1.0
+        h = (m + 0.5) * math.log((m + 1.0) / (r * nm)) + _fc(m) + _fc(n - m)
+        nk = n - k + 1.0
+        if v <= (
+            h
+            + (n + 1.0) * math.log(nm / nk)
+            + (k + 0.5) * math.log(nk * r / (k + 1.0))
+            - _fc(k)
+            - _fc(n - k)
+        ):
+            return k
+
+
+@njit(cache=True)
+def _binomial_small(st, n, p, q):
+    """Binomial(n, p) for ``p <= 1/2``; ``q = 1 - p`` passed in so it keeps its accuracy."""
+    if n <= 0 or not p > 0.0:  # also p = NaN: never loop on a NaN
+        return 0
+    if n == 1:
+        return 1 if _uniform(st) < p else 0
+    if n * p < 10.0:
+        return _binomial_inversion(st, n, p, q)
+    return _btrd(st, n, p, q)
+
+
+@njit(cache=True)
+def _binomial_pq(st, n, p, q):
+    """Binomial(n, p) with both ``p`` and ``q = 1 - p`` given accurately."""
+    if p <= q:
+        return _binomial_small(st, n, p, q)
+    return n - _binomial_small(st, n, q, p)
+
+
+@njit(cache=True)
+def _multinomial(st, n, w, suffix, out):
+    """Multinomial(n, w / sum(w)) into ``out`` (shape ``(N,)``); ``w >= 0`` need not sum to 1.
+
+    ``suffix`` is a work array of shape ``(N + 1,)``.
+    """
+    k = w.size
+    suffix[k] = 0.0
+    for j in range(k - 1, -1, -1):
+        suffix[j] = suffix[j + 1] + w[j]
+    rem = n
+    for j in range(k - 1):
+        if rem == 0:
+            out[j] = 0
+            continue
+        s = suffix[j]
+        x = _binomial_pq(st, rem, w[j] / s, suffix[j + 1] / s)
+        out[j] = x
+        rem -= x
+    out[k - 1] = rem
+
+
+# ----------------------------------------------------------------------------------------------
+# samplers exposed for the tests and the benchmark (one stream, replica 0 of `seed`)
+
+
+@njit(cache=True)
+def uniform_sample(size, seed):
+    """``size`` uniforms of (0, 1) from the stream of replica 0 of ``seed``."""
+    st = seed_streams(seed, 0, 1)[0]
+    out = np.empty(size)
+    for i in range(size):
+        out[i] = _uniform(st)
+    return out
+
+
+@njit(cache=True)
+def binomial_sample(n, p, size, seed):
+    """``size`` draws of Binomial(n, p), int64, from the stream of replica 0 of ``seed``."""
+    st = seed_streams(seed, 0, 1)[0]
+    out = np.empty(size, dtype=np.int64)
+    q = 1.0 - p
+    for i in range(size):
+        out[i] = _binomial_pq(st, n, p, q)
+    return out
+
+
+@njit(cache=True)
+def multinomial_sample(n, pvals, size, seed):
+    """``size`` draws of Multinomial(n, pvals), shape ``(size, N)``, int64."""
+    st = seed_streams(seed, 0, 1)[0]
+    k = pvals.size
+    out = np.empty((size, k), dtype=np.int64)
+    suffix = np.empty(k + 1)
+    counts = np.empty(k, dtype=np.int64)
+    for i in range(size):
+        _multinomial(st, n, pvals, suffix, counts)
+        out[i, :] = counts
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# two experts: y <- y + eta ((a - rho) u_hat - gamma y + h_n),  u_hat = (2 N1 - B) / B
+
+
+@njit(cache=True)
+def _two_expert_replica(
+    y, st, n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h, h_stride, u_out, y_out,
+    record_y,
+):
+    decay = 1.0 - eta * gamma
+    ka = 2.0 * eta * a_eff / batch  # eta a_eff u_hat = ka N1 + kc
+    kc = -eta * a_eff
+    inv_t = 1.0 / T
+    phase = n0 % record_every  # steps since the last record
+    for n in range(n0, n1):
+        z = y * inv_t
+        # p1 = 1 / (1 + e^-z): draw the smaller of p1, p2 = e^-|z| / (1 + e^-|z|), no overflow
+        e = math.exp(-abs(z))
+        k = _binomial_small(st, batch, e / (1.0 + e), 1.0 / (1.0 + e))
+        c1 = batch - k if z > 0.0 else k
+        if phase == 0:
+            j = n // record_every
+            u_out[j] = (2.0 * c1 - batch) / batch
+            if record_y:
+                y_out[j] = y
+        phase += 1
+        if phase == record_every:
+            phase = 0
+        if n < steps:
+            y = decay * y + (ka * c1 + kc + eta * h[(n - n0) * h_stride])
+    return y
+
+
+@njit(cache=True)
+def two_expert_chunk(
+    y, states, n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h, h_stride, u_out,
+    y_out, record_y,
+):
+    """Steps ``n0 <= n < n1`` of the two-expert batch router for every replica (serial).
+
+    ``y`` (runs,) and ``states`` (runs, 4) are updated in place; the batch drawn at step ``n``
+    (from the state ``y_n``) is recorded in ``u_out[:, n // record_every]`` when
+    ``n % record_every == 0``; the update is skipped at ``n == steps`` (the last record).
+    ``h`` holds the skew of steps ``n0, n0 + 1, ...`` (``h_stride = 1``) or a constant
+    (``h_stride = 0``).
+    """
+    for i in range(y.size):
+        y[i] = _two_expert_replica(
+            y[i], states[i], n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h,
+            h_stride, u_out[i], y_out[i], record_y,
+        )
+
+
+@njit(cache=True, parallel=True)
+def two_expert_chunk_parallel(
+    y, states, n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h, h_stride, u_out,
+    y_out, record_y,
+):
+    """:func:`two_expert_chunk` with the replicas spread over numba's threads (``prange``)."""
+    for i in prange(y.size):
+        y[i] = _two_expert_replica(
+            y[i], states[i], n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h,
+            h_stride, u_out[i], y_out[i], record_y,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# N experts: r_i <- r_i + eta (a l_i - rho (l_i - 1/N) - gamma r_i + b_i),  l = N / B
+
+
+@njit(cache=True)
+def _n_expert_replica(
+    r, st, n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h, h_stride, use_h,
+    l_out, r_out, record_r,
+):
+    k = r.size
+    w = np.empty(k)
+    suffix = np.empty(k + 1)
+    counts = np.empty(k, dtype=np.int64)
+    drive = b.copy()
+    decay = 1.0 - eta * gamma
+    inv_t = 1.0 / T
+    inv_n = 1.0 / k
+    phase = n0 % record_every
+    for n in range(n0, n1):
+        rmax = r[0]
+        for j in range(1, k):
+            rmax = max(rmax, r[j])
+        # log-sum-exp softmax: the largest weight is exactly 1
+        for j in range(k):
+            w[j] = math.exp((r[j] - rmax) * inv_t)
+        _multinomial(st, batch, w, suffix, counts)
+        if phase == 0:
+            rec = n // record_every
+            for j in range(k):
+                l_out[rec, j] = counts[j] / batch
+                if record_r:
+                    r_out[rec, j] = r[j]
+        phase += 1
+        if phase == record_every:
+            phase = 0
+        if n < steps:
+            if use_h:
+                hn = h[(n - n0) * h_stride]
+                drive[0] = 0.5 * hn
+                drive[1] = -0.5 * hn
+            for j in range(k):
+                lj = counts[j] / batch
+                r[j] = decay * r[j] + eta * (a * lj - rho * (lj - inv_n) + drive[j])
+
+
+@njit(cache=True)
+def n_expert_chunk(
+    r, states, n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h, h_stride, use_h,
+    l_out, r_out, record_r,
+):
+    """Steps ``n0 <= n < n1`` of the N-expert batch router (serial); ``r`` is (runs, N).
+
+    Loads of the batch drawn at step ``n`` go to ``l_out[:, n // record_every, :]``. With
+    ``use_h`` the drift is ``b = (h_n/2, -h_n/2, b_3, ...)``, otherwise ``b``.
+    """
+    for i in range(r.shape[0]):
+        _n_expert_replica(
+            r[i], states[i], n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h,
+            h_stride, use_h, l_out[i], r_out[i], record_r,
+        )
+
+
+@njit(cache=True, parallel=True)
+def n_expert_chunk_parallel(
+    r, states, n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h, h_stride, use_h,
+    l_out, r_out, record_r,
+):
+    """:func:`n_expert_chunk` with the replicas spread over numba's threads (``prange``)."""
+    for i in prange(r.shape[0]):
+        _n_expert_replica(
+            r[i], states[i], n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h,
+            h_stride, use_h, l_out[i], r_out[i], record_r,
+        )

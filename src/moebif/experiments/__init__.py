@@ -1,0 +1,25 @@
+"""The registry of reproducible experiments: one module per paper figure.
+
+Each module defines ``ID``, ``TITLE``, ``PAPER`` (where in the paper), a frozen dataclass
+``Config`` whose defaults are the paper's values, ``quick() -> Config`` (fewer replicas, coarser
+grids, same code path), ``run(config, progress=None) -> ExperimentResult`` and
+``plot(result, config) -> matplotlib Figure``. Modules are imported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# id -> module name, in report order
+REGISTRY: dict[str, str] = {
+    "theory": "theory",
+}
+
+__all__ = ["REGISTRY", "load_experiment"]
+
+
+def load_experiment(exp_id: str) -> ModuleType:
+    if exp_id not in REGISTRY:
+        raise KeyError(exp_id)
+    return importlib.import_module(f"{__name__}.{REGISTRY[exp_id]}")
