@@ -239,7 +239,7 @@ def fold_curve(q, gamma: float, T: float):
     q = np.asarray(q, dtype=float)
     ac = 2.0 * gamma * T
     a = ac * np.cosh(q) ** 2
-    h = -ac * _shcosh_minus_q(q)
+    h = -ac * _shcosh_minus_q(q) + 0.0  # + 0.0: no "-0.0" at the cusp
     return a, h
 
 
