@@ -120,3 +120,119 @@ def test_console_script_subprocess():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_simulate_json_contract(capsys, tmp_path):
+    out = tmp_path / "sim.csv"
+    code, stdout, _ = run(
+        capsys,
+        "simulate",
+        "--a",
+        "3",
+        "--gamma",
+        "1",
+        "--T",
+        "1",
+        "--h",
+        "0.08",
+        "--batch",
+        "512",
+        "--eta",
+        "0.002",
+        "--steps",
+        "2000",
+        "--runs",
+        "8",
+        "--seed",
+        "1",
+        "--json",
+        "--out",
+        str(out),
+    )
+    assert code == 0
+    rep = json.loads(stdout)
+    for key in (
+        "t",
+        "u_mean",
+        "u_std",
+        "u_meanfield",
+        "final_u_mean",
+        "final_u_std",
+        "sup_error",
+        "seconds",
+    ):
+        assert key in rep
+    assert len(rep["t"]) == len(rep["u_mean"]) == len(rep["u_meanfield"])
+    assert rep["sup_error"] == pytest.approx(
+        max(abs(m - f) for m, f in zip(rep["u_mean"], rep["u_meanfield"], strict=True))
+    )
+    assert out.read_text().splitlines()[0] == "t,u_mean,u_std,u_meanfield"
+    # same seed, same numbers
+    code, again, _ = run(
+        capsys,
+        "simulate",
+        "--a",
+        "3",
+        "--gamma",
+        "1",
+        "--T",
+        "1",
+        "--h",
+        "0.08",
+        "--batch",
+        "512",
+        "--eta",
+        "0.002",
+        "--steps",
+        "2000",
+        "--runs",
+        "8",
+        "--seed",
+        "1",
+        "--json",
+    )
+    assert json.loads(again)["u_mean"] == rep["u_mean"]
+
+
+def test_hysteresis_json_contract(capsys):
+    code, stdout, _ = run(
+        capsys, "hysteresis", "--a", "4", "--gamma", "1", "--T", "1", "--rate", "0.02", "--json"
+    )
+    rep = json.loads(stdout)
+    assert code == 0
+    for key in ("h_switch_up", "h_switch_down", "width", "predicted_width", "rate", "seconds"):
+        assert key in rep
+    assert rep["width"] == pytest.approx(rep["h_switch_up"] - rep["h_switch_down"])
+    assert rep["predicted_width"] == pytest.approx(2 * hysteresis_halfwidth(4, 1, 1))
+
+
+SIM = ["simulate", "--a", "3", "--gamma", "1", "--T", "1"]
+SIM_OK = {"--batch": "16", "--eta": "0.01", "--steps": "10", "--runs": "2"}
+
+
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--eta", "0"),
+        ("--eta", "nan"),
+        ("--batch", "0"),
+        ("--steps", "0"),
+        ("--runs", "0"),
+        ("--rho", "-1"),
+        ("--seed", "-3"),
+        ("--y0", "inf"),
+    ],
+)
+def test_simulate_bad_input(capsys, option, value):
+    opts = {**SIM_OK, option: value}
+    args = SIM + [x for kv in opts.items() for x in kv]
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == "" and option in err and len(err.strip().splitlines()) == 1
+
+
+def test_simulate_bad_out_file(capsys, tmp_path):
+    args = SIM + [x for kv in SIM_OK.items() for x in kv]
+    code, _, err = run(capsys, *args, "--out", str(tmp_path / "x.txt"))
+    assert code == 2 and "--out" in err
+    code, _, err = run(capsys, *args, "--out", str(tmp_path / "missing" / "x.csv"))
+    assert code == 2 and "--out" in err

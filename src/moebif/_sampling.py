@@ -157,24 +157,28 @@ def _binomial_inversion(st, n, p, q):
 
 @njit(cache=True)
 def _btrd(st, n, p, q):
-    # Hoermann (1993), algorithm BTRD; requires p <= 1/2 and n p >= 10
-    m = int(math.floor((n + 1.0) * p))
-    r = p / q
-    nr = (n + 1.0) * r
-    npq = n * p * q
-    spq = math.sqrt(npq)
+    # Hoermann (1993), algorithm BTRD; requires p <= 1/2 and n p >= 10. The constants needed
+    # only after step 1 (m, r, nr, npq, alpha) are formed on the first visit of step 2.
+    spq = math.sqrt(n * p * q)
     b = 1.15 + 2.53 * spq
     a = -0.0873 + 0.0248 * b + 0.01 * p
     c = n * p + 0.5
-    alpha = (2.83 + 5.1 / b) * spq
     vr = 0.92 - 4.2 / b
     urvr = 0.86 * vr
+    m = -1
+    r = nr = npq = alpha = 0.0
     while True:
         # step 1: the box inside the hat, accepted without evaluating the pmf
         v = _uniform(st)
         if v <= urvr:
             u = v / vr - 0.43
             return int(math.floor((2.0 * a / (0.5 - abs(u)) + b) * u + c))
+        if m < 0:
+            m = int(math.floor((n + 1.0) * p))
+            r = p / q
+            nr = (n + 1.0) * r
+            npq = n * p * q
+            alpha = (2.83 + 5.1 / b) * spq
         # step 2: the rest of the hat
         if v >= vr:
             u = _uniform(st) - 0.5

@@ -327,9 +327,11 @@ def _fail(message: str) -> None:
 
 
 def _load_extra_commands() -> None:
-    """Register the commands that live in their own modules (simulation, reproduction)."""
+    """Register the commands that live in their own modules (simulate, hysteresis)."""
     from . import _cli_sim  # noqa: F401
 
+
+_load_extra_commands()
 
 if __name__ == "__main__":
     sys.exit(main())

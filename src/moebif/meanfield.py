@@ -73,6 +73,7 @@ def solve_meanfield(
     *,
     h: Callable[[float], float] | None = None,
     b=None,
+    rho: float = 0.0,
     rtol: float = 1e-10,
     atol: float = 1e-12,
     method: str = "DOP853",
@@ -88,11 +89,18 @@ def solve_meanfield(
     - ``h``: optional time-varying skew ``h(t)`` replacing ``params.h`` (two experts, or N experts
       with ``b = (h/2, -h/2, 0, ...)``).
     - ``b``: explicit drift vector for N experts (constant in time).
+    - ``rho``: negative load feedback of sec. 8.7: ``r_i' = a p_i - rho (p_i - 1/N) - gamma r_i
+      + b_i``. The loads then evolve as with ``a_eff = a - rho`` (the extra ``rho / N`` shifts
+      every score alike), which is what is integrated; ``a_eff`` may be negative.
 
     **Returns:** for two experts ``u(t) = tanh(y(t)/2T)``, shape ``(K,)``; for N experts the loads
     ``p(r(t))``, shape ``(K, N)``.
     """
     p = params
+    rho = float(rho)
+    if not (np.isfinite(rho) and rho >= 0.0):
+        raise ParameterError("rho", f"must be finite and >= 0, got {rho}")
+    a = p.a - rho
     t = np.asarray(t, dtype=float)
     if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)):
         raise ParameterError("t", "must be a non-empty 1-d array of finite times")
@@ -104,15 +112,15 @@ def solve_meanfield(
         if h is None:
 
             def rhs(_t, y):
-                return p.a * np.tanh(y / (2.0 * p.T)) - p.gamma * y + p.h
+                return a * np.tanh(y / (2.0 * p.T)) - p.gamma * y + p.h
         else:
 
             def rhs(_t, y):
-                return p.a * np.tanh(y / (2.0 * p.T)) - p.gamma * y + h(_t)
+                return a * np.tanh(y / (2.0 * p.T)) - p.gamma * y + h(_t)
 
         def jac(_t, y):
             q = y[0] / (2.0 * p.T)
-            return np.array([[p.a / (2.0 * p.T) / np.cosh(min(abs(q), 350.0)) ** 2 - p.gamma]])
+            return np.array([[a / (2.0 * p.T) / np.cosh(min(abs(q), 350.0)) ** 2 - p.gamma]])
 
         y = _integrate(rhs, jac, t, np.array([y0]), rtol, atol, method)
         return load(y[:, 0], p.T)
@@ -128,10 +136,11 @@ def solve_meanfield(
 
     def rhs_n(_t, r):
         bb = bvec if h is None else e12 * h(_t)
-        return p.a * softmax(r, p.T) - p.gamma * r + bb
+        return a * softmax(r, p.T) - p.gamma * r + bb
 
     def jac_n(_t, r):
-        return jacobian(r, p)
+        pr = softmax(r, p.T)
+        return a / p.T * (np.diag(pr) - np.outer(pr, pr)) - p.gamma * np.eye(n)
 
     r = _integrate(rhs_n, jac_n, t, r0, rtol, atol, method)
     return softmax(r, p.T)

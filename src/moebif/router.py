@@ -150,6 +150,7 @@ class _Setup:
     rho: float
     record_every: int
     h_kind: str  # "const", "array" or "callable"
+    h_scalar: bool  # a scalar h replaced params.h
     h_const: float  # two experts, h_kind == "const"
     h_values: np.ndarray | Callable | None
     b: np.ndarray  # N experts: constant drift (zeros when h varies)
@@ -225,6 +226,7 @@ def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b,
         if h is not None:
             raise ParameterError("b", "give either b or h, not both")
     h_kind, h_const, h_values = "const", p.h if bvec is None else bvec[0] - bvec[1], None
+    h_scalar = h is not None and not callable(h) and np.ndim(h) == 0
     if h is not None:
         if callable(h):
             h_kind, h_values = "callable", h
@@ -269,14 +271,15 @@ def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b,
         state0[:, 1] = -0.5 * y0a
     return _Setup(
         params=p, batch=batch, eta=eta, steps=steps, runs=runs, seed=seed, rho=rho,
-        record_every=record_every, h_kind=h_kind, h_const=float(h_const), h_values=h_values,
+        record_every=record_every, h_kind=h_kind, h_scalar=h_scalar, h_const=float(h_const),
+        h_values=h_values,
         b=np.ascontiguousarray(b_const, dtype=float),
         state0=np.array(state0, dtype=float, order="C"),
     )
 
 
 def _result(s: _Setup, u, scores, seconds) -> SimulationResult:
-    p = s.params if s.h_kind != "const" else s.params.replace(h=s.h_const)
+    p = s.params.replace(h=s.h_const) if s.h_scalar else s.params
     return SimulationResult(
         t=np.arange(s.records) * (s.record_every * s.eta), u_hat=u, scores=scores, params=p,
         batch=s.batch, eta=s.eta, steps=s.steps, runs=s.runs, seed=s.seed, rho=s.rho,
