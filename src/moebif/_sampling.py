@@ -98,8 +98,9 @@ def _rotl(x, k):
 
 
 @njit(cache=True)
-def _next_u64(st):
-    s0, s1, s2, s3 = st[0], st[1], st[2], st[3]
+def _next_u64(st, i):
+    """Next output of the xoshiro256++ generator whose state is row ``i`` of ``st``."""
+    s0, s1, s2, s3 = st[i, 0], st[i, 1], st[i, 2], st[i, 3]
     result = _rotl(s0 + s3, 23) + s0
     t = s1 << _U64(17)
     s2 ^= s0
@@ -108,14 +109,15 @@ def _next_u64(st):
     s0 ^= s3
     s2 ^= t
     s3 = _rotl(s3, 45)
-    st[0], st[1], st[2], st[3] = s0, s1, s2, s3
+    st[i, 0], st[i, 1], st[i, 2], st[i, 3] = s0, s1, s2, s3
     return result
 
 
 @njit(cache=True)
-def _uniform(st):
-    """A uniform double in the open interval (0, 1)."""
-    return (float(_next_u64(st) >> _U64(11)) + 0.5) * _TWO_M53
+def _uniform(st, i):
+    """A uniform double in the open interval (0, 1) from stream ``i``."""
+    # the top 53 bits fit an int64: its conversion is cheaper than the unsigned one
+    return (float(np.int64(_next_u64(st, i) >> _U64(11))) + 0.5) * _TWO_M53
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,7 +135,7 @@ def _fc(k):
 
 
 @njit(cache=True)
-def _binomial_inversion(st, n, p, q):
+def _binomial_inversion(st, i, n, p, q):
     # sequential search from 0 with the pmf recursion f(x) = f(x-1) ((n + 1) r / x - r)
     r = p / q
     g = r * (n + 1.0)
@@ -142,7 +144,7 @@ def _binomial_inversion(st, n, p, q):
     while True:
         x = 0
         px = qn
-        u = _uniform(st)
+        u = _uniform(st, i)
         ok = True
         while u > px:
             x += 1
@@ -156,7 +158,7 @@ def _binomial_inversion(st, n, p, q):
 
 
 @njit(cache=True)
-def _btrd(st, n, p, q):
+def _btrd(st, i, n, p, q):
     # Hoermann (1993), algorithm BTRD; requires p <= 1/2 and n p >= 10. The constants needed
     # only after step 1 (m, r, nr, npq, alpha) are formed on the first visit of step 2.
     spq = math.sqrt(n * p * q)
@@ -169,7 +171,7 @@ def _btrd(st, n, p, q):
     r = nr = npq = alpha = 0.0
     while True:
         # step 1: the box inside the hat, accepted without evaluating the pmf
-        v = _uniform(st)
+        v = _uniform(st, i)
         if v <= urvr:
             u = v / vr - 0.43
             return int(math.floor((2.0 * a / (0.5 - abs(u)) + b) * u + c))
@@ -181,11 +183,11 @@ def _btrd(st, n, p, q):
             alpha = (2.83 + 5.1 / b) * spq
         # step 2: the rest of the hat
         if v >= vr:
-            u = _uniform(st) - 0.5
+            u = _uniform(st, i) - 0.5
         else:
             u = v / vr - 0.93
             u = math.copysign(0.5, u) - u
-            v = _uniform(st) * vr
+            v = _uniform(st, i) * vr
         # step 3.0
         us = 0.5 - abs(u)
         if us <= 0.0:
@@ -200,11 +202,11 @@ def _btrd(st, n, p, q):
             # step 3.1: f(k) / f(m) by the recursion of the pmf
             f = 1.0
             if m < k:
-                for i in range(m + 1, k + 1):
-                    f *= nr / i - r
+                for j in range(m + 1, k + 1):
+                    f *= nr / j - r
             elif m > k:
-                for i in range(k + 1, m + 1):
-                    v *= nr / i - r
+                for j in range(k + 1, m + 1):
+                    v *= nr / j - r
             if v <= f:
                 return k
             continue
@@ -232,27 +234,27 @@ def _btrd(st, n, p, q):
 
 
 @njit(cache=True)
-def _binomial_small(st, n, p, q):
+def _binomial_small(st, i, n, p, q):
     """Binomial(n, p) for ``p <= 1/2``; ``q = 1 - p`` passed in so it keeps its accuracy."""
     if n <= 0 or not p > 0.0:  # also p = NaN: never loop on a NaN
         return 0
     if n == 1:
-        return 1 if _uniform(st) < p else 0
+        return 1 if _uniform(st, i) < p else 0
     if n * p < 10.0:
-        return _binomial_inversion(st, n, p, q)
-    return _btrd(st, n, p, q)
+        return _binomial_inversion(st, i, n, p, q)
+    return _btrd(st, i, n, p, q)
 
 
 @njit(cache=True)
-def _binomial_pq(st, n, p, q):
+def _binomial_pq(st, i, n, p, q):
     """Binomial(n, p) with both ``p`` and ``q = 1 - p`` given accurately."""
     if p <= q:
-        return _binomial_small(st, n, p, q)
-    return n - _binomial_small(st, n, q, p)
+        return _binomial_small(st, i, n, p, q)
+    return n - _binomial_small(st, i, n, q, p)
 
 
 @njit(cache=True)
-def _multinomial(st, n, w, suffix, out):
+def _multinomial(st, i, n, w, suffix, out):
     """Multinomial(n, w / sum(w)) into ``out`` (shape ``(N,)``); ``w >= 0`` need not sum to 1.
 
     ``suffix`` is a work array of shape ``(N + 1,)``.
@@ -267,7 +269,7 @@ def _multinomial(st, n, w, suffix, out):
             out[j] = 0
             continue
         s = suffix[j]
-        x = _binomial_pq(st, rem, w[j] / s, suffix[j + 1] / s)
+        x = _binomial_pq(st, i, rem, w[j] / s, suffix[j + 1] / s)
         out[j] = x
         rem -= x
     out[k - 1] = rem
@@ -280,101 +282,118 @@ def _multinomial(st, n, w, suffix, out):
 @njit(cache=True)
 def uniform_sample(size, seed):
     """``size`` uniforms of (0, 1) from the stream of replica 0 of ``seed``."""
-    st = seed_streams(seed, 0, 1)[0]
+    st = seed_streams(seed, 0, 1)
     out = np.empty(size)
-    for i in range(size):
-        out[i] = _uniform(st)
+    for j in range(size):
+        out[j] = _uniform(st, 0)
     return out
 
 
 @njit(cache=True)
 def binomial_sample(n, p, size, seed):
     """``size`` draws of Binomial(n, p), int64, from the stream of replica 0 of ``seed``."""
-    st = seed_streams(seed, 0, 1)[0]
+    st = seed_streams(seed, 0, 1)
     out = np.empty(size, dtype=np.int64)
     q = 1.0 - p
-    for i in range(size):
-        out[i] = _binomial_pq(st, n, p, q)
+    for j in range(size):
+        out[j] = _binomial_pq(st, 0, n, p, q)
     return out
 
 
 @njit(cache=True)
 def multinomial_sample(n, pvals, size, seed):
     """``size`` draws of Multinomial(n, pvals), shape ``(size, N)``, int64."""
-    st = seed_streams(seed, 0, 1)[0]
+    st = seed_streams(seed, 0, 1)
     k = pvals.size
     out = np.empty((size, k), dtype=np.int64)
     suffix = np.empty(k + 1)
     counts = np.empty(k, dtype=np.int64)
-    for i in range(size):
-        _multinomial(st, n, pvals, suffix, counts)
-        out[i, :] = counts
+    for j in range(size):
+        _multinomial(st, 0, n, pvals, suffix, counts)
+        out[j, :] = counts
     return out
 
 
 # ----------------------------------------------------------------------------------------------
-# two experts: y <- y + eta ((a - rho) u_hat - gamma y + h_n),  u_hat = (2 N1 - B) / B
+# Kernels. Replicas are processed in blocks: within a block the loop over steps is outside the
+# loop over replicas, so the out-of-order core overlaps the (long, serial) dependency chains
+# y_n -> p -> N1 -> y_{n+1} of neighbouring replicas. Each block works on private copies of
+# its scores and generator states (no false sharing between threads) and writes them back.
+# Blocks only reorder independent work: every replica's arithmetic is the same whatever the
+# blocking, so results do not depend on it.
 
 
 @njit(cache=True)
-def _two_expert_replica(
-    y, st, n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h, h_stride, u_out, y_out,
-    record_y,
+def _two_expert_block(
+    y, states, lo, hi, n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h, h_stride,
+    u_out, y_out, record_y,
 ):
+    ys = y[lo:hi].copy()
+    sts = states[lo:hi].copy()
     decay = 1.0 - eta * gamma
     ka = 2.0 * eta * a_eff / batch  # eta a_eff u_hat = ka N1 + kc
     kc = -eta * a_eff
     inv_t = 1.0 / T
     phase = n0 % record_every  # steps since the last record
     for n in range(n0, n1):
-        z = y * inv_t
-        # p1 = 1 / (1 + e^-z): draw the smaller of p1, p2 = e^-|z| / (1 + e^-|z|), no overflow
-        e = math.exp(-abs(z))
-        k = _binomial_small(st, batch, e / (1.0 + e), 1.0 / (1.0 + e))
-        c1 = batch - k if z > 0.0 else k
-        if phase == 0:
-            j = n // record_every
-            u_out[j] = (2.0 * c1 - batch) / batch
-            if record_y:
-                y_out[j] = y
+        record = phase == 0
+        j = n // record_every
+        update = n < steps
+        drive = kc + eta * h[(n - n0) * h_stride] if update else 0.0
+        for i in range(hi - lo):
+            yi = ys[i]
+            z = yi * inv_t
+            # p1 = 1 / (1 + e^-z): draw the smaller of p1, p2 = e^-|z| / (1 + e^-|z|), no overflow
+            e = math.exp(-abs(z))
+            s = 1.0 / (1.0 + e)
+            k = _binomial_small(sts, i, batch, e * s, s)
+            c1 = batch - k if z > 0.0 else k
+            if record:
+                u_out[lo + i, j] = (2.0 * c1 - batch) / batch
+                if record_y:
+                    y_out[lo + i, j] = yi
+            if update:
+                ys[i] = decay * yi + (ka * c1 + drive)
         phase += 1
         if phase == record_every:
             phase = 0
-        if n < steps:
-            y = decay * y + (ka * c1 + kc + eta * h[(n - n0) * h_stride])
-    return y
+    y[lo:hi] = ys
+    states[lo:hi] = sts
 
 
 @njit(cache=True)
 def two_expert_chunk(
     y, states, n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h, h_stride, u_out,
-    y_out, record_y,
+    y_out, record_y, blocks,
 ):
     """Steps ``n0 <= n < n1`` of the two-expert batch router for every replica (serial).
 
-    ``y`` (runs,) and ``states`` (runs, 4) are updated in place; the batch drawn at step ``n``
-    (from the state ``y_n``) is recorded in ``u_out[:, n // record_every]`` when
-    ``n % record_every == 0``; the update is skipped at ``n == steps`` (the last record).
-    ``h`` holds the skew of steps ``n0, n0 + 1, ...`` (``h_stride = 1``) or a constant
-    (``h_stride = 0``).
+    ``y`` (runs,) and ``states`` (runs, 4) are updated in place. Step ``n`` draws
+    ``N1 ~ Binomial(B, p1(y_n))``; when ``n % record_every == 0`` it records
+    ``u_out[:, n // record_every] = (2 N1 - B) / B`` (and ``y_n`` in ``y_out`` if ``record_y``);
+    then ``y <- (1 - eta gamma) y + eta (a_eff u_hat + h_n)`` unless ``n == steps`` (the final
+    record). ``h`` holds the skew of steps ``n0, n0 + 1, ...`` (``h_stride = 1``) or a constant
+    (``h_stride = 0``). ``blocks``: number of replica blocks (any value gives the same result).
     """
-    for i in range(y.size):
-        y[i] = _two_expert_replica(
-            y[i], states[i], n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h,
-            h_stride, u_out[i], y_out[i], record_y,
+    runs = y.size
+    for b in range(blocks):
+        _two_expert_block(
+            y, states, b * runs // blocks, (b + 1) * runs // blocks, n0, n1, steps, record_every,
+            batch, eta, a_eff, gamma, T, h, h_stride, u_out, y_out, record_y,
         )
 
 
 @njit(cache=True, parallel=True)
 def two_expert_chunk_parallel(
     y, states, n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h, h_stride, u_out,
-    y_out, record_y,
+    y_out, record_y, blocks,
 ):
-    """:func:`two_expert_chunk` with the replicas spread over numba's threads (``prange``)."""
-    for i in prange(y.size):
-        y[i] = _two_expert_replica(
-            y[i], states[i], n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h,
-            h_stride, u_out[i], y_out[i], record_y,
+    """:func:`two_expert_chunk` with the blocks spread over numba's threads (``prange``)."""
+    runs = y.size
+    for b in prange(blocks):
+        _two_expert_block(
+            y, states, b * runs // blocks, (b + 1) * runs // blocks, n0, n1, steps, record_every,
+            batch, eta, a_eff, gamma, T, h, h_stride, u_out, y_out, record_y,
         )
 
 
@@ -383,11 +402,13 @@ def two_expert_chunk_parallel(
 
 
 @njit(cache=True)
-def _n_expert_replica(
-    r, st, n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h, h_stride, use_h,
-    l_out, r_out, record_r,
+def _n_expert_block(
+    r, states, lo, hi, n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h, h_stride,
+    use_h, l_out, r_out, record_r,
 ):
-    k = r.size
+    rs = r[lo:hi].copy()
+    sts = states[lo:hi].copy()
+    k = rs.shape[1]
     w = np.empty(k)
     suffix = np.empty(k + 1)
     counts = np.empty(k, dtype=np.int64)
@@ -397,57 +418,67 @@ def _n_expert_replica(
     inv_n = 1.0 / k
     phase = n0 % record_every
     for n in range(n0, n1):
-        rmax = r[0]
-        for j in range(1, k):
-            rmax = max(rmax, r[j])
-        # log-sum-exp softmax: the largest weight is exactly 1
-        for j in range(k):
-            w[j] = math.exp((r[j] - rmax) * inv_t)
-        _multinomial(st, batch, w, suffix, counts)
-        if phase == 0:
-            rec = n // record_every
-            for j in range(k):
-                l_out[rec, j] = counts[j] / batch
-                if record_r:
-                    r_out[rec, j] = r[j]
+        record = phase == 0
+        j = n // record_every
+        update = n < steps
+        if update and use_h:
+            hn = h[(n - n0) * h_stride]
+            drive[0] = 0.5 * hn
+            drive[1] = -0.5 * hn
+        for i in range(hi - lo):
+            ri = rs[i]
+            rmax = ri[0]
+            for m in range(1, k):
+                rmax = max(rmax, ri[m])
+            # log-sum-exp softmax: the largest weight is exactly 1
+            for m in range(k):
+                w[m] = math.exp((ri[m] - rmax) * inv_t)
+            _multinomial(sts, i, batch, w, suffix, counts)
+            if record:
+                for m in range(k):
+                    l_out[lo + i, j, m] = counts[m] / batch
+                    if record_r:
+                        r_out[lo + i, j, m] = ri[m]
+            if update:
+                for m in range(k):
+                    lm = counts[m] / batch
+                    ri[m] = decay * ri[m] + eta * (a * lm - rho * (lm - inv_n) + drive[m])
         phase += 1
         if phase == record_every:
             phase = 0
-        if n < steps:
-            if use_h:
-                hn = h[(n - n0) * h_stride]
-                drive[0] = 0.5 * hn
-                drive[1] = -0.5 * hn
-            for j in range(k):
-                lj = counts[j] / batch
-                r[j] = decay * r[j] + eta * (a * lj - rho * (lj - inv_n) + drive[j])
+    r[lo:hi] = rs
+    states[lo:hi] = sts
 
 
 @njit(cache=True)
 def n_expert_chunk(
     r, states, n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h, h_stride, use_h,
-    l_out, r_out, record_r,
+    l_out, r_out, record_r, blocks,
 ):
     """Steps ``n0 <= n < n1`` of the N-expert batch router (serial); ``r`` is (runs, N).
 
     Loads of the batch drawn at step ``n`` go to ``l_out[:, n // record_every, :]``. With
-    ``use_h`` the drift is ``b = (h_n/2, -h_n/2, b_3, ...)``, otherwise ``b``.
+    ``use_h`` the drift is ``(h_n/2, -h_n/2, b_3, ...)``, otherwise ``b``.
     """
-    for i in range(r.shape[0]):
-        _n_expert_replica(
-            r[i], states[i], n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h,
-            h_stride, use_h, l_out[i], r_out[i], record_r,
+    runs = r.shape[0]
+    for blk in range(blocks):
+        _n_expert_block(
+            r, states, blk * runs // blocks, (blk + 1) * runs // blocks, n0, n1, steps,
+            record_every, batch, eta, a, rho, gamma, T, b, h, h_stride, use_h, l_out, r_out,
+            record_r,
         )
 
 
 @njit(cache=True, parallel=True)
 def n_expert_chunk_parallel(
     r, states, n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h, h_stride, use_h,
-    l_out, r_out, record_r,
+    l_out, r_out, record_r, blocks,
 ):
-    """:func:`n_expert_chunk` with the replicas spread over numba's threads (``prange``)."""
-    for i in prange(r.shape[0]):
-        _n_expert_replica(
-            r[i], states[i], n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h,
-            h_stride, use_h, l_out[i], r_out[i], record_r,
+    """:func:`n_expert_chunk` with the blocks spread over numba's threads (``prange``)."""
+    runs = r.shape[0]
+    for blk in prange(blocks):
+        _n_expert_block(
+            r, states, blk * runs // blocks, (blk + 1) * runs // blocks, n0, n1, steps,
+            record_every, batch, eta, a, rho, gamma, T, b, h, h_stride, use_h, l_out, r_out,
+            record_r,
         )

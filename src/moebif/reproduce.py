@@ -202,6 +202,7 @@ def reproduce(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
     ids = list(REGISTRY) if not ids else ids
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -225,6 +226,14 @@ def reproduce(
     atomic_write_json(out / "claims.json", all_claims)
     write_report(out, quick=quick)
     return [outcomes[i] for i in ids]
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Folders a killed run left half-written (never a finished experiment's folder)."""
+    for d in out.glob(".*.partial-*"):
+        shutil.rmtree(d, ignore_errors=True)
+    for d in out.glob(".*.old-*"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _run_all(todo, quick, out, jobs, disp, outcomes):

@@ -55,6 +55,15 @@ Progress = Callable[[int, int], None]
 
 # replica-steps per kernel call: ~0.05-0.2 s of work, fine-grained enough for a progress bar
 _CHUNK_WORK = 1 << 22
+# replicas interleaved by one thread (see moebif._sampling): enough to overlap their dependency
+# chains, few enough for their state to stay in L1
+_BLOCK = 16
+
+
+def _blocks(runs: int, threads: int) -> int:
+    """Number of replica blocks: about ``_BLOCK`` replicas each, a multiple of ``threads``."""
+    per_thread = -(-runs // (_BLOCK * threads))
+    return max(1, min(runs, threads * per_thread))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,6 +387,7 @@ def simulate_batch_router(
     try:
         if threads is not None and not serial:
             numba.set_num_threads(threads)
+        blocks = _blocks(s.runs, 1 if serial else numba.get_num_threads())
         n0 = 0
         while n0 < n_end:
             n1 = min(n0 + chunk, n_end)
@@ -385,12 +395,12 @@ def simulate_batch_router(
             if n == 2:
                 kernel(
                     state, rng, n0, n1, s.steps, s.record_every, s.batch, s.eta, p.a - s.rho,
-                    p.gamma, p.T, hv, hs, u, sc, record_scores,
+                    p.gamma, p.T, hv, hs, u, sc, record_scores, blocks,
                 )
             else:
                 kernel(
                     state, rng, n0, n1, s.steps, s.record_every, s.batch, s.eta, p.a, s.rho,
-                    p.gamma, p.T, s.b, hv, hs, s.h_kind != "const", u, sc, record_scores,
+                    p.gamma, p.T, s.b, hv, hs, s.h_kind != "const", u, sc, record_scores, blocks,
                 )
             n0 = n1
             if progress is not None:

@@ -121,8 +121,7 @@ def sweep_hysteresis(
       fold plus the rate-dependent lag.
     - ``record_every``: default such that ``h`` moves by about ``h_max / 4000`` between records.
     - ``smooth``: centred moving-average window (records) on the replica mean before the sign
-      test; default 1 for ``runs * batch >= 256`` (already smooth), else a window spanning
-      ``h_max / 400``.
+      test; default: a window spanning ``h_max / 200``.
 
     **Returns:** :class:`HysteresisResult`; switching thresholds are NaN if the mean never
     changed sign (then raise ``h_max``).
@@ -169,9 +168,10 @@ def sweep_hysteresis(
     upward = n_rec < leg
     u_mean = sim.u_mean
     if smooth is None:
-        smooth = (
-            1 if runs * sim.batch >= 256 else max(1, round(h_max / 400.0 / (dh * record_every)))
-        )
+        # a centred window spanning h_max / 200: unbiased for a locally linear u(h) (the gentle
+        # crossing without bistability) and for a sharp symmetric jump, and it keeps the
+        # first-crossing test from firing on sampling noise
+        smooth = max(1, round(h_max / 200.0 / (dh * record_every)))
     if smooth > 1:
         u_mean_s = np.convolve(u_mean, np.ones(smooth) / smooth, mode="same")
     else:

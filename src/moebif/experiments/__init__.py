@@ -14,6 +14,9 @@ from types import ModuleType
 # id -> module name, in report order
 REGISTRY: dict[str, str] = {
     "theory": "theory",
+    "fig07": "fig07_hysteresis",
+    "fig10": "fig10_width_vs_a",
+    "fig11": "fig11_feedback",
 }
 
 __all__ = ["REGISTRY", "load_experiment"]

@@ -1,0 +1,132 @@
+"""Experiment ``fig10`` (sec. 8.7, Fig. 10): hysteresis width vs feedback strength a at
+gamma = T = 1, against the mean-field prediction 2H(a) of eq. (18)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import theory as th
+from ..params import RouterParams
+from . import _hysteresis as hy
+from .base import Claim, ExperimentResult
+
+ID = "fig10"
+TITLE = "Hysteresis width vs feedback strength"
+PAPER = "Section 8.7, Fig. 10"
+
+
+@dataclass(frozen=True)
+class Config:
+    gamma: float = 1.0  # paper
+    T: float = 1.0  # paper
+    # not given in the paper: a from just above the cusp (a = 2 gamma T) to 3x it
+    a_values: tuple = (2.25, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0)
+    batch: int = 512  # as in sec. 8.4
+    eta: float = 0.002
+    runs: int = 8
+    rates: tuple = hy.PAPER_RATES
+    claim_a_min: float = 3.0  # the claim covers a >= 3 (closer to the cusp, see notes)
+    tolerance: float = 0.02
+    seed: int = 10
+
+
+def quick() -> Config:
+    return Config(a_values=(2.5, 3.0, 4.0, 6.0), rates=hy.QUICK_RATES)
+
+
+def run(config: Config, progress=None) -> ExperimentResult:
+    c = config
+    points = []
+    for i, a in enumerate(c.a_values):
+        points.append(
+            hy.measure(RouterParams(a=a, gamma=c.gamma, T=c.T), 0.0, c, seed=c.seed + 1000 * i)
+        )
+        if progress:
+            progress(i + 1, len(c.a_values))
+    a_th = np.linspace(2 * c.gamma * c.T, max(c.a_values) * 1.05, 300)
+    data = {
+        "points": points,
+        "a_theory": a_th,
+        "width_theory": 2 * th.hysteresis_halfwidth(a_th, c.gamma, c.T),
+    }
+    checked = [p for p in points if p["a"] >= c.claim_a_min]
+    rel = [abs(p["width_extrapolated"] / p["predicted_width"] - 1) for p in checked]
+    claims = [
+        Claim(
+            "fig10-width",
+            f"Hysteresis width equals 2H(a) (eq. 18) for every a >= "
+            f"{c.claim_a_min:g} scanned (rate -> 0 extrapolation)",
+            predicted={f"a={p['a']:g}": p["predicted_width"] for p in checked},
+            measured={f"a={p['a']:g}": p["width_extrapolated"] for p in checked},
+            tolerance=f"relative error <= {c.tolerance:.0%} each (worst {max(rel):.2%})",
+            holds=max(rel) <= c.tolerance,
+        )
+    ]
+    widths = [p["width_extrapolated"] for p in points]
+    claims.append(
+        Claim(
+            "fig10-growth",
+            "The loop width grows with the positive feedback a",
+            predicted="increasing",
+            measured=widths,
+            tolerance="strictly increasing in a",
+            holds=bool(np.all(np.diff(widths) > 0)),
+        )
+    )
+    near = [p for p in points if p["a"] < c.claim_a_min]
+    notes = ""
+    if near:
+        notes = (
+            "Closer to the cusp ("
+            + ", ".join(
+                f"a = {p['a']:g}: {p['width_extrapolated'] / p['predicted_width'] - 1:+.1%}"
+                for p in near
+            )
+            + ") the finite batch lets the router escape over the shallow "
+            "barrier before the fold, and the lag is not yet in its rate^(2/3) regime, so the "
+            "extrapolated width is less accurate; it is shown, not claimed."
+        )
+    return ExperimentResult(data=data, claims=claims, notes=notes)
+
+
+def plot(result: ExperimentResult, config: Config):
+    import matplotlib.pyplot as plt
+
+    from .style import COLORS, figure_style, panel_label
+
+    d = result.data
+    c = config
+    pts = d["points"]
+    with figure_style():
+        fig, axs = plt.subplots(1, 2, figsize=(7.2, 3.0), layout="constrained")
+        hy.plot_width_scan(
+            axs[0],
+            [p["a"] for p in pts],
+            pts,
+            d["a_theory"],
+            d["width_theory"],
+            xlabel="feedback strength a",
+            colors=COLORS,
+        )
+        axs[0].axvline(2 * c.gamma * c.T, color="0.6", lw=0.8, ls=":")
+        axs[0].set_title(f"γ = T = {c.gamma:g}, B = {c.batch}")
+        panel_label(axs[0], "a")
+        ax = axs[1]
+        a = np.array([p["a"] for p in pts])
+        rel = np.array([p["width_extrapolated"] / p["predicted_width"] - 1 for p in pts])
+        ax.axhspan(
+            -c.tolerance,
+            c.tolerance,
+            color=COLORS[2],
+            alpha=0.12,
+            lw=0,
+            label=f"±{c.tolerance:.0%}",
+        )
+        ax.axhline(0, color="0.3", lw=0.8, ls="--")
+        ax.plot(a, rel, "o-", color=COLORS[0], ms=5, label="rate → 0 width / 2H(a) − 1")
+        ax.set(xlabel="feedback strength a", ylabel="relative error", title="agreement")
+        ax.legend()
+        panel_label(ax, "b")
+    return fig
