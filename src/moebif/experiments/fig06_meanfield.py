@@ -270,8 +270,11 @@ def plot(result: ExperimentResult, config: Config):
         ax = top.subplots()
         t, m, s = (np.asarray(tr[k]) for k in ("t", "u_mean", "u_std"))
         ax.fill_between(t, m - s, m + s, color=COLORS[0], alpha=0.22, lw=0, label="± 1 sd over runs")
-        ax.plot(t, m, color=COLORS[0], lw=1.4, label=f"batch router, mean of {cfg.runs} runs")
-        ax.plot(t, tr["u_meanfield"], **THEORY, label="mean-field ODE (6), u = tanh(y/2T)")
+        ax.plot(t, m, color=COLORS[0], lw=1.0, label=f"batch router, mean of {cfg.runs} runs")
+        ax.plot(
+            t, tr["u_meanfield"], **{**THEORY, "linewidth": 1.6},
+            label="mean-field ODE (6), u = tanh(y/2T)",
+        )
         ax.set(
             xlabel="time t = n η",
             ylabel="load imbalance û = (N₁ − N₂)/B",
@@ -279,14 +282,7 @@ def plot(result: ExperimentResult, config: Config):
             f"B = {cfg.batch}, η = {cfg.eta:g}, y(0) = {cfg.y0:g}",
             xlim=(0, t[-1]),
         )
-        ax.legend(loc="lower right")
-        ax.text(
-            0.5,
-            0.5,
-            f"sup |mean û − u_mf| = {tr['sup_error']:.3f}",
-            transform=ax.transAxes,
-            fontsize=7.5,
-        )
+        ax.legend(loc="lower right", title=f"sup |mean û − u_mf| = {tr['sup_error']:.3f}")
         panel_label(ax, "a")
 
         axs = bottom.subplots(1, 2)
