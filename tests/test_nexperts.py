@@ -84,3 +84,63 @@ def test_saddle_node_is_minimum_of_branch():
     d = np.linspace(0.01, 10, 2000)
     assert g_sn <= branch_ratio(d, 8, 1).min() + 1e-12
     assert saddle_node_gap(8, 4) == (0.0, 8.0)
+
+
+def test_potential_gradient_and_hessian():
+    """grad V = -(vector field), Hess V = -J (finite differences)."""
+    from moebif.nexperts import potential, potential_gradient, potential_hessian
+
+    p = RouterParams(a=5.0, gamma=0.8, T=0.7, h=0.3, n_experts=6)
+    r = np.random.default_rng(1).normal(size=6)
+    e = 1e-6
+    fd = np.array(
+        [(potential(r + e * v, p) - potential(r - e * v, p)) / (2 * e) for v in np.eye(6)]
+    )
+    np.testing.assert_allclose(potential_gradient(r, p), fd, atol=1e-7)
+    np.testing.assert_allclose(potential_gradient(r, p), -vector_field(r, p), atol=1e-14)
+    H = potential_hessian(r, p)
+    fdH = np.column_stack(
+        [
+            (potential_gradient(r + e * v, p) - potential_gradient(r - e * v, p)) / (2 * e)
+            for v in np.eye(6)
+        ]
+    )
+    np.testing.assert_allclose(H, fdH, atol=1e-7)
+
+
+@pytest.mark.parametrize("n", [3, 5, 8])
+def test_branch_eigenvalues_match_full_jacobian(n):
+    from moebif.nexperts import branch_eigenvalues
+
+    p = RouterParams(a=0.9 * n, gamma=1.0, T=1.0, n_experts=n)
+    for e in symmetric_equilibria(p):
+        ev = branch_eigenvalues(p, e.winners, e.gap)
+        closed = np.sort(np.concatenate([[v] * k for v, k in ev.values()]))
+        assert sum(k for _, k in ev.values()) == n
+        np.testing.assert_allclose(closed, np.linalg.eigvalsh(jacobian(e.r, p)), atol=1e-12)
+
+
+def test_between_mode_vanishes_at_the_saddle_node():
+    from moebif.nexperts import branch_eigenvalues
+
+    for n in (3, 4, 8, 64):
+        d_sn, g_sn = saddle_node_gap(n, 1)
+        p = RouterParams(a=g_sn, gamma=1.0, T=1.0, n_experts=n)
+        assert branch_eigenvalues(p, 1, d_sn)["between"][0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_barrier_window_and_monotonicity():
+    """The barrier exists only for a_SN < a < N gamma T, is positive, and vanishes at N gamma T
+    (the saddle merges with the uniform state) while it grows toward a_SN."""
+    import math
+
+    from moebif.nexperts import barrier
+
+    n = 8
+    a_sn = collapse_threshold(n, 1.0, 1.0)
+    assert math.isnan(barrier(RouterParams(a=0.95 * a_sn, gamma=1.0, T=1.0, n_experts=n)))
+    assert math.isnan(barrier(RouterParams(a=8.2, gamma=1.0, T=1.0, n_experts=n)))
+    a = np.linspace(a_sn * 1.01, 7.99, 12)
+    dv = [barrier(RouterParams(a=x, gamma=1.0, T=1.0, n_experts=n)) for x in a]
+    assert all(v > 0 for v in dv) and np.all(np.diff(dv) < 0)
+    assert dv[-1] < 1e-4

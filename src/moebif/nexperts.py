@@ -13,7 +13,14 @@ N - m losers" equilibria: ``gamma r_w = a p_w``, ``gamma r_l = a p_l`` with scor
 for ``a > a_SN = gamma T min_d g_1(d)``, while the uniform state is still linearly stable up to
 ``a = N gamma T``. Between the two the balanced router is only metastable.
 
-Stability along every branch is decided by the eigenvalues of the full (symmetric) Jacobian.
+Stability along every branch is decided by the eigenvalues of the full (symmetric) Jacobian,
+which on a symmetric state are known in closed form (:func:`branch_eigenvalues`): with
+``p_w = e^d / (m e^d + N - m)`` and ``p_l = 1 / (m e^d + N - m)``,
+
+- ``-gamma`` on the common mode (1, ..., 1);
+- ``(a/T) p_w - gamma`` on the ``m - 1`` contrasts within the winners;
+- ``(a/T) p_l - gamma`` on the ``N - m - 1`` contrasts within the losers;
+- ``(a/T) N p_w p_l - gamma`` on the one contrast between the groups (it vanishes at the fold).
 """
 
 from __future__ import annotations
@@ -29,14 +36,86 @@ from .params import RouterParams, check_positive
 
 __all__ = [
     "SymmetricEquilibrium",
+    "barrier",
+    "branch_eigenvalues",
     "branch_ratio",
     "collapse_threshold",
     "regime",
     "saddle_node_gap",
     "symmetric_equilibria",
+    "potential",
+    "potential_gradient",
+    "potential_hessian",
 ]
 
 NRegime = Literal["balanced", "metastable", "collapsing"]
+
+
+def _logsumexp(z):
+    zmax = np.max(z, axis=-1, keepdims=True)
+    return (zmax + np.log(np.sum(np.exp(z - zmax), axis=-1, keepdims=True)))[..., 0]
+
+
+def potential(r, params: RouterParams, b=None):
+    """``V(r) = gamma |r|^2 / 2 - a T logsumexp(r / T) - b.r``: eq. (8) is ``r' = -grad V``.
+    ``r`` has shape ``(..., N)``; ``b`` defaults to ``params.b``."""
+    p = params
+    r = np.asarray(r, dtype=float)
+    b = p.b if b is None else np.asarray(b, dtype=float)
+    return 0.5 * p.gamma * np.sum(r * r, axis=-1) - p.a * p.T * _logsumexp(r / p.T) - r @ b
+
+
+def potential_gradient(r, params: RouterParams, b=None):
+    """``grad V = gamma r - a softmax(r/T) - b`` (minus the vector field of eq. 8)."""
+    from .meanfield import vector_field
+
+    return -vector_field(r, params, b)
+
+
+def potential_hessian(r, params: RouterParams):
+    """``Hess V = gamma I - (a/T)(diag p - p p^T)``: minus the Jacobian of eq. (8)."""
+    return -jacobian(r, params)
+
+
+def branch_eigenvalues(params: RouterParams, winners: int, gap: float) -> dict:
+    """Closed-form Jacobian eigenvalues of (8) at the symmetric state with ``m = winners`` and
+    score gap ``d = gap``, with their multiplicities (they add up to N)."""
+    p, n, m = params, params.n_experts, winners
+    if not 0 <= m < n:
+        raise ValueError(f"winners: must be in 0..{n - 1}, got {m}")
+    # p_w, p_l without overflow for large d
+    if m == 0:
+        pw = pl = 1.0 / n
+    else:
+        e = math.exp(-gap)
+        pw = 1.0 / (m + (n - m) * e)
+        pl = e / (m + (n - m) * e)
+    k = p.a / p.T
+    out = {"common": (-p.gamma, 1)}
+    if m == 0:
+        out["contrast"] = (k / n - p.gamma, n - 1)
+        return out
+    out["within_winners"] = (k * pw - p.gamma, m - 1)
+    out["within_losers"] = (k * pl - p.gamma, n - m - 1)
+    out["between"] = (k * n * pw * pl - p.gamma, 1)
+    return out
+
+
+def barrier(params: RouterParams) -> float:
+    """Potential barrier ``V(saddle) - V(uniform)`` on the way from the balanced state to
+    collapse (the one-winner saddle, lower part of the ``m = 1`` branch), for
+    ``a_SN <= a < N gamma T`` with ``b = 0``. NaN outside that window (no barrier: either no
+    collapsed state, or the uniform state is itself unstable)."""
+    p = params
+    if p.n_experts == 2:
+        return math.nan
+    eqs = [e for e in symmetric_equilibria(p.replace(h=0.0)) if e.winners == 1]
+    if p.a >= p.critical_a or len(eqs) < 2:
+        return math.nan
+    saddle = min(eqs, key=lambda e: e.gap)
+    zero = np.zeros(p.n_experts)
+    v0 = potential(np.full(p.n_experts, p.a / (p.n_experts * p.gamma)), p, zero)
+    return float(potential(saddle.r, p, zero) - v0)
 
 
 def branch_ratio(d, n_experts: int, winners: int):
@@ -123,7 +202,7 @@ def _equilibrium(params: RouterParams, m: int, d: float) -> SymmetricEquilibrium
     z[:m] = d
     pr = softmax(z, 1.0)
     r = p.a * pr / p.gamma
-    lam = float(np.linalg.eigvalsh(jacobian(r, p))[-1])
+    lam = max(v for v, mult in branch_eigenvalues(p, m, d).values() if mult > 0)
     return SymmetricEquilibrium(
         winners=m, gap=float(d), r=r, max_load=float(pr.max()), eigenvalue=lam, stable=lam < 0.0
     )
