@@ -87,8 +87,9 @@ def measure(runs: int, steps: int, max_threads: int) -> dict[str, float]:
     naive_runs = 2
     naive_steps = NAIVE_REPLICA_STEPS // naive_runs
     t_naive = min(
-        _timed(lambda: naive_router(PARAMS, batch=BATCH, eta=ETA, steps=naive_steps,
-                                    runs=naive_runs))
+        _timed(
+            lambda: naive_router(PARAMS, batch=BATCH, eta=ETA, steps=naive_steps, runs=naive_runs)
+        )
         for _ in range(2)
     )
     best["naive per-token loop (extrapolated)"] = t_naive * runs * steps / NAIVE_REPLICA_STEPS
@@ -108,29 +109,36 @@ def main() -> None:
         floor = best["floor: numpy binomial"]
         naive = best["naive per-token loop (extrapolated)"]
         for name, sec in best.items():
-            rows.append((f"{ens} ({runs} x {steps})", name, sec, work / sec, floor / sec,
-                         naive / sec))
+            rows.append(
+                (f"{ens} ({runs} x {steps})", name, sec, work / sec, floor / sec, naive / sec)
+            )
         k_multi = best[f"kernel, {max_threads} threads"]
         k_one = best["kernel, 1 thread"]
-        checks.append((f"{ens}: kernel ({max_threads} threads) / floor", floor / k_multi,
-                       TARGETS["floor"]))
+        checks.append(
+            (f"{ens}: kernel ({max_threads} threads) / floor", floor / k_multi, TARGETS["floor"])
+        )
         checks.append((f"{ens}: kernel (1 thread) / floor", floor / k_one, TARGETS["floor"]))
-        checks.append((f"{ens}: kernel ({max_threads} threads) / naive", naive / k_multi,
-                       TARGETS["naive"]))
+        checks.append(
+            (f"{ens}: kernel ({max_threads} threads) / naive", naive / k_multi, TARGETS["naive"])
+        )
         if ens == "large":
-            checks.append((f"{ens}: {max_threads} threads / 1 thread", k_one / k_multi,
-                           TARGETS["threads"]))
+            checks.append(
+                (f"{ens}: {max_threads} threads / 1 thread", k_one / k_multi, TARGETS["threads"])
+            )
 
-    header = (f"{'ensemble':<22} {'method':<38} {'seconds':>10} {'replica-steps/s':>16} "
-              f"{'x floor':>8} {'x naive':>9}")
-    print(f"batch router, a={PARAMS.a:g} gamma={PARAMS.gamma:g} T={PARAMS.T:g} h={PARAMS.h:g} "
-          f"B={BATCH} eta={ETA:g}; numba {numba.__version__}, numpy {np.__version__}, "
-          f"threading layer {numba.threading_layer()}; best of {REPEATS}")
+    header = (
+        f"{'ensemble':<22} {'method':<38} {'seconds':>10} {'replica-steps/s':>16} "
+        f"{'x floor':>8} {'x naive':>9}"
+    )
+    print(
+        f"batch router, a={PARAMS.a:g} gamma={PARAMS.gamma:g} T={PARAMS.T:g} h={PARAMS.h:g} "
+        f"B={BATCH} eta={ETA:g}; numba {numba.__version__}, numpy {np.__version__}, "
+        f"threading layer {numba.threading_layer()}; best of {REPEATS}"
+    )
     print(header)
     print("-" * len(header))
     for ens, name, sec, rate, vs_floor, vs_naive in rows:
-        print(f"{ens:<22} {name:<38} {sec:>10.4f} {rate:>16.3e} {vs_floor:>8.2f} "
-              f"{vs_naive:>9.1f}")
+        print(f"{ens:<22} {name:<38} {sec:>10.4f} {rate:>16.3e} {vs_floor:>8.2f} {vs_naive:>9.1f}")
     print("-" * len(header))
     for label, value, target in checks:
         verdict = "ok" if value >= target else "BELOW TARGET"

@@ -83,8 +83,9 @@ def test_no_overflow_at_large_scores():
 
 
 def test_kernel_matches_reference_two_experts():
-    kw = dict(batch=128, eta=0.01, steps=300, runs=3000, record_every=100, rho=0.5,
-              record_scores=True)
+    kw = dict(
+        batch=128, eta=0.01, steps=300, runs=3000, record_every=100, rho=0.5, record_scores=True
+    )
     k = simulate_batch_router(FIG6, seed=1, **kw)
     r = simulate_batch_router_reference(FIG6, seed=1, **kw)
     assert k.u_hat.shape == r.u_hat.shape == (3000, 4)
@@ -96,8 +97,9 @@ def test_kernel_matches_reference_two_experts():
 def test_kernel_matches_reference_time_varying_h():
     steps = 400
     sweep = np.linspace(-0.5, 0.5, steps)
-    kw = dict(batch=64, eta=0.01, steps=steps, runs=2000, record_every=200, h=sweep,
-              record_scores=True)
+    kw = dict(
+        batch=64, eta=0.01, steps=steps, runs=2000, record_every=200, h=sweep, record_scores=True
+    )
     k = simulate_batch_router(FIG6, seed=2, **kw)
     r = simulate_batch_router_reference(FIG6, seed=2, **kw)
     assert_same_law(k.scores[:, -1], r.scores[:, -1], what="y after an h sweep")
@@ -106,8 +108,16 @@ def test_kernel_matches_reference_time_varying_h():
 
 def test_kernel_matches_reference_four_experts():
     p4 = RouterParams(a=2.0, gamma=1.0, T=0.8, h=0.3, n_experts=4)
-    kw = dict(batch=64, eta=0.02, steps=200, runs=2000, record_every=100, rho=0.3,
-              r0=[0.0, 0.2, -0.1, 0.4], record_scores=True)
+    kw = dict(
+        batch=64,
+        eta=0.02,
+        steps=200,
+        runs=2000,
+        record_every=100,
+        rho=0.3,
+        r0=[0.0, 0.2, -0.1, 0.4],
+        record_scores=True,
+    )
     k = simulate_batch_router(p4, seed=4, **kw)
     r = simulate_batch_router_reference(p4, seed=4, **kw)
     assert k.u_hat.shape == (2000, 3, 4)
@@ -127,8 +137,16 @@ def test_mean_field_limit_prop_3_1():
     errors = []
     for eta in (0.02, 0.005, 0.00125):
         steps = round(8.0 / eta)
-        r = simulate_batch_router(FIG6, batch=512, eta=eta, steps=steps, runs=1000, seed=5,
-                                  record_every=steps // 40, record_scores=True)
+        r = simulate_batch_router(
+            FIG6,
+            batch=512,
+            eta=eta,
+            steps=steps,
+            runs=1000,
+            seed=5,
+            record_every=steps // 40,
+            record_scores=True,
+        )
         u_mf = solve_meanfield(FIG6, r.t, 0.0)
         errors.append(np.max(np.abs(np.tanh(r.scores / 2.0).mean(axis=0) - u_mf)))
         band = 5 * math.sqrt(1.0 / 512 / 1000)  # Var u_hat <= 1 / B per run
@@ -139,8 +157,9 @@ def test_mean_field_limit_prop_3_1():
 
 
 def test_fig6_batch_router_follows_mean_field():
-    r = simulate_batch_router(FIG6, batch=512, eta=0.002, steps=5000, runs=40, seed=0,
-                              record_every=10)
+    r = simulate_batch_router(
+        FIG6, batch=512, eta=0.002, steps=5000, runs=40, seed=0, record_every=10
+    )
     u_mf = solve_meanfield(FIG6, r.t, 0.0)
     assert np.max(np.abs(r.u_mean - u_mf)) <= 0.05
     upper = max(e.u for e in equilibria(FIG6) if e.stable)
@@ -154,8 +173,17 @@ def test_stationary_spread_matches_linear_noise():
     stable = [e for e in equilibria(FIG6) if e.stable]
     assert sp.y_star == pytest.approx(max(e.y for e in stable))
     assert sp.eigenvalue == pytest.approx(float(drift_dy(sp.y_star, FIG6)))
-    r = simulate_batch_router(FIG6, batch=512, eta=0.002, steps=100_000, runs=64, seed=6,
-                              y0=sp.y_star, record_every=100, record_scores=True)
+    r = simulate_batch_router(
+        FIG6,
+        batch=512,
+        eta=0.002,
+        steps=100_000,
+        runs=64,
+        seed=6,
+        y0=sp.y_star,
+        record_every=100,
+        record_scores=True,
+    )
     y, u = r.scores[:, 10:], r.u_hat[:, 10:]
     assert y.std() / sp.y_std == pytest.approx(1.0, abs=0.1)
     assert u.std() / sp.u_hat_std == pytest.approx(1.0, abs=0.1)
@@ -166,8 +194,18 @@ def test_stationary_spread_small_batch_and_feedback():
     # a larger y spread (B = 16, eta = 0.05) and a_eff = a - rho
     for rho in (0.0, 1.5):
         sp = stationary_spread(FIG6, batch=16, eta=0.05, rho=rho)
-        r = simulate_batch_router(FIG6, batch=16, eta=0.05, steps=40_000, runs=32, seed=7,
-                                  rho=rho, y0=sp.y_star, record_every=10, record_scores=True)
+        r = simulate_batch_router(
+            FIG6,
+            batch=16,
+            eta=0.05,
+            steps=40_000,
+            runs=32,
+            seed=7,
+            rho=rho,
+            y0=sp.y_star,
+            record_every=10,
+            record_scores=True,
+        )
         assert r.scores[:, 20:].std() / sp.y_std == pytest.approx(1.0, abs=0.1), rho
         assert r.u_hat[:, 20:].std() / sp.u_hat_std == pytest.approx(1.0, abs=0.1), rho
 
@@ -178,9 +216,11 @@ def test_stationary_spread_formula():
     ou = 1e-6 * 9 * one_u2 / (2 * 512 * abs(sp.eigenvalue))  # leading (OU) order
     assert sp.y_std**2 == pytest.approx(ou, rel=1e-5)
     assert sp.u_hat_std**2 == pytest.approx(sp.load_std**2 + one_u2 / 512, rel=1e-12)
+    # F(-y; -h) = -F(y; h): from y = 0 the flow with h < 0 reaches the mirror image
+    upper = stationary_spread(FIG6, batch=512, eta=0.002)
     lower = stationary_spread(FIG6.replace(h=-0.08), batch=512, eta=0.002)
-    assert lower.y_star == pytest.approx(-min(e.y for e in equilibria(FIG6.replace(h=0.08))
-                                              if e.stable), rel=1e-9) or lower.y_star < 0
+    assert lower.y_star == pytest.approx(-upper.y_star, rel=1e-12)
+    assert lower.u_hat_std == pytest.approx(upper.u_hat_std, rel=1e-12)
     assert stationary_spread(FIG6.replace(h=0.0, a=1.0), batch=8, eta=0.01).y_star == 0.0
     assert stationary_spread(FIG6, batch=8, eta=0.01, rho=5.0).eigenvalue < 0  # a_eff < 0
     with pytest.raises(ValueError):
@@ -197,8 +237,16 @@ def test_uniform_state_stable_below_threshold_breaks_above(n_experts):
     # in the metastable band of N = 8) and 1.5 (unstable: one expert takes the load)
     for kappa, stays in ((0.7, True), (1.5, False)):
         p = RouterParams(a=kappa * n_experts, gamma=1.0, T=1.0, n_experts=n_experts)
-        r = simulate_batch_router(p, batch=4096, eta=0.01, steps=3000, runs=8, seed=8,
-                                  record_every=500, b=np.zeros(n_experts))
+        r = simulate_batch_router(
+            p,
+            batch=4096,
+            eta=0.01,
+            steps=3000,
+            runs=8,
+            seed=8,
+            record_every=500,
+            b=np.zeros(n_experts),
+        )
         max_load = r.u_hat[:, -1, :].max(axis=1)
         if stays:
             assert np.all(max_load < 1.0 / n_experts + 0.05), (kappa, max_load)
@@ -230,8 +278,12 @@ def test_n_experts_y0_convention_and_h_sweep():
 def test_same_seed_same_bits_any_threads_chunks_records():
     kw = dict(batch=512, eta=0.002, steps=600, runs=37, seed=10, record_scores=True)
     base = simulate_batch_router(FIG6, threads=1, **kw)
-    for variant in (dict(threads=2), dict(threads=2, chunk_steps=7), dict(chunk_steps=1),
-                    dict(threads=1, chunk_steps=600)):
+    for variant in (
+        dict(threads=2),
+        dict(threads=2, chunk_steps=7),
+        dict(chunk_steps=1),
+        dict(threads=1, chunk_steps=600),
+    ):
         other = simulate_batch_router(FIG6, **variant, **kw)
         np.testing.assert_array_equal(base.u_hat, other.u_hat, err_msg=str(variant))
         np.testing.assert_array_equal(base.scores, other.scores, err_msg=str(variant))
@@ -272,35 +324,58 @@ def test_equivalent_inputs_give_identical_runs():
         np.testing.assert_array_equal(base.scores, r.scores, err_msg=str(i))
     # rho enters the two-expert dynamics only through a_eff = a - rho
     fb = simulate_batch_router(FIG6, rho=1.0, **kw)
-    np.testing.assert_array_equal(fb.scores, simulate_batch_router(FIG6.replace(a=2.0), **kw).scores)
+    np.testing.assert_array_equal(
+        fb.scores, simulate_batch_router(FIG6.replace(a=2.0), **kw).scores
+    )
 
 
 def test_per_replica_initial_states():
     y0 = np.array([-3.0, 0.0, 3.0])
-    r = simulate_batch_router(FIG6, batch=512, eta=0.01, steps=100, runs=3, y0=y0,
-                              record_scores=True)
+    r = simulate_batch_router(
+        FIG6, batch=512, eta=0.01, steps=100, runs=3, y0=y0, record_scores=True
+    )
     np.testing.assert_array_equal(r.scores[:, 0], y0)
     assert r.u_hat[0, -1] < 0 < r.u_hat[2, -1]
 
 
 def test_token_router_is_batch_one():
-    kw = dict(eta=0.01, steps=2000, runs=200, seed=15, record_every=100)
-    tok = simulate_token_router(FIG6, **kw)
-    assert set(np.unique(tok.u_hat)) <= {-1.0, 1.0} and tok.batch == 1
-    np.testing.assert_array_equal(
-        tok.u_hat, simulate_batch_router(FIG6, batch=1, **kw).u_hat
-    )
-    u_mf = solve_meanfield(FIG6, tok.t, 0.0)
-    assert np.max(np.abs(tok.u_mean - u_mf)) < 5 / math.sqrt(200) + 0.05
+    # eq. (2): one token a step; monostable setting (a < 2 gamma T), where single-token noise
+    # cannot switch branches, so the hidden load follows the mean field (Prop. 3.1)
+    p = RouterParams(a=1.0, gamma=1.0, T=1.0, h=0.5)
+    kw = dict(eta=0.002, steps=2500, runs=400, seed=15, record_every=250, y0=-1.0)
+    tok = simulate_token_router(p, record_scores=True, **kw)
+    assert set(np.unique(tok.u_hat)) <= {-1.0, 1.0} and tok.batch == 1 and tok.rho == 0.0
+    np.testing.assert_array_equal(tok.u_hat, simulate_batch_router(p, batch=1, **kw).u_hat)
+    u_mf = solve_meanfield(p, tok.t, -1.0)
+    assert np.max(np.abs(np.tanh(tok.scores / 2.0).mean(axis=0) - u_mf)) < 0.01
+    assert np.max(np.abs(tok.u_mean - u_mf)) < 5 / math.sqrt(400)
     with pytest.raises(ParameterError):
-        simulate_token_router(FIG6, batch=4, **kw)
+        simulate_token_router(p, batch=4, **kw)
 
 
 def test_progress_reports_chunks():
     calls = []
-    simulate_batch_router(FIG6, batch=8, eta=0.01, steps=100, runs=2, chunk_steps=30,
-                          progress=lambda done, total: calls.append((done, total)))
+    simulate_batch_router(
+        FIG6,
+        batch=8,
+        eta=0.01,
+        steps=100,
+        runs=2,
+        chunk_steps=30,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls == [(30, 100), (60, 100), (90, 100), (100, 100)]
+    calls.clear()
+    simulate_batch_router(
+        FIG6,
+        batch=8,
+        eta=0.01,
+        steps=90,
+        runs=2,
+        chunk_steps=30,
+        progress=lambda *a: calls.append(a),
+    )
+    assert calls == [(30, 90), (60, 90), (90, 90)]
 
 
 # ----------------------------------------------------------------------------------------------

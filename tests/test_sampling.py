@@ -122,8 +122,9 @@ def test_stirling_correction_against_mpmath():
     mp = pytest.importorskip("mpmath")
     mp.mp.dps = 40
     for k in range(60):
-        exact = mp.loggamma(k + 1) - ((k + mp.mpf(1) / 2) * mp.log(k + 1) - (k + 1)
-                                      + mp.log(2 * mp.pi) / 2)
+        exact = mp.loggamma(k + 1) - (
+            (k + mp.mpf(1) / 2) * mp.log(k + 1) - (k + 1) + mp.log(2 * mp.pi) / 2
+        )
         # table for k <= 9; the 3-term series beyond is good to ~1/(1680 (k+1)^7)
         tol = 1e-16 if k <= 9 else 1.0 / (1680.0 * (k + 1) ** 7)
         assert abs(smp._fc(k) - float(exact)) <= tol + 1e-17, k
@@ -214,7 +215,11 @@ def test_multinomial_marginals_and_covariance(n, pvals):
     i, j = 0, 1
     if pv[i] > 0 and pv[j] > 0 and n > 1:
         cov = np.cov(x[:, i], x[:, j])[0, 1]
-        se = n * math.sqrt(pv[i] * pv[j] * (1 - pv[i]) * (1 - pv[j]) + (pv[i] * pv[j]) ** 2) / math.sqrt(size)
+        se = (
+            n
+            * math.sqrt(pv[i] * pv[j] * (1 - pv[i]) * (1 - pv[j]) + (pv[i] * pv[j]) ** 2)
+            / math.sqrt(size)
+        )
         assert abs(cov + n * pv[i] * pv[j]) <= 6 * se + 1e-12
 
 

@@ -13,16 +13,16 @@ are split into chunks. Uniforms are ``((x >> 11) + 1/2) 2^-53``, in the open int
 - ``n p < 10``: sequential inversion from 0 (expected ``n p + 1`` comparisons), restarted in the
   rare event that round-off lets the search run past ``min(n, np + 10 sqrt(npq + 1))``;
 - ``n p >= 10``: BTRD, transformed rejection with decomposition (W. Hoermann, "The generation
-  of binomial random variates", J. Statist. Comput. Simul. 46 (1993) 101-110). About 86% of the
-  draws are accepted in the first step with one uniform and no transcendental function, which
-  is what makes the router kernel faster than numpy's BTPE.
+  of binomial random variates", J. Statist. Comput. Simul. 46 (1993) 101-110). Most draws
+  (``0.86 v_r``: 70-80% for ``npq`` from 10^2 to 10^4) are accepted in the first step with one
+  uniform and no transcendental function; about 1.15 uniforms a draw on average.
 
 **Multinomial(n, p)** by conditional binomials, ``N_j ~ Binomial(n - sum_{i<j} N_i,
 p_j / sum_{i>=j} p_i)``, with the suffix sums formed by addition (no cancellation).
 
-**Kernels.** One step of the batch router (Kiselev 2026, sec. 8) for a chunk of steps
-``n0 <= n < n1``, in place on the scores and the generator states; the serial and the
-``prange`` kernels run the very same per-replica function, so they agree bit for bit.
+**Kernels.** The batch router (Kiselev 2026, sec. 8) for a chunk of steps ``n0 <= n < n1``,
+in place on the scores and the generator states; the serial and the ``prange`` kernels run the
+very same per-block function, so they agree bit for bit.
 """
 
 from __future__ import annotations
@@ -70,14 +70,14 @@ _FC = np.array(
 # SplitMix64 seeding and xoshiro256++
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _mix64(z):
     z = (z ^ (z >> _U64(30))) * _MIX1
     z = (z ^ (z >> _U64(27))) * _MIX2
     return z ^ (z >> _U64(31))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def seed_streams(seed, first, count):
     """xoshiro256++ states of replicas ``first .. first + count - 1``, shape ``(count, 4)``."""
     out = np.empty((count, 4), dtype=np.uint64)
@@ -92,12 +92,12 @@ def seed_streams(seed, first, count):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _rotl(x, k):
     return (x << _U64(k)) | (x >> _U64(64 - k))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _next_u64(st, i):
     """Next output of the xoshiro256++ generator whose state is row ``i`` of ``st``."""
     s0, s1, s2, s3 = st[i, 0], st[i, 1], st[i, 2], st[i, 3]
@@ -113,7 +113,7 @@ def _next_u64(st, i):
     return result
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _uniform(st, i):
     """A uniform double in the open interval (0, 1) from stream ``i``."""
     # the top 53 bits fit an int64: its conversion is cheaper than the unsigned one
@@ -124,7 +124,7 @@ def _uniform(st, i):
 # binomial: inversion and BTRD
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _fc(k):
     """Stirling-series correction ``log k! - [(k + 1/2) log(k + 1) - (k + 1) + log sqrt(2 pi)]``."""
     if k <= 9:
@@ -134,9 +134,10 @@ def _fc(k):
     return (1.0 / 12.0 - (1.0 / 360.0 - r2 / 1260.0) * r2) * r
 
 
-@njit(cache=True)
-def _binomial_inversion(st, i, n, p, q):
-    # sequential search from 0 with the pmf recursion f(x) = f(x-1) ((n + 1) r / x - r)
+@njit(cache=True, error_model="numpy")
+def _binomial_inversion(st, i, n, p, q, u):
+    # sequential search from 0 with the pmf recursion f(x) = f(x-1) ((n + 1) r / x - r);
+    # `u` is the first uniform, later attempts (after a round-off overrun) draw their own
     r = p / q
     g = r * (n + 1.0)
     qn = math.exp(n * math.log1p(-p))
@@ -144,7 +145,6 @@ def _binomial_inversion(st, i, n, p, q):
     while True:
         x = 0
         px = qn
-        u = _uniform(st, i)
         ok = True
         while u > px:
             x += 1
@@ -155,26 +155,43 @@ def _binomial_inversion(st, i, n, p, q):
             px *= g / x - r
         if ok:
             return x
+        u = _uniform(st, i)
 
 
-@njit(cache=True)
-def _btrd(st, i, n, p, q):
-    # Hoermann (1993), algorithm BTRD; requires p <= 1/2 and n p >= 10. The constants needed
-    # only after step 1 (m, r, nr, npq, alpha) are formed on the first visit of step 2.
+@njit(cache=True, error_model="numpy")
+def _btrd_box(n, p, q):
+    """BTRD set-up needed by step 1: ``(sqrt(npq), a, b, c, v_r)``."""
     spq = math.sqrt(n * p * q)
     b = 1.15 + 2.53 * spq
     a = -0.0873 + 0.0248 * b + 0.01 * p
     c = n * p + 0.5
     vr = 0.92 - 4.2 / b
+    return spq, a, b, c, vr
+
+
+@njit(cache=True, error_model="numpy")
+def _btrd_step1(v, a, b, c, vr):
+    """BTRD step 1: the variate (as a float) for a uniform ``v <= 0.86 v_r`` in the inner box."""
+    u = v / vr - 0.43
+    return math.floor((2.0 * a / (0.5 - abs(u)) + b) * u + c)
+
+
+@njit(cache=True, error_model="numpy")
+def _btrd(st, i, n, p, q, v):
+    # Hoermann (1993), algorithm BTRD; requires p <= 1/2 and n p >= 10; `v` is the first
+    # uniform. The constants needed only after step 1 are formed on the first visit of step 2.
+    spq, a, b, c, vr = _btrd_box(n, p, q)
     urvr = 0.86 * vr
     m = -1
     r = nr = npq = alpha = 0.0
+    first = True
     while True:
         # step 1: the box inside the hat, accepted without evaluating the pmf
-        v = _uniform(st, i)
+        if not first:
+            v = _uniform(st, i)
+        first = False
         if v <= urvr:
-            u = v / vr - 0.43
-            return int(math.floor((2.0 * a / (0.5 - abs(u)) + b) * u + c))
+            return int(_btrd_step1(v, a, b, c, vr))
         if m < 0:
             m = int(math.floor((n + 1.0) * p))
             r = p / q
@@ -233,19 +250,29 @@ def _btrd(st, i, n, p, q):
             return k
 
 
-@njit(cache=True)
-def _binomial_small(st, i, n, p, q):
-    """Binomial(n, p) for ``p <= 1/2``; ``q = 1 - p`` passed in so it keeps its accuracy."""
+@njit(cache=True, error_model="numpy")
+def _binomial_small_from(st, i, n, p, q, u):
+    """Binomial(n, p) for ``p <= 1/2`` given its first uniform ``u`` (drawn by the caller)."""
     if n <= 0 or not p > 0.0:  # also p = NaN: never loop on a NaN
         return 0
     if n == 1:
-        return 1 if _uniform(st, i) < p else 0
+        return 1 if u < p else 0
     if n * p < 10.0:
-        return _binomial_inversion(st, i, n, p, q)
-    return _btrd(st, i, n, p, q)
+        return _binomial_inversion(st, i, n, p, q, u)
+    return _btrd(st, i, n, p, q, u)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
+def _binomial_small(st, i, n, p, q):
+    """Binomial(n, p) for ``p <= 1/2``; ``q = 1 - p`` passed in so it keeps its accuracy.
+
+    Every draw starts with one uniform (used by all three methods), so that the router kernel
+    can draw it, and finish BTRD's step 1, for a whole block of replicas without branching.
+    """
+    return _binomial_small_from(st, i, n, p, q, _uniform(st, i))
+
+
+@njit(cache=True, error_model="numpy")
 def _binomial_pq(st, i, n, p, q):
     """Binomial(n, p) with both ``p`` and ``q = 1 - p`` given accurately."""
     if p <= q:
@@ -253,7 +280,7 @@ def _binomial_pq(st, i, n, p, q):
     return n - _binomial_small(st, i, n, q, p)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _multinomial(st, i, n, w, suffix, out):
     """Multinomial(n, w / sum(w)) into ``out`` (shape ``(N,)``); ``w >= 0`` need not sum to 1.
 
@@ -279,7 +306,7 @@ def _multinomial(st, i, n, w, suffix, out):
 # samplers exposed for the tests and the benchmark (one stream, replica 0 of `seed`)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def uniform_sample(size, seed):
     """``size`` uniforms of (0, 1) from the stream of replica 0 of ``seed``."""
     st = seed_streams(seed, 0, 1)
@@ -289,7 +316,7 @@ def uniform_sample(size, seed):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def binomial_sample(n, p, size, seed):
     """``size`` draws of Binomial(n, p), int64, from the stream of replica 0 of ``seed``."""
     st = seed_streams(seed, 0, 1)
@@ -300,7 +327,7 @@ def binomial_sample(n, p, size, seed):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def multinomial_sample(n, pvals, size, seed):
     """``size`` draws of Multinomial(n, pvals), shape ``(size, N)``, int64."""
     st = seed_streams(seed, 0, 1)
@@ -321,36 +348,64 @@ def multinomial_sample(n, pvals, size, seed):
 # its scores and generator states (no false sharing between threads) and writes them back.
 # Blocks only reorder independent work: every replica's arithmetic is the same whatever the
 # blocking, so results do not depend on it.
+#
+# Arguments shared by the kernels:
+#   span = (n0, n1, steps, record_every): run steps n0 <= n < n1 of a run of `steps` updates;
+#       step n draws a batch from the current state, records it when n % record_every == 0
+#       (record index n // record_every), then updates the state unless n == steps (the final
+#       record, drawn at the last state);
+#   h, h_stride: the skew of steps n0, n0 + 1, ... (h_stride = 1) or a constant (h_stride = 0);
+#   blocks: number of replica blocks (any value gives the same result).
 
 
-@njit(cache=True)
-def _two_expert_block(
-    y, states, lo, hi, n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h, h_stride,
-    u_out, y_out, record_y,
-):
+@njit(cache=True, error_model="numpy")
+def _two_expert_block(y, states, lo, hi, span, batch, model, h, h_stride, u_out, y_out, rec_y):
+    n0, n1, steps, record_every = span
+    eta, a_eff, gamma, T = model
     ys = y[lo:hi].copy()
     sts = states[lo:hi].copy()
+    size = hi - lo
+    # per-replica values passed from the branch-free pass to the finishing pass
+    pmin = np.empty(size)
+    pmax = np.empty(size)
+    first_u = np.empty(size)
+    box = np.empty(size)
+    done = np.empty(size, dtype=np.bool_)
     decay = 1.0 - eta * gamma
     ka = 2.0 * eta * a_eff / batch  # eta a_eff u_hat = ka N1 + kc
     kc = -eta * a_eff
     inv_t = 1.0 / T
     phase = n0 % record_every  # steps since the last record
     for n in range(n0, n1):
+        # pass 1, without branches: p1 = 1 / (1 + e^-z) as the smaller of p1, p2 (no overflow),
+        # the first uniform of each draw and BTRD's step 1, which settles most draws
+        for i in range(size):
+            z = ys[i] * inv_t
+            e = math.exp(-abs(z))
+            s = 1.0 / (1.0 + e)
+            p = e * s
+            v = _uniform(sts, i)
+            _, a, b, c, vr = _btrd_box(batch, p, s)
+            pmin[i] = p
+            pmax[i] = s
+            first_u[i] = v
+            box[i] = _btrd_step1(v, a, b, c, vr)
+            done[i] = (batch * p >= 10.0) & (v <= 0.86 * vr)
+        # pass 2: finish the other draws (the same algorithm as _binomial_small), record, update
         record = phase == 0
         j = n // record_every
         update = n < steps
         drive = kc + eta * h[(n - n0) * h_stride] if update else 0.0
-        for i in range(hi - lo):
+        for i in range(size):
+            if done[i]:
+                k = int(box[i])
+            else:
+                k = _binomial_small_from(sts, i, batch, pmin[i], pmax[i], first_u[i])
             yi = ys[i]
-            z = yi * inv_t
-            # p1 = 1 / (1 + e^-z): draw the smaller of p1, p2 = e^-|z| / (1 + e^-|z|), no overflow
-            e = math.exp(-abs(z))
-            s = 1.0 / (1.0 + e)
-            k = _binomial_small(sts, i, batch, e * s, s)
-            c1 = batch - k if z > 0.0 else k
+            c1 = batch - k if yi > 0.0 else k
             if record:
                 u_out[lo + i, j] = (2.0 * c1 - batch) / batch
-                if record_y:
+                if rec_y:
                     y_out[lo + i, j] = yi
             if update:
                 ys[i] = decay * yi + (ka * c1 + drive)
@@ -361,51 +416,41 @@ def _two_expert_block(
     states[lo:hi] = sts
 
 
-@njit(cache=True)
-def two_expert_chunk(
-    y, states, n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h, h_stride, u_out,
-    y_out, record_y, blocks,
-):
-    """Steps ``n0 <= n < n1`` of the two-expert batch router for every replica (serial).
+@njit(cache=True, error_model="numpy")
+def two_expert_chunk(y, states, span, batch, model, h, h_stride, u_out, y_out, rec_y, blocks):
+    """Two-expert batch router, serial: ``y <- y + eta (a_eff u_hat - gamma y + h_n)``.
 
-    ``y`` (runs,) and ``states`` (runs, 4) are updated in place. Step ``n`` draws
-    ``N1 ~ Binomial(B, p1(y_n))``; when ``n % record_every == 0`` it records
-    ``u_out[:, n // record_every] = (2 N1 - B) / B`` (and ``y_n`` in ``y_out`` if ``record_y``);
-    then ``y <- (1 - eta gamma) y + eta (a_eff u_hat + h_n)`` unless ``n == steps`` (the final
-    record). ``h`` holds the skew of steps ``n0, n0 + 1, ...`` (``h_stride = 1``) or a constant
-    (``h_stride = 0``). ``blocks``: number of replica blocks (any value gives the same result).
+    ``y`` (runs,) and ``states`` (runs, 4) are updated in place; ``model = (eta, a_eff, gamma,
+    T)``. Step ``n`` draws ``N1 ~ Binomial(B, 1 / (1 + exp(-y_n / T)))`` and records
+    ``u_hat = (2 N1 - B) / B`` in ``u_out[:, n // record_every]`` (and ``y_n`` in ``y_out`` if
+    ``rec_y``). See the comment above for ``span``, ``h``, ``h_stride``, ``blocks``.
     """
     runs = y.size
     for b in range(blocks):
-        _two_expert_block(
-            y, states, b * runs // blocks, (b + 1) * runs // blocks, n0, n1, steps, record_every,
-            batch, eta, a_eff, gamma, T, h, h_stride, u_out, y_out, record_y,
-        )
+        lo, hi = b * runs // blocks, (b + 1) * runs // blocks
+        _two_expert_block(y, states, lo, hi, span, batch, model, h, h_stride, u_out, y_out, rec_y)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def two_expert_chunk_parallel(
-    y, states, n0, n1, steps, record_every, batch, eta, a_eff, gamma, T, h, h_stride, u_out,
-    y_out, record_y, blocks,
+    y, states, span, batch, model, h, h_stride, u_out, y_out, rec_y, blocks
 ):
     """:func:`two_expert_chunk` with the blocks spread over numba's threads (``prange``)."""
     runs = y.size
     for b in prange(blocks):
-        _two_expert_block(
-            y, states, b * runs // blocks, (b + 1) * runs // blocks, n0, n1, steps, record_every,
-            batch, eta, a_eff, gamma, T, h, h_stride, u_out, y_out, record_y,
-        )
+        lo, hi = b * runs // blocks, (b + 1) * runs // blocks
+        _two_expert_block(y, states, lo, hi, span, batch, model, h, h_stride, u_out, y_out, rec_y)
 
 
 # ----------------------------------------------------------------------------------------------
 # N experts: r_i <- r_i + eta (a l_i - rho (l_i - 1/N) - gamma r_i + b_i),  l = N / B
 
 
-@njit(cache=True)
-def _n_expert_block(
-    r, states, lo, hi, n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h, h_stride,
-    use_h, l_out, r_out, record_r,
-):
+@njit(cache=True, error_model="numpy")
+def _n_expert_block(r, states, lo, hi, span, batch, model, b, h, h_stride, l_out, r_out, rec_r):
+    n0, n1, steps, record_every = span
+    eta, a, rho, gamma, T = model
+    use_h = h.size > 0
     rs = r[lo:hi].copy()
     sts = states[lo:hi].copy()
     k = rs.shape[1]
@@ -437,7 +482,7 @@ def _n_expert_block(
             if record:
                 for m in range(k):
                     l_out[lo + i, j, m] = counts[m] / batch
-                    if record_r:
+                    if rec_r:
                         r_out[lo + i, j, m] = ri[m]
             if update:
                 for m in range(k):
@@ -450,35 +495,27 @@ def _n_expert_block(
     states[lo:hi] = sts
 
 
-@njit(cache=True)
-def n_expert_chunk(
-    r, states, n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h, h_stride, use_h,
-    l_out, r_out, record_r, blocks,
-):
-    """Steps ``n0 <= n < n1`` of the N-expert batch router (serial); ``r`` is (runs, N).
+@njit(cache=True, error_model="numpy")
+def n_expert_chunk(r, states, span, batch, model, b, h, h_stride, l_out, r_out, rec_r, blocks):
+    """N-expert batch router, serial; ``r`` (runs, N) and ``states`` updated in place.
 
-    Loads of the batch drawn at step ``n`` go to ``l_out[:, n // record_every, :]``. With
-    ``use_h`` the drift is ``(h_n/2, -h_n/2, b_3, ...)``, otherwise ``b``.
+    ``model = (eta, a, rho, gamma, T)``. Step ``n`` draws the counts ``~ Multinomial(B,
+    softmax(r_n / T))`` and records the loads in ``l_out[:, n // record_every, :]`` (and ``r_n``
+    in ``r_out`` if ``rec_r``). The drift is ``b``, or ``(h_n/2, -h_n/2, b_3, ...)`` when ``h``
+    is given (non-empty); pass an empty ``h`` for a constant drift.
     """
     runs = r.shape[0]
     for blk in range(blocks):
-        _n_expert_block(
-            r, states, blk * runs // blocks, (blk + 1) * runs // blocks, n0, n1, steps,
-            record_every, batch, eta, a, rho, gamma, T, b, h, h_stride, use_h, l_out, r_out,
-            record_r,
-        )
+        lo, hi = blk * runs // blocks, (blk + 1) * runs // blocks
+        _n_expert_block(r, states, lo, hi, span, batch, model, b, h, h_stride, l_out, r_out, rec_r)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def n_expert_chunk_parallel(
-    r, states, n0, n1, steps, record_every, batch, eta, a, rho, gamma, T, b, h, h_stride, use_h,
-    l_out, r_out, record_r, blocks,
+    r, states, span, batch, model, b, h, h_stride, l_out, r_out, rec_r, blocks
 ):
     """:func:`n_expert_chunk` with the blocks spread over numba's threads (``prange``)."""
     runs = r.shape[0]
     for blk in prange(blocks):
-        _n_expert_block(
-            r, states, blk * runs // blocks, (blk + 1) * runs // blocks, n0, n1, steps,
-            record_every, batch, eta, a, rho, gamma, T, b, h, h_stride, use_h, l_out, r_out,
-            record_r,
-        )
+        lo, hi = blk * runs // blocks, (blk + 1) * runs // blocks
+        _n_expert_block(r, states, lo, hi, span, batch, model, b, h, h_stride, l_out, r_out, rec_r)

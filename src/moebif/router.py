@@ -159,7 +159,7 @@ class _Setup:
     rho: float
     record_every: int
     h_kind: str  # "const", "array" or "callable"
-    h_scalar: bool  # a scalar h replaced params.h
+    h_scalar: bool  # a constant h (scalar h, or b for two experts) replaces params.h
     h_const: float  # two experts, h_kind == "const"
     h_values: np.ndarray | Callable | None
     b: np.ndarray  # N experts: constant drift (zeros when h varies)
@@ -200,7 +200,9 @@ def _evaluate_h(fn: Callable, t: np.ndarray) -> np.ndarray:
             raise ParameterError("h", f"calling h(t) failed: {exc}") from exc
     if not np.all(np.isfinite(out)):
         bad = t[~np.isfinite(out)][0]
-        raise ParameterError("h", f"h(t) must be finite, got {out[~np.isfinite(out)][0]} at t={bad}")
+        raise ParameterError(
+            "h", f"h(t) must be finite, got {out[~np.isfinite(out)][0]} at t={bad}"
+        )
     return out
 
 
@@ -221,7 +223,9 @@ def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b,
         raise ParameterError("eta", f"must be > 0, got {eta:g}")
     if eta * p.gamma >= 2.0:
         # the forgetting term alone makes the discrete map diverge: |1 - eta gamma| >= 1
-        raise ParameterError("eta", f"eta * gamma must be < 2 for a bounded router, got {eta:g}")
+        raise ParameterError(
+            "eta", f"eta * gamma must be < 2 for a bounded router, got {eta * p.gamma:g}"
+        )
     rho = check_finite("rho", rho)
     if rho < 0.0:
         raise ParameterError("rho", f"must be >= 0, got {rho:g}")
@@ -235,7 +239,10 @@ def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b,
         if h is not None:
             raise ParameterError("b", "give either b or h, not both")
     h_kind, h_const, h_values = "const", p.h if bvec is None else bvec[0] - bvec[1], None
-    h_scalar = h is not None and not callable(h) and np.ndim(h) == 0
+    # the skew actually simulated replaces params.h in the result when it is a constant
+    h_scalar = (h is not None and not callable(h) and np.ndim(h) == 0) or (
+        bvec is not None and n == 2
+    )
     if h is not None:
         if callable(h):
             h_kind, h_values = "callable", h
@@ -246,8 +253,9 @@ def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b,
             h_values = _finite_array("h", h)
             if h_values.shape != (steps,):
                 raise ParameterError(
-                    "h", f"must be a scalar, a callable or an array of shape ({steps},) "
-                    f"(one value a step), got shape {h_values.shape}"
+                    "h",
+                    f"must be a scalar, a callable or an array of shape ({steps},) "
+                    f"(one value a step), got shape {h_values.shape}",
                 )
             h_kind = "array"
     if h_kind != "const":
@@ -264,9 +272,7 @@ def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b,
     if r0 is not None:
         r0a = _finite_array("r0", r0)
         if r0a.shape not in ((n,), (runs, n)):
-            raise ParameterError(
-                "r0", f"must have shape ({n},) or ({runs}, {n}), got {r0a.shape}"
-            )
+            raise ParameterError("r0", f"must have shape ({n},) or ({runs}, {n}), got {r0a.shape}")
         if np.any(y0a != 0.0):
             raise ParameterError("r0", "give either y0 or r0, not both")
         r0a = np.broadcast_to(r0a, (runs, n))
@@ -279,8 +285,17 @@ def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b,
         state0[:, 0] = 0.5 * y0a
         state0[:, 1] = -0.5 * y0a
     return _Setup(
-        params=p, batch=batch, eta=eta, steps=steps, runs=runs, seed=seed, rho=rho,
-        record_every=record_every, h_kind=h_kind, h_scalar=h_scalar, h_const=float(h_const),
+        params=p,
+        batch=batch,
+        eta=eta,
+        steps=steps,
+        runs=runs,
+        seed=seed,
+        rho=rho,
+        record_every=record_every,
+        h_kind=h_kind,
+        h_scalar=h_scalar,
+        h_const=float(h_const),
         h_values=h_values,
         b=np.ascontiguousarray(b_const, dtype=float),
         state0=np.array(state0, dtype=float, order="C"),
@@ -290,9 +305,18 @@ def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b,
 def _result(s: _Setup, u, scores, seconds) -> SimulationResult:
     p = s.params.replace(h=s.h_const) if s.h_scalar else s.params
     return SimulationResult(
-        t=np.arange(s.records) * (s.record_every * s.eta), u_hat=u, scores=scores, params=p,
-        batch=s.batch, eta=s.eta, steps=s.steps, runs=s.runs, seed=s.seed, rho=s.rho,
-        record_every=s.record_every, seconds=seconds,
+        t=np.arange(s.records) * (s.record_every * s.eta),
+        u_hat=u,
+        scores=scores,
+        params=p,
+        batch=s.batch,
+        eta=s.eta,
+        steps=s.steps,
+        runs=s.runs,
+        seed=s.seed,
+        rho=s.rho,
+        record_every=s.record_every,
+        seconds=seconds,
     )
 
 
@@ -365,19 +389,21 @@ def simulate_batch_router(
 
     if threads is not None and threads > numba.config.NUMBA_NUM_THREADS:
         raise ParameterError(
-            "threads", f"must be <= {numba.config.NUMBA_NUM_THREADS} (numba's maximum), got {threads}"
+            "threads",
+            f"must be <= {numba.config.NUMBA_NUM_THREADS} (numba's maximum), got {threads}",
         )
     serial = threads == 1 or s.runs == 1
+    rec = bool(record_scores)
     p, n, K = s.params, s.n_experts, s.records
     state = s.state0.copy()
     rng = smp.seed_streams(np.uint64(s.seed), 0, s.runs)
     if n == 2:
         u = np.empty((s.runs, K))
-        sc = np.empty((s.runs, K)) if record_scores else np.empty((s.runs, 1))
+        sc = np.empty((s.runs, K)) if rec else np.empty((s.runs, 1))
         kernel = smp.two_expert_chunk if serial else smp.two_expert_chunk_parallel
     else:
         u = np.empty((s.runs, K, n))
-        sc = np.empty((s.runs, K, n)) if record_scores else np.empty((s.runs, 1, 1))
+        sc = np.empty((s.runs, K, n)) if rec else np.empty((s.runs, 1, 1))
         kernel = smp.n_expert_chunk if serial else smp.n_expert_chunk_parallel
 
     # the final record at n = steps (when it is a record step) needs one more draw, no update
@@ -391,17 +417,17 @@ def simulate_batch_router(
         n0 = 0
         while n0 < n_end:
             n1 = min(n0 + chunk, n_end)
+            if n1 == s.steps < n_end:
+                n1 = n_end  # keep the final draw with the last steps (one progress report)
             hv, hs = s.h_chunk(n0, n1)
+            span = (n0, n1, s.steps, s.record_every)
             if n == 2:
-                kernel(
-                    state, rng, n0, n1, s.steps, s.record_every, s.batch, s.eta, p.a - s.rho,
-                    p.gamma, p.T, hv, hs, u, sc, record_scores, blocks,
-                )
+                model = (s.eta, p.a - s.rho, p.gamma, p.T)
+                kernel(state, rng, span, s.batch, model, hv, hs, u, sc, rec, blocks)
             else:
-                kernel(
-                    state, rng, n0, n1, s.steps, s.record_every, s.batch, s.eta, p.a, s.rho,
-                    p.gamma, p.T, s.b, hv, hs, s.h_kind != "const", u, sc, record_scores, blocks,
-                )
+                model = (s.eta, p.a, s.rho, p.gamma, p.T)
+                hv = hv if s.h_kind != "const" else np.empty(0)
+                kernel(state, rng, span, s.batch, model, s.b, hv, hs, u, sc, rec, blocks)
             n0 = n1
             if progress is not None:
                 progress(min(n0, s.steps), s.steps)
@@ -409,7 +435,7 @@ def simulate_batch_router(
         numba.set_num_threads(saved_threads)
     if not np.all(np.isfinite(state)):
         raise FloatingPointError("router state became non-finite; reduce eta")
-    return _result(s, u, sc if record_scores else None, time.perf_counter() - t_start)
+    return _result(s, u, sc if rec else None, time.perf_counter() - t_start)
 
 
 def simulate_token_router(
@@ -434,8 +460,16 @@ def simulate_token_router(
         if name in options:
             raise ParameterError(name, "is fixed by the per-token router (batch=1, rho=0)")
     return simulate_batch_router(
-        params, batch=1, eta=eta, steps=steps, runs=runs, seed=seed, rho=0.0, y0=y0,
-        record_every=record_every, **options,
+        params,
+        batch=1,
+        eta=eta,
+        steps=steps,
+        runs=runs,
+        seed=seed,
+        rho=0.0,
+        y0=y0,
+        record_every=record_every,
+        **options,
     )
 
 
@@ -582,8 +616,12 @@ def stationary_spread(
     var_y = eta * a_eff**2 * one_u2 / (batch * denom)
     var_load = (one_u2 / (2.0 * p.T)) ** 2 * var_y
     return StationarySpread(
-        y_star=float(y_star), u_star=u, eigenvalue=f_y, y_std=math.sqrt(var_y),
-        load_std=math.sqrt(var_load), u_hat_std=math.sqrt(var_load + one_u2 / batch),
+        y_star=float(y_star),
+        u_star=u,
+        eigenvalue=f_y,
+        y_std=math.sqrt(var_y),
+        load_std=math.sqrt(var_load),
+        u_hat_std=math.sqrt(var_load + one_u2 / batch),
     )
 
 

@@ -14,7 +14,10 @@ from types import ModuleType
 # id -> module name, in report order
 REGISTRY: dict[str, str] = {
     "theory": "theory",
+    "fig06": "fig06_meanfield",
     "fig07": "fig07_hysteresis",
+    "fig08": "fig08_collapse_region",
+    "fig09": "fig09_onset",
     "fig10": "fig10_width_vs_a",
     "fig11": "fig11_feedback",
 }

@@ -95,8 +95,15 @@ def _steps(duration: float, eta: float) -> int:
 def _transient(cfg: Config, p: RouterParams, progress) -> dict:
     steps = _steps(cfg.horizon, cfg.eta)
     sim = simulate_batch_router(
-        p, batch=cfg.batch, eta=cfg.eta, steps=steps, runs=cfg.runs, seed=cfg.seed, y0=cfg.y0,
-        record_every=cfg.record_every, progress=progress,
+        p,
+        batch=cfg.batch,
+        eta=cfg.eta,
+        steps=steps,
+        runs=cfg.runs,
+        seed=cfg.seed,
+        y0=cfg.y0,
+        record_every=cfg.record_every,
+        progress=progress,
     )
     u_mf = solve_meanfield(p, sim.t, cfg.y0)
     err = np.abs(sim.u_mean - u_mf)
@@ -107,7 +114,6 @@ def _transient(cfg: Config, p: RouterParams, progress) -> dict:
         "u_meanfield": u_mf,
         "sup_error": float(err.max()),
         "t_sup_error": float(sim.t[err.argmax()]),
-        "seconds": sim.seconds,
     }
 
 
@@ -116,8 +122,15 @@ def _stationary(cfg: Config, p: RouterParams) -> dict:
     steps = _steps(cfg.spread_horizon, cfg.eta)
     every = cfg.spread_record_every
     sim = simulate_batch_router(
-        p, batch=cfg.batch, eta=cfg.eta, steps=steps, runs=cfg.spread_runs, seed=cfg.seed + 1,
-        y0=pred.y_star, record_every=every, record_scores=True,
+        p,
+        batch=cfg.batch,
+        eta=cfg.eta,
+        steps=steps,
+        runs=cfg.spread_runs,
+        seed=cfg.seed + 1,
+        y0=pred.y_star,
+        record_every=every,
+        record_scores=True,
     )
     keep = sim.t >= cfg.spread_burn_in
     u = sim.u_hat[:, keep].ravel()
@@ -125,7 +138,7 @@ def _stationary(cfg: Config, p: RouterParams) -> dict:
     # u_hat lives on the lattice 2k/B - 1: bins of two lattice points each, edges between points
     step = 2.0 / cfg.batch
     k = np.rint((u + 1.0) / step)
-    edges = -1.0 + step * (np.arange(k.min(), k.max() + 2.0, 2.0) - 0.5)
+    edges = -1.0 + step * (np.arange(k.min(), k.max() + 3.0, 2.0) - 0.5)
     counts, edges = np.histogram(u, bins=edges)
     return {
         "y_star": pred.y_star,
@@ -150,9 +163,15 @@ def _convergence(cfg: Config, p: RouterParams, progress) -> dict:
     weak, weak_se, t_weak, strong = [], [], [], []
     for i, eta in enumerate(etas):
         sim = simulate_batch_router(
-            p, batch=cfg.batch, eta=eta, steps=_steps(cfg.conv_horizon, eta),
-            runs=cfg.conv_runs, seed=cfg.seed + 100 + i, y0=cfg.y0,
-            record_every=_steps(cfg.conv_dt, eta), record_scores=True,
+            p,
+            batch=cfg.batch,
+            eta=eta,
+            steps=_steps(cfg.conv_horizon, eta),
+            runs=cfg.conv_runs,
+            seed=cfg.seed + 100 + i,
+            y0=cfg.y0,
+            record_every=_steps(cfg.conv_dt, eta),
+            record_scores=True,
         )
         load = np.tanh(sim.scores / (2.0 * p.T))  # E[u_hat | y]: same mean, no batch noise
         dev = np.abs(load.mean(axis=0) - u_mf)
@@ -269,10 +288,14 @@ def plot(result: ExperimentResult, config: Config):
         top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.05])
         ax = top.subplots()
         t, m, s = (np.asarray(tr[k]) for k in ("t", "u_mean", "u_std"))
-        ax.fill_between(t, m - s, m + s, color=COLORS[0], alpha=0.22, lw=0, label="± 1 sd over runs")
+        ax.fill_between(
+            t, m - s, m + s, color=COLORS[0], alpha=0.22, lw=0, label="± 1 sd over runs"
+        )
         ax.plot(t, m, color=COLORS[0], lw=1.0, label=f"batch router, mean of {cfg.runs} runs")
         ax.plot(
-            t, tr["u_meanfield"], **{**THEORY, "linewidth": 1.6},
+            t,
+            tr["u_meanfield"],
+            **{**THEORY, "linewidth": 1.6},
             label="mean-field ODE (6), u = tanh(y/2T)",
         )
         ax.set(
@@ -321,7 +344,13 @@ def plot(result: ExperimentResult, config: Config):
         weak, strong = np.asarray(cv["weak_error"]), np.asarray(cv["strong_error"])
         ax.plot(eta, strong, "s-", color=COLORS[2], ms=4, label="single path (RMS over runs)")
         ax.errorbar(
-            eta, weak, yerr=cv["weak_error_se"], fmt="o-", color=COLORS[1], ms=4, capsize=2,
+            eta,
+            weak,
+            yerr=cv["weak_error_se"],
+            fmt="o-",
+            color=COLORS[1],
+            ms=4,
+            capsize=2,
             label="replica mean (± 1 s.e.)",
         )
         # orders of convergence, drawn through the largest-eta point as guides

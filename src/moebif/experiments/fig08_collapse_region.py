@@ -46,11 +46,12 @@ class Config:
     a: float = 3.0
     h: float = 0.0
     # not given: log grids over [0.3, 5] in T and gamma. 0.3 x 5 = 1.5 = a/2, so the line
-    # gamma T = a/2 runs through the centre of the plane (kappa from 0.06 to 17). Different
-    # point counts in T and gamma put cells at many distances from the line, several just
-    # outside the excluded band.
+    # gamma T = a/2 runs through the centre of the plane (kappa from 0.06 to 17). The point
+    # counts 24 and 21 make the log steps incommensurate (not 5:6, which would put kappa on a
+    # coarse lattice 1.024^k), so cells lie at all distances from the line, many just outside
+    # the excluded band.
     T_range: tuple = (0.3, 5.0)
-    T_points: int = 25
+    T_points: int = 24
     gamma_range: tuple = (0.3, 5.0)
     gamma_points: int = 21
     # the batch size of the paper's other batch-router experiments (sec. 8.4)
@@ -79,7 +80,7 @@ class Config:
 
 
 def quick() -> Config:
-    return Config(T_points=13, gamma_points=11, runs=8)
+    return Config(T_points=12, gamma_points=11, runs=8)
 
 
 def _grid(rng: tuple, points: int) -> np.ndarray:
@@ -96,14 +97,21 @@ def _cell(cfg: Config, gamma: float, T: float, i: int, j: int) -> np.ndarray:
     u0 = np.clip(cfg.init_asymmetry * init.standard_normal(cfg.runs), -0.99, 0.99)
     seed = int(np.random.SeedSequence([cfg.seed, i, j, 1]).generate_state(1, np.uint64)[0])
     sim = simulate_batch_router(
-        p, batch=cfg.batch, eta=eta, steps=steps, runs=cfg.runs, seed=seed,
-        y0=2.0 * T * np.arctanh(u0), record_every=steps,
+        p,
+        batch=cfg.batch,
+        eta=eta,
+        steps=steps,
+        runs=cfg.runs,
+        seed=seed,
+        y0=2.0 * T * np.arctanh(u0),
+        record_every=steps,
     )
     return np.abs(sim.u_hat[:, -1])
 
 
 def meanfield_collapse(kappa: np.ndarray) -> np.ndarray:
-    """Mean-field ``|u*|`` at h = 0: 0 for ``kappa <= 1``, else ``tanh q`` with ``q = kappa tanh q``."""
+    """Mean-field ``|u*|`` at h = 0 against ``kappa`` (any shape): 0 for ``kappa <= 1``, else
+    ``tanh q`` with ``q = kappa tanh q`` (the stable collapsed state of Thm 4.1)."""
     out = np.zeros_like(np.asarray(kappa, dtype=float))
     for k, kap in np.ndenumerate(np.asarray(kappa, dtype=float)):
         if kap > 1.0:
@@ -202,7 +210,12 @@ def plot(result: ExperimentResult, config: Config):
             ax.plot(Tl, cfg.a / (2 * f * Tl), ":", color="0.75", lw=0.8, label=lab)
         jj, ii = np.nonzero(disagree.T)
         ax.plot(
-            Ts[jj], gammas[ii], "x", color=COLORS[5], ms=5, mew=1.3,
+            Ts[jj],
+            gammas[ii],
+            "x",
+            color=COLORS[5],
+            ms=5,
+            mew=1.3,
             label=f"disagrees with theory ({disagree.sum()})",
         )
         ax.set(
@@ -228,19 +241,35 @@ def plot(result: ExperimentResult, config: Config):
         ax = axs[1]
         k = kappa.ravel()
         ax.plot(
-            k[outside.ravel()], final.ravel()[outside.ravel()], "o", ms=2.5, color=COLORS[0],
-            alpha=0.6, mew=0, label="grid cells",
+            k[outside.ravel()],
+            final.ravel()[outside.ravel()],
+            "o",
+            ms=2.5,
+            color=COLORS[0],
+            alpha=0.6,
+            mew=0,
+            label="grid cells",
         )
         ax.plot(
-            k[~outside.ravel()], final.ravel()[~outside.ravel()], "o", ms=2.5, color="0.6",
-            mew=0, label="cells in the excluded band",
+            k[~outside.ravel()],
+            final.ravel()[~outside.ravel()],
+            "o",
+            ms=2.5,
+            color="0.6",
+            mew=0,
+            label="cells in the band",
         )
         kk = np.geomspace(k.min(), k.max(), 400)
-        ax.plot(kk, meanfield_collapse(kk), **THEORY, label="mean-field |u*| (Thm 4.1)")
+        ax.plot(kk, meanfield_collapse(kk), **THEORY, label="mean-field |u*|")
         ax.axhline(cfg.collapse_threshold, color=COLORS[1], lw=0.8, ls=":")
         ax.text(
-            k.min(), cfg.collapse_threshold, "collapsed / balanced threshold", color=COLORS[1],
-            fontsize=7, ha="left", va="bottom",
+            k.min(),
+            cfg.collapse_threshold,
+            "collapse threshold",
+            color=COLORS[1],
+            fontsize=7,
+            ha="left",
+            va="bottom",
         )
         ax.axvline(1.0, color="0.5", lw=0.6)
         ax.set(
@@ -250,6 +279,6 @@ def plot(result: ExperimentResult, config: Config):
             title="All cells against κ",
             ylim=(0, 1.02),
         )
-        ax.legend(loc="center left")
+        ax.legend(loc="upper left")
         panel_label(ax, "b")
     return fig

@@ -1,0 +1,407 @@
+"""Top-k routing: inclusion probabilities, the mean-field ODE and its thresholds.
+
+Each token picks ``k`` distinct experts by Gumbel-top-k of the scores ``z = r / T``, which is
+the same as Plackett-Luce sampling without replacement from ``softmax(r / T)`` (and as an
+exponential race: ``E_j ~ Exp(rate w_j)``, ``w_j = e^{z_j}``, keep the ``k`` smallest). The load
+of expert ``i`` is ``l_i = count_i / (k B)``, so the loads sum to one and ``k = 1`` is the
+paper's router. Its mean is ``pi_i(r) / k`` with the *inclusion probability*
+
+    pi_i = P(i among the k picks) = int_0^inf w_i e^{-w_i t} P(C_{-i}(t) <= k - 1) dt,
+
+where ``C_{-i}(t)`` counts the other experts whose clocks rang before ``t``: a sum of independent
+Bernoulli(``1 - e^{-w_j t}``) (Poisson-binomial). ``sum_i pi_i = k``. The mean-field ODE is
+
+    r' = (a / k) pi(r) - gamma r + b,                                         (8k)
+
+again a gradient flow: ``pi = grad_z Phi`` with ``Phi(z) = E[sum of the k largest z_j + G_j]``
+(``G_j`` standard Gumbel; envelope theorem), so its Jacobian
+``(a / (k T)) d pi / d z - gamma I`` is symmetric, with off-diagonal entries
+
+    d pi_i / d z_j = - int_0^inf w_i w_j t e^{-(w_i + w_j) t} P(C_{-ij}(t) = k - 1) dt   (i != j)
+
+and rows summing to zero (a common shift of the scores changes nothing).
+
+**Computation.** ``method="enumerate"``: exact sum over the ordered picks (subsets of size
+``<= k`` with their Plackett-Luce probabilities; ``N <= 16``). ``method="integral"``: the one-
+dimensional integral above in ``u = log t``, where the integrand is analytic and decays
+exponentially at both ends, by the trapezoidal rule (geometric convergence; ~1e-15 relative with
+the default step, checked against the enumeration and mpmath in the tests). The Poisson-binomial
+probabilities come from prefix/suffix recursions with positive terms only (no cancellation).
+
+**Uniform state.** At ``r_1 = ... = r_N`` the Jacobian of ``pi`` is ``alpha (I - 11^T / N) / T``
+with (derived from the integral, Beta-function identity)
+
+    alpha_k = (N - k) / (N - 1) * (H_N - H_{N-k}),     H_n = 1 + 1/2 + ... + 1/n,
+
+so the uniform state of (8k) loses stability at ``a_lin = k gamma T / alpha_k`` (``N gamma T`` for
+``k = 1``).
+
+**Symmetric branches.** "m winners at score gap d": ``z = d`` on m experts, 0 on the others.
+With ``pi_w, pi_l`` their inclusion probabilities the equilibrium condition reads
+
+    a / (gamma T) = g_{m,k}(d) = k d / (pi_w(d) - pi_l(d)),
+
+and the Jacobian has the eigenvalues ``(a/(kT)) mu - gamma`` with ``mu`` = ``-m J_ww - (N-m) J_wl``
+(m - 1 contrasts within the winners), ``-(N-m) J_ll - m J_wl`` (N - m - 1 within the losers),
+``-N J_wl`` (between the groups), 0 (common mode; eigenvalue ``-gamma``), where ``J_xy`` are
+the off-diagonal entries of ``d pi / d z`` (the binomial form of the integral above). For
+``k = 1`` this is :mod:`moebif.nexperts`. Unlike ``k = 1``, equilibria of (8k) need not have two
+score levels; the two-level branches are the ones computed here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .params import RouterParams, check_positive
+
+__all__ = [
+    "TopKBranch",
+    "inclusion_jacobian",
+    "inclusion_probabilities",
+    "topk_branch",
+    "topk_collapse_threshold",
+    "topk_linear_threshold",
+    "topk_regime",
+    "topk_uniform_slope",
+    "topk_vector_field",
+]
+
+_MAX_ENUMERATE = 16
+# trapezoidal step in u = log t: the integrand is analytic in the strip |Im u| < pi/2, so the
+# error is ~exp(-pi^2 / h) (~1e-17 at h = 0.25); 0.2 leaves a margin
+_DU = 0.2
+
+
+def _check_k(k, n: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise ValueError(f"top_k: must be an integer, got {k!r}")
+    if not 1 <= k < n:
+        raise ValueError(f"top_k: must be in 1..{n - 1} for {n} experts, got {k}")
+    return int(k)
+
+
+def _weights(r, T: float) -> np.ndarray:
+    z = np.asarray(r, dtype=float) / T
+    if z.ndim != 1 or not np.all(np.isfinite(z)):
+        raise ValueError("r: must be a finite 1-d score vector")
+    return np.exp(z - z.max())
+
+
+# ----------------------------------------------------------------------------------------------
+# exact enumeration
+
+
+def _enumerate(w: np.ndarray, k: int) -> np.ndarray:
+    """Plackett-Luce probabilities of every chosen set, level by level (sets as bitmasks)."""
+    n = w.size
+    level = {0: (1.0, 0.0)}  # mask -> (probability, weight of the chosen set)
+    total = float(np.sum(np.sort(w)))
+    for _ in range(k):
+        nxt: dict[int, tuple[float, float]] = {}
+        for mask, (prob, ws) in level.items():
+            # remaining mass summed directly (no cancellation when the chosen set dominates)
+            rest = [j for j in range(n) if not mask >> j & 1]
+            rem = math.fsum(w[j] for j in rest) if ws > 0.5 * total else total - ws
+            for j in rest:
+                m2 = mask | (1 << j)
+                pj = prob * w[j] / rem
+                old = nxt.get(m2)
+                nxt[m2] = (pj + old[0], ws + w[j]) if old else (pj, ws + w[j])
+        level = nxt
+    pi = np.zeros(n)
+    for mask, (prob, _) in level.items():
+        for j in range(n):
+            if mask >> j & 1:
+                pi[j] += prob
+    return pi
+
+
+# ----------------------------------------------------------------------------------------------
+# the integral over the exponential race
+
+
+def _nodes(w: np.ndarray, k: int, du: float) -> np.ndarray:
+    """Trapezoid nodes t = e^u covering the integrand's mass (see the module docstring)."""
+    ws = np.sort(w)[::-1]
+    lo = math.log(1e-18 / ws.sum())
+    hi = math.log(60.0 / ws[min(k, w.size) - 1])
+    m = int(math.ceil((hi - lo) / du))
+    return np.exp(lo + du * np.arange(m + 1))
+
+
+def _pb_prefix(q: np.ndarray, k: int) -> np.ndarray:
+    """``P(count of Bernoulli(q_0..q_{j-1}) = c)`` for ``c < k``: shape ``(N + 1, Q, k)``.
+    ``q`` has shape ``(N, Q)``; counts ``>= k`` are dropped (not needed)."""
+    n, nq = q.shape
+    out = np.zeros((n + 1, nq, k))
+    out[0, :, 0] = 1.0
+    for j in range(n):
+        prev = out[j]
+        cur = out[j + 1]
+        cur[:] = prev * (1.0 - q[j])[:, None]
+        cur[:, 1:] += prev[:, :-1] * q[j][:, None]
+    return out
+
+
+def _race(w: np.ndarray, k: int, du: float = _DU):
+    """Nodes, their Bernoulli probabilities, and P(C_{-i}(t) = c) for c < k: ``(N, Q, k)``."""
+    t = _nodes(w, k, du)
+    wt = w[:, None] * t[None, :]
+    q = -np.expm1(-wt)  # 1 - e^{-w t}, accurate for small w t
+    pre = _pb_prefix(q, k)
+    suf = _pb_prefix(q[::-1], k)[::-1]  # suf[j]: experts j..N-1
+    n = w.size
+    loo = np.empty((n, t.size, k))
+    for c in range(k):
+        # P(C_{-i} = c) = sum_{a+b=c} pre[i][a] suf[i+1][b]
+        loo[:, :, c] = np.einsum("iqa,iqa->iq", pre[:n, :, : c + 1], suf[1:, :, c::-1])
+    return t, wt, loo
+
+
+def inclusion_probabilities(r, T: float, k: int, *, method: str = "auto") -> np.ndarray:
+    """``pi_i(r)``: probability that expert ``i`` is among the ``k`` experts a token picks.
+
+    **Arguments:** ``r`` scores, shape ``(N,)``; ``T`` temperature; ``k`` in ``1..N-1``;
+    ``method``: ``"enumerate"`` (exact, ``N <= 16``), ``"integral"`` (1-d quadrature, any N),
+    ``"auto"`` (softmax for ``k = 1``, enumeration for ``N <= 8``, else the integral).
+
+    **Returns:** shape ``(N,)``, entries in ``[0, 1]`` summing to ``k``.
+    """
+    T = check_positive("T", T)
+    w = _weights(r, T)
+    k = _check_k(k, w.size)
+    if method == "auto":
+        if k == 1:
+            return w / w.sum()
+        method = "enumerate" if w.size <= 8 else "integral"
+    if method == "enumerate":
+        if w.size > _MAX_ENUMERATE:
+            raise ValueError(f"method: enumeration is for N <= {_MAX_ENUMERATE}, got N = {w.size}")
+        return _enumerate(w, k)
+    if method != "integral":
+        raise ValueError(f"method: unknown {method!r} (enumerate, integral, auto)")
+    t, wt, loo = _race(w, k)
+    cdf = loo.sum(axis=2)  # P(C_{-i} <= k - 1)
+    # integrand in u = log t: w_i t e^{-w_i t} P(C_{-i}(t) <= k - 1)
+    g = wt * np.exp(-wt) * cdf
+    du = math.log(t[1] / t[0])
+    pi = du * (g.sum(axis=1) - 0.5 * (g[:, 0] + g[:, -1]))
+    return np.clip(pi, 0.0, 1.0)
+
+
+def inclusion_jacobian(r, T: float, k: int) -> np.ndarray:
+    """``d pi_i / d r_j``, shape ``(N, N)``, symmetric with zero row sums (see the module
+    docstring); by the integral for the off-diagonal entries."""
+    T = check_positive("T", T)
+    w = _weights(r, T)
+    n = w.size
+    k = _check_k(k, n)
+    t = _nodes(w, k, _DU)
+    wt = w[:, None] * t[None, :]
+    q = -np.expm1(-wt)
+    du = math.log(t[1] / t[0])
+    jac = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            keep = np.ones(n, dtype=bool)
+            keep[[i, j]] = False
+            pb = _pb_prefix(q[keep], k)[-1][:, k - 1]  # P(C_{-ij} = k - 1)
+            g = wt[i] * wt[j] * np.exp(-(wt[i] + wt[j])) * pb
+            jac[i, j] = jac[j, i] = -du * (g.sum() - 0.5 * (g[0] + g[-1]))
+    jac[np.diag_indices(n)] = -jac.sum(axis=1)
+    return jac / T
+
+
+def topk_vector_field(r, params: RouterParams, k: int, b=None) -> np.ndarray:
+    """Right-hand side of (8k): ``(a / k) pi(r) - gamma r + b`` (``b`` defaults to ``params.b``)."""
+    p = params
+    b = p.b if b is None else np.asarray(b, dtype=float)
+    return p.a / k * inclusion_probabilities(r, p.T, k) - p.gamma * np.asarray(r, float) + b
+
+
+# ----------------------------------------------------------------------------------------------
+# uniform state
+
+
+def topk_uniform_slope(n_experts: int, k: int) -> float:
+    """``alpha_k = (N - k)/(N - 1) (H_N - H_{N-k})``: ``d pi / d z = alpha_k (I - 11^T/N)`` at
+    the uniform state (``alpha_1 = 1/N``)."""
+    n = int(n_experts)
+    k = _check_k(k, n)
+    harmonic = math.fsum(1.0 / j for j in range(n - k + 1, n + 1))
+    return (n - k) / (n - 1) * harmonic
+
+
+def topk_linear_threshold(n_experts: int, k: int, gamma: float, T: float) -> float:
+    """``a_lin = k gamma T / alpha_k``: the uniform state of (8k) is linearly stable iff
+    ``a < a_lin`` (``N gamma T`` for ``k = 1``)."""
+    gamma = check_positive("gamma", gamma)
+    T = check_positive("T", T)
+    return k * gamma * T / topk_uniform_slope(n_experts, k)
+
+
+# ----------------------------------------------------------------------------------------------
+# symmetric two-level states
+
+
+def _binom_pmf(n: int, q: np.ndarray, kmax: int) -> np.ndarray:
+    """``P(Binomial(n, q) = c)``, c = 0..kmax-1, for an array q (shape (Q, kmax)); recursion
+    on the count in log space-free form (``q`` in (0, 1))."""
+    out = np.zeros((q.size, kmax))
+    if n < 0:
+        return out
+    # build by repeated Bernoulli convolution: O(n kmax) and all terms positive
+    out[:, 0] = 1.0
+    for _ in range(n):
+        out[:, 1:] = out[:, 1:] * (1.0 - q)[:, None] + out[:, :-1] * q[:, None]
+        out[:, 0] *= 1.0 - q
+    return out
+
+
+def _conv_at(a: np.ndarray, b: np.ndarray, c: int) -> np.ndarray:
+    """``P(A + B = c)`` along the node axis."""
+    return np.einsum("qa,qa->q", a[:, : c + 1], b[:, c::-1])
+
+
+def _two_level(n: int, m: int, k: int, d: float, du: float = _DU) -> tuple[float, ...]:
+    """``(pi_w, pi_l, J_ww, J_ll, J_wl)`` at the state with m winners at gap d (in units of z).
+
+    Weights: winners 1, losers ``e^{-d}`` (d >= 0) or winners ``e^{d}``, losers 1 (d < 0)."""
+    ww, wl = (1.0, math.exp(-d)) if d >= 0 else (math.exp(d), 1.0)
+    w = np.array([ww] * m + [wl] * (n - m))
+    t = _nodes(w, k, du)
+    h = math.log(t[1] / t[0])
+    qw, ql = -np.expm1(-ww * t), -np.expm1(-wl * t)
+    ew, el = np.exp(-ww * t), np.exp(-wl * t)
+    # binomial pmfs of the other winners / losers (counts below k)
+    bw = {j: _binom_pmf(j, qw, k) for j in (m - 2, m - 1, m) if j >= 0}
+    bl = {j: _binom_pmf(j, ql, k) for j in (n - m - 2, n - m - 1, n - m) if j >= 0}
+
+    def trap(g):
+        return h * (g.sum() - 0.5 * (g[0] + g[-1]))
+
+    def cdf(a, b):
+        return sum(_conv_at(a, b, c) for c in range(k))
+
+    wt_w, wt_l = ww * t, wl * t
+    pi_w = trap(wt_w * ew * cdf(bw[m - 1], bl[n - m]))
+    pi_l = trap(wt_l * el * cdf(bw[m], bl[n - m - 1]))
+    nan = math.nan
+    j_ww = -trap(wt_w * wt_w * ew * ew * _conv_at(bw[m - 2], bl[n - m], k - 1)) if m >= 2 else nan
+    j_ll = (
+        -trap(wt_l * wt_l * el * el * _conv_at(bw[m], bl[n - m - 2], k - 1))
+        if n - m >= 2
+        else nan
+    )
+    j_wl = -trap(wt_w * wt_l * ew * el * _conv_at(bw[m - 1], bl[n - m - 1], k - 1))
+    return pi_w, pi_l, j_ww, j_ll, j_wl
+
+
+@dataclass(frozen=True, eq=False)
+class TopKBranch:
+    """The m-winner branch of (8k) sampled at score gaps ``d`` (arrays of shape ``(M,)``).
+
+    ``ratio`` is ``a / (gamma T)`` on the branch; ``eigenvalues`` maps each symmetric mode
+    (``within_winners``, ``within_losers``, ``between``) to ``(lambda / gamma, multiplicity)``
+    along the branch (the common mode, ``-gamma``, is left out); ``stable`` is all of them < 0.
+    """
+
+    n_experts: int
+    k: int
+    winners: int
+    d: np.ndarray
+    ratio: np.ndarray
+    pi_w: np.ndarray
+    pi_l: np.ndarray
+    eigenvalues: dict
+    stable: np.ndarray
+
+    @property
+    def max_load(self) -> np.ndarray:
+        """Largest expected load ``max(pi) / k``."""
+        return np.maximum(self.pi_w, self.pi_l) / self.k
+
+
+def topk_branch(n_experts: int, k: int, winners: int, d) -> TopKBranch:
+    """Sample the two-level branch with ``winners`` winners at score gaps ``d > 0`` (1-d array)."""
+    n, m = int(n_experts), int(winners)
+    k = _check_k(k, n)
+    if not 1 <= m < n:
+        raise ValueError(f"winners: must be in 1..{n - 1}, got {m}")
+    d = np.atleast_1d(np.asarray(d, dtype=float))
+    vals = np.array([_two_level(n, m, k, float(x)) for x in d])
+    pi_w, pi_l, j_ww, j_ll, j_wl = vals.T
+    ratio = k * d / (pi_w - pi_l)
+    # lambda / gamma = (g / k) mu - 1
+    s = ratio / k
+    eig = {
+        "within_winners": (s * (-m * j_ww - (n - m) * j_wl) - 1.0, m - 1),
+        "within_losers": (s * (-(n - m) * j_ll - m * j_wl) - 1.0, n - m - 1),
+        "between": (s * (-n * j_wl) - 1.0, 1),
+    }
+    lam = np.full(d.shape, -np.inf)
+    for v, mult in eig.values():
+        if mult > 0:
+            lam = np.maximum(lam, v)
+    return TopKBranch(n, k, m, d, ratio, pi_w, pi_l, eig, lam < 0.0)
+
+
+def topk_collapse_threshold(
+    n_experts: int, k: int, gamma: float, T: float, *, winners=None, d_max: float | None = None
+) -> tuple[float, int]:
+    """``(a_SN, m)``: the smallest ``a`` at which a stable two-level collapsed state of (8k)
+    exists, and its number of winners. Scans the branches ``m`` in ``winners`` (default
+    ``1 .. min(N - 1, 2k + 1)``) on a grid of gaps, then refines the onset of the stable part
+    (a fold, where ``between`` vanishes, or a point where another mode changes sign)."""
+    from scipy.optimize import brentq, minimize_scalar
+
+    gamma = check_positive("gamma", gamma)
+    T = check_positive("T", T)
+    n = int(n_experts)
+    k = _check_k(k, n)
+    ms = range(1, min(n - 1, 2 * k + 1) + 1) if winners is None else winners
+    d_max = d_max or 4.0 * math.log(n) + 12.0
+    grid = np.linspace(0.02, d_max, 160)
+    best, best_m = math.inf, 0
+    for m in ms:
+        br = topk_branch(n, k, m, grid)
+        if not br.stable.any():
+            continue
+        i = int(np.argmax(br.stable))  # first stable sample
+        cands = [br.ratio[br.stable].min()]
+        if i > 0:
+            lo, hi = grid[i - 1], grid[i]
+
+            def lam(d, m=m):
+                b = topk_branch(n, k, m, [d])
+                return max(v[0] for v, mult in b.eigenvalues.values() if mult > 0)
+
+            d_on = brentq(lam, lo, hi, xtol=1e-13)
+            r_on = float(topk_branch(n, k, m, [d_on]).ratio[0])
+            # the onset is a fold when g has its minimum there; refine on the stable side
+            res = minimize_scalar(
+                lambda d, m=m: float(topk_branch(n, k, m, [d]).ratio[0]),
+                bounds=(d_on, min(d_on + 2.0, d_max)),
+                method="bounded",
+                options={"xatol": 1e-10},
+            )
+            cands += [r_on, float(res.fun)]
+        val = min(cands)
+        if val < best:
+            best, best_m = val, m
+    return best * gamma * T, best_m
+
+
+def topk_regime(params: RouterParams, k: int) -> str:
+    """``balanced`` / ``metastable`` / ``collapsing`` for top-k routing (as :func:`moebif.nexperts.
+    regime` with the top-k thresholds)."""
+    p = params
+    a_lin = topk_linear_threshold(p.n_experts, k, p.gamma, p.T)
+    if p.a >= a_lin:
+        return "collapsing"
+    a_sn, _ = topk_collapse_threshold(p.n_experts, k, p.gamma, p.T)
+    return "metastable" if p.a >= a_sn else "balanced"
