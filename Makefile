@@ -32,7 +32,7 @@ test-slow: venv
 	$(BIN)/python -m pytest -m slow
 
 bench: venv
-	$(BIN)/python benchmarks/bench_router.py
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

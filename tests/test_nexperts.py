@@ -144,3 +144,123 @@ def test_barrier_window_and_monotonicity():
     dv = [barrier(RouterParams(a=x, gamma=1.0, T=1.0, n_experts=n)) for x in a]
     assert all(v > 0 for v in dv) and np.all(np.diff(dv) < 0)
     assert dv[-1] < 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# the symmetric-branch reduction is complete; only one winner is ever stable
+
+
+@pytest.mark.parametrize("n", [3, 5, 8])
+def test_brute_force_newton_finds_only_symmetric_equilibria(n):
+    """Damped Newton from 300 random starts: every root is an m-winner state of the list."""
+    rng = np.random.default_rng(n)
+    a_sn = collapse_threshold(n, 1.0, 1.0)
+    for a in (0.9 * a_sn, 0.5 * (a_sn + n), 1.2 * n):
+        p = RouterParams(a=a, gamma=1.0, T=1.0, n_experts=n)
+        pred = []
+        for e in symmetric_equilibria(p):
+            z = np.zeros(n)
+            z[: e.winners] = e.gap
+            pred.append(np.sort(np.exp(z) / np.exp(z).sum())[::-1])
+        found = set()
+        for _ in range(300):
+            x = a * rng.dirichlet(np.full(n, rng.choice([0.2, 1.0, 4.0])))
+            for _ in range(100):
+                pr = np.exp(x - x.max())
+                pr /= pr.sum()
+                J = a * (np.diag(pr) - np.outer(pr, pr)) - np.eye(n)
+                dx = np.linalg.solve(J, x - a * pr)
+                x = x + min(1.0, 2.0 / (np.abs(dx).max() + 1e-300)) * dx
+                if np.abs(dx).max() < 1e-13 * (1 + np.abs(x).max()):
+                    break
+            pr = np.exp(x - x.max())
+            pr /= pr.sum()
+            if np.abs(a * pr - x).max() > 1e-9 * (1 + a):
+                continue
+            dist = [np.abs(np.sort(pr)[::-1] - q).max() for q in pred]
+            assert min(dist) < 1e-8, "an equilibrium outside the symmetric families"
+            found.add(int(np.argmin(dist)))
+        stable = {i for i, e in enumerate(symmetric_equilibria(p)) if e.stable}
+        assert stable <= found
+
+
+def test_only_the_one_winner_branch_is_ever_stable():
+    from moebif.nexperts import stable_onsets
+
+    for n in (3, 4, 7, 8, 16):
+        ons = stable_onsets(n)
+        assert ons[1] == pytest.approx(collapse_threshold(n, 1.0, 1.0), rel=1e-4)
+        assert all(v == np.inf for m, v in ons.items() if m > 1)
+
+
+def test_branch_curve_matches_branch_eigenvalues():
+    from moebif.nexperts import branch_curve, branch_eigenvalues
+
+    n, m = 7, 2
+    d = np.array([0.4, 1.5, 4.0])
+    br = branch_curve(n, m, d)
+    for i, di in enumerate(d):
+        p = RouterParams(a=float(br.ratio[i]), gamma=1.0, T=1.0, n_experts=n)
+        ev = branch_eigenvalues(p, m, di)
+        for mode in ("within_winners", "within_losers", "between"):
+            assert br.eigenvalues[mode][0][i] == pytest.approx(ev[mode][0], abs=1e-12)
+            assert br.eigenvalues[mode][1] == ev[mode][1]
+
+
+def test_branch_saddle_nodes_list():
+    from moebif.nexperts import branch_saddle_nodes
+
+    sn = branch_saddle_nodes(8)
+    assert [s["winners"] for s in sn] == [1, 2, 3]
+    assert sn[0]["ratio"] == pytest.approx(collapse_threshold(8, 1.0, 1.0))
+    assert all(s["ratio"] < 8 for s in sn)
+    assert branch_saddle_nodes(2) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# metastability: escape theory and skew pulses
+
+
+def test_escape_theory_quantities():
+    from moebif.metastability import escape_theory
+    from moebif.nexperts import barrier
+
+    p = RouterParams(a=6.5, gamma=1.0, T=1.0, n_experts=8)
+    th = escape_theory(p)
+    assert th.barrier == pytest.approx(barrier(p), rel=1e-10)
+    assert 0.5 < th.kappa_path < 1.0  # the noise along the path is hotter than at uniform
+    assert th.lambda_u == pytest.approx(1 - 6.5 / 8)
+    assert th.lambda_s < 0
+    # the 1-d formula: log tau grows with slope -> kappa_path in X (large X)
+    x1, x2 = (th.barrier_to_noise(batch=b, eta=0.05) for b in (400, 800))
+    t1, t2 = (np.log(th.mean_escape_time(batch=b, eta=0.05)) for b in (400, 800))
+    assert (t2 - t1) / (x2 - x1) == pytest.approx(th.kappa_path, rel=0.02)
+    with pytest.raises(ValueError, match="a"):
+        escape_theory(p.replace(a=8.5))
+
+
+def test_pulse_threshold_against_the_ode():
+    """A pulse 3% above h_c(tau) collapses the mean-field router, 3% below it does not."""
+    from scipy.integrate import solve_ivp
+
+    from moebif.metastability import escape_theory, pulse_threshold
+
+    n = 8
+    p = RouterParams(a=6.5, gamma=1.0, T=1.0, n_experts=n)
+    th = escape_theory(p)
+    for tau in (0.5, 4.0):
+        hc = float(pulse_threshold(p, [tau])[0])
+        for f, collapsed in ((1.03, True), (0.97, False)):
+
+            def rhs(t, r, h=f * hc, tau=tau):
+                pr = np.exp(r - r.max())
+                pr /= pr.sum()
+                b = np.zeros(n)
+                b[0] = h if t < tau else 0.0
+                return p.a * pr - r + b
+
+            r0 = np.full(n, p.a / n)
+            sol = solve_ivp(rhs, (0, tau), r0, rtol=1e-10, atol=1e-12)
+            sol = solve_ivp(rhs, (tau, tau + 60), sol.y[:, -1], rtol=1e-10, atol=1e-12)
+            d_end = sol.y[0, -1] - sol.y[1, -1]
+            assert (d_end > th.d_s) == collapsed

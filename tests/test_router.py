@@ -429,3 +429,27 @@ def test_validation_n_experts_shapes():
     with pytest.raises(ParameterError) as info:
         simulate_batch_router_reference(p4, batch=8, eta=0.0, steps=10, runs=2)
     assert info.value.name == "eta"
+
+
+def test_two_pass_kernel_draws_like_the_tested_sampler():
+    """The kernel's pass structure consumes each replica's stream exactly as the binomial
+    sampler of test_sampling.py does, one draw at a time: replay it in Python."""
+    from moebif import _sampling as smp
+
+    B, eta, steps, runs, seed = 512, 0.01, 60, 3, 21
+    a, gamma, T, h = FIG6.a, FIG6.gamma, FIG6.T, FIG6.h
+    r = simulate_batch_router(
+        FIG6, batch=B, eta=eta, steps=steps, runs=runs, seed=seed, y0=-0.3, record_scores=True
+    )
+    st = smp.seed_streams(np.uint64(seed), 0, runs)
+    for i in range(runs):
+        y = -0.3
+        for n in range(steps + 1):
+            z = y * (1.0 / T)
+            e = math.exp(-abs(z))
+            s = 1.0 / (1.0 + e)
+            k = smp._binomial_small(st, i, B, e * s, s)
+            n1 = B - k if y > 0.0 else k
+            assert r.u_hat[i, n] == (2.0 * n1 - B) / B
+            assert r.scores[i, n] == pytest.approx(y, rel=1e-12, abs=1e-15)
+            y = (1.0 - eta * gamma) * y + (2.0 * eta * a / B * n1 + (-eta * a + eta * h))

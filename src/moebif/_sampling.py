@@ -22,7 +22,9 @@ p_j / sum_{i>=j} p_i)``, with the suffix sums formed by addition (no cancellatio
 
 **Kernels.** The batch router (Kiselev 2026, sec. 8) for a chunk of steps ``n0 <= n < n1``,
 in place on the scores and the generator states; the serial and the ``prange`` kernels run the
-very same per-block function, so they agree bit for bit.
+very same per-block function, so they agree bit for bit. All functions use numba's
+``error_model="numpy"`` (no zero-division checks: a division by zero can only occur in values
+that are discarded).
 """
 
 from __future__ import annotations
@@ -348,6 +350,13 @@ def multinomial_sample(n, pvals, size, seed):
 # its scores and generator states (no false sharing between threads) and writes them back.
 # Blocks only reorder independent work: every replica's arithmetic is the same whatever the
 # blocking, so results do not depend on it.
+#
+# The two-expert kernel goes further and splits each step in two passes over the block: a
+# branch-free pass (softmax, first uniform, BTRD set-up and step 1) that the core pipelines
+# freely, then a pass that finishes the ~25% of draws step 1 did not settle. Mispredicted
+# branches, which flush the pipeline, are thus confined to the draws that need them; this is
+# worth ~30% over one replica at a time, and the random streams are consumed exactly as by
+# _binomial_small, one replica at a time.
 #
 # Arguments shared by the kernels:
 #   span = (n0, n1, steps, record_every): run steps n0 <= n < n1 of a run of `steps` updates;

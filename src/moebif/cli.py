@@ -90,11 +90,37 @@ def _root(
 # theory
 
 
-def theory_report(params: RouterParams) -> dict:
-    """The JSON object of ``moebif theory`` (also used by the report and the tests)."""
+def theory_report(params: RouterParams, top_k: int = 1) -> dict:
+    """The JSON object of ``moebif theory`` (also used by the report and the tests).
+
+    With ``top_k > 1`` (top-k routing, N >= 3): the thresholds of the inclusion-probability mean
+    field (:mod:`moebif.topk`): ``critical_a`` = the linear threshold ``a_lin``, ``collapse_a`` =
+    ``a_SN`` and ``collapse_winners`` (the branch where the stable collapsed state appears)."""
     from . import nexperts, theory
 
     p = params
+    if top_k > 1:
+        from . import topk
+
+        a_lin = topk.topk_linear_threshold(p.n_experts, top_k, p.gamma, p.T)
+        a_sn, m = topk.topk_collapse_threshold(p.n_experts, top_k, p.gamma, p.T)
+        alpha = topk.topk_uniform_slope(p.n_experts, top_k)
+        return {
+            "params": p.to_dict(),
+            "top_k": top_k,
+            "critical_a": a_lin,
+            "kappa": p.a / a_lin,
+            "collapse_a": a_sn,
+            "collapse_winners": m,
+            "regime": "collapsing"
+            if p.a >= a_lin
+            else ("metastable" if p.a >= a_sn else "balanced"),
+            "uniform_state_eigenvalues": {
+                "common": -p.gamma,
+                "contrast": p.a * alpha / (top_k * p.T) - p.gamma,
+                "contrast_multiplicity": p.n_experts - 1,
+            },
+        }
     out: dict = {
         "params": p.to_dict(),
         "critical_a": p.critical_a,
@@ -119,11 +145,16 @@ def theory(
     T: Annotated[float, typer.Option("--T", help="Softmax temperature T > 0.")],
     h: Annotated[float, typer.Option("--h", help="External skew h = b1 - b2.")] = 0.0,
     experts: Annotated[int, typer.Option("--experts", help="Number of experts N >= 2.")] = 2,
+    top_k: Annotated[
+        int, typer.Option("--top-k", help="Experts per token K (top-k routing), 1 <= K < N.")
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Equilibria, stability, thresholds and regime of the mean-field router."""
     p = _params(a, gamma, T, h, experts)
-    rep = theory_report(p)
+    if not 1 <= top_k < experts:
+        raise CLIError("--top-k", f"must be in 1..{experts - 1} for {experts} experts, got {top_k}")
+    rep = theory_report(p, top_k)
     if as_json:
         _emit_json(rep)
         return
@@ -131,6 +162,21 @@ def theory(
     from rich.table import Table
 
     con = Console()
+    if top_k > 1:
+        con.print(
+            f"a={p.a:g}  gamma={p.gamma:g}  T={p.T:g}  N={p.n_experts}  top-{top_k} routing   "
+            f"linear threshold a_lin = {rep['critical_a']:.6g}   kappa = {rep['kappa']:.4g}"
+        )
+        con.print(
+            f"regime: [bold]{rep['regime']}[/bold]   collapse threshold a_SN = "
+            f"{rep['collapse_a']:.6g} ({rep['collapse_winners']} winner(s))"
+        )
+        eig = rep["uniform_state_eigenvalues"]
+        con.print(
+            f"uniform state: eigenvalue {eig['common']:.4g} (common mode), "
+            f"{eig['contrast']:.4g} x{eig['contrast_multiplicity']} (contrast modes)"
+        )
+        return
     con.print(
         f"a={p.a:g}  gamma={p.gamma:g}  T={p.T:g}  h={p.h:g}  N={p.n_experts}   "
         f"critical a = N gamma T = {rep['critical_a']:g}   kappa = {rep['kappa']:.4g}"
@@ -327,8 +373,8 @@ def _fail(message: str) -> None:
 
 
 def _load_extra_commands() -> None:
-    """Register the commands that live in their own modules (simulate, hysteresis)."""
-    from . import _cli_sim  # noqa: F401
+    """Register the commands that live in their own modules (simulate, hysteresis, branches)."""
+    from . import _cli_nexp, _cli_sim  # noqa: F401
 
 
 _load_extra_commands()

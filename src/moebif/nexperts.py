@@ -13,6 +13,11 @@ N - m losers" equilibria: ``gamma r_w = a p_w``, ``gamma r_l = a p_l`` with scor
 for ``a > a_SN = gamma T min_d g_1(d)``, while the uniform state is still linearly stable up to
 ``a = N gamma T``. Between the two the balanced router is only metastable.
 
+Every equilibrium of (8) with ``b = 0`` is of this two-level form: ``gamma r_i = a p_i`` gives
+``p_i = e^{c p_i} / Z`` with ``c = a / (gamma T)``, and ``x e^{-c x} = 1/Z`` has at most two roots
+``x`` in (0, 1). So the branches ``m = 1 .. N - 1`` (with ``d > 0``; ``d < 0`` on branch m is
+branch ``N - m``, ``g_m(-d) = g_{N-m}(d)``) and the uniform state are all the equilibria.
+
 Stability along every branch is decided by the eigenvalues of the full (symmetric) Jacobian,
 which on a symmetric state are known in closed form (:func:`branch_eigenvalues`): with
 ``p_w = e^d / (m e^d + N - m)`` and ``p_l = 1 / (m e^d + N - m)``,
@@ -21,6 +26,10 @@ which on a symmetric state are known in closed form (:func:`branch_eigenvalues`)
 - ``(a/T) p_w - gamma`` on the ``m - 1`` contrasts within the winners;
 - ``(a/T) p_l - gamma`` on the ``N - m - 1`` contrasts within the losers;
 - ``(a/T) N p_w p_l - gamma`` on the one contrast between the groups (it vanishes at the fold).
+
+On the branch, ``(a/T) p_w - gamma = gamma (d e^d / (e^d - 1) - 1) > 0``: every branch with
+``m >= 2`` winners is unstable (within the winners), so the only stable collapsed states are on
+the upper part of ``m = 1`` and ``a_SN = min_m (onset of a stable part) = gamma T min_d g_1(d)``.
 """
 
 from __future__ import annotations
@@ -35,7 +44,11 @@ from .meanfield import jacobian, softmax
 from .params import RouterParams, check_positive
 
 __all__ = [
+    "SymmetricBranch",
     "SymmetricEquilibrium",
+    "branch_curve",
+    "branch_saddle_nodes",
+    "stable_onsets",
     "barrier",
     "branch_eigenvalues",
     "branch_ratio",
@@ -240,4 +253,75 @@ def symmetric_equilibria(params: RouterParams) -> list[SymmetricEquilibrium]:
             if f(lo) < 0.0:
                 gaps.append(brentq(f, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps))
         out.extend(_equilibrium(p, m, d) for d in sorted(gaps))
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class SymmetricBranch:
+    """The m-winner branch sampled at score gaps ``d`` (arrays of shape ``(M,)``).
+
+    ``ratio``: ``a / (gamma T)`` on the branch; ``pi_w``, ``pi_l``: inclusion probabilities of a
+    winner and a loser (for top-1, the softmax loads ``p_w``, ``p_l``); ``eigenvalues``: mode ->
+    ``(lambda / gamma, multiplicity)`` for ``within_winners``, ``within_losers``, ``between``
+    (the common mode, ``-gamma``, is left out); ``stable``: all of them negative."""
+
+    n_experts: int
+    k: int
+    winners: int
+    d: np.ndarray
+    ratio: np.ndarray
+    pi_w: np.ndarray
+    pi_l: np.ndarray
+    eigenvalues: dict
+    stable: np.ndarray
+
+    @property
+    def max_load(self) -> np.ndarray:
+        """Largest expected load ``max(pi) / k`` (the load of a winner for ``d > 0``)."""
+        return np.maximum(self.pi_w, self.pi_l) / self.k
+
+
+def branch_curve(n_experts: int, winners: int, d) -> SymmetricBranch:
+    """The branch with ``m = winners`` of the top-1 router (8) at gaps ``d > 0`` (vectorised),
+    with the closed-form eigenvalues of :func:`branch_eigenvalues` divided by ``gamma``."""
+    n, m = int(n_experts), int(winners)
+    if not 1 <= m < n:
+        raise ValueError(f"winners: must be in 1..{n - 1}, got {m}")
+    d = np.atleast_1d(np.asarray(d, dtype=float))
+    e = np.exp(-d)
+    pw = 1.0 / (m + (n - m) * e)
+    pl = e * pw
+    g = branch_ratio(d, n, m)
+    eig = {
+        "within_winners": (g * pw - 1.0, m - 1),
+        "within_losers": (g * pl - 1.0, n - m - 1),
+        "between": (g * n * pw * pl - 1.0, 1),
+    }
+    lam = np.full(d.shape, -np.inf)
+    for v, mult in eig.values():
+        if mult > 0:
+            lam = np.maximum(lam, v)
+    return SymmetricBranch(n, 1, m, d, g, pw, pl, eig, lam < 0.0)
+
+
+def branch_saddle_nodes(n_experts: int) -> list[dict]:
+    """Saddle-nodes of the branches ``m < N/2`` (the others have none): a list of
+    ``{"winners", "gap", "ratio"}`` with ``ratio = a_SN(N, m) / (gamma T)``."""
+    return [
+        dict(zip(("winners", "gap", "ratio"), (m, *saddle_node_gap(n_experts, m)), strict=True))
+        for m in range(1, n_experts)
+        if 2 * m < n_experts
+    ]
+
+
+def stable_onsets(n_experts: int, *, points: int = 4000) -> dict[int, float]:
+    """For every branch ``m``, the smallest ``a / (gamma T)`` at which it has a stable point
+    (``inf``: never), from the closed-form eigenvalues on a fine grid of gaps. Only ``m = 1``
+    is finite (see the module docstring); its value is ``a_SN / (gamma T)`` up to the grid."""
+    n = int(n_experts)
+    d = np.geomspace(1e-3, 4.0 * math.log(n) + 30.0, points)
+    out = {}
+    for m in range(1, n):
+        br = branch_curve(n, m, d)
+        out[m] = float(br.ratio[br.stable].min()) if br.stable.any() else math.inf
     return out

@@ -52,10 +52,10 @@ score levels; the two-level branches are the ones computed here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
+from .nexperts import SymmetricBranch
 from .params import RouterParams, check_positive
 
 __all__ = [
@@ -174,6 +174,25 @@ def inclusion_probabilities(r, T: float, k: int, *, method: str = "auto") -> np.
     T = check_positive("T", T)
     w = _weights(r, T)
     k = _check_k(k, w.size)
+    if method not in ("auto", "enumerate", "integral"):
+        raise ValueError(f"method: unknown {method!r} (enumerate, integral, auto)")
+    # experts ahead of all the others by more than 700 T are picked with probability
+    # 1 - O(e^-700): take them out and route the remaining slots among the others (their own
+    # weights, rescaled, so nothing underflows)
+    z = np.asarray(r, dtype=float) / T
+    order = np.argsort(-z, kind="stable")
+    gaps = z[order[:-1]] - z[order[1:]]
+    sure = [j + 1 for j in range(k - 1) if gaps[j] > 700.0]
+    if sure and k > 1:
+        j = sure[-1]
+        pi = np.zeros(w.size)
+        pi[order[:j]] = 1.0
+        rest = order[j:]
+        if k - j >= rest.size:
+            pi[rest] = 1.0
+        else:
+            pi[rest] = inclusion_probabilities(np.asarray(r, float)[rest], T, k - j, method=method)
+        return pi
     if method == "auto":
         if k == 1:
             return w / w.sum()
@@ -182,8 +201,6 @@ def inclusion_probabilities(r, T: float, k: int, *, method: str = "auto") -> np.
         if w.size > _MAX_ENUMERATE:
             raise ValueError(f"method: enumeration is for N <= {_MAX_ENUMERATE}, got N = {w.size}")
         return _enumerate(w, k)
-    if method != "integral":
-        raise ValueError(f"method: unknown {method!r} (enumerate, integral, auto)")
     t, wt, loo = _race(w, k)
     cdf = loo.sum(axis=2)  # P(C_{-i} <= k - 1)
     # integrand in u = log t: w_i t e^{-w_i t} P(C_{-i}(t) <= k - 1)
@@ -248,17 +265,20 @@ def topk_linear_threshold(n_experts: int, k: int, gamma: float, T: float) -> flo
 # symmetric two-level states
 
 
-def _binom_pmf(n: int, q: np.ndarray, kmax: int) -> np.ndarray:
-    """``P(Binomial(n, q) = c)``, c = 0..kmax-1, for an array q (shape (Q, kmax)); recursion
-    on the count in log space-free form (``q`` in (0, 1))."""
-    out = np.zeros((q.size, kmax))
-    if n < 0:
+def _binom_pmf(n: int, wt: np.ndarray, kmax: int) -> np.ndarray:
+    """``P(Binomial(n, q) = c)`` for ``c < kmax`` with ``q = 1 - e^{-wt}``, shape ``(Q, kmax)``.
+
+    In logs: ``log q = log(-expm1(-wt))`` and ``log(1 - q) = -wt`` are both exact, so the pmf
+    has full relative accuracy even where it is tiny."""
+    c = np.arange(kmax)
+    out = np.zeros((wt.size, kmax))
+    ok = c <= n
+    if n < 0 or not ok.any():
         return out
-    # build by repeated Bernoulli convolution: O(n kmax) and all terms positive
-    out[:, 0] = 1.0
-    for _ in range(n):
-        out[:, 1:] = out[:, 1:] * (1.0 - q)[:, None] + out[:, :-1] * q[:, None]
-        out[:, 0] *= 1.0 - q
+    c = c[ok]
+    logc = math.lgamma(n + 1) - np.array([math.lgamma(x + 1) + math.lgamma(n - x + 1) for x in c])
+    logq = np.log(-np.expm1(-wt))
+    out[:, ok] = np.exp(logc[None, :] + c[None, :] * logq[:, None] - (n - c)[None, :] * wt[:, None])
     return out
 
 
@@ -275,11 +295,10 @@ def _two_level(n: int, m: int, k: int, d: float, du: float = _DU) -> tuple[float
     w = np.array([ww] * m + [wl] * (n - m))
     t = _nodes(w, k, du)
     h = math.log(t[1] / t[0])
-    qw, ql = -np.expm1(-ww * t), -np.expm1(-wl * t)
     ew, el = np.exp(-ww * t), np.exp(-wl * t)
     # binomial pmfs of the other winners / losers (counts below k)
-    bw = {j: _binom_pmf(j, qw, k) for j in (m - 2, m - 1, m) if j >= 0}
-    bl = {j: _binom_pmf(j, ql, k) for j in (n - m - 2, n - m - 1, n - m) if j >= 0}
+    bw = {j: _binom_pmf(j, ww * t, k) for j in (m - 2, m - 1, m) if j >= 0}
+    bl = {j: _binom_pmf(j, wl * t, k) for j in (n - m - 2, n - m - 1, n - m) if j >= 0}
 
     def trap(g):
         return h * (g.sum() - 0.5 * (g[0] + g[-1]))
@@ -293,40 +312,16 @@ def _two_level(n: int, m: int, k: int, d: float, du: float = _DU) -> tuple[float
     nan = math.nan
     j_ww = -trap(wt_w * wt_w * ew * ew * _conv_at(bw[m - 2], bl[n - m], k - 1)) if m >= 2 else nan
     j_ll = (
-        -trap(wt_l * wt_l * el * el * _conv_at(bw[m], bl[n - m - 2], k - 1))
-        if n - m >= 2
-        else nan
+        -trap(wt_l * wt_l * el * el * _conv_at(bw[m], bl[n - m - 2], k - 1)) if n - m >= 2 else nan
     )
     j_wl = -trap(wt_w * wt_l * ew * el * _conv_at(bw[m - 1], bl[n - m - 1], k - 1))
     return pi_w, pi_l, j_ww, j_ll, j_wl
 
 
-@dataclass(frozen=True, eq=False)
-class TopKBranch:
-    """The m-winner branch of (8k) sampled at score gaps ``d`` (arrays of shape ``(M,)``).
-
-    ``ratio`` is ``a / (gamma T)`` on the branch; ``eigenvalues`` maps each symmetric mode
-    (``within_winners``, ``within_losers``, ``between``) to ``(lambda / gamma, multiplicity)``
-    along the branch (the common mode, ``-gamma``, is left out); ``stable`` is all of them < 0.
-    """
-
-    n_experts: int
-    k: int
-    winners: int
-    d: np.ndarray
-    ratio: np.ndarray
-    pi_w: np.ndarray
-    pi_l: np.ndarray
-    eigenvalues: dict
-    stable: np.ndarray
-
-    @property
-    def max_load(self) -> np.ndarray:
-        """Largest expected load ``max(pi) / k``."""
-        return np.maximum(self.pi_w, self.pi_l) / self.k
+TopKBranch = SymmetricBranch  # the same record as for top-1
 
 
-def topk_branch(n_experts: int, k: int, winners: int, d) -> TopKBranch:
+def topk_branch(n_experts: int, k: int, winners: int, d) -> SymmetricBranch:
     """Sample the two-level branch with ``winners`` winners at score gaps ``d > 0`` (1-d array)."""
     n, m = int(n_experts), int(winners)
     k = _check_k(k, n)
@@ -347,25 +342,33 @@ def topk_branch(n_experts: int, k: int, winners: int, d) -> TopKBranch:
     for v, mult in eig.values():
         if mult > 0:
             lam = np.maximum(lam, v)
-    return TopKBranch(n, k, m, d, ratio, pi_w, pi_l, eig, lam < 0.0)
+    return SymmetricBranch(n, k, m, d, ratio, pi_w, pi_l, eig, lam < 0.0)
 
 
 def topk_collapse_threshold(
     n_experts: int, k: int, gamma: float, T: float, *, winners=None, d_max: float | None = None
 ) -> tuple[float, int]:
     """``(a_SN, m)``: the smallest ``a`` at which a stable two-level collapsed state of (8k)
-    exists, and its number of winners. Scans the branches ``m`` in ``winners`` (default
-    ``1 .. min(N - 1, 2k + 1)``) on a grid of gaps, then refines the onset of the stable part
-    (a fold, where ``between`` vanishes, or a point where another mode changes sign)."""
+    exists, and its number of winners. Scans the branches ``m`` in ``winners`` on a grid of
+    gaps, then refines the onset of the stable part (a fold, where ``between`` vanishes, or a
+    point where another mode changes sign).
+
+    Default ``winners``: all ``m`` for ``N <= 16``; otherwise ``m <= k + 1`` (one or a few
+    winners take the load) and ``m >= N - k - 1`` (a few starved experts). For small ``k / N``
+    the one-winner branch comes first; for ``k`` close to ``N`` states with one or two starved
+    experts (``m = N - 1, N - 2``) can come first (e.g. ``N = 8, k = 5``)."""
     from scipy.optimize import brentq, minimize_scalar
 
     gamma = check_positive("gamma", gamma)
     T = check_positive("T", T)
     n = int(n_experts)
     k = _check_k(k, n)
-    ms = range(1, min(n - 1, 2 * k + 1) + 1) if winners is None else winners
+    if winners is None:
+        ms = range(1, n) if n <= 16 else sorted(set(range(1, k + 2)) | set(range(n - k - 1, n)))
+    else:
+        ms = winners
     d_max = d_max or 4.0 * math.log(n) + 12.0
-    grid = np.linspace(0.02, d_max, 160)
+    grid = np.geomspace(0.01, d_max, 160)
     best, best_m = math.inf, 0
     for m in ms:
         br = topk_branch(n, k, m, grid)

@@ -20,6 +20,10 @@ REGISTRY: dict[str, str] = {
     "fig09": "fig09_onset",
     "fig10": "fig10_width_vs_a",
     "fig11": "fig11_feedback",
+    "nexp-branches": "nexp_branches",
+    "nexp-hysteresis": "nexp_hysteresis",
+    "nexp-metastable": "nexp_metastable",
+    "nexp-topk": "nexp_topk",
 }
 
 __all__ = ["REGISTRY", "load_experiment"]

@@ -58,9 +58,12 @@ def regression_data(*, n_train: int = 1024, n_test: int = 2001, seed: int = 0) -
         return torch.as_tensor(a, dtype=torch.float32).reshape(-1, 1)
 
     return Dataset(
-        col(x_train), col(two_regime_target(x_train)), col(x_test), col(two_regime_target(x_test)),
+        col(x_train),
+        col(two_regime_target(x_train)),
+        col(x_test),
+        col(two_regime_target(x_test)),
         "regression",
-    )  # fmt: skip
+    )
 
 
 def digits_data(*, test_fraction: float = 0.3, seed: int = 0) -> Dataset:

@@ -47,9 +47,11 @@ def generators(seeds: Sequence[int], stream: int = 0) -> list[torch.Generator]:
     ]
 
 
-def _draw(gens: Sequence[torch.Generator], shape: tuple, scale: float) -> Tensor:
-    """``(M, *shape)``: member ``m``'s block drawn from its own generator, N(0, scale^2)."""
-    return torch.stack([torch.randn(shape, generator=g) * scale for g in gens])
+def _uniform(gens: Sequence[torch.Generator], shape: tuple, fan_in: int) -> Tensor:
+    """``(M, *shape)``: member ``m``'s block from its own generator, ``U(-1/sqrt(fan_in),
+    1/sqrt(fan_in))`` (the default initialisation of ``torch.nn.Linear``)."""
+    bound = fan_in**-0.5
+    return torch.stack([(2 * torch.rand(shape, generator=g) - 1) * bound for g in gens])
 
 
 @dataclass
@@ -58,51 +60,60 @@ class MoEOutput:
 
     ``y``: ``(M, B, d_out)`` model output; ``p``: ``(M, B, 2)`` router probabilities (soft
     importance per token); ``g``: ``(M, B, 2)`` hard one-hot selection (for the soft router the
-    selection ``p_1 > 1/2``, used only as a diagnostic)."""
+    side of the boundary, ``p_1 >= 1/2``, used only as a diagnostic)."""
 
     y: Tensor
     p: Tensor
     g: Tensor
 
 
+def _affine(bias: Tensor, x: Tensor, W: Tensor) -> Tensor:
+    """``bias + x @ W`` batched over members: ``(M, 1, k) + (M, B, d) @ (M, d, k)``.
+
+    For ``d = 1`` as a broadcast product: ``baddbmm`` with a contraction of length one takes a
+    different BLAS path for one member than for several on long inputs, which changes the last
+    bit; the product and the sum are each correctly rounded on every path."""
+    if x.shape[-1] == 1:
+        return x * W + bias
+    return torch.baddbmm(bias, x, W)
+
+
 class AffineExperts(nn.Module):
-    """``E`` affine experts ``f_e(x) = x A_e + b_e`` per member: ``(M, B, d_in) -> (M, B, E, d_out)``.
+    """``E`` affine experts ``f_e(x) = x A_e + b_e`` per member:
+    ``(M, B, d_in) -> (M, E, B, d_out)``.
 
-    Initialised ``A, b ~ N(0, scale^2)``."""
+    Initialised as ``torch.nn.Linear``."""
 
-    def __init__(self, gens, *, d_in=1, d_out=1, n_experts=2, scale=0.5):
+    def __init__(self, gens, *, d_in=1, d_out=1, n_experts=2):
         super().__init__()
         self.n_experts, self.d_out = n_experts, d_out
-        self.A = nn.Parameter(_draw(gens, (d_in, n_experts * d_out), scale))
-        self.b = nn.Parameter(_draw(gens, (1, n_experts * d_out), scale))
+        self.A = nn.Parameter(_uniform(gens, (d_in, n_experts * d_out), d_in))
+        self.b = nn.Parameter(_uniform(gens, (1, n_experts * d_out), d_in))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = torch.baddbmm(self.b, x, self.A)
-        return out.unflatten(-1, (self.n_experts, self.d_out))
+        out = _affine(self.b, x, self.A)  # (M, B, E*d_out)
+        return out.unflatten(-1, (self.n_experts, self.d_out)).transpose(1, 2)
 
 
 class BottleneckExperts(nn.Module):
     """``E`` bottleneck MLPs ``d_in -> d_hidden -> d_out`` (ReLU) per member (sec. 8.3: 64 -> 4 ->
-    10): ``(M, B, d_in) -> (M, B, E, d_out)``.
+    10): ``(M, B, d_in) -> (M, E, B, d_out)``.
 
     Both experts are evaluated on every token (two small matmuls for the pair); the router's
     one-hot selection then picks one output, so the result is the hard expert's output exactly.
-    Initialisation as ``torch.nn.Linear``: weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+    Initialisation as ``torch.nn.Linear``: weights and biases ``U(-1/sqrt(fan_in),
+    1/sqrt(fan_in))``.
     """
 
     def __init__(self, gens, *, d_in=64, d_hidden=4, d_out=10, n_experts=2):
         super().__init__()
         self.n_experts, self.d_hidden, self.d_out = n_experts, d_hidden, d_out
 
-        def uniform(shape, fan_in):
-            bound = fan_in**-0.5
-            return torch.stack([(2 * torch.rand(shape, generator=g) - 1) * bound for g in gens])
-
         E = n_experts
-        self.W1 = nn.Parameter(uniform((d_in, E * d_hidden), d_in))
-        self.b1 = nn.Parameter(uniform((1, E * d_hidden), d_in))
-        self.W2 = nn.Parameter(uniform((E, d_hidden, d_out), d_hidden))
-        self.b2 = nn.Parameter(uniform((E, 1, d_out), d_hidden))
+        self.W1 = nn.Parameter(_uniform(gens, (d_in, E * d_hidden), d_in))
+        self.b1 = nn.Parameter(_uniform(gens, (1, E * d_hidden), d_in))
+        self.W2 = nn.Parameter(_uniform(gens, (E, d_hidden, d_out), d_hidden))
+        self.b2 = nn.Parameter(_uniform(gens, (E, 1, d_out), d_hidden))
 
     def forward(self, x: Tensor) -> Tensor:
         M, B, _ = x.shape
@@ -110,38 +121,46 @@ class BottleneckExperts(nn.Module):
         hidden = torch.relu(torch.baddbmm(self.b1, x, self.W1))  # (M, B, E*H)
         hidden = hidden.view(M, B, E, self.d_hidden).transpose(1, 2).reshape(M * E, B, -1)
         out = torch.baddbmm(self.b2.flatten(0, 1), hidden, self.W2.flatten(0, 1))
-        return out.view(M, E, B, self.d_out).transpose(1, 2)  # (M, B, E, d_out)
+        return out.view(M, E, B, self.d_out)
 
 
 def straight_through(z: Tensor, T: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Hard top-1 selection with the straight-through estimate (sec. 8.2).
+    """Hard top-1 selection between two experts with the straight-through estimate (sec. 8.2).
 
-    ``z``: logits ``(..., E)``. Returns ``(g_st, g, p)``: ``g = onehot(argmax z)``,
-    ``p = softmax(z / T)``, ``g_st = g + p - stopgrad(p)``. In the forward pass ``g_st == g``
-    exactly; in the backward pass ``d g_st / d z = d p / d z``."""
-    p = torch.softmax(z / T, dim=-1)
-    g = torch.zeros_like(p).scatter_(-1, z.argmax(dim=-1, keepdim=True), 1.0)
+    ``z``: logits ``(..., 2)``. Returns ``(g_st, g, p)``: ``g = onehot(argmax z)`` (a tie goes to
+    expert 1, as ``torch.argmax``), ``p = softmax(z / T)``, ``g_st = g + p - stopgrad(p)``. In the
+    forward pass ``g_st == g`` exactly; in the backward pass ``d g_st / d z = d p / d z``.
+    For two experts ``softmax(z / T) = (s, 1 - s)`` with ``s = sigmoid((z_1 - z_2) / T)``, which
+    is how it is computed (several times faster than ``torch.softmax`` over a last axis of 2)."""
+    s = torch.sigmoid((z[..., 0] - z[..., 1]) / T)
+    p = torch.stack([s, 1 - s], dim=-1)
+    first = (z[..., 0] >= z[..., 1]).to(z.dtype)
+    g = torch.stack([first, 1 - first], dim=-1)
     return g + (p - p.detach()), g, p
 
 
 def _mix(weights: Tensor, f: Tensor) -> Tensor:
-    """``sum_e weights[..., e] f[..., e, :]`` for weights ``(M, B, E)`` and ``f`` ``(M, B, E, d)``."""
-    return (weights.unsqueeze(-1) * f).sum(dim=-2)
+    """``weights[..., 0] f_1 + weights[..., 1] f_2`` for weights ``(M, B, 2)`` and expert outputs
+    ``f`` ``(M, 2, B, d)``: ``(M, B, d)``."""
+    # two products and a sum, each correctly rounded (no fused multiply-add, whose SIMD and scalar
+    # paths may round differently; see :mod:`moebif.nn.optim`)
+    return weights[..., 0, None] * f[:, 0] + weights[..., 1, None] * f[:, 1]
 
 
 class SoftRouterMoE(nn.Module):
     """Sec. 8.1: input-dependent soft router over two affine experts, scalar input.
 
     ``p_1(x) = sigmoid((alpha x + beta + h) / T)``, ``y = p_1 f_1(x) + (1 - p_1) f_2(x)``.
-    Router parameters ``alpha, beta`` are ``(M,)``; initialised ``N(0, router_scale^2)``."""
+    Router parameters ``alpha, beta`` are ``(M,)``; everything is initialised as
+    ``torch.nn.Linear(1, ...)`` (``U(-1, 1)``)."""
 
-    def __init__(self, seeds: Sequence[int], *, T: float = 1.0, router_scale=0.1, expert_scale=0.5):
+    def __init__(self, seeds: Sequence[int], *, T: float = 1.0):
         super().__init__()
         gens = generators(seeds)
         self.T = float(T)
-        self.alpha = nn.Parameter(_draw(gens, (), router_scale))
-        self.beta = nn.Parameter(_draw(gens, (), router_scale))
-        self.experts = AffineExperts(gens, scale=expert_scale)
+        self.alpha = nn.Parameter(_uniform(gens, (), 1))
+        self.beta = nn.Parameter(_uniform(gens, (), 1))
+        self.experts = AffineExperts(gens)
 
     @property
     def n_models(self) -> int:
@@ -153,24 +172,25 @@ class SoftRouterMoE(nn.Module):
     def forward(self, x: Tensor, h: Tensor) -> MoEOutput:
         s = (self.alpha[:, None] * x[..., 0] + (self.beta + h)[:, None]) / self.T  # (M, B)
         p1 = torch.sigmoid(s)
-        p = torch.stack([p1, 1 - p1], dim=-1)
-        y = _mix(p, self.experts(x))
-        g = torch.stack([(s > 0), (s <= 0)], dim=-1).to(p.dtype)
-        return MoEOutput(y, p, g)
+        f = self.experts(x)  # (M, 2, B, 1)
+        p = torch.stack([p1, 1 - p1], -1)
+        y = _mix(p, f)
+        first = (s >= 0).to(p1.dtype)
+        return MoEOutput(y, p, torch.stack([first, 1 - first], -1))
 
     def boundary(self, h: Tensor) -> Tensor:
-        """Learned decision boundary ``x* = -(beta + h) / alpha`` (where ``p_1 = 1/2``), ``(M,)``."""
+        """Learned decision boundary ``x* = -(beta + h) / alpha`` (``p_1 = 1/2``), ``(M,)``."""
         return -(self.beta + h) / self.alpha
 
 
 class HardTop1MoE(nn.Module):
     """Sec. 8.2-8.3: hard top-1 router ``z = W x (+ c) + (h/2, -h/2)`` with the straight-through
-    estimate over a pair of experts (any module ``(M, B, d_in) -> (M, B, 2, d_out)``).
+    estimate over a pair of experts (any module ``(M, B, d_in) -> (M, 2, B, d_out)``).
 
-    ``W`` is ``(M, d_in, 2)``, initialised ``N(0, router_scale^2)``; the router bias ``c``
-    (``(M, 1, 2)``, zero-initialised) exists only with ``router_bias=True`` (sec. 8.3; sec. 8.2
-    has none). The expert pair is built by ``make_experts(generators)`` after the router, from
-    the same per-member generators."""
+    ``W`` is ``(M, d_in, 2)``; the router bias ``c`` (``(M, 1, 2)``) exists only with
+    ``router_bias=True`` (sec. 8.3; the router of sec. 8.2 has none). Both are initialised as
+    ``torch.nn.Linear(d_in, 2)``. The expert pair is built by ``make_experts(generators)`` after
+    the router, from the same per-member generators."""
 
     def __init__(
         self,
@@ -180,13 +200,12 @@ class HardTop1MoE(nn.Module):
         d_in: int,
         T: float = 1.0,
         router_bias: bool = False,
-        router_scale: float = 0.1,
     ):
         super().__init__()
         gens = generators(seeds)
         self.T = float(T)
-        self.W = nn.Parameter(_draw(gens, (d_in, 2), router_scale))
-        self.c = nn.Parameter(torch.zeros(len(gens), 1, 2)) if router_bias else None
+        self.W = nn.Parameter(_uniform(gens, (d_in, 2), d_in))
+        self.c = nn.Parameter(_uniform(gens, (1, 2), d_in)) if router_bias else None
         self.experts = make_experts(gens)
 
     @property
@@ -200,7 +219,7 @@ class HardTop1MoE(nn.Module):
         """``z = W x (+ c) + (h/2, -h/2)``: ``(M, B, 2)``."""
         skew = torch.stack([h / 2, -h / 2], dim=-1)[:, None, :]
         bias = skew if self.c is None else self.c + skew
-        return torch.baddbmm(bias, x, self.W)
+        return _affine(bias, x, self.W)
 
     def forward(self, x: Tensor, h: Tensor) -> MoEOutput:
         g_st, g, p = straight_through(self.logits(x, h), self.T)

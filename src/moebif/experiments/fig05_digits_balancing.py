@@ -1,0 +1,196 @@
+"""Experiment ``fig05`` (sec. 8.3, Fig. 5): the digits MoE of ``fig04`` at fixed skew ``h = 2``
+under a scan of the balancing strength ``lambda_lb``.
+
+Independent initialisations at every point (the paper uses five; we use more, see the config),
+all trained as one batched ensemble together
+with a reference without skew (``h = 0``, ``lambda_lb = 0``), against which the recovery of the
+accuracy is measured. Recorded on the test split: ``|u_hat|`` and the accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import Claim, ExperimentResult
+from .fig04_digits import train_grid
+
+ID = "fig05"
+TITLE = "Digits MoE at h = 2: load imbalance and accuracy against the balancing strength"
+PAPER = "Section 8.3, Fig. 5"
+
+
+@dataclass(frozen=True)
+class Config:
+    h: float = 2.0  # paper
+    # The paper uses 5 initialisations a point. At h = 2 the unbalanced router is collapsed in
+    # some initialisations and not in others (sd of |u_hat| ~ 0.2), so 5 inits leave the mean
+    # at lambda_lb = 0 uncertain by ~ +-0.09, across the 0.6 of the claim; 20 inits (+-0.045)
+    # make the claims stable under a change of seed. The cost is nearly flat in the ensemble size.
+    inits: int = 20
+    # not given: a log grid from no penalty to a dominant one
+    lambdas: tuple = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+    # model, optimiser, data: as fig04 (see there for the reasons)
+    T: float = 1.0
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    batch: int = 64
+    router_weight_decay: float = 0.0
+    expert_weight_decay: float = 0.0
+    steps: int = 1000
+    test_fraction: float = 0.3
+    split_seed: int = 0
+    # claims: "large" penalty lambda_lb >= large
+    large: float = 1.0
+    threads: int = 1
+    seed: int = 5
+
+
+def quick() -> Config:
+    return Config(lambdas=(0.0, 0.1, 1.0, 3.0, 10.0), steps=600, inits=12)
+
+
+def run(config: Config, progress=None) -> ExperimentResult:
+    c = config
+    n = len(c.lambdas)
+    # members: every lambda_lb at h, then the unskewed reference (h = 0, lambda_lb = 0)
+    h = np.r_[np.full(n * c.inits, c.h), np.zeros(c.inits)]
+    lam = np.r_[np.repeat(np.asarray(c.lambdas, dtype=float), c.inits), np.zeros(c.inits)]
+    res = train_grid(c, h, lam, c.seed, progress)
+    u = res["abs_load"][: n * c.inits].reshape(n, c.inits)
+    acc = res["accuracy"][: n * c.inits].reshape(n, c.inits)
+    ref = res["accuracy"][n * c.inits :]
+    data_out = {
+        "lambda_lb": np.asarray(c.lambdas),
+        "abs_load_mean": u.mean(axis=1),
+        "abs_load_sd": u.std(axis=1),
+        "accuracy_mean": acc.mean(axis=1),
+        "accuracy_sd": acc.std(axis=1),
+        "abs_load": u,
+        "accuracy": acc,
+        "reference_accuracy_mean": float(ref.mean()),
+        "reference_accuracy_sd": float(ref.std()),
+        "reference_abs_load_mean": float(res["abs_load"][n * c.inits :].mean()),
+        "member_seeds": res["member_seeds"],
+    }
+    return ExperimentResult(data=data_out, claims=_claims(c, data_out), notes=_notes(c, data_out))
+
+
+def _claims(c: Config, d: dict) -> list[Claim]:
+    lam = np.asarray(d["lambda_lb"])
+    u, acc = np.asarray(d["abs_load_mean"]), np.asarray(d["accuracy_mean"])
+    i0 = int(np.argmin(lam))
+    large = lam >= c.large
+    ref = d["reference_accuracy_mean"]
+    acc_large = float(acc[large].mean())
+    return [
+        Claim(
+            "fig05-load-unbalanced",
+            f"At h = {c.h:g} without balancing the load is noticeably imbalanced: |u_hat| > 0.6 "
+            "at lambda_lb = 0",
+            predicted="> 0.6",
+            measured=float(u[i0]),
+            tolerance=f"mean over {c.inits} inits (standard error "
+            f"{float(np.asarray(d['abs_load'])[i0].std() / np.sqrt(c.inits)):.3f})",
+            holds=bool(u[i0] > 0.6),
+        ),
+        Claim(
+            "fig05-load-balanced",
+            f"At h = {c.h:g}, |u_hat| falls to < 0.15 at lambda_lb >= {c.large:g}",
+            predicted="< 0.15",
+            measured={f"lambda={v:g}": float(x) for v, x in zip(lam, u, strict=True)},
+            tolerance=f"means over {c.inits} inits, every lambda_lb >= {c.large:g}",
+            holds=bool(np.all(u[large] < 0.15)),
+        ),
+        Claim(
+            "fig05-accuracy",
+            "As lambda_lb increases, the test accuracy recovers: at lambda_lb >= "
+            f"{c.large:g} it is above its lambda_lb = 0 value and within 1.5 points of the "
+            "unskewed model (h = 0, lambda_lb = 0)",
+            predicted={
+                "accuracy(lambda >= large) - accuracy(lambda = 0)": "> 0",
+                "reference - accuracy(lambda >= large)": "<= 1.5",
+            },
+            measured={
+                "accuracy at lambda_lb = 0": float(acc[i0]),
+                f"mean accuracy at lambda_lb >= {c.large:g}": acc_large,
+                "reference (h = 0)": ref,
+            },
+            tolerance=f"means over {c.inits} inits a point (large-lambda points pooled)",
+            holds=bool(acc_large > acc[i0] and ref - acc_large <= 1.5),
+        ),
+    ]
+
+
+def _notes(c: Config, d: dict) -> str:
+    i0 = int(np.argmin(d["lambda_lb"]))
+    u0 = np.asarray(d["abs_load"])[i0]
+    return (
+        "Settings not in the paper are ours (config, with reasons; model and optimiser as fig04). "
+        f"At h = {c.h:g} and lambda_lb = 0 the mean |u_hat| is {float(u0.mean()):.2f}, and it "
+        f"varies widely between initialisations ({float(u0.min()):.2f} to "
+        f"{float(u0.max()):.2f}): the unbalanced router is only partly collapsed at this skew. "
+        "Over five base seeds (5, 6, 7, 11, 12) the 20-init mean was 0.517, 0.599, 0.586, 0.598 "
+        "and 0.524, so the "
+        "expected value sits just below the 0.6 of the claim rather than clearly above it. We "
+        "found no reasonable setting that moves it clearly above 0.6 (tried: T = 0.5, 1, 2; "
+        "lr 0.02-0.1 with and without momentum; batch 64 and 128; 500-2000 steps; router "
+        "initialised as nn.Linear, scaled by 0.3, or at zero: 0.50-0.64 with 10 inits each; "
+        "Adam with an L2 penalty on the router strong enough to reach 0.7 makes balancing fail "
+        "at large h instead); the collapse of fig04 becomes nearly complete (> 0.9) only from "
+        "h ~ 4. The fall to a balanced load (< 0.15) at lambda_lb >= 1 and the recovery of the "
+        "accuracy do reproduce. "
+        f"The unskewed reference reaches {d['reference_accuracy_mean']:.1f} % "
+        f"(sd {d['reference_accuracy_sd']:.1f} over initialisations). As in the paper, the "
+        "accuracy need not be monotone in lambda_lb point by point; its trend is."
+    )
+
+
+def plot(result: ExperimentResult, config: Config):
+    import matplotlib.pyplot as plt
+
+    from .style import COLORS, THEORY, figure_style, panel_label
+
+    d = result.data
+    lam = np.asarray(d["lambda_lb"], dtype=float)
+    pos = lam[lam > 0]
+    zero_at = pos.min() / 4  # lambda_lb = 0 drawn left of the log axis, labelled "0"
+    x = np.where(lam > 0, lam, zero_at)
+    with figure_style():
+        fig, axs = plt.subplots(2, 1, figsize=(4.4, 4.8), sharex=True, layout="constrained")
+        kw = {"marker": "o", "ms": 4, "capsize": 2.5}
+        axs[0].errorbar(
+            x,
+            d["abs_load_mean"],
+            yerr=d["abs_load_sd"],
+            color=COLORS[0],
+            **kw,
+            label=f"h = {config.h:g}",
+        )
+        axs[1].errorbar(
+            x,
+            d["accuracy_mean"],
+            yerr=d["accuracy_sd"],
+            color=COLORS[0],
+            **kw,
+            label=f"h = {config.h:g}",
+        )
+        ref = d["reference_accuracy_mean"]
+        axs[1].axhline(ref, **THEORY, label="unskewed model (h = 0, λ_lb = 0)")
+        axs[1].axhspan(ref - 1.5, ref + 1.5, color="0.92", lw=0, zorder=0, label="± 1.5 points")
+        axs[0].axhline(d["reference_abs_load_mean"], **THEORY, label="unskewed model")
+        axs[0].set(ylabel="test |û|, hard load", ylim=(0, 1.05))
+        axs[1].set(ylabel="test accuracy (%)", xlabel="balancing strength λ_lb")
+        axs[1].set_xscale("log")
+        axs[1].set_xticks([zero_at, *pos], ["0", *[f"{v:g}" for v in pos]])
+        axs[1].minorticks_off()
+        axs[0].legend(loc="upper right", title=f"mean ± sd, {config.inits} inits", title_fontsize=7)
+        low = float(np.min(np.asarray(d["accuracy_mean"]) - np.asarray(d["accuracy_sd"])))
+        axs[1].set_ylim(bottom=low - 1.8)  # room for the legend below the error bars
+        axs[1].legend(loc="lower right")
+        for ax, lab in zip(axs, "ab", strict=True):
+            panel_label(ax, lab)
+        axs[0].set_title("digits MoE, hard top-1, two experts 64 → 4 → 10")
+    return fig

@@ -1,0 +1,407 @@
+"""The N-expert batch router with top-k routing, a time-varying feedback ``a(t)`` and skew pulses.
+
+Each step routes ``B`` tokens; every token picks ``k`` distinct experts by Gumbel-top-k of
+``r / T`` (Plackett-Luce without replacement from ``softmax(r / T)``; ``k = 1`` is the paper's
+router). With ``l_i = count_i / (k B)``::
+
+    r_i <- r_i + eta (a_n l_i - rho (l_i - 1/N) - gamma r_i + b_i + h_n e_i).
+
+As ``eta -> 0`` this follows the mean-field ODE ``r' = (a/k) pi(r) - gamma r + b + h e``
+(:mod:`moebif.topk`). The counts of a batch are drawn exactly (see :mod:`moebif._topk_kernels`),
+with one xoshiro256++ stream per replica from ``(seed, replica)``: same seed, same numbers,
+whatever the thread count or chunking, and for ``k = 1`` the very draws of
+:func:`moebif.router.simulate_batch_router`.
+
+Beyond the engine of :mod:`moebif.router`: ``a`` may vary in time (ramps for the hysteresis in
+``a``), the skew ``h`` acts along any direction ``e`` (a pulse on one expert), records are window
+means of the loads, and replicas can stop at a first passage (``max r - mean r >= stop_gap``),
+for escape times.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .params import ParameterError, RouterParams, check_finite
+from .router import _blocks, _check_int, _evaluate_h, _finite_array
+
+__all__ = ["FeedbackSweep", "NExpertRun", "simulate_topk_router", "sweep_feedback"]
+
+_CHUNK_WORK = 1 << 22
+
+
+@dataclass(frozen=True, eq=False)
+class NExpertRun:
+    """Result of :func:`simulate_topk_router`.
+
+    - ``t``: ODE time at the start of each record window, shape ``(K,)``.
+    - ``loads``: mean load ``count_i / (k B)`` over each window, shape ``(runs, K, N)``
+      (windows after a replica stopped hold zeros; ``K = 0`` when nothing was recorded).
+    - ``a_t``, ``h_t``: feedback and skew amplitude at the start of each window, ``(K,)``.
+    - ``scores``: the final scores, shape ``(runs, N)``.
+    - ``hit``: step of the first passage ``max r - mean r >= stop_gap`` (-1: none), ``(runs,)``;
+      ``hit_time = hit * eta`` (NaN: none).
+    """
+
+    t: np.ndarray
+    loads: np.ndarray
+    a_t: np.ndarray
+    h_t: np.ndarray
+    scores: np.ndarray
+    hit: np.ndarray
+    params: RouterParams
+    top_k: int
+    batch: int
+    eta: float
+    steps: int
+    runs: int
+    seed: int
+    rho: float
+    record_every: int
+    seconds: float
+
+    @property
+    def hit_time(self) -> np.ndarray:
+        return np.where(self.hit >= 0, self.hit * self.eta, np.nan)
+
+    @property
+    def max_load(self) -> np.ndarray:
+        """Largest expert load in each window, shape ``(runs, K)``."""
+        return self.loads.max(axis=2)
+
+
+def _schedule(name: str, value, default: float, steps: int, eta: float):
+    """A per-step schedule: ``(values, stride)``, or a callable evaluated chunk by chunk."""
+    if value is None:
+        return np.array([default]), 0, None
+    if callable(value):
+        _evaluate_h(value, np.zeros(1))
+        return None, 1, value
+    if np.ndim(value) == 0:
+        return np.array([check_finite(name, value)]), 0, None
+    arr = _finite_array(name, value)
+    if arr.shape != (steps,):
+        raise ParameterError(
+            name, f"must be a scalar, a callable or of shape ({steps},), got {arr.shape}"
+        )
+    return np.ascontiguousarray(arr), 1, None
+
+
+def _chunk_values(vals, stride, fn, n0, n1, eta, name):
+    if fn is None:
+        return vals if stride == 0 else np.ascontiguousarray(vals[n0:n1])
+    try:
+        return _evaluate_h(fn, np.arange(n0, n1) * eta)
+    except ParameterError as exc:
+        raise ParameterError(name, str(exc).split(": ", 1)[1]) from None
+
+
+def simulate_topk_router(
+    params: RouterParams,
+    *,
+    batch: int,
+    eta: float,
+    steps: int,
+    runs: int,
+    top_k: int = 1,
+    seed: int = 0,
+    rho: float = 0.0,
+    a=None,
+    h=None,
+    direction=None,
+    b=None,
+    r0=None,
+    record_every: int | None = 1,
+    stop_gap: float | None = None,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    chunk_steps: int | None = None,
+) -> NExpertRun:
+    """Simulate ``runs`` replicas of the top-k batch router for ``steps`` steps.
+
+    **Arguments:**
+
+    - ``params``: :class:`~moebif.params.RouterParams` (``n_experts = N >= 2``).
+    - ``batch`` ``B``, ``eta``, ``steps``, ``runs``, ``seed``, ``rho``: as in
+      :func:`moebif.router.simulate_batch_router`; step ``n`` is at ODE time ``t = n eta``.
+    - ``top_k``: experts per token, ``1 <= k < N``.
+    - ``a``: feedback replacing ``params.a``: scalar, array of shape ``(steps,)`` or callable of
+      ODE time ``a(t)`` (ramps).
+    - ``h``: skew amplitude along ``direction`` (same forms as ``a``; default 0).
+    - ``direction``: shape ``(N,)``, default ``(1/2, -1/2, 0, ...)`` (the convention of ``b``).
+    - ``b``: constant drift, shape ``(N,)``; default ``params.b`` (``0`` when ``h`` is given).
+    - ``r0``: initial scores ``(N,)`` or ``(runs, N)``; default the uniform state ``a/(N gamma)``.
+    - ``record_every``: window length of the load records (``None``: no records).
+    - ``stop_gap``: stop each replica at its first step with ``max r - mean r >= stop_gap``.
+    - ``threads``, ``progress``, ``chunk_steps``: as in the engine; results do not depend on them.
+    """
+    t_start = time.perf_counter()
+    if not isinstance(params, RouterParams):
+        raise ParameterError("params", f"must be a RouterParams, got {type(params).__name__}")
+    p = params
+    n = p.n_experts
+    batch = _check_int("batch", batch, 1)
+    steps = _check_int("steps", steps, 1)
+    runs = _check_int("runs", runs, 1)
+    seed = _check_int("seed", seed, 0)
+    if seed >= 2**64:
+        raise ParameterError("seed", f"must be < 2**64, got {seed}")
+    k = _check_int("top_k", top_k, 1)
+    if k >= n:
+        raise ParameterError("top_k", f"must be < n_experts = {n}, got {k}")
+    eta = check_finite("eta", eta)
+    if not 0.0 < eta * p.gamma < 2.0:
+        raise ParameterError("eta", f"must be > 0 with eta * gamma < 2, got {eta:g}")
+    rho = check_finite("rho", rho)
+    if rho < 0.0:
+        raise ParameterError("rho", f"must be >= 0, got {rho:g}")
+    if record_every is not None:
+        record_every = _check_int("record_every", record_every, 1)
+    gap = 0.0 if stop_gap is None else check_finite("stop_gap", stop_gap)
+    if stop_gap is not None and gap <= 0.0:
+        raise ParameterError("stop_gap", f"must be > 0, got {gap:g}")
+    if threads is not None:
+        threads = _check_int("threads", threads, 1)
+    if chunk_steps is not None:
+        chunk_steps = _check_int("chunk_steps", chunk_steps, 1)
+
+    a_vals, a_stride, a_fn = _schedule("a", a, p.a, steps, eta)
+    h_vals, h_stride, h_fn = _schedule("h", h, 0.0, steps, eta)
+    e = np.zeros(n)
+    e[0], e[1] = 0.5, -0.5
+    if direction is not None:
+        e = _finite_array("direction", direction)
+        if e.shape != (n,):
+            raise ParameterError("direction", f"must have shape ({n},), got {e.shape}")
+    if b is None:
+        bvec = np.zeros(n) if h is not None else p.b
+    else:
+        bvec = _finite_array("b", b)
+        if bvec.shape != (n,):
+            raise ParameterError("b", f"must have shape ({n},), got {bvec.shape}")
+    if r0 is None:
+        state = np.full((runs, n), p.a / (n * p.gamma))
+    else:
+        r0a = _finite_array("r0", r0)
+        if r0a.shape not in ((n,), (runs, n)):
+            raise ParameterError("r0", f"must have shape ({n},) or ({runs}, {n}), got {r0a.shape}")
+        state = np.array(np.broadcast_to(r0a, (runs, n)), dtype=float, order="C")
+
+    import numba
+
+    from . import _topk_kernels as tk
+    from ._sampling import seed_streams
+
+    if threads is not None and threads > numba.config.NUMBA_NUM_THREADS:
+        raise ParameterError("threads", f"must be <= {numba.config.NUMBA_NUM_THREADS}")
+    serial = threads == 1 or runs == 1
+    kernel = tk.topk_chunk if serial else tk.topk_chunk_parallel
+    rng = seed_streams(np.uint64(seed), 0, runs)
+    hit = np.full(runs, -1, dtype=np.int64)
+    rec = record_every is not None
+    R = record_every if rec else steps
+    K = -(-steps // R) if rec else 0
+    l_out = np.zeros((runs, K, n)) if rec else np.zeros((runs, 1, n))
+    per_step = runs * (n + batch * (k - 1) // 4 + 1)
+    chunk = chunk_steps or max(1, _CHUNK_WORK // per_step)
+    saved = numba.get_num_threads()
+    try:
+        if threads is not None and not serial:
+            numba.set_num_threads(threads)
+        blocks = _blocks(runs, 1 if serial else numba.get_num_threads())
+        n0 = 0
+        while n0 < steps:
+            n1 = min(n0 + chunk, steps)
+            av = _chunk_values(a_vals, a_stride, a_fn, n0, n1, eta, "a")
+            hv = _chunk_values(h_vals, h_stride, h_fn, n0, n1, eta, "h")
+            kernel(
+                state,
+                rng,
+                n0,
+                n1,
+                steps,
+                R,
+                batch,
+                k,
+                eta,
+                av,
+                a_stride,
+                rho,
+                p.gamma,
+                p.T,
+                bvec,
+                e,
+                hv,
+                h_stride,
+                l_out,
+                rec,
+                gap,
+                hit,
+                blocks,
+            )
+            n0 = n1
+            if progress is not None:
+                progress(n0, steps)
+            if gap > 0.0 and np.all(hit >= 0):
+                break
+    finally:
+        numba.set_num_threads(saved)
+    if not np.all(np.isfinite(state)):
+        raise FloatingPointError("router state became non-finite; reduce eta")
+    starts = np.arange(K) * R
+    a_t = _at(a_vals, a_stride, a_fn, starts, eta)
+    h_t = _at(h_vals, h_stride, h_fn, starts, eta)
+    if rec and steps % R:
+        # the last window is shorter than R steps (replicas that stopped: rescaled below)
+        l_out[hit < 0, K - 1] *= R / (steps % R)
+    if rec and gap > 0.0:
+        # windows that were not complete when the replica stopped: rescale the partial one,
+        # leave the later ones at zero
+        for i in np.flatnonzero(hit >= 0):
+            j = hit[i] // R
+            done = hit[i] - j * R
+            if j < K and done > 0:
+                l_out[i, j] *= R / done
+    return NExpertRun(
+        t=starts * eta,
+        loads=l_out if rec else np.zeros((runs, 0, n)),
+        a_t=a_t,
+        h_t=h_t,
+        scores=state,
+        hit=hit,
+        params=p,
+        top_k=k,
+        batch=batch,
+        eta=eta,
+        steps=steps,
+        runs=runs,
+        seed=seed,
+        rho=rho,
+        record_every=R,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _at(vals, stride, fn, steps_idx, eta):
+    if steps_idx.size == 0:
+        return np.zeros(0)
+    if fn is not None:
+        return _evaluate_h(fn, steps_idx * eta)
+    if stride == 0:
+        return np.full(steps_idx.size, float(vals[0]))
+    return vals[steps_idx]
+
+
+# ----------------------------------------------------------------------------------------------
+# slow ramps of the feedback a: hysteresis between the balanced and the collapsed router
+
+
+@dataclass(frozen=True, eq=False)
+class FeedbackSweep:
+    """One up-and-down ramp of ``a`` (see :func:`sweep_feedback`); arrays per record window.
+
+    ``a_up`` / ``a_down``: per replica, the ``a`` where the largest load first crossed
+    ``threshold`` upward on the up-leg / downward on the down-leg (NaN: no crossing);
+    ``a_switch_up`` / ``a_switch_down``: their means over the replicas."""
+
+    a: np.ndarray
+    upward: np.ndarray
+    max_load_mean: np.ndarray
+    max_load_std: np.ndarray
+    a_up: np.ndarray
+    a_down: np.ndarray
+    threshold: float
+    rate: float
+    top_k: int
+    seconds: float
+
+    @property
+    def a_switch_up(self) -> float:
+        return float(np.nanmean(self.a_up)) if np.isfinite(self.a_up).any() else float("nan")
+
+    @property
+    def a_switch_down(self) -> float:
+        return float(np.nanmean(self.a_down)) if np.isfinite(self.a_down).any() else float("nan")
+
+
+def _first_cross(a: np.ndarray, y: np.ndarray, level: float, up: bool) -> float:
+    s = y > level if up else y < level
+    idx = np.flatnonzero(s[1:] & ~s[:-1]) + 1
+    if idx.size == 0:
+        return float("nan")
+    k = int(idx[0])
+    return float(a[k - 1] + (a[k] - a[k - 1]) * (level - y[k - 1]) / (y[k] - y[k - 1]))
+
+
+def sweep_feedback(
+    params: RouterParams,
+    *,
+    rate: float,
+    a_low: float,
+    a_high: float,
+    threshold: float,
+    top_k: int = 1,
+    batch: int = 512,
+    eta: float = 0.02,
+    runs: int = 16,
+    seed: int = 0,
+    window: float = 0.01,
+    down_only: bool = False,
+    r0=None,
+    threads: int | None = None,
+) -> FeedbackSweep:
+    """Ramp ``a`` from ``a_low`` up to ``a_high`` and back at ``|da/dt| = rate`` (ODE time),
+    starting every replica at the uniform state, and find where the largest load crosses
+    ``threshold`` (up-leg: collapse; down-leg: recovery). Loads are averaged over windows in
+    which ``a`` moves by ``window``. With ``down_only`` only the down-leg is run, from the
+    scores ``r0`` (e.g. a collapsed state at ``a_high``)."""
+    from .params import check_positive
+
+    rate = check_positive("rate", rate)
+    if not 0.0 <= a_low < a_high:
+        raise ParameterError("a_low", "need 0 <= a_low < a_high")
+    da = rate * eta
+    leg = max(2, math.ceil((a_high - a_low) / da))
+    first = leg if down_only else 0  # step index of the schedule where the run starts
+    n = np.arange(first, 2 * leg)
+    a_steps = np.where(n < leg, a_low + da * n, a_high - da * (n - leg))
+    rec = max(1, round(window / da))
+    run = simulate_topk_router(
+        params.replace(a=a_low),
+        batch=batch,
+        eta=eta,
+        steps=a_steps.size,
+        runs=runs,
+        top_k=top_k,
+        seed=seed,
+        a=a_steps,
+        record_every=rec,
+        threads=threads,
+        r0=r0,
+    )
+    # the a of each window: its midpoint
+    starts = first + np.arange(run.t.size) * rec
+    mid = np.minimum(starts + 0.5 * (rec - 1), 2 * leg - 1)
+    a_mid = np.where(mid < leg, a_low + da * mid, a_high - da * (mid - leg))
+    upward = starts + rec <= leg
+    downward = starts >= leg
+    ml = run.max_load
+    a_up = np.array([_first_cross(a_mid[upward], x[upward], threshold, True) for x in ml])
+    a_dn = np.array([_first_cross(a_mid[downward], x[downward], threshold, False) for x in ml])
+    return FeedbackSweep(
+        a=a_mid,
+        upward=upward,
+        max_load_mean=ml.mean(axis=0),
+        max_load_std=ml.std(axis=0),
+        a_up=a_up,
+        a_down=a_dn,
+        threshold=threshold,
+        rate=rate,
+        top_k=top_k,
+        seconds=run.seconds,
+    )

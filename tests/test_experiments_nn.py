@@ -1,0 +1,56 @@
+"""Quick variants of the trainable-MoE experiments (fig01-fig05): they run through the
+``reproduce`` machinery, write their outputs, and their claims hold, except the one the paper's
+setting does not reproduce (reported as not holding, with its measured value)."""
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+import moebif.experiments  # noqa: E402
+from moebif.reproduce import run_one  # noqa: E402
+
+MODULES = {
+    "fig01": "fig01_soft_router",
+    "fig02": "fig02_hard_router",
+    "fig03": "fig03_balancing",
+    "fig04": "fig04_digits",
+    "fig05": "fig05_digits_balancing",
+}
+# claims that do not reproduce with any setting we tried; see the experiment's notes
+KNOWN_NOT_HOLDING = {"fig05-load-unbalanced"}
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    for exp_id, module in MODULES.items():
+        monkeypatch.setitem(moebif.experiments.REGISTRY, exp_id, module)
+
+
+@pytest.mark.parametrize("exp_id", list(MODULES))
+def test_quick_variant_runs_and_claims_hold(exp_id, registry, tmp_path):
+    res = run_one(exp_id, True, str(tmp_path))
+    claims = res["claims"]
+    assert claims
+    for c in claims:
+        if c["id"] in KNOWN_NOT_HOLDING:
+            assert c["measured"] is not None  # reported with its value, not dropped
+            continue
+        assert c["holds"], (c["id"], c["measured"], c["tolerance"])
+    out = tmp_path / exp_id
+    for name in ("figure.png", "figure.svg", "data.json", "claims.json", "config.json"):
+        assert (out / name).stat().st_size > 0
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["complete"] and meta["quick"] and meta["notes"]
+    assert meta["config"]["seed"] == meta["seed"]
+
+
+def test_quick_variant_is_reproducible(registry):
+    """Same seed, same numbers: two runs of the cheapest experiment agree exactly."""
+    mod = moebif.experiments.load_experiment("fig03")
+    a = mod.run(mod.quick())
+    b = mod.run(mod.quick())
+    assert a.data["abs_load"].tolist() == b.data["abs_load"].tolist()
+    assert a.data["mse"].tolist() == b.data["mse"].tolist()
