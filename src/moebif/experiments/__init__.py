@@ -14,6 +14,11 @@ from types import ModuleType
 # id -> module name, in report order
 REGISTRY: dict[str, str] = {
     "theory": "theory",
+    "fig01": "fig01_soft_router",
+    "fig02": "fig02_hard_router",
+    "fig03": "fig03_balancing",
+    "fig04": "fig04_digits",
+    "fig05": "fig05_digits_balancing",
     "fig06": "fig06_meanfield",
     "fig07": "fig07_hysteresis",
     "fig08": "fig08_collapse_region",

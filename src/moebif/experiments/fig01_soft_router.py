@@ -144,6 +144,18 @@ def run(config: Config, progress=None) -> ExperimentResult:
         for level in (0.5, -0.5)
     }
     claims = _claims(c, legs, single, first_crossing)
+    pos = data_out["alpha_positive_at_h0"]
+    claims.append(
+        Claim(
+            "fig01-labels",
+            "The two scan directions correspond to different expert label assignments: at h = 0 "
+            "the expert that takes x > x* is expert 1 on one scan and expert 2 on the other",
+            predicted="opposite assignments (fractions of seeds with alpha > 0 near 0 and 1)",
+            measured={"alpha > 0 at h = 0, up": pos["up"], "down": pos["down"]},
+            tolerance="fractions of seeds differ by >= 0.75",
+            holds=bool(abs(pos["up"] - pos["down"]) >= 0.75),
+        )
+    )
     return ExperimentResult(data=data_out, claims=claims, notes=_notes(c, data_out, single))
 
 
@@ -253,9 +265,10 @@ def _notes(c: Config, d: dict, single: float) -> str:
         "while a collapsed router, whose gradient is suppressed by sigmoid'((beta + h)/T), "
         f"recovers only near h = {sw['down E u = +0.5']:.2f} on the downward scan (and "
         f"{sw['up E u = -0.5']:.2f} on the upward one). The two scans reach the central "
-        "region from opposite collapses; the fraction of seeds whose expert 1 takes x > x* "
-        f"(alpha > 0) at h = 0 is {pos['up']:.2f} on the upward and {pos['down']:.2f} on the "
-        "downward scan (the paper sees different label assignments for the two directions). "
+        "region from opposite collapses; the fraction of seeds whose expert 1 "
+        f"takes x > x* (alpha > 0) at h = 0 is {pos['up']:.2f} on the upward and "
+        f"{pos['down']:.2f} on the downward scan: the different label assignments of the two "
+        "directions that the paper remarks on. "
         "Without the small expert weight decay "
         "the expert that lost its tokens keeps stale parameters; then a collapsed router stays in "
         "a partly collapsed state (|E u_hat| ~ 0.8, boundary outside [-1, 1]) until h has crossed "
