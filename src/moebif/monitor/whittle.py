@@ -58,7 +58,8 @@ def _block_terms(e1, e2, m: int):
     e1 = np.asarray(e1, dtype=float)
     e2 = np.asarray(e2, dtype=float)
     phi = 1.0 - e1
-    L = np.log1p(-np.minimum(e1, 2.0 - 1e-12))  # log phi for 0 < phi; phi <= 0 handled below
+    with np.errstate(all="ignore"):
+        L = np.log1p(-np.minimum(e1, 1.0 - 1e-300))  # log phi where phi > 0; else unused
     g0 = 1.0 + (e2 - e1) ** 2 / (e1 * (2.0 - e1))
     A = (e2 - e1) * (e1 + e2 - e1 * e2) / (e1 * (2.0 - e1))
     if m == 1:

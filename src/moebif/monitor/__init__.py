@@ -1,0 +1,16 @@
+"""Collapse monitor for MoE training runs: reads per-step expert counts per layer and reports
+the usual routing metrics, the model-based stability ratio ``kappa_hat = a / (N gamma T)`` with
+an interval, the regime and alarms. numpy only on the hot path (see :mod:`.monitor`)."""
+
+from .logs import LogError as LogError
+from .logs import read_log as read_log
+from .logs import write_log as write_log
+from .metrics import load_fractions as load_fractions
+from .metrics import load_metrics as load_metrics
+from .monitor import Alarm as Alarm
+from .monitor import LayerMonitor as LayerMonitor
+from .monitor import LoadMonitor as LoadMonitor
+from .monitor import recommended_window as recommended_window
+from .whittle import WhittleFit as WhittleFit
+from .whittle import block_spectrum as block_spectrum
+from .whittle import fit_whittle as fit_whittle

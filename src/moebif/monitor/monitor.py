@@ -1,0 +1,427 @@
+"""Online collapse monitor: per-layer expert counts in, metrics, model estimates and alarms out.
+
+Per logged step the work is O(N) (accumulate the block sum); every ``block`` steps the block
+mean enters a ring buffer of the last ``window`` steps and the latent-score filter; every
+``refit`` steps the Whittle fit of :mod:`moebif.monitor.whittle` is redone on the buffer.
+
+**Latent scores.** The router's scores are an exponential average of its own loads,
+``r_{n+1} = (1 - eta gamma) r_n + eta a_eff l_n``, so ``d_i = r_i / T`` is reconstructed from the
+loads alone up to its initial value: ``d = kappa N * EMA_{eta gamma}(l)`` (``a_eff / (gamma T) =
+kappa N``). The score gap of the leading expert, ``d_max = kappa N (EMA_max - mean EMA of the
+others)``, is compared with the one-winner saddle gap ``d_s`` of eq. (8) at ``kappa_hat``: past it
+the mean-field router runs into collapse without further noise.
+
+**Alarms** (each an :class:`Alarm` with a one-line explanation):
+
+- ``approaching-threshold``: ``kappa_hat >= threshold`` on ``consecutive`` refits in a row;
+- ``metastable`` (N >= 3, top-1): ``kappa_hat >= kappa_SN`` on ``consecutive`` refits: a stable
+  collapsed state exists, jumps to it are noise-induced and give no lead-time warning; the
+  message carries the Eyring-Kramers escape time (:mod:`moebif.metastability`) at
+  ``(kappa_hat, eta gamma, B_eff)``;
+- ``collapse-in-progress``: the latent gap ``d_max`` passes the saddle gap ``d_s`` (metastable
+  regime), or the filtered max-load excess ``(l_max - 1/N) / (1/k - 1/N)`` passes
+  ``excursion`` (otherwise);
+- ``collapsed``: the filtered max-load excess passes ``collapsed`` (default 0.5) or half the
+  experts are dead over a block;
+- ``recovered`` (information): the filtered max-load excess is back below ``excursion / 2``
+  after a collapse alarm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .metrics import load_metrics
+from .whittle import WhittleFit, fit_whittle
+
+__all__ = ["Alarm", "LayerMonitor", "LoadMonitor", "recommended_window"]
+
+# window per N in units of 1 / (eta gamma) steps, from benchmarks/bench_monitor.py
+_WINDOW_UNITS = ((2, 400.0), (8, 200.0), (10**9, 100.0))
+
+
+def recommended_window(n_experts: int, eta_gamma: float) -> int:
+    """Window (steps) that meets the estimation accuracy of the acceptance study for N experts:
+    400 / (eta gamma) for N = 2, 200 for N <= 8, 100 beyond (linear in between is not needed:
+    the pooled likelihood gains N - 1 degrees of freedom per frequency)."""
+    for n_max, units in _WINDOW_UNITS:
+        if n_experts <= n_max:
+            return max(64, int(round(units / eta_gamma)))
+    raise AssertionError
+
+
+@dataclass(frozen=True)
+class Alarm:
+    step: int
+    kind: str
+    message: str
+    layer: str = ""
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "kind": self.kind, "layer": self.layer, "message": self.message}
+
+
+_SN_CACHE: dict[tuple[int, int], float] = {}
+
+
+def collapse_ratio(n_experts: int, top_k: int = 1) -> float:
+    """``kappa_SN = a_SN / a_lin``: the kappa at which a stable collapsed state appears
+    (1 for N = 2: the pitchfork)."""
+    key = (n_experts, top_k)
+    if key not in _SN_CACHE:
+        if n_experts == 2:
+            _SN_CACHE[key] = 1.0
+        elif top_k == 1:
+            from ..nexperts import collapse_threshold
+
+            _SN_CACHE[key] = collapse_threshold(n_experts, 1.0, 1.0) / n_experts
+        else:
+            from ..topk import topk_collapse_threshold, topk_linear_threshold
+
+            a_sn = topk_collapse_threshold(n_experts, top_k, 1.0, 1.0)[0]
+            _SN_CACHE[key] = a_sn / topk_linear_threshold(n_experts, top_k, 1.0, 1.0)
+    return _SN_CACHE[key]
+
+
+def saddle_gap(kappa: float, n_experts: int) -> float:
+    """One-winner saddle gap ``d_s`` of eq. (8) at ``a / (gamma T) = kappa N`` (NaN outside the
+    metastable window)."""
+    from ..nexperts import branch_ratio, saddle_node_gap
+
+    n = n_experts
+    d_sn, g_sn = saddle_node_gap(n, 1)
+    c = kappa * n
+    if not g_sn < c < n:
+        return math.nan
+    lo, hi = 1e-12, d_sn  # g_1 decreases from N to g_sn on (0, d_sn)
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if float(branch_ratio(mid, n, 1)) > c:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) -> float:
+    """Mean escape time (steps) from the balanced state at ``kappa`` (Eyring-Kramers, see
+    :mod:`moebif.metastability`); inf below ``kappa_SN``, 0 at or above 1."""
+    if kappa >= 1.0:
+        return 0.0
+    if n_experts < 3 or kappa <= collapse_ratio(n_experts) or not b_eff > 0:
+        return math.inf
+    from ..metastability import escape_theory
+    from ..params import RouterParams
+
+    p = RouterParams(a=kappa * n_experts, gamma=1.0, T=1.0, n_experts=n_experts)
+    try:
+        with np.errstate(all="ignore"):
+            tau = escape_theory(p).mean_escape_time(batch=b_eff, eta=eta_gamma)
+    except (ValueError, FloatingPointError):
+        return math.nan
+    return tau / eta_gamma
+
+
+@dataclass
+class _Refit:
+    step: int
+    fit: WhittleFit
+    regime: str
+    escape_steps: float
+    escape_range: tuple[float, float]
+
+    def to_dict(self) -> dict:
+        d = {"step": self.step, "regime": self.regime}
+        d.update({k: v for k, v in self.fit.to_dict().items()})
+        d["escape_steps"] = _finite_or_none(self.escape_steps)
+        d["escape_steps_range"] = [_finite_or_none(x) for x in self.escape_range]
+        return d
+
+
+def _finite_or_none(x):
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+@dataclass
+class LayerMonitor:
+    """Collapse monitor of one MoE layer (see the module docstring).
+
+    **Arguments:**
+
+    - ``n_experts``: N; ``top_k``: experts per token (loads are ``count / (k B)``).
+    - ``window``: steps in the fitting window (see :func:`recommended_window`).
+    - ``block``: steps per block mean (default ``max(1, window // 1024)``).
+    - ``refit``: steps between fits (default ``window // 8``).
+    - ``threshold``, ``consecutive``: the ``approaching-threshold`` rule.
+    - ``excursion``, ``collapsed``: filtered max-load excess levels (generic collapse rules).
+    - ``capacity``: tokens per expert per step, for the dropped fraction.
+    - ``eta_gamma``: prior guess of ``eta gamma`` for the latent filter before the first fit
+      (default ``20 / window``).
+    - ``name``: layer label in alarms.
+    """
+
+    n_experts: int
+    top_k: int = 1
+    window: int = 4096
+    block: int | None = None
+    refit: int | None = None
+    threshold: float = 0.9
+    consecutive: int = 3
+    excursion: float = 0.25
+    collapsed: float = 0.5
+    capacity: float | None = None
+    eta_gamma: float | None = None
+    name: str = ""
+    alarms: list[Alarm] = field(default_factory=list, init=False)
+    fits: list[_Refit] = field(default_factory=list, init=False)
+
+    def __post_init__(self):
+        n, k = int(self.n_experts), int(self.top_k)
+        if n < 2:
+            raise ValueError(f"n_experts: must be >= 2, got {n}")
+        if not 1 <= k < n:
+            raise ValueError(f"top_k: must be in 1..{n - 1}, got {k}")
+        if self.window < 32:
+            raise ValueError(f"window: must be >= 32 steps, got {self.window}")
+        self.block = max(1, self.window // 1024) if self.block is None else int(self.block)
+        if self.block < 1 or self.window // self.block < 32:
+            raise ValueError(f"block: need window / block >= 32 blocks, got block = {self.block}")
+        self.refit = max(self.block, self.window // 8) if self.refit is None else int(self.refit)
+        self._cap = self.window // self.block
+        self._buf = np.zeros((self._cap, n))
+        self._nblocks = 0
+        self._acc = np.zeros(n)
+        self._acc_dead = np.zeros(n)
+        self._in_block = 0
+        self.step = 0
+        self._since_refit = 0
+        eg = self.eta_gamma if self.eta_gamma is not None else 20.0 / self.window
+        self._eg = float(eg)
+        self._ema = None
+        self._last_counts = np.zeros(n)
+        self._flags = {"approaching-threshold": False, "metastable": False,
+                       "collapse-in-progress": False, "collapsed": False}
+        self._above = 0
+        self._meta = 0
+        self._d_s = math.nan
+        self._kappa_sn = collapse_ratio(n, k) if (n >= 3 or n == 2) else 1.0
+        self.block_record: list[tuple] = []  # (step, max_load_filtered, latent_gap)
+
+    # -------------------------------------------------------------------------------------
+    # feeding
+
+    def update(self, counts) -> list[Alarm]:
+        """One logged step: counts (or loads) of the N experts. Returns the alarms it raised."""
+        c = np.asarray(counts, dtype=float)
+        s = c.sum()
+        self._acc += c / s if s > 0 else 1.0 / self.n_experts
+        self._acc_dead += c
+        self._last_counts = c
+        self._in_block += 1
+        self.step += 1
+        if self._in_block == self.block:
+            return self._close_block()
+        return []
+
+    def update_many(self, counts) -> list[Alarm]:
+        """Many steps at once, shape ``(S, N)``: identical results to ``S`` calls of
+        :meth:`update`, vectorised over whole blocks."""
+        c = np.asarray(counts, dtype=float)
+        out: list[Alarm] = []
+        i = 0
+        S = c.shape[0]
+        while i < S and self._in_block != 0:
+            out += self.update(c[i])
+            i += 1
+        m = self.block
+        nb = (S - i) // m
+        if nb:
+            seg = c[i : i + nb * m]
+            s = seg.sum(axis=1, keepdims=True)
+            loads = np.where(s > 0, seg / np.where(s > 0, s, 1.0), 1.0 / self.n_experts)
+            bm = loads.reshape(nb, m, -1).mean(axis=1)
+            bc = seg.reshape(nb, m, -1).sum(axis=1)
+            for j in range(nb):
+                self.step += m
+                self._last_counts = seg[(j + 1) * m - 1]
+                out += self._push_block(bm[j], bc[j])
+            i += nb * m
+        while i < S:
+            out += self.update(c[i])
+            i += 1
+        return out
+
+    def _close_block(self) -> list[Alarm]:
+        bm = self._acc / self.block
+        bc = self._acc_dead
+        self._acc = np.zeros(self.n_experts)
+        self._acc_dead = np.zeros(self.n_experts)
+        self._in_block = 0
+        return self._push_block(bm, bc)
+
+    def _push_block(self, bm, bc) -> list[Alarm]:
+        self._buf[self._nblocks % self._cap] = bm
+        self._nblocks += 1
+        self._since_refit += self.block
+        # latent scores: EMA of the loads at the router's own rate eta gamma
+        keep = (1.0 - min(self._eg, 1.0)) ** self.block
+        self._ema = bm.copy() if self._ema is None else keep * self._ema + (1.0 - keep) * bm
+        out = self._check_excursion(bc)
+        if self._since_refit >= self.refit and self._nblocks >= min(self._cap, 64):
+            self._since_refit = 0
+            out += self._refit()
+        self.alarms += out
+        return out
+
+    # -------------------------------------------------------------------------------------
+    # rules
+
+    def _alarm(self, kind: str, msg: str) -> Alarm:
+        return Alarm(step=self.step, kind=kind, message=msg, layer=self.name)
+
+    def _excess(self) -> float:
+        n, k = self.n_experts, self.top_k
+        return (float(self._ema.max()) - 1.0 / n) / (1.0 / k - 1.0 / n)
+
+    def latent_gap(self) -> float:
+        """``d_max = kappa N (EMA_max - mean EMA of the others)`` at the current kappa_hat."""
+        if self._ema is None or not self.fits:
+            return math.nan
+        e = self._ema
+        i = int(e.argmax())
+        others = (e.sum() - e[i]) / (self.n_experts - 1)
+        return self.fits[-1].fit.kappa * self.n_experts * (e[i] - others) * self.top_k
+
+    def _check_excursion(self, bc) -> list[Alarm]:
+        out = []
+        ex = self._excess()
+        gap = self.latent_gap()
+        self.block_record.append((self.step, ex, gap))
+        dead = float((bc <= 0).mean())
+        f = self._flags
+        in_meta = math.isfinite(self._d_s) and f["metastable"]
+        past_saddle = in_meta and gap > self._d_s
+        if not f["collapse-in-progress"] and (past_saddle or ex >= self.excursion):
+            f["collapse-in-progress"] = True
+            why = (f"latent score gap {gap:.2f} passed the saddle gap {self._d_s:.2f}"
+                   if past_saddle else f"filtered max-load excess {ex:.2f} >= {self.excursion:g}")
+            out.append(self._alarm("collapse-in-progress", why + "; the router is leaving balance"))
+        if not f["collapsed"] and (ex >= self.collapsed or dead >= 0.5):
+            f["collapsed"] = True
+            out.append(self._alarm("collapsed", f"filtered max-load excess {ex:.2f}, dead experts "
+                                   f"{dead:.0%}: the load sits on few experts"))
+        if (f["collapse-in-progress"] or f["collapsed"]) and ex < 0.5 * self.excursion and not (
+            in_meta and gap > 0.5 * self._d_s
+        ):
+            f["collapse-in-progress"] = f["collapsed"] = False
+            out.append(self._alarm("recovered", f"filtered max-load excess back to {ex:.2f}"))
+        return out
+
+    def _refit(self) -> list[Alarm]:
+        nb = min(self._nblocks, self._cap)
+        start = self._nblocks % self._cap if self._nblocks > self._cap else 0
+        x = np.roll(self._buf, -start, axis=0)[:nb] if self._nblocks > self._cap else self._buf[:nb]
+        try:
+            fit = fit_whittle(x, block=self.block, n_experts=self.n_experts)
+        except ValueError:
+            return []
+        n, k = self.n_experts, self.top_k
+        ksn = self._kappa_sn
+        kap = fit.kappa
+        regime = "collapsing" if kap >= 1.0 else ("metastable" if (n >= 3 and kap >= ksn) else "balanced")
+        esc, rng = math.inf, (math.inf, math.inf)
+        if n >= 3 and k == 1 and fit.kappa_hi >= ksn:
+            esc = escape_time(kap, fit.eta_gamma, fit.b_eff, n) if kap >= ksn else math.inf
+            rng = (escape_time(min(fit.kappa_hi, 1.0), fit.eta_gamma, fit.b_eff, n),
+                   escape_time(fit.kappa_lo, fit.eta_gamma, fit.b_eff, n))
+        if not fit.at_edge and 0.0 < fit.eta_gamma < 1.0:
+            self._eg = fit.eta_gamma
+        self.fits.append(_Refit(self.step, fit, regime, esc, rng))
+        out = []
+        f = self._flags
+        self._above = self._above + 1 if kap >= self.threshold else 0
+        if self._above >= self.consecutive and not f["approaching-threshold"]:
+            f["approaching-threshold"] = True
+            out.append(self._alarm("approaching-threshold",
+                                   f"kappa_hat = {kap:.3f} [{fit.kappa_lo:.3f}, {fit.kappa_hi:.3f}] "
+                                   f">= {self.threshold:g} on {self.consecutive} refits; collapse at 1"))
+        elif kap < self.threshold - 0.05:
+            f["approaching-threshold"] = False
+        if n >= 3:
+            self._meta = self._meta + 1 if kap >= ksn else 0
+            self._d_s = saddle_gap(kap, n) if (k == 1 and ksn <= kap < 1.0) else math.nan
+            if self._meta >= self.consecutive and not f["metastable"]:
+                f["metastable"] = True
+                tau = "n/a (top-k)" if k > 1 else f"{esc:.3g} steps"
+                out.append(self._alarm("metastable",
+                                       f"kappa_hat = {kap:.3f} >= kappa_SN = {ksn:.3f}: a stable "
+                                       f"collapsed state exists; noise-induced jumps give no lead "
+                                       f"time; mean escape time {tau}"))
+            elif kap < ksn - 0.03:
+                f["metastable"] = False
+        return out
+
+    # -------------------------------------------------------------------------------------
+    # read-out
+
+    @property
+    def estimate(self) -> WhittleFit | None:
+        return self.fits[-1].fit if self.fits else None
+
+    def metrics(self) -> dict:
+        """Metrics of the last step (counts) plus those of the filtered loads."""
+        m = {k: float(v) for k, v in load_metrics(self._last_counts, capacity=self.capacity).items()}
+        if self._ema is not None:
+            m["max_load_excess_filtered"] = self._excess()
+        return m
+
+    def summary(self) -> dict:
+        out = {"layer": self.name, "n_experts": self.n_experts, "top_k": self.top_k,
+               "steps": self.step, "window": self.window, "block": self.block,
+               "kappa_sn": self._kappa_sn, "metrics": self.metrics(),
+               "estimate": self.fits[-1].to_dict() if self.fits else None,
+               "alarms": [a.to_dict() for a in self.alarms]}
+        if self.fits:
+            out["regime"] = self.fits[-1].regime
+            fit = self.fits[-1].fit
+            out["identifiable"] = {"kappa": fit.kappa, "eta_gamma": fit.eta_gamma,
+                                   "b_eff": fit.b_eff, "relaxation_rate": fit.relaxation_rate}
+        return out
+
+
+class LoadMonitor:
+    """Monitors of many layers, created on first sight of a layer key.
+
+    ``LoadMonitor(n_experts=8, top_k=2, window=4096).update(step, {"layer0": counts, ...})``;
+    keyword arguments are passed to every :class:`LayerMonitor`.
+    """
+
+    def __init__(self, **options):
+        self.options = options
+        self.layers: dict[str, LayerMonitor] = {}
+
+    def layer(self, key, n_experts: int | None = None) -> LayerMonitor:
+        key = str(key)
+        if key not in self.layers:
+            opts = dict(self.options)
+            if n_experts is not None:
+                opts["n_experts"] = n_experts
+            self.layers[key] = LayerMonitor(name=key, **opts)
+        return self.layers[key]
+
+    def update(self, counts_by_layer: dict) -> list[Alarm]:
+        out = []
+        for key, c in counts_by_layer.items():
+            c = np.asarray(c)
+            out += self.layer(key, c.shape[-1]).update(c)
+        return out
+
+    @property
+    def alarms(self) -> list[Alarm]:
+        return sorted((a for m in self.layers.values() for a in m.alarms), key=lambda a: a.step)
+
+    def summary(self) -> dict:
+        return {k: m.summary() for k, m in self.layers.items()}
