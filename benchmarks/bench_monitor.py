@@ -29,10 +29,9 @@ def block_means(loads, block):
     return loads[: M * block].reshape(M, block, -1).mean(axis=1)
 
 
-def estimation(runs=24, quick=False):
+def estimation(runs=24, Ns=(2, 8, 64)):
     """kappa_hat on stationary logs at the recommended window per N."""
     rows = []
-    Ns = (2, 8, 64)
     for N in Ns:
         W = recommended_window(N, ETA)
         block = max(1, W // 1024)
@@ -45,7 +44,9 @@ def estimation(runs=24, quick=False):
                                            seed=1000 * N + B + int(100 * kappa), record_every=1)
                 loads = run.loads[:, burn + 1 :]
                 # a replica that escaped to collapse (metastable N >= 3) is not a balanced log
-                escaped = loads.max(axis=(1, 2)) > 0.5 + 0.5 / N
+                unit = int(1 / ETA)
+                smooth = loads[:, : (W // unit) * unit].reshape(runs, -1, unit, N).mean(axis=2)
+                escaped = smooth.max(axis=(1, 2)) > 1 / N + 0.5 * (1 - 1 / N)
                 ks = []
                 for r in np.nonzero(~escaped)[0]:
                     fit = fit_whittle(block_means(loads[r], block), block=block, n_experts=N)

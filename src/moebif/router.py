@@ -206,29 +206,36 @@ def _evaluate_h(fn: Callable, t: np.ndarray) -> np.ndarray:
     return out
 
 
-def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b, r0) -> _Setup:
+def _check_run(params, batch, eta, steps, runs, seed, rho):
+    """Validation shared by every router driver: returns ``(batch, eta, steps, runs, seed,
+    rho)`` normalised, or raises :class:`ParameterError` naming the argument."""
     if not isinstance(params, RouterParams):
         raise ParameterError("params", f"must be a RouterParams, got {type(params).__name__}")
-    p = params
-    n = p.n_experts
     batch = _check_int("batch", batch, 1)
     steps = _check_int("steps", steps, 1)
     runs = _check_int("runs", runs, 1)
-    record_every = _check_int("record_every", record_every, 1)
     seed = _check_int("seed", seed, 0)
     if seed >= 2**64:
         raise ParameterError("seed", f"must be < 2**64, got {seed}")
     eta = check_finite("eta", eta)
     if eta <= 0.0:
         raise ParameterError("eta", f"must be > 0, got {eta:g}")
-    if eta * p.gamma >= 2.0:
+    if eta * params.gamma >= 2.0:
         # the forgetting term alone makes the discrete map diverge: |1 - eta gamma| >= 1
         raise ParameterError(
-            "eta", f"eta * gamma must be < 2 for a bounded router, got {eta * p.gamma:g}"
+            "eta", f"eta * gamma must be < 2 for a bounded router, got {eta * params.gamma:g}"
         )
     rho = check_finite("rho", rho)
     if rho < 0.0:
         raise ParameterError("rho", f"must be >= 0, got {rho:g}")
+    return batch, eta, steps, runs, seed, rho
+
+
+def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b, r0) -> _Setup:
+    batch, eta, steps, runs, seed, rho = _check_run(params, batch, eta, steps, runs, seed, rho)
+    p = params
+    n = p.n_experts
+    record_every = _check_int("record_every", record_every, 1)
 
     # external drift: constant (params.h or b) or a time-varying skew h(t)
     bvec = None

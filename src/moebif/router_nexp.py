@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .params import ParameterError, RouterParams, check_finite
-from .router import _blocks, _check_int, _evaluate_h, _finite_array
+from .router import _blocks, _check_int, _check_run, _evaluate_h, _finite_array
 
 __all__ = ["FeedbackSweep", "NExpertRun", "simulate_topk_router", "sweep_feedback"]
 
@@ -141,25 +141,12 @@ def simulate_topk_router(
     - ``threads``, ``progress``, ``chunk_steps``: as in the engine; results do not depend on them.
     """
     t_start = time.perf_counter()
-    if not isinstance(params, RouterParams):
-        raise ParameterError("params", f"must be a RouterParams, got {type(params).__name__}")
+    batch, eta, steps, runs, seed, rho = _check_run(params, batch, eta, steps, runs, seed, rho)
     p = params
     n = p.n_experts
-    batch = _check_int("batch", batch, 1)
-    steps = _check_int("steps", steps, 1)
-    runs = _check_int("runs", runs, 1)
-    seed = _check_int("seed", seed, 0)
-    if seed >= 2**64:
-        raise ParameterError("seed", f"must be < 2**64, got {seed}")
     k = _check_int("top_k", top_k, 1)
     if k >= n:
         raise ParameterError("top_k", f"must be < n_experts = {n}, got {k}")
-    eta = check_finite("eta", eta)
-    if not 0.0 < eta * p.gamma < 2.0:
-        raise ParameterError("eta", f"must be > 0 with eta * gamma < 2, got {eta:g}")
-    rho = check_finite("rho", rho)
-    if rho < 0.0:
-        raise ParameterError("rho", f"must be >= 0, got {rho:g}")
     if record_every is not None:
         record_every = _check_int("record_every", record_every, 1)
     gap = 0.0 if stop_gap is None else check_finite("stop_gap", stop_gap)

@@ -40,13 +40,13 @@ from .whittle import WhittleFit, fit_whittle
 __all__ = ["Alarm", "LayerMonitor", "LoadMonitor", "recommended_window"]
 
 # window per N in units of 1 / (eta gamma) steps, from benchmarks/bench_monitor.py
-_WINDOW_UNITS = ((2, 400.0), (8, 200.0), (10**9, 100.0))
+_WINDOW_UNITS = ((2, 1000.0), (8, 200.0), (10**9, 100.0))
 
 
 def recommended_window(n_experts: int, eta_gamma: float) -> int:
     """Window (steps) that meets the estimation accuracy of the acceptance study for N experts:
-    400 / (eta gamma) for N = 2, 200 for N <= 8, 100 beyond (linear in between is not needed:
-    the pooled likelihood gains N - 1 degrees of freedom per frequency)."""
+    1000 / (eta gamma) for N = 2, 200 for 3 <= N <= 8, 100 beyond (the pooled likelihood has
+    N - 1 degrees of freedom per frequency, so larger N needs shorter windows)."""
     for n_max, units in _WINDOW_UNITS:
         if n_experts <= n_max:
             return max(64, int(round(units / eta_gamma)))
