@@ -4,6 +4,7 @@ The public API, re-exported by name. Heavy modules (numba kernels, torch) are im
 on first use, so ``import moebif`` and ``moebif theory`` stay fast.
 """
 
+from . import monitor as monitor
 from ._version import __version__ as __version__
 from .continuation import Branch as Branch
 from .continuation import SpecialPoint as SpecialPoint
@@ -16,6 +17,9 @@ from .meanfield import uniform_state as uniform_state
 from .meanfield import vector_field as vector_field
 from .metastability import escape_theory as escape_theory
 from .metastability import pulse_threshold as pulse_threshold
+from .monitor import LayerMonitor as LayerMonitor
+from .monitor import LoadMonitor as LoadMonitor
+from .monitor import fit_whittle as fit_whittle
 from .nexperts import SymmetricBranch as SymmetricBranch
 from .nexperts import barrier as barrier
 from .nexperts import branch_curve as branch_curve

@@ -374,7 +374,7 @@ def _fail(message: str) -> None:
 
 def _load_extra_commands() -> None:
     """Register the commands that live in their own modules (simulate, hysteresis, branches)."""
-    from . import _cli_nexp, _cli_sim  # noqa: F401
+    from . import _cli_monitor, _cli_nexp, _cli_sim  # noqa: F401
 
 
 _load_extra_commands()

@@ -48,8 +48,10 @@ def _finish(rows: dict, path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         s = np.asarray(steps, dtype=np.int64)
         bad = np.nonzero(np.diff(s) <= 0)[0]
         if bad.size:
-            raise LogError(f"{path}: line {lines[bad[0] + 1]}, column step: steps of layer "
-                           f"{layer!r} must increase")
+            raise LogError(
+                f"{path}: line {lines[bad[0] + 1]}, column step: steps of layer "
+                f"{layer!r} must increase"
+            )
         out[layer] = (s, np.asarray(counts, dtype=float))
     return out
 
@@ -77,8 +79,9 @@ def _read_csv(path: Path):
         try:
             step = int(rec[i_step])
         except ValueError:
-            raise LogError(f"{path}: line {lineno}, column step: not an integer: "
-                           f"{rec[i_step]!r}") from None
+            raise LogError(
+                f"{path}: line {lineno}, column step: not an integer: {rec[i_step]!r}"
+            ) from None
         layer = rec[i_layer].strip() if i_layer is not None else "0"
         counts = [_num(rec[j], f"{path}: line {lineno}, column {header[j]}") for j in experts]
         r = rows.setdefault(layer, ([], [], []))
@@ -98,16 +101,24 @@ def _read_jsonl(path: Path):
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise LogError(f"{path}: line {lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+                raise LogError(
+                    f"{path}: line {lineno}, column {e.colno}: invalid JSON: {e.msg}"
+                ) from None
             if not isinstance(obj, dict):
                 raise LogError(f"{path}: line {lineno}: expected an object")
-            if "step" not in obj or isinstance(obj["step"], bool) or not isinstance(obj["step"], int):
+            if (
+                "step" not in obj
+                or isinstance(obj["step"], bool)
+                or not isinstance(obj["step"], int)
+            ):
                 raise LogError(f"{path}: line {lineno}, key step: missing or not an integer")
             c = obj.get("counts")
             if not isinstance(c, list) or len(c) < 2:
                 raise LogError(f"{path}: line {lineno}, key counts: need a list of >= 2 numbers")
             if n is not None and len(c) != n:
-                raise LogError(f"{path}: line {lineno}, key counts: {len(c)} experts, earlier lines had {n}")
+                raise LogError(
+                    f"{path}: line {lineno}, key counts: {len(c)} experts, earlier lines had {n}"
+                )
             n = len(c)
             vals = []
             for j, v in enumerate(c):
@@ -124,14 +135,18 @@ def _read_jsonl(path: Path):
 
 def _check_array(a, path, key):
     if a.ndim not in (2, 3) or a.shape[-1] < 2:
-        raise LogError(f"{path}: key {key}: need shape (S, N) or (S, L, N) with N >= 2, got {a.shape}")
+        raise LogError(
+            f"{path}: key {key}: need shape (S, N) or (S, L, N) with N >= 2, got {a.shape}"
+        )
     if not np.issubdtype(a.dtype, np.number):
         raise LogError(f"{path}: key {key}: not numeric ({a.dtype})")
     a = a.astype(float)
     bad = np.argwhere(~np.isfinite(a) | (a < 0))
     if bad.size:
-        raise LogError(f"{path}: key {key}, index {tuple(int(i) for i in bad[0])}: counts must be "
-                       "finite and >= 0")
+        raise LogError(
+            f"{path}: key {key}, index {tuple(int(i) for i in bad[0])}: counts must be "
+            "finite and >= 0"
+        )
     return a if a.ndim == 3 else a[:, None, :]
 
 

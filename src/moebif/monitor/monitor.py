@@ -13,14 +13,17 @@ the mean-field router runs into collapse without further noise.
 
 **Alarms** (each an :class:`Alarm` with a one-line explanation):
 
-- ``approaching-threshold``: ``kappa_hat >= threshold`` on ``consecutive`` refits in a row;
+- ``approaching-threshold``: ``kappa_hat >= threshold`` on ``consecutive`` refits in a row
+  (fits that do not resolve the relaxation time count only after one that did: before it, a
+  drift or a too short window would look like ``kappa -> 1``);
 - ``metastable`` (N >= 3, top-1): ``kappa_hat >= kappa_SN`` on ``consecutive`` refits: a stable
   collapsed state exists, jumps to it are noise-induced and give no lead-time warning; the
   message carries the Eyring-Kramers escape time (:mod:`moebif.metastability`) at
   ``(kappa_hat, eta gamma, B_eff)``;
-- ``collapse-in-progress``: the latent gap ``d_max`` passes the saddle gap ``d_s`` (metastable
-  regime), or the filtered max-load excess ``(l_max - 1/N) / (1/k - 1/N)`` passes
-  ``excursion`` (otherwise);
+- ``collapse-in-progress``: the latent gap ``d_max`` passes ``d_s + commit (d_c - d_s)``, a
+  quarter of the way (default) from the saddle gap ``d_s`` to the collapsed gap ``d_c`` (the
+  metastable regime; at the saddle itself noise sends about half the paths back), or the
+  filtered max-load excess ``(l_max - 1/N) / (1/k - 1/N)`` passes ``excursion`` (otherwise);
 - ``collapsed``: the filtered max-load excess passes ``collapsed`` (default 0.5) or half the
   experts are dead over a block;
 - ``recovered`` (information): the filtered max-load excess is back below ``excursion / 2``
@@ -87,28 +90,33 @@ def collapse_ratio(n_experts: int, top_k: int = 1) -> float:
 
 
 def saddle_gap(kappa: float, n_experts: int) -> float:
-    """One-winner saddle gap ``d_s`` of eq. (8) at ``a / (gamma T) = kappa N`` (NaN outside the
-    metastable window)."""
+    """``(d_s, d_c)``: score gaps of the one-winner saddle and of the collapsed state of eq. (8)
+    at ``a / (gamma T) = kappa N`` (NaN outside the metastable window)."""
     from ..nexperts import branch_ratio, saddle_node_gap
 
     n = n_experts
     d_sn, g_sn = saddle_node_gap(n, 1)
     c = kappa * n
     if not g_sn < c < n:
-        return math.nan
-    lo, hi = 1e-12, d_sn  # g_1 decreases from N to g_sn on (0, d_sn)
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        if float(branch_ratio(mid, n, 1)) > c:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+        return math.nan, math.nan
+    out = []
+    # g_1 decreases from N to g_sn on (0, d_sn), then increases without bound
+    for lo, hi, down in ((1e-12, d_sn, True), (d_sn, d_sn + 10.0 + 2.0 * c, False)):
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            if (float(branch_ratio(mid, n, 1)) > c) == down:
+                lo = mid
+            else:
+                hi = mid
+        out.append(0.5 * (lo + hi))
+    return out[0], out[1]
 
 
 def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) -> float:
     """Mean escape time (steps) from the balanced state at ``kappa`` (Eyring-Kramers, see
     :mod:`moebif.metastability`); inf below ``kappa_SN``, 0 at or above 1."""
+    if not math.isfinite(kappa):
+        return math.nan
     if kappa >= 1.0:
         return 0.0
     if n_experts < 3 or kappa <= collapse_ratio(n_experts) or not b_eff > 0:
@@ -117,10 +125,13 @@ def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) ->
     from ..params import RouterParams
 
     p = RouterParams(a=kappa * n_experts, gamma=1.0, T=1.0, n_experts=n_experts)
+    import warnings
+
     try:
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             tau = escape_theory(p).mean_escape_time(batch=b_eff, eta=eta_gamma)
-    except (ValueError, FloatingPointError):
+    except (ValueError, ArithmeticError):
         return math.nan
     return tau / eta_gamma
 
@@ -135,7 +146,7 @@ class _Refit:
 
     def to_dict(self) -> dict:
         d = {"step": self.step, "regime": self.regime}
-        d.update({k: v for k, v in self.fit.to_dict().items()})
+        d.update(self.fit.to_dict())
         d["escape_steps"] = _finite_or_none(self.escape_steps)
         d["escape_steps_range"] = [_finite_or_none(x) for x in self.escape_range]
         return d
@@ -157,6 +168,7 @@ class LayerMonitor:
     - ``refit``: steps between fits (default ``window // 8``).
     - ``threshold``, ``consecutive``: the ``approaching-threshold`` rule.
     - ``excursion``, ``collapsed``: filtered max-load excess levels (generic collapse rules).
+    - ``commit``: where between the saddle and the collapsed gap ``collapse-in-progress`` fires.
     - ``capacity``: tokens per expert per step, for the dropped fraction.
     - ``eta_gamma``: prior guess of ``eta gamma`` for the latent filter before the first fit
       (default ``20 / window``).
@@ -172,6 +184,7 @@ class LayerMonitor:
     consecutive: int = 3
     excursion: float = 0.25
     collapsed: float = 0.5
+    commit: float = 0.25
     capacity: float | None = None
     eta_gamma: float | None = None
     name: str = ""
@@ -202,11 +215,15 @@ class LayerMonitor:
         self._eg = float(eg)
         self._ema = None
         self._last_counts = np.zeros(n)
-        self._flags = {"approaching-threshold": False, "metastable": False,
-                       "collapse-in-progress": False, "collapsed": False}
+        self._flags = {
+            "approaching-threshold": False,
+            "metastable": False,
+            "collapse-in-progress": False,
+            "collapsed": False,
+        }
         self._above = 0
         self._meta = 0
-        self._d_s = math.nan
+        self._d_s = self._d_c = self._d_commit = math.nan
         self._kappa_sn = collapse_ratio(n, k) if (n >= 3 or n == 2) else 1.0
         self.block_record: list[tuple] = []  # (step, max_load_filtered, latent_gap)
 
@@ -270,7 +287,7 @@ class LayerMonitor:
         keep = (1.0 - min(self._eg, 1.0)) ** self.block
         self._ema = bm.copy() if self._ema is None else keep * self._ema + (1.0 - keep) * bm
         out = self._check_excursion(bc)
-        if self._since_refit >= self.refit and self._nblocks >= min(self._cap, 64):
+        if self._since_refit >= self.refit and self._nblocks >= self._cap // 2:
             self._since_refit = 0
             out += self._refit()
         self.alarms += out
@@ -288,7 +305,7 @@ class LayerMonitor:
 
     def latent_gap(self) -> float:
         """``d_max = kappa N (EMA_max - mean EMA of the others)`` at the current kappa_hat."""
-        if self._ema is None or not self.fits:
+        if self._ema is None or not self.fits or not self.fits[-1].fit.resolved:
             return math.nan
         e = self._ema
         i = int(e.argmax())
@@ -303,18 +320,29 @@ class LayerMonitor:
         dead = float((bc <= 0).mean())
         f = self._flags
         in_meta = math.isfinite(self._d_s) and f["metastable"]
-        past_saddle = in_meta and gap > self._d_s
+        past_saddle = in_meta and gap > self._d_commit
         if not f["collapse-in-progress"] and (past_saddle or ex >= self.excursion):
             f["collapse-in-progress"] = True
-            why = (f"latent score gap {gap:.2f} passed the saddle gap {self._d_s:.2f}"
-                   if past_saddle else f"filtered max-load excess {ex:.2f} >= {self.excursion:g}")
+            why = (
+                f"latent score gap {gap:.2f} passed the saddle gap {self._d_s:.2f} by "
+                f"{self.commit:g} of the way to the collapsed gap {self._d_c:.2f}"
+                if past_saddle
+                else f"filtered max-load excess {ex:.2f} >= {self.excursion:g}"
+            )
             out.append(self._alarm("collapse-in-progress", why + "; the router is leaving balance"))
         if not f["collapsed"] and (ex >= self.collapsed or dead >= 0.5):
             f["collapsed"] = True
-            out.append(self._alarm("collapsed", f"filtered max-load excess {ex:.2f}, dead experts "
-                                   f"{dead:.0%}: the load sits on few experts"))
-        if (f["collapse-in-progress"] or f["collapsed"]) and ex < 0.5 * self.excursion and not (
-            in_meta and gap > 0.5 * self._d_s
+            out.append(
+                self._alarm(
+                    "collapsed",
+                    f"filtered max-load excess {ex:.2f}, dead experts "
+                    f"{dead:.0%}: the load sits on few experts",
+                )
+            )
+        if (
+            (f["collapse-in-progress"] or f["collapsed"])
+            and ex < 0.5 * self.excursion
+            and not (in_meta and gap > 0.5 * self._d_s)
         ):
             f["collapse-in-progress"] = f["collapsed"] = False
             out.append(self._alarm("recovered", f"filtered max-load excess back to {ex:.2f}"))
@@ -331,35 +359,60 @@ class LayerMonitor:
         n, k = self.n_experts, self.top_k
         ksn = self._kappa_sn
         kap = fit.kappa
-        regime = "collapsing" if kap >= 1.0 else ("metastable" if (n >= 3 and kap >= ksn) else "balanced")
+        regime = (
+            "collapsing"
+            if kap >= 1.0
+            else ("metastable" if (n >= 3 and kap >= ksn) else "balanced")
+        )
         esc, rng = math.inf, (math.inf, math.inf)
         if n >= 3 and k == 1 and fit.kappa_hi >= ksn:
             esc = escape_time(kap, fit.eta_gamma, fit.b_eff, n) if kap >= ksn else math.inf
-            rng = (escape_time(min(fit.kappa_hi, 1.0), fit.eta_gamma, fit.b_eff, n),
-                   escape_time(fit.kappa_lo, fit.eta_gamma, fit.b_eff, n))
-        if not fit.at_edge and 0.0 < fit.eta_gamma < 1.0:
+            rng = (
+                escape_time(min(fit.kappa_hi, 1.0), fit.eta_gamma, fit.b_eff, n),
+                escape_time(fit.kappa_lo, fit.eta_gamma, fit.b_eff, n),
+            )
+        if fit.resolved and 0.0 < fit.eta_gamma < 1.0:
             self._eg = fit.eta_gamma
+        had_resolved = any(r.fit.resolved for r in self.fits)
+        if not fit.resolved:
+            regime = "unresolved"
         self.fits.append(_Refit(self.step, fit, regime, esc, rng))
         out = []
         f = self._flags
+        if not fit.resolved and not had_resolved:
+            # no time scale established yet: a drift or a short window looks like kappa -> 1
+            self._above = self._meta = 0
+            self._d_s = self._d_c = self._d_commit = math.nan
+            return out
         self._above = self._above + 1 if kap >= self.threshold else 0
         if self._above >= self.consecutive and not f["approaching-threshold"]:
             f["approaching-threshold"] = True
-            out.append(self._alarm("approaching-threshold",
-                                   f"kappa_hat = {kap:.3f} [{fit.kappa_lo:.3f}, {fit.kappa_hi:.3f}] "
-                                   f">= {self.threshold:g} on {self.consecutive} refits; collapse at 1"))
+            out.append(
+                self._alarm(
+                    "approaching-threshold",
+                    f"kappa_hat = {kap:.3f} [{fit.kappa_lo:.3f}, {fit.kappa_hi:.3f}] "
+                    f">= {self.threshold:g} on {self.consecutive} refits; collapse at 1",
+                )
+            )
         elif kap < self.threshold - 0.05:
             f["approaching-threshold"] = False
         if n >= 3:
             self._meta = self._meta + 1 if kap >= ksn else 0
-            self._d_s = saddle_gap(kap, n) if (k == 1 and ksn <= kap < 1.0) else math.nan
+            self._d_s, self._d_c = (
+                saddle_gap(kap, n) if (k == 1 and ksn <= kap < 1.0) else (math.nan, math.nan)
+            )
+            self._d_commit = self._d_s + self.commit * (self._d_c - self._d_s)
             if self._meta >= self.consecutive and not f["metastable"]:
                 f["metastable"] = True
                 tau = "n/a (top-k)" if k > 1 else f"{esc:.3g} steps"
-                out.append(self._alarm("metastable",
-                                       f"kappa_hat = {kap:.3f} >= kappa_SN = {ksn:.3f}: a stable "
-                                       f"collapsed state exists; noise-induced jumps give no lead "
-                                       f"time; mean escape time {tau}"))
+                out.append(
+                    self._alarm(
+                        "metastable",
+                        f"kappa_hat = {kap:.3f} >= kappa_SN = {ksn:.3f}: a stable "
+                        f"collapsed state exists; noise-induced jumps give no lead "
+                        f"time; mean escape time {tau}",
+                    )
+                )
             elif kap < ksn - 0.03:
                 f["metastable"] = False
         return out
@@ -373,22 +426,35 @@ class LayerMonitor:
 
     def metrics(self) -> dict:
         """Metrics of the last step (counts) plus those of the filtered loads."""
-        m = {k: float(v) for k, v in load_metrics(self._last_counts, capacity=self.capacity).items()}
+        m = {
+            k: float(v) for k, v in load_metrics(self._last_counts, capacity=self.capacity).items()
+        }
         if self._ema is not None:
             m["max_load_excess_filtered"] = self._excess()
         return m
 
     def summary(self) -> dict:
-        out = {"layer": self.name, "n_experts": self.n_experts, "top_k": self.top_k,
-               "steps": self.step, "window": self.window, "block": self.block,
-               "kappa_sn": self._kappa_sn, "metrics": self.metrics(),
-               "estimate": self.fits[-1].to_dict() if self.fits else None,
-               "alarms": [a.to_dict() for a in self.alarms]}
+        out = {
+            "layer": self.name,
+            "n_experts": self.n_experts,
+            "top_k": self.top_k,
+            "steps": self.step,
+            "window": self.window,
+            "block": self.block,
+            "kappa_sn": self._kappa_sn,
+            "metrics": self.metrics(),
+            "estimate": self.fits[-1].to_dict() if self.fits else None,
+            "alarms": [a.to_dict() for a in self.alarms],
+        }
         if self.fits:
             out["regime"] = self.fits[-1].regime
             fit = self.fits[-1].fit
-            out["identifiable"] = {"kappa": fit.kappa, "eta_gamma": fit.eta_gamma,
-                                   "b_eff": fit.b_eff, "relaxation_rate": fit.relaxation_rate}
+            out["identifiable"] = {
+                "kappa": fit.kappa,
+                "eta_gamma": fit.eta_gamma,
+                "b_eff": fit.b_eff,
+                "relaxation_rate": fit.relaxation_rate,
+            }
         return out
 
 

@@ -115,6 +115,9 @@ class WhittleFit:
     - ``blocks``, ``block``: the series fitted (``blocks`` means of ``block`` steps).
     - ``at_edge``: the optimum is on the edge of the search box (e.g. ``eta gamma`` not resolved
       by the block length, or ``1 - phi`` below the window's resolution).
+    - ``resolved``: the window holds at least 4 relaxation times ``1 / (1 - phi)`` and the fit is
+      not at the edge; otherwise kappa is not determined by the data (a drift, a collapse in
+      progress or a window too short all look like ``kappa -> 1``) and no alarm uses it.
     """
 
     kappa: float
@@ -131,8 +134,17 @@ class WhittleFit:
     block: int
     at_edge: bool
 
+    @property
+    def resolved(self) -> bool:
+        return (not self.at_edge) and (1.0 - self.phi) * self.blocks * self.block >= 4.0
+
     def to_dict(self) -> dict:
-        return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in asdict(self).items()}
+        d = {
+            k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+            for k, v in asdict(self).items()
+        }
+        d["resolved"] = self.resolved
+        return d
 
 
 def _profile(e1, e2, w, per, m):
@@ -148,8 +160,9 @@ def _profile(e1, e2, w, per, m):
     return obj, s2
 
 
-def fit_whittle(block_means, *, block: int = 1, n_experts: int | None = None, grid: int = 24,
-                zooms: int = 5) -> WhittleFit:
+def fit_whittle(
+    block_means, *, block: int = 1, n_experts: int | None = None, grid: int = 24, zooms: int = 5
+) -> WhittleFit:
     """Fit ``(phi, theta, sigma^2)`` to block-mean loads by the pooled Whittle likelihood.
 
     **Arguments:**
@@ -199,7 +212,9 @@ def fit_whittle(block_means, *, block: int = 1, n_experts: int | None = None, gr
     def logF(a1, a2):
         G0, G1, Phi, omp = _block_terms(np.exp(a1), np.exp(a2), m)
         cw = np.cos(w)
-        return np.log(np.maximum(G0 + 2.0 * G1 * (cw - Phi) / (omp**2 + 2.0 * Phi * (1.0 - cw)), 1e-300))
+        return np.log(
+            np.maximum(G0 + 2.0 * G1 * (cw - Phi) / (omp**2 + 2.0 * Phi * (1.0 - cw)), 1e-300)
+        )
 
     d1 = (logF(best[0] + h, best[1]) - logF(best[0] - h, best[1])) / (2 * h)
     d2 = (logF(best[0], best[1] + h) - logF(best[0], best[1] - h)) / (2 * h)
@@ -213,11 +228,12 @@ def fit_whittle(block_means, *, block: int = 1, n_experts: int | None = None, gr
         sd = math.inf
     one_m_kappa = e1 / e2
     kappa = 1.0 - one_m_kappa
-    spread = math.exp(min(_Z95 * sd, 700.0))
+    # beyond ~e^30 the lower end is meaningless (a flat likelihood): report it as undetermined
+    spread = math.exp(_Z95 * sd) if _Z95 * sd < 30.0 else math.inf
     phi, theta = 1.0 - e1, 1.0 - e2
     return WhittleFit(
         kappa=kappa,
-        kappa_lo=1.0 - one_m_kappa * spread,
+        kappa_lo=1.0 - one_m_kappa * spread if math.isfinite(spread) else math.nan,
         kappa_hi=1.0 - one_m_kappa / spread,
         phi=phi,
         theta=theta,

@@ -1,0 +1,222 @@
+"""Collapse monitor: spectrum against closed forms, estimator against simulated routers,
+metrics, alarms, logs and the diagnose command."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from moebif import RouterParams, simulate_topk_router
+from moebif.monitor import (
+    LayerMonitor,
+    LoadMonitor,
+    LogError,
+    block_spectrum,
+    fit_whittle,
+    load_metrics,
+    read_log,
+    write_log,
+)
+
+
+def _arma_acov(h, phi, theta, s2):
+    A = s2 * (phi - theta) * (1 - phi * theta) / (1 - phi**2)
+    return s2 * (1 + (phi - theta) ** 2 / (1 - phi**2)) if h == 0 else A * phi ** (abs(h) - 1)
+
+
+@pytest.mark.parametrize("phi,theta", [(0.99, 0.95), (0.9, 0.3), (0.5, 0.9), (-0.3, 0.2)])
+def test_block_spectrum_matches_arma_and_brute_aggregation(phi, theta):
+    s2 = 1.7
+    w = np.linspace(0.05, 3.0, 9)
+    exact = s2 * np.abs(1 - theta * np.exp(1j * w)) ** 2 / np.abs(1 - phi * np.exp(1j * w)) ** 2
+    np.testing.assert_allclose(block_spectrum(w, phi, theta, s2, 1), exact, rtol=1e-10)
+    m = 4
+
+    def G(h):
+        return (
+            sum(_arma_acov(h * m + j - i, phi, theta, s2) for i in range(m) for j in range(m))
+            / m**2
+        )
+
+    H = int(np.ceil(40 / max(1 - abs(phi) ** m, 1e-3)))
+    brute = np.array([G(0) + 2 * sum(G(h) * np.cos(h * x) for h in range(1, H)) for x in w])
+    np.testing.assert_allclose(block_spectrum(w, phi, theta, s2, m), brute, rtol=1e-8)
+
+
+def _router_loads(N, B, kappa, steps, seed, runs=1, eta=0.01):
+    p = RouterParams(a=kappa * N, gamma=1.0, T=1.0, n_experts=N)
+    run = simulate_topk_router(
+        p, batch=B, eta=eta, steps=steps, runs=runs, seed=seed, record_every=1
+    )
+    return run.loads
+
+
+def test_whittle_recovers_kappa_on_the_batch_router_and_naive_ar1_does_not():
+    N, B, kappa = 8, 512, 0.8
+    loads = _router_loads(N, B, kappa, 20_000, seed=5)[0]
+    m = 16
+    bm = loads[: (len(loads) // m) * m].reshape(-1, m, N).mean(axis=1)
+    fit = fit_whittle(bm, block=m)
+    # band: the acceptance study gives robust sd 0.017 at this window
+    assert abs(fit.kappa - kappa) < 0.06
+    assert fit.kappa_lo < kappa < fit.kappa_hi
+    assert abs(fit.eta_gamma - 0.01) < 0.003
+    assert abs(fit.b_eff / B - 1) < 0.15
+    assert fit.resolved
+    # the naive AR(1) of raw loads is pulled to 0 by the sampling noise: its phi maps to a
+    # relaxation rate many times too fast
+    c = loads - loads.mean(axis=0)
+    phi_naive = float((c[1:] * c[:-1]).sum() / (c[:-1] ** 2).sum())
+    assert (1 - phi_naive) > 20 * (1 - fit.phi)
+
+
+def test_metrics_by_hand():
+    m = load_metrics(np.array([[10, 0, 5, 5], [5, 5, 5, 5]]), capacity=6)
+    np.testing.assert_allclose(m["max_vio"], [1.0, 0.0])
+    np.testing.assert_allclose(m["dead"], [0.25, 0.0])
+    np.testing.assert_allclose(m["top2"], [0.75, 0.5])
+    np.testing.assert_allclose(m["dropped"], [4 / 20, 0.0])
+    np.testing.assert_allclose(m["n_eff"], [np.exp(-(0.5 * np.log(0.5) + 0.5 * np.log(0.25))), 4])
+    np.testing.assert_allclose(m["entropy"][1], 1.0)
+    np.testing.assert_allclose(m["cv"][0], np.std([0.5, 0, 0.25, 0.25]) / 0.25)
+
+
+def test_update_and_update_many_agree_and_are_deterministic():
+    loads = _router_loads(4, 256, 0.7, 6000, seed=2)[0]
+    counts = np.rint(loads * 256)
+    a = LayerMonitor(4, window=2000)
+    for row in counts:
+        a.update(row)
+    b = LayerMonitor(4, window=2000)
+    b.update_many(counts[:777])
+    b.update_many(counts[777:])
+    assert len(a.fits) == len(b.fits) > 0
+    assert [f.fit.kappa for f in a.fits] == pytest.approx([f.fit.kappa for f in b.fits], abs=1e-12)
+    assert a.summary()["metrics"] == pytest.approx(b.summary()["metrics"])
+
+
+def test_stationary_balanced_run_raises_no_alarm():
+    loads = _router_loads(8, 512, 0.5, 30_000, seed=3)[0]
+    mon = LayerMonitor(8, window=20_000)
+    mon.update_many(np.rint(loads * 512))
+    assert mon.alarms == []
+    assert mon.fits[-1].regime == "balanced"
+    assert abs(mon.estimate.kappa - 0.5) < 0.08
+
+
+def test_supercritical_run_is_flagged_collapsed():
+    loads = _router_loads(8, 512, 1.4, 20_000, seed=4)[0]
+    mon = LayerMonitor(8, window=5000)
+    mon.update_many(np.rint(loads * 512))
+    kinds = [a.kind for a in mon.alarms]
+    assert "collapse-in-progress" in kinds and "collapsed" in kinds
+    assert kinds.index("collapse-in-progress") <= kinds.index("collapsed")
+    assert all(a.message for a in mon.alarms)
+
+
+def test_load_monitor_layers():
+    lm = LoadMonitor(window=64)
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        lm.update(
+            {"l0": rng.multinomial(64, np.ones(4) / 4), "l1": rng.multinomial(64, np.ones(6) / 6)}
+        )
+    assert set(lm.summary()) == {"l0", "l1"}
+    assert lm.layers["l1"].n_experts == 6
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".npz"])
+def test_log_roundtrip(tmp_path, suffix):
+    rng = np.random.default_rng(1)
+    c = {"a": rng.integers(0, 9, size=(20, 3)), "b": rng.integers(0, 9, size=(20, 3))}
+    steps = np.arange(5, 25)
+    write_log(tmp_path / f"log{suffix}", steps, c)
+    back = read_log(tmp_path / f"log{suffix}")
+    assert set(back) == {"a", "b"}
+    for k in c:
+        np.testing.assert_array_equal(back[k][0], steps)
+        np.testing.assert_array_equal(back[k][1], c[k])
+
+
+@pytest.mark.parametrize(
+    "name,text,where",
+    [
+        ("bad.csv", "step,layer,e0,e1\n0,a,1,2\n1,a,1,-3\n", "line 3, column e1"),
+        ("bad.csv", "step,e0,e1\n0,1,2\nx,1,2\n", "line 3, column step"),
+        (
+            "bad.jsonl",
+            '{"step": 0, "counts": [1, 2]}\n{"step": 1, "counts": [1, "a"]}\n',
+            "line 2, key counts[1]",
+        ),
+        ("bad.jsonl", '{"step": 0, "counts": [1, 2]}\n{"step": 1 "counts"}\n', "line 2, column"),
+    ],
+)
+def test_log_errors_name_line_and_column(tmp_path, name, text, where):
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(LogError, match=re.escape(where)):
+        read_log(p)
+
+
+def test_diagnose_cli(tmp_path):
+    from moebif.cli import main
+
+    loads = _router_loads(4, 256, 0.7, 8000, seed=9, runs=2)
+    counts = np.rint(loads * 256)
+    write_log(tmp_path / "log.npz", np.arange(counts.shape[1]), {"0": counts[0], "1": counts[1]})
+    assert (
+        main(["diagnose", str(tmp_path / "log.npz"), "--out", str(tmp_path / "o"), "--json"]) == 0
+    )
+    d = json.loads((tmp_path / "o" / "diagnose.json").read_text())
+    assert [x["layer"] for x in d["layers"]] == ["0", "1"]
+    for x in d["layers"]:
+        assert abs(x["estimate"]["kappa"] - 0.7) < 0.15
+    assert (tmp_path / "o" / "diagnose.png").stat().st_size > 10_000
+
+
+_MAIN = "import sys; from moebif.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def test_diagnose_cli_bad_file_exit_2(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,e0,e1\n0,1,2\n1,1,oops\n")
+    r = subprocess.run(
+        [sys.executable, "-c", _MAIN, "diagnose", str(bad), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "line 3, column e1" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-c", _MAIN, "diagnose", str(bad), "--window", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "--window" in r.stderr
+
+
+def test_import_moebif_does_not_import_torch():
+    code = "import sys, moebif, moebif.monitor; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_estimation_acceptance_subset():
+    """A subset of benchmarks/bench_monitor.py estimation (N = 8, B = 512)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_monitor", Path(__file__).parents[1] / "benchmarks" / "bench_monitor.py"
+    )
+    bm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bm)
+    rows = bm.estimation(runs=12, Ns=(8,), batches=(512,))
+    for row in rows:
+        assert row[7] <= 0.03 and row[8] <= 0.05
