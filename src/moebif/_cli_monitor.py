@@ -127,7 +127,8 @@ def _figure(results, path_stem: Path) -> list[str]:
             row[1].set(
                 ylabel="κ̂ = a/(NγT)", title="stability ratio κ̂ (band: 95%)", ylim=(-0.05, 1.15)
             )
-            row[0].legend(fontsize=6.5, loc="upper left")
+            if row[0].get_legend_handles_labels()[0]:  # alarms only: a quiet layer has none
+                row[0].legend(fontsize=6.5, loc="upper left")
         axes[0, 1].legend(fontsize=6.5, loc="lower right")
         for ax in axes[-1]:
             ax.set_xlabel("training step")

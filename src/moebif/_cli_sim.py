@@ -162,8 +162,8 @@ def simulate(
         f"mean-field at t = {sim.t[-1]:g}: {np.array2string(u_mf[-1], precision=4)}   "
         f"sup_t |mean - mean-field| = {sup_error:.4f}"
     )
-    rate = steps * runs / max(sim.seconds, 1e-9)
-    con.print(f"{sim.seconds:.3f} s ({rate:.3g} replica-steps/s)")
+    # in a fresh process this includes loading (or compiling) the numba kernels, ~0.5 s
+    con.print(f"{sim.seconds:.3f} s wall, including loading the compiled kernels")
 
 
 def _write_simulation(out: Path, report: dict, sim) -> None:

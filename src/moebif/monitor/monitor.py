@@ -26,8 +26,10 @@ the mean-field router runs into collapse without further noise.
   filtered max-load excess ``(l_max - 1/N) / (1/k - 1/N)`` passes ``excursion`` (otherwise);
 - ``collapsed``: the filtered max-load excess passes ``collapsed`` (default 0.5) or half the
   experts are dead over a block;
-- ``recovered`` (information): the filtered max-load excess is back below ``excursion / 2``
-  after a collapse alarm.
+- ``recovered`` (information): after a collapse alarm, the filtered max-load excess has stayed
+  below ``excursion / 2`` for ``dwell`` steps in a row (hysteresis: a collapse alarm is not
+  re-armed before its recovery, and the recovery needs both the lower level and the dwell, so
+  an excess hovering around ``excursion`` gives one alarm and one recovery, not a flapping pair).
 """
 
 from __future__ import annotations
@@ -168,6 +170,8 @@ class LayerMonitor:
     - ``refit``: steps between fits (default ``window // 8``).
     - ``threshold``, ``consecutive``: the ``approaching-threshold`` rule.
     - ``excursion``, ``collapsed``: filtered max-load excess levels (generic collapse rules).
+    - ``dwell``: steps the excess must stay below ``excursion / 2`` before ``recovered``
+      (default ``max(block, window // 8)``, one refit period).
     - ``commit``: where between the saddle and the collapsed gap ``collapse-in-progress`` fires.
     - ``capacity``: tokens per expert per step, for the dropped fraction.
     - ``eta_gamma``: prior guess of ``eta gamma`` for the latent filter before the first fit
@@ -185,6 +189,7 @@ class LayerMonitor:
     excursion: float = 0.25
     collapsed: float = 0.5
     commit: float = 0.25
+    dwell: int | None = None
     capacity: float | None = None
     eta_gamma: float | None = None
     name: str = ""
@@ -204,6 +209,8 @@ class LayerMonitor:
             raise ValueError(f"block: need window / block >= 32 blocks, got block = {self.block}")
         self.refit = max(self.block, self.window // 8) if self.refit is None else int(self.refit)
         self._cap = self.window // self.block
+        self.dwell = max(self.block, self.window // 8) if self.dwell is None else int(self.dwell)
+        self._calm = 0  # steps in a row with the excess below excursion / 2 (for `recovered`)
         self._buf = np.zeros((self._cap, n))
         self._nblocks = 0
         self._acc = np.zeros(n)
@@ -339,11 +346,9 @@ class LayerMonitor:
                     f"{dead:.0%}: the load sits on few experts",
                 )
             )
-        if (
-            (f["collapse-in-progress"] or f["collapsed"])
-            and ex < 0.5 * self.excursion
-            and not (in_meta and gap > 0.5 * self._d_s)
-        ):
+        calm = ex < 0.5 * self.excursion and not (in_meta and gap > 0.5 * self._d_s)
+        self._calm = self._calm + self.block if calm else 0
+        if (f["collapse-in-progress"] or f["collapsed"]) and self._calm >= self.dwell:
             f["collapse-in-progress"] = f["collapsed"] = False
             out.append(self._alarm("recovered", f"filtered max-load excess back to {ex:.2f}"))
         return out
