@@ -1,6 +1,6 @@
 """Acceptance measurements of the collapse monitor (issue 7), printed as tables.
 
-    python benchmarks/bench_monitor.py [estimation|ramp|metastable|speed|all] [--quick]
+    python benchmarks/bench_monitor.py [estimation|ramp|metastable|speed|all]
 
 Simulated logs come from the N-expert batch router (:func:`moebif.simulate_topk_router`, top-1,
 gamma = T = 1, eta = 0.01, so one unit of 1/(eta gamma) is 100 steps). Fixed seeds.
@@ -122,8 +122,10 @@ def _collapse_step(loads, N, unit):
     return None if hit.size == 0 else int((hit[0] + 1) * unit)
 
 
-def ramp(runs=40, window_units=100.0, threshold=0.9, batch=512, Ns=(2, 8)):
-    """Slow ramp kappa: 0.5 -> 1.3 over 800 units, and stationary runs at kappa = 0.7."""
+def ramp(runs=40, window_units=100.0, batch=512, Ns=(2, 8), seed=0, **rule):
+    """Slow ramp kappa: 0.5 -> 1.3 over 800 units, and stationary runs at kappa = 0.7, with the
+    monitor's default ``approaching-threshold`` rule (or the overrides in ``rule``, e.g.
+    ``threshold=0.85``). ``seed`` shifts the seeds (0: the tuning seeds; 1000: fresh ones)."""
     unit = int(round(1 / ETA))
     steps = 800 * unit
     rows = []
@@ -133,7 +135,14 @@ def ramp(runs=40, window_units=100.0, threshold=0.9, batch=512, Ns=(2, 8)):
         W = int(window_units * unit)
         t0 = time.perf_counter()
         ramp_run = simulate_topk_router(
-            p, batch=batch, eta=ETA, steps=steps, runs=runs, a=a_of_t, seed=7 + N, record_every=1
+            p,
+            batch=batch,
+            eta=ETA,
+            steps=steps,
+            runs=runs,
+            a=a_of_t,
+            seed=7 + N + seed,
+            record_every=1,
         )
         stat = simulate_topk_router(
             p.replace(a=0.7 * N),
@@ -141,14 +150,14 @@ def ramp(runs=40, window_units=100.0, threshold=0.9, batch=512, Ns=(2, 8)):
             eta=ETA,
             steps=steps,
             runs=runs,
-            seed=70 + N,
+            seed=70 + N + seed,
             record_every=1,
         )
         leads, missed, collapsed = [], 0, 0
         for r in range(runs):
             loads = ramp_run.loads[r]
             tc = _collapse_step(loads, N, unit)
-            mon = LayerMonitor(N, window=W, threshold=threshold)
+            mon = LayerMonitor(N, window=W, **rule)
             mon.update_many(_counts(loads, batch))
             tw = _first_alarm(mon, "approaching-threshold")
             if tc is None:
@@ -163,7 +172,7 @@ def ramp(runs=40, window_units=100.0, threshold=0.9, batch=512, Ns=(2, 8)):
         ok_lead = float(np.mean(leads >= 20.0)) if leads.size else math.nan
         false = 0
         for r in range(runs):
-            mon = LayerMonitor(N, window=W, threshold=threshold)
+            mon = LayerMonitor(N, window=W, **rule)
             mon.update_many(_counts(stat.loads[r], batch))
             false += _first_alarm(mon, "approaching-threshold") is not None
         fin = leads[np.isfinite(leads)]
@@ -171,7 +180,8 @@ def ramp(runs=40, window_units=100.0, threshold=0.9, batch=512, Ns=(2, 8)):
             (N, collapsed, ok_lead, float(np.median(fin)) if fin.size else math.nan, false / runs)
         )
         print(
-            f"ramp N={N} B={batch} window={window_units:g}/(eta gamma) threshold={threshold}: "
+            f"ramp N={N} B={batch} window={window_units:g}/(eta gamma) rule={rule or 'default'} "
+            f"seeds+{seed}: "
             f"collapsed {collapsed}/{runs}; warned with lead >= 20 units: {ok_lead:.1%} "
             f"(median lead {rows[-1][3]:.0f} units, missed {missed}); stationary kappa=0.7 "
             f"runs that alarm over 800 units: {false}/{runs} = {false / runs:.1%} "
@@ -252,8 +262,10 @@ if __name__ == "__main__":
     if what in ("speed", "all"):
         speed()
     if what in ("ramp", "all"):
-        ramp(window_units=100.0, Ns=(2, 8))
-        ramp(window_units=200.0, Ns=(2,))
-        ramp(window_units=50.0, Ns=(8,))
+        # windows for drift detection (docs/monitoring.md): 200 units for N = 2, 100 for N = 8;
+        # seeds+0 were used to choose the rule, seeds+1000 are fresh
+        for seed in (0, 1000):
+            ramp(window_units=200.0, Ns=(2,), seed=seed)
+            ramp(window_units=100.0, Ns=(8,), seed=seed)
     if what in ("metastable", "all"):
         metastable()

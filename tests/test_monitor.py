@@ -220,3 +220,73 @@ def test_estimation_acceptance_subset():
     rows = bm.estimation(runs=12, Ns=(8,), batches=(512,))
     for row in rows:
         assert row[7] <= 0.03 and row[8] <= 0.05
+
+
+def test_collapse_alarm_hovering_near_the_level_gives_one_alarm_and_one_recovery():
+    """Hysteresis: an excess that swings across 0.25 and 0.125 every 15 steps (as seen on real
+    models) is one collapse (one alarm) and one recovery once it stays low for the dwell."""
+    rng = np.random.default_rng(0)
+    N, B = 4, 256
+
+    def counts(ex0):
+        p = np.full(N, (0.75 - 0.75 * ex0) / (N - 1))
+        p[0] = 0.25 + 0.75 * ex0
+        return rng.multinomial(B, p)
+
+    c = np.array(
+        [counts(0.0) for _ in range(800)]
+        + [counts(0.42 if (i // 15) % 2 == 0 else 0.0) for i in range(600)]
+        + [counts(0.0) for _ in range(600)]
+    )
+    kinds = ("collapse-in-progress", "collapsed", "recovered")
+    flapping = LayerMonitor(N, window=640, dwell=1)
+    flapping.update_many(c)
+    assert sum(a.kind == "recovered" for a in flapping.alarms) > 5  # without the dwell
+    mon = LayerMonitor(N, window=640)
+    mon.update_many(c)
+    got = [(a.step, a.kind) for a in mon.alarms if a.kind in kinds]
+    assert [k for _, k in got] == ["collapse-in-progress", "recovered"]
+    assert 800 < got[0][0] < 1000 and 1400 < got[1][0] < 1400 + 2 * mon.dwell
+
+
+def test_approaching_threshold_warns_on_a_ramp_and_not_on_a_stationary_run():
+    """One run of the acceptance study (benchmarks/bench_monitor.py ramp; N = 8, window 100
+    units): the warning comes >= 20 units before the collapse; kappa = 0.7 stays silent."""
+    N, B, eta, unit = 8, 512, 0.01, 100
+    steps = 800 * unit
+    p = RouterParams(a=0.5 * N, gamma=1.0, T=1.0, n_experts=N)
+    ramp = simulate_topk_router(
+        p,
+        batch=B,
+        eta=eta,
+        steps=steps,
+        runs=1,
+        a=lambda t: (0.5 + 0.8 * np.asarray(t) / 800.0) * N,
+        seed=21,
+        record_every=1,
+    ).loads[0]
+    sm = ramp[:steps].reshape(-1, unit, N).mean(axis=1).max(axis=1)
+    t_collapse = (np.nonzero(sm > 1 / N + 0.5 * (1 - 1 / N))[0][0] + 1) * unit
+    mon = LayerMonitor(N, window=100 * unit)
+    mon.update_many(np.rint(ramp * B))
+    warn = [a.step for a in mon.alarms if a.kind == "approaching-threshold"]
+    assert warn and t_collapse - warn[0] >= 20 * unit
+    flat = _router_loads(N, B, 0.7, steps, seed=22)[0]
+    mon = LayerMonitor(N, window=100 * unit)
+    mon.update_many(np.rint(flat * B))
+    assert not [a for a in mon.alarms if a.kind == "approaching-threshold"]
+
+
+@pytest.mark.slow
+def test_ramp_acceptance_subset():
+    """A subset of benchmarks/bench_monitor.py ramp (N = 8, window 100 units, fresh seeds)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_monitor", Path(__file__).parents[1] / "benchmarks" / "bench_monitor.py"
+    )
+    bm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bm)
+    ((_, collapsed, ok_lead, _, false),) = bm.ramp(runs=12, window_units=100.0, Ns=(8,), seed=2000)
+    assert collapsed == 12 and ok_lead >= 0.95 and false <= 0.05

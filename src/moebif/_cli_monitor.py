@@ -150,8 +150,11 @@ def diagnose(
     ] = "auto",
     top_k: Annotated[int, typer.Option("--top-k", help="Experts per token K >= 1.")] = 1,
     threshold: Annotated[
-        float, typer.Option("--threshold", help="kappa_hat level of approaching-threshold.")
-    ] = 0.9,
+        float | None,
+        typer.Option(
+            "--threshold", help="kappa_hat level of approaching-threshold (default 0.82)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Diagnose a training run from its per-step expert counts: routing metrics, the stability
@@ -169,7 +172,7 @@ def diagnose(
             raise CLIError("--window", f"must be >= 32 steps, got {w}")
     if top_k < 1:
         raise CLIError("--top-k", f"must be >= 1, got {top_k}")
-    if not math.isfinite(threshold) or not 0.0 < threshold < 1.0:
+    if threshold is not None and (not math.isfinite(threshold) or not 0.0 < threshold < 1.0):
         raise CLIError("--threshold", f"must be in (0, 1), got {threshold}")
     try:
         layers = read_log(log)
@@ -187,7 +190,9 @@ def diagnose(
             w, eg = _auto_window(counts, n)
         else:
             w, eg = min(int(window), counts.shape[0]), None
-        mon = LayerMonitor(n, top_k=top_k, window=w, threshold=threshold, name=name, eta_gamma=eg)
+        # the library's tested rule unless the user overrides its level
+        rule = {} if threshold is None else {"threshold": threshold}
+        mon = LayerMonitor(n, top_k=top_k, window=w, name=name, eta_gamma=eg, **rule)
         mon.update_many(counts)
         summ = mon.summary()
         summ["window_auto"] = window == "auto"

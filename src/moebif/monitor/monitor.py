@@ -13,9 +13,14 @@ the mean-field router runs into collapse without further noise.
 
 **Alarms** (each an :class:`Alarm` with a one-line explanation):
 
-- ``approaching-threshold``: ``kappa_hat >= threshold`` on ``consecutive`` refits in a row
-  (fits that do not resolve the relaxation time count only after one that did: before it, a
-  drift or a too short window would look like ``kappa -> 1``);
+- ``approaching-threshold``: ``kappa_hat >= threshold`` (0.82) and the lower end of its 95%
+  interval ``>= lower`` (0.7) on ``approach_refits`` (2) refits in a row. The point level sets
+  the lead time (a window lags the ramp by about half its length); the lower bound vetoes the
+  noisy fits of a balanced router (wide intervals, e.g. N = 2), so one rule serves all N. A fit
+  whose interval has no finite lower end (the likelihood is flat: the window holds fewer than 4
+  relaxation times, as when kappa -> 1) passes the lower-bound part. Fits that do not resolve the
+  relaxation time count only after one that did: before it, a drift or a too short window would
+  look like ``kappa -> 1``. Re-armed once ``kappa_hat < threshold - 0.05``;
 - ``metastable`` (N >= 3, top-1): ``kappa_hat >= kappa_SN`` on ``consecutive`` refits: a stable
   collapsed state exists, jumps to it are noise-induced and give no lead-time warning; the
   message carries the Eyring-Kramers escape time (:mod:`moebif.metastability`) at
@@ -26,10 +31,15 @@ the mean-field router runs into collapse without further noise.
   filtered max-load excess ``(l_max - 1/N) / (1/k - 1/N)`` passes ``excursion`` (otherwise);
 - ``collapsed``: the filtered max-load excess passes ``collapsed`` (default 0.5) or half the
   experts are dead over a block;
-- ``recovered`` (information): after a collapse alarm, the filtered max-load excess has stayed
-  below ``excursion / 2`` for ``dwell`` steps in a row (hysteresis: a collapse alarm is not
-  re-armed before its recovery, and the recovery needs both the lower level and the dwell, so
-  an excess hovering around ``excursion`` gives one alarm and one recovery, not a flapping pair).
+- ``recovered`` (information): at least ``dwell`` steps after the last collapse alarm, the
+  max-load excess of the loads averaged over the last ``dwell`` steps is below
+  ``excursion / 2`` (and, in the metastable regime, the latent gap stayed below half the saddle
+  gap for ``dwell`` steps). Hysteresis: a collapse alarm is not re-armed before its recovery, and
+  the recovery needs the lower level on a ``dwell``-step average, so an excess hovering around
+  ``excursion`` (noisy loads of small batches) gives one alarm and one recovery, not a flapping
+  pair. After a recovery, the generic collapse alarms also need the ``dwell``-step average
+  excess at ``excursion`` or more (a band from ``excursion / 2`` to ``excursion`` on the same
+  averaged excess: a new collapse must be sustained, not a noisy step).
 """
 
 from __future__ import annotations
@@ -135,7 +145,8 @@ def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) ->
             tau = escape_theory(p).mean_escape_time(batch=b_eff, eta=eta_gamma)
     except (ValueError, ArithmeticError):
         return math.nan
-    return tau / eta_gamma
+    with np.errstate(over="ignore"):
+        return float(tau / eta_gamma)
 
 
 @dataclass
@@ -168,10 +179,12 @@ class LayerMonitor:
     - ``window``: steps in the fitting window (see :func:`recommended_window`).
     - ``block``: steps per block mean (default ``max(1, window // 1024)``).
     - ``refit``: steps between fits (default ``window // 8``).
-    - ``threshold``, ``consecutive``: the ``approaching-threshold`` rule.
+    - ``threshold``, ``lower``, ``approach_refits``: the ``approaching-threshold`` rule
+      (``kappa_hat >= threshold`` and ``kappa_lo >= lower`` on ``approach_refits`` refits).
+    - ``consecutive``: refits in a row for the ``metastable`` rule.
     - ``excursion``, ``collapsed``: filtered max-load excess levels (generic collapse rules).
-    - ``dwell``: steps the excess must stay below ``excursion / 2`` before ``recovered``
-      (default ``max(block, window // 8)``, one refit period).
+    - ``dwell``: steps averaged (and waited) for ``recovered`` (default
+      ``max(block, window // 2)``: half a window).
     - ``commit``: where between the saddle and the collapsed gap ``collapse-in-progress`` fires.
     - ``capacity``: tokens per expert per step, for the dropped fraction.
     - ``eta_gamma``: prior guess of ``eta gamma`` for the latent filter before the first fit
@@ -184,7 +197,9 @@ class LayerMonitor:
     window: int = 4096
     block: int | None = None
     refit: int | None = None
-    threshold: float = 0.9
+    threshold: float = 0.82
+    lower: float = 0.7
+    approach_refits: int = 2
     consecutive: int = 3
     excursion: float = 0.25
     collapsed: float = 0.5
@@ -209,8 +224,12 @@ class LayerMonitor:
             raise ValueError(f"block: need window / block >= 32 blocks, got block = {self.block}")
         self.refit = max(self.block, self.window // 8) if self.refit is None else int(self.refit)
         self._cap = self.window // self.block
-        self.dwell = max(self.block, self.window // 8) if self.dwell is None else int(self.dwell)
-        self._calm = 0  # steps in a row with the excess below excursion / 2 (for `recovered`)
+        self.dwell = max(self.block, self.window // 2) if self.dwell is None else int(self.dwell)
+        self._calm = 0  # steps in a row with the latent gap calm (for `recovered`)
+        self._since_alarm = 0  # steps since the last collapse alarm
+        self._recovered = False  # a collapse alarm was followed by `recovered`
+        self._nd = min(-(-self.dwell // self.block), self._cap)  # blocks in the dwell average
+        self._dsum = np.zeros(n)  # sum of the last min(_nblocks, _nd) block means
         self._buf = np.zeros((self._cap, n))
         self._nblocks = 0
         self._acc = np.zeros(n)
@@ -287,6 +306,9 @@ class LayerMonitor:
         return self._push_block(bm, bc)
 
     def _push_block(self, bm, bc) -> list[Alarm]:
+        if self._nblocks >= self._nd:
+            self._dsum -= self._buf[(self._nblocks - self._nd) % self._cap]
+        self._dsum += bm
         self._buf[self._nblocks % self._cap] = bm
         self._nblocks += 1
         self._since_refit += self.block
@@ -328,7 +350,16 @@ class LayerMonitor:
         f = self._flags
         in_meta = math.isfinite(self._d_s) and f["metastable"]
         past_saddle = in_meta and gap > self._d_commit
-        if not f["collapse-in-progress"] and (past_saddle or ex >= self.excursion):
+        # the loads averaged over the last `dwell` steps are back below excursion / 2
+        # (the average, not the filtered loads: with few tokens per step the max of the noisy
+        # loads alone sits near the level): used for `recovered` and, after a recovery, to
+        # re-arm the collapse alarms (a new collapse must also show on the average)
+        nd = min(self._nd, self._nblocks)
+        ex_dwell = (float(self._dsum.max()) / nd - 1.0 / self.n_experts) / (
+            1.0 / self.top_k - 1.0 / self.n_experts
+        )
+        sustained = not self._recovered or ex_dwell >= self.excursion
+        if not f["collapse-in-progress"] and (past_saddle or (ex >= self.excursion and sustained)):
             f["collapse-in-progress"] = True
             why = (
                 f"latent score gap {gap:.2f} passed the saddle gap {self._d_s:.2f} by "
@@ -337,7 +368,7 @@ class LayerMonitor:
                 else f"filtered max-load excess {ex:.2f} >= {self.excursion:g}"
             )
             out.append(self._alarm("collapse-in-progress", why + "; the router is leaving balance"))
-        if not f["collapsed"] and (ex >= self.collapsed or dead >= 0.5):
+        if not f["collapsed"] and sustained and (ex >= self.collapsed or dead >= 0.5):
             f["collapsed"] = True
             out.append(
                 self._alarm(
@@ -346,11 +377,26 @@ class LayerMonitor:
                     f"{dead:.0%}: the load sits on few experts",
                 )
             )
-        calm = ex < 0.5 * self.excursion and not (in_meta and gap > 0.5 * self._d_s)
-        self._calm = self._calm + self.block if calm else 0
-        if (f["collapse-in-progress"] or f["collapsed"]) and self._calm >= self.dwell:
+        self._calm = 0 if (in_meta and gap > 0.5 * self._d_s) else self._calm + self.block
+        if out:
+            self._since_alarm = 0
+        else:
+            self._since_alarm += self.block
+        if (
+            (f["collapse-in-progress"] or f["collapsed"])
+            and self._since_alarm >= self.dwell
+            and self._calm >= self.dwell
+            and ex_dwell < 0.5 * self.excursion
+        ):
             f["collapse-in-progress"] = f["collapsed"] = False
-            out.append(self._alarm("recovered", f"filtered max-load excess back to {ex:.2f}"))
+            self._recovered = True
+            out.append(
+                self._alarm(
+                    "recovered",
+                    f"max-load excess averaged over the last {self.dwell} steps back to "
+                    f"{ex_dwell:.2f} < {0.5 * self.excursion:g}",
+                )
+            )
         return out
 
     def _refit(self) -> list[Alarm]:
@@ -389,14 +435,16 @@ class LayerMonitor:
             self._above = self._meta = 0
             self._d_s = self._d_c = self._d_commit = math.nan
             return out
-        self._above = self._above + 1 if kap >= self.threshold else 0
-        if self._above >= self.consecutive and not f["approaching-threshold"]:
+        lo_ok = fit.kappa_lo >= self.lower or not math.isfinite(fit.kappa_lo)
+        self._above = self._above + 1 if (kap >= self.threshold and lo_ok) else 0
+        if self._above >= self.approach_refits and not f["approaching-threshold"]:
             f["approaching-threshold"] = True
             out.append(
                 self._alarm(
                     "approaching-threshold",
                     f"kappa_hat = {kap:.3f} [{fit.kappa_lo:.3f}, {fit.kappa_hi:.3f}] "
-                    f">= {self.threshold:g} on {self.consecutive} refits; collapse at 1",
+                    f">= {self.threshold:g} (lower end >= {self.lower:g}) on "
+                    f"{self.approach_refits} refits; collapse at 1",
                 )
             )
         elif kap < self.threshold - 0.05:
