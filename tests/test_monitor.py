@@ -290,3 +290,22 @@ def test_ramp_acceptance_subset():
     spec.loader.exec_module(bm)
     ((_, collapsed, ok_lead, _, false),) = bm.ramp(runs=12, window_units=100.0, Ns=(8,), seed=2000)
     assert collapsed == 12 and ok_lead >= 0.95 and false <= 0.05
+
+
+def test_update_and_update_many_identical_alarms_and_fits_through_a_collapse():
+    # supercritical N = 4 log: collapse alarms and refits; step-by-step and batched feeding
+    # (split off the block grid) must give the same alarms and bit-identical kappa fits
+    counts = np.rint(_router_loads(4, 256, 1.1, 20_000, seed=5)[0] * 256)
+    counts[100:140] = 0  # empty steps take the 1/N branch
+    a = LayerMonitor(4, window=2000)
+    for row in counts:
+        a.update(row)
+    b = LayerMonitor(4, window=2000)
+    b.update_many(counts[:333])
+    b.update_many(counts[333:])
+    assert any(x.kind == "collapsed" for x in a.alarms)
+    assert [x.to_dict() for x in a.alarms] == [x.to_dict() for x in b.alarms]
+    assert len(a.fits) == len(b.fits) > 0
+    assert [f.fit.to_dict() for f in a.fits] == [f.fit.to_dict() for f in b.fits]
+    assert a.block_record == b.block_record
+    assert a.summary()["metrics"] == b.summary()["metrics"]

@@ -101,13 +101,18 @@ def collapse_ratio(n_experts: int, top_k: int = 1) -> float:
     return _SN_CACHE[key]
 
 
+_SNG_CACHE: dict[int, tuple[float, float]] = {}
+
+
 def saddle_gap(kappa: float, n_experts: int) -> float:
     """``(d_s, d_c)``: score gaps of the one-winner saddle and of the collapsed state of eq. (8)
     at ``a / (gamma T) = kappa N`` (NaN outside the metastable window)."""
     from ..nexperts import branch_ratio, saddle_node_gap
 
     n = n_experts
-    d_sn, g_sn = saddle_node_gap(n, 1)
+    if n not in _SNG_CACHE:
+        _SNG_CACHE[n] = saddle_node_gap(n, 1)
+    d_sn, g_sn = _SNG_CACHE[n]
     c = kappa * n
     if not g_sn < c < n:
         return math.nan, math.nan
@@ -149,13 +154,40 @@ def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) ->
         return float(tau / eta_gamma)
 
 
-@dataclass
 class _Refit:
-    step: int
-    fit: WhittleFit
-    regime: str
-    escape_steps: float
-    escape_range: tuple[float, float]
+    """One refit: its step, fit and regime. The escape time (and its range over the 95% interval
+    of kappa) is computed on first access: it costs more than the fit and is rarely read."""
+
+    __slots__ = ("step", "fit", "regime", "_esc_args", "_esc")
+
+    def __init__(self, step: int, fit: WhittleFit, regime: str, esc_args=None):
+        self.step = step
+        self.fit = fit
+        self.regime = regime
+        self._esc_args = esc_args  # (kappa_sn, n) when the escape time applies, else None
+        self._esc = None
+
+    def _escape(self) -> tuple[float, tuple[float, float]]:
+        if self._esc is None:
+            esc, rng = math.inf, (math.inf, math.inf)
+            if self._esc_args is not None:
+                ksn, n = self._esc_args
+                fit, kap = self.fit, self.fit.kappa
+                esc = escape_time(kap, fit.eta_gamma, fit.b_eff, n) if kap >= ksn else math.inf
+                rng = (
+                    escape_time(min(fit.kappa_hi, 1.0), fit.eta_gamma, fit.b_eff, n),
+                    escape_time(fit.kappa_lo, fit.eta_gamma, fit.b_eff, n),
+                )
+            self._esc = (esc, rng)
+        return self._esc
+
+    @property
+    def escape_steps(self) -> float:
+        return self._escape()[0]
+
+    @property
+    def escape_range(self) -> tuple[float, float]:
+        return self._escape()[1]
 
     def to_dict(self) -> dict:
         d = {"step": self.step, "regime": self.regime}
@@ -232,15 +264,14 @@ class LayerMonitor:
         self._dsum = np.zeros(n)  # sum of the last min(_nblocks, _nd) block means
         self._buf = np.zeros((self._cap, n))
         self._nblocks = 0
-        self._acc = np.zeros(n)
-        self._acc_dead = np.zeros(n)
+        self._blk = np.zeros((self.block, n))  # counts of the current block (ring of `block`)
         self._in_block = 0
         self.step = 0
         self._since_refit = 0
         eg = self.eta_gamma if self.eta_gamma is not None else 20.0 / self.window
         self._eg = float(eg)
         self._ema = None
-        self._last_counts = np.zeros(n)
+        self._had_resolved = False  # some fit resolved the relaxation time
         self._flags = {
             "approaching-threshold": False,
             "metastable": False,
@@ -257,17 +288,27 @@ class LayerMonitor:
     # feeding
 
     def update(self, counts) -> list[Alarm]:
-        """One logged step: counts (or loads) of the N experts. Returns the alarms it raised."""
-        c = np.asarray(counts, dtype=float)
-        s = c.sum()
-        self._acc += c / s if s > 0 else 1.0 / self.n_experts
-        self._acc_dead += c
-        self._last_counts = c
-        self._in_block += 1
+        """One logged step: counts (or loads) of the N experts. Returns the alarms it raised.
+
+        O(N) and allocation-free: the row is copied into a preallocated block buffer; the loads
+        and sums of a block are computed when it closes, by the same code as :meth:`update_many`
+        (so the two give bit-identical results)."""
+        i = self._in_block
+        self._blk[i] = counts
         self.step += 1
-        if self._in_block == self.block:
-            return self._close_block()
+        if i + 1 == self.block:
+            self._in_block = 0
+            bm, bc = self._block_stats(self._blk, 1)
+            return self._push_block(bm[0], bc[0])
+        self._in_block = i + 1
         return []
+
+    def _block_stats(self, seg, nb: int):
+        """Block means of the loads and block sums of the counts of ``nb`` whole blocks."""
+        s = seg.sum(axis=1, keepdims=True)
+        loads = np.where(s > 0, seg / np.where(s > 0, s, 1.0), 1.0 / self.n_experts)
+        m = self.block
+        return loads.reshape(nb, m, -1).mean(axis=1), seg.reshape(nb, m, -1).sum(axis=1)
 
     def update_many(self, counts) -> list[Alarm]:
         """Many steps at once, shape ``(S, N)``: identical results to ``S`` calls of
@@ -283,27 +324,16 @@ class LayerMonitor:
         nb = (S - i) // m
         if nb:
             seg = c[i : i + nb * m]
-            s = seg.sum(axis=1, keepdims=True)
-            loads = np.where(s > 0, seg / np.where(s > 0, s, 1.0), 1.0 / self.n_experts)
-            bm = loads.reshape(nb, m, -1).mean(axis=1)
-            bc = seg.reshape(nb, m, -1).sum(axis=1)
+            bm, bc = self._block_stats(seg, nb)
             for j in range(nb):
                 self.step += m
-                self._last_counts = seg[(j + 1) * m - 1]
                 out += self._push_block(bm[j], bc[j])
+            self._blk[m - 1] = seg[-1]  # the last step, for metrics()
             i += nb * m
         while i < S:
             out += self.update(c[i])
             i += 1
         return out
-
-    def _close_block(self) -> list[Alarm]:
-        bm = self._acc / self.block
-        bc = self._acc_dead
-        self._acc = np.zeros(self.n_experts)
-        self._acc_dead = np.zeros(self.n_experts)
-        self._in_block = 0
-        return self._push_block(bm, bc)
 
     def _push_block(self, bm, bc) -> list[Alarm]:
         if self._nblocks >= self._nd:
@@ -415,19 +445,15 @@ class LayerMonitor:
             if kap >= 1.0
             else ("metastable" if (n >= 3 and kap >= ksn) else "balanced")
         )
-        esc, rng = math.inf, (math.inf, math.inf)
-        if n >= 3 and k == 1 and fit.kappa_hi >= ksn:
-            esc = escape_time(kap, fit.eta_gamma, fit.b_eff, n) if kap >= ksn else math.inf
-            rng = (
-                escape_time(min(fit.kappa_hi, 1.0), fit.eta_gamma, fit.b_eff, n),
-                escape_time(fit.kappa_lo, fit.eta_gamma, fit.b_eff, n),
-            )
+        esc_args = (ksn, n) if (n >= 3 and k == 1 and fit.kappa_hi >= ksn) else None
         if fit.resolved and 0.0 < fit.eta_gamma < 1.0:
             self._eg = fit.eta_gamma
-        had_resolved = any(r.fit.resolved for r in self.fits)
+        had_resolved = self._had_resolved
+        self._had_resolved = had_resolved or fit.resolved
         if not fit.resolved:
             regime = "unresolved"
-        self.fits.append(_Refit(self.step, fit, regime, esc, rng))
+        rf = _Refit(self.step, fit, regime, esc_args)
+        self.fits.append(rf)
         out = []
         f = self._flags
         if not fit.resolved and not had_resolved:
@@ -457,7 +483,7 @@ class LayerMonitor:
             self._d_commit = self._d_s + self.commit * (self._d_c - self._d_s)
             if self._meta >= self.consecutive and not f["metastable"]:
                 f["metastable"] = True
-                tau = "n/a (top-k)" if k > 1 else f"{esc:.3g} steps"
+                tau = "n/a (top-k)" if k > 1 else f"{rf.escape_steps:.3g} steps"
                 out.append(
                     self._alarm(
                         "metastable",
@@ -477,11 +503,15 @@ class LayerMonitor:
     def estimate(self) -> WhittleFit | None:
         return self.fits[-1].fit if self.fits else None
 
+    def _last_counts(self) -> np.ndarray:
+        if self.step == 0:
+            return np.zeros(self.n_experts)
+        return self._blk[(self._in_block - 1) % self.block].copy()
+
     def metrics(self) -> dict:
         """Metrics of the last step (counts) plus those of the filtered loads."""
-        m = {
-            k: float(v) for k, v in load_metrics(self._last_counts, capacity=self.capacity).items()
-        }
+        last = load_metrics(self._last_counts(), capacity=self.capacity)
+        m = {k: float(v) for k, v in last.items()}
         if self._ema is not None:
             m["max_load_excess_filtered"] = self._excess()
         return m
