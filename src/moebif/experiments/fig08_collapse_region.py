@@ -87,8 +87,9 @@ def _grid(rng: tuple, points: int) -> np.ndarray:
     return np.geomspace(rng[0], rng[1], points)
 
 
-def _cell(cfg: Config, gamma: float, T: float, i: int, j: int) -> np.ndarray:
-    """Final ``|u_hat|`` of every replica in cell (gamma_i, T_j), shape ``(runs,)``."""
+def final_abs_u(cfg, gamma: float, T: float, i: int, j: int) -> np.ndarray:
+    """Final ``|u_hat|`` of every replica in cell (gamma_i, T_j), shape ``(runs,)``; ``cfg``
+    is this module's or fig09's Config (eta and the horizon scale as 1/gamma)."""
     p = RouterParams(a=cfg.a, gamma=gamma, T=T, h=cfg.h)
     eta = cfg.eta_gamma / gamma
     steps = round(cfg.horizon_gamma / cfg.eta_gamma)
@@ -126,7 +127,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
     final_se = np.empty_like(final)
     for i, g in enumerate(gammas):
         for j, T in enumerate(Ts):
-            u = _cell(cfg, float(g), float(T), i, j)
+            u = final_abs_u(cfg, float(g), float(T), i, j)
             final[i, j] = u.mean()
             final_se[i, j] = u.std(ddof=1) / math.sqrt(u.size) if u.size > 1 else 0.0
         if progress:

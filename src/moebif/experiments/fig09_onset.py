@@ -29,9 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..params import RouterParams
-from ..router import simulate_batch_router
 from .base import Claim, ExperimentResult
+from .fig08_collapse_region import final_abs_u
 
 ID = "fig09"
 TITLE = "Finite-time onset temperature of collapse against Tc = a / (2 gamma)"
@@ -75,26 +74,6 @@ def quick() -> Config:
     )
 
 
-def _final_abs_u(cfg: Config, gamma: float, T: float, i: int, j: int) -> np.ndarray:
-    """Final ``|u_hat|`` of every replica at (gamma_i, T_j), shape ``(runs,)``."""
-    p = RouterParams(a=cfg.a, gamma=gamma, T=T, h=cfg.h)
-    steps = round(cfg.horizon_gamma / cfg.eta_gamma)
-    init = np.random.default_rng(np.random.SeedSequence([cfg.seed, i, j, 0]))
-    u0 = np.clip(cfg.init_asymmetry * init.standard_normal(cfg.runs), -0.99, 0.99)
-    seed = int(np.random.SeedSequence([cfg.seed, i, j, 1]).generate_state(1, np.uint64)[0])
-    sim = simulate_batch_router(
-        p,
-        batch=cfg.batch,
-        eta=cfg.eta_gamma / gamma,
-        steps=steps,
-        runs=cfg.runs,
-        seed=seed,
-        y0=2.0 * T * np.arctanh(u0),
-        record_every=steps,
-    )
-    return np.abs(sim.u_hat[:, -1])
-
-
 def onset(T: np.ndarray, m: np.ndarray, level: float) -> float:
     """Highest ``T`` at which ``m(T)`` reaches ``level``, scanning down from the largest ``T``
     (linear interpolation between grid points); NaN if not bracketed by the grid."""
@@ -118,7 +97,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
     finals = np.empty((gammas.size, x.size, cfg.runs))
     for i, g in enumerate(gammas):
         for j, r in enumerate(x):
-            finals[i, j] = _final_abs_u(cfg, float(g), float(r * Tc[i]), i, j)
+            finals[i, j] = final_abs_u(cfg, float(g), float(r * Tc[i]), i, j)
         if progress:
             progress(i + 1, gammas.size)
 
