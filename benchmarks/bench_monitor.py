@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from moebif import RouterParams, simulate_topk_router
-from moebif.monitor import LayerMonitor, fit_whittle, recommended_window
+from moebif.monitor import LayerMonitor, default_block, fit_whittle, recommended_window
 
 ETA = 0.01
 
@@ -34,7 +34,7 @@ def estimation(runs=24, Ns=(2, 8, 64), batches=(64, 512, 4096)):
     rows = []
     for N in Ns:
         W = recommended_window(N, ETA)
-        block = max(1, W // 1024)
+        block = default_block(W, N)
         burn = int(50 / ETA)
         for B in batches:
             for kappa in (0.6, 0.8, 0.9):

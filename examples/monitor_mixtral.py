@@ -6,6 +6,10 @@ collapse: the loss now rewards imbalance); phase 3 restores it (recovery). The m
 the experts each gate selects (from the gate's own indices) and raises its alarms.
 
     python examples/monitor_mixtral.py [--family mixtral|qwen2_moe|olmoe] [--out DIR]
+        [--steps 300] [--window 64] [--collapse 0.25 0.55]
+
+The figure of docs/monitoring.md: ``--steps 1200 --window 600 --collapse 0.5 0.58``, then
+``moebif diagnose OUT/mixtral_router_log.jsonl --top-k 2 --window 600``.
 """
 
 from __future__ import annotations
@@ -55,7 +59,14 @@ def tiny_model(family: str, seed: int = 0):
     if family == "olmoe":
         from transformers import OlmoeConfig, OlmoeForCausalLM
 
-        cfg = OlmoeConfig(intermediate_size=128, num_experts=8, num_experts_per_tok=2, **common)
+        cfg = OlmoeConfig(
+            intermediate_size=128,
+            num_experts=8,
+            num_experts_per_tok=2,
+            pad_token_id=1,
+            eos_token_id=2,  # the default (50279) lies outside the tiny vocabulary
+            **common,
+        )
         return OlmoeForCausalLM(cfg)
     raise ValueError(f"family: unknown {family!r}")
 
@@ -110,13 +121,20 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--family", default="mixtral")
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--collapse", type=float, nargs=2, default=(0.25, 0.55), metavar=("FROM", "TO"))
     ap.add_argument("--out", type=Path, default=Path("monitor_example"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / f"{args.family}_router_log.jsonl"
     log.unlink(missing_ok=True)
-    mon, losses = train(args.family, steps=args.steps, log=log)
+    mon, losses = train(
+        args.family, steps=args.steps, log=log, window=args.window, phases=tuple(args.collapse)
+    )
     for a in mon.alarms:
         print(f"step {a.step:4d} {a.layer}: {a.kind}: {a.message}")
     print(json.dumps({k: v["metrics"] for k, v in mon.summary().items()}, indent=1))
-    print(f"log written to {log}; run: moebif diagnose {log} --top-k 2 --out {args.out}")
+    print(
+        f"log written to {log}; run: moebif diagnose {log} --top-k 2 --window {args.window} "
+        f"--out {args.out}"
+    )

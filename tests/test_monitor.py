@@ -20,6 +20,7 @@ from moebif.monitor import (
     fit_whittle,
     load_metrics,
     read_log,
+    recommended_window,
     write_log,
 )
 
@@ -177,6 +178,46 @@ def test_diagnose_cli(tmp_path):
     for x in d["layers"]:
         assert abs(x["estimate"]["kappa"] - 0.7) < 0.15
     assert (tmp_path / "o" / "diagnose.png").stat().st_size > 10_000
+
+
+def test_diagnose_auto_window_fits_eta_gamma_before_the_collapse(tmp_path):
+    """A log with a provoked collapse (N = 8, kappa 0.4 -> 1.3 for 50 units -> 0.4; eta gamma
+    = 0.05): ``--window auto`` fits eta gamma on the stretch before the excursion (a fit over
+    the whole log takes the collapse for a slow relaxation: eta gamma ~ 0.19, kappa_hat ~ 1),
+    picks a quarter of the log, and reports one collapse and one recovery."""
+    from moebif._cli_monitor import _auto_window, _first_excursion
+    from moebif.cli import main
+    from moebif.monitor import load_fractions
+
+    N, eta, unit, B = 8, 0.05, 20, 256
+    p = RouterParams(a=0.4 * N, gamma=1.0, T=1.0, n_experts=N)
+    run = simulate_topk_router(
+        p,
+        batch=B,
+        eta=eta,
+        steps=300 * unit,
+        runs=1,
+        a=lambda t: np.where((np.asarray(t) >= 100) & (np.asarray(t) < 150), 1.3 * N, 0.4 * N),
+        seed=3,
+        record_every=1,
+    )
+    counts = np.rint(run.loads[0] * B)
+    S = counts.shape[0]
+    t_exc = _first_excursion(load_fractions(counts), 1)
+    assert 100 * unit < t_exc < 120 * unit
+    w, eg, rec = _auto_window(counts, N, 1)
+    assert abs(eg - eta) < 0.3 * eta  # from the pre-collapse stretch only
+    assert rec == recommended_window(N, eg) and w == S // 4 < rec
+    write_log(tmp_path / "log.npz", np.arange(S), {"0": counts})
+    assert (
+        main(["diagnose", str(tmp_path / "log.npz"), "--out", str(tmp_path / "o"), "--json"]) == 0
+    )
+    (layer,) = json.loads((tmp_path / "o" / "diagnose.json").read_text())["layers"]
+    assert layer["window"] == w and layer["window_recommended"] == rec
+    kinds = [(a["step"], a["kind"]) for a in layer["alarms"]]
+    assert [k for _, k in kinds] == ["collapse-in-progress", "collapsed", "recovered"]
+    assert 100 * unit < kinds[0][0] < 120 * unit < 150 * unit < kinds[-1][0] < 200 * unit
+    assert layer["regime"] == "balanced" and abs(layer["estimate"]["kappa"] - 0.4) < 0.15
 
 
 _MAIN = "import sys; from moebif.cli import main; sys.exit(main(sys.argv[1:]))"

@@ -97,17 +97,38 @@ def test_deepseek_v3_counts_follow_the_corrected_selection():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
-def test_tiny_model_balanced_then_provoked_collapse_and_recovery(family):
-    steps = 300
+@pytest.mark.parametrize(
+    ("family", "steps"), [("mixtral", 300), ("qwen2_moe", 300), ("olmoe", 400)]
+)
+def test_tiny_model_balanced_then_provoked_collapse_and_recovery(family, steps):
+    # balanced training: no alarm at all. The model-based alarms stay silent because a window
+    # of 64 steps spans only ~10-40 units of 1 / (eta gamma_hat) (regime short-window), not
+    # because kappa_hat is low: see test_tiny_mixtral_balanced_at_a_resolved_window
     mon, _ = train(family, steps=steps, bad_coef=None)
-    # balanced training: no load-based alarm. The model-based `metastable` alarm is NOT required
-    # to stay silent here: on these 300-step runs kappa_hat is 0.7-0.9 > kappa_SN(8, top-2) =
-    # 0.75 and it fires (reported as not met in docs/monitoring.md)
-    loud = [a for a in mon.alarms if a.kind in ("collapse-in-progress", "collapsed")]
-    assert loud == [], [a.message for a in loud]
+    assert mon.alarms == [], [a.message for a in mon.alarms]
+    regimes = {f.regime for lab in mon.routers for f in mon.monitors[lab].layer(lab).fits}
+    assert "short-window" in regimes
+    # provoked collapse (aux-loss coefficient -1 from 25% to 55% of the run), then recovery
     mon, _ = train(family, steps=steps, phases=(0.25, 0.55), bad_coef=-1.0, coef=0.1)
-    kinds = [(a.step, a.kind) for a in mon.alarms]
-    flagged = [s for s, k in kinds if k in ("collapse-in-progress", "collapsed")]
-    assert flagged and min(flagged) >= 0.25 * steps
-    assert any(k == "recovered" and s > 0.55 * steps for s, k in kinds)
+    for lab in mon.routers:
+        kinds = [(a.step, a.kind) for a in mon.alarms if a.layer == lab]
+        flagged = [s for s, k in kinds if k in ("collapse-in-progress", "collapsed")]
+        assert flagged and min(flagged) >= 0.25 * steps
+        assert [k for _, k in kinds if k == "recovered"] == ["recovered"]
+        assert all(s > 0.55 * steps for s, k in kinds if k == "recovered")
+        # no model-based alarm on windows that hold the collapse
+        assert not [k for _, k in kinds if k in ("approaching-threshold", "metastable")]
+
+
+@pytest.mark.slow
+def test_tiny_mixtral_balanced_at_a_resolved_window():
+    """1200 balanced steps, window 600 steps (~50-170 units of 1 / (eta gamma_hat)): the fits
+    resolve kappa_hat, all below kappa_SN(8, top-2) = 0.75, and nothing alarms. (Qwen2-MoE and
+    OLMoE do not pass this: kappa_hat 0.65-0.84 and 0.80-0.94 there, and the model-based alarms
+    fire although a provoked collapse recovers; see docs/monitoring.md.)"""
+    mon, _ = train("mixtral", steps=1200, bad_coef=None, window=600)
+    assert mon.alarms == [], [a.message for a in mon.alarms]
+    for lab in mon.routers:
+        fits = [f for f in mon.monitors[lab].layer(lab).fits if f.regime != "short-window"]
+        assert len(fits) >= 10
+        assert all(f.regime == "balanced" and f.fit.kappa < 0.75 for f in fits)

@@ -13,26 +13,56 @@ import typer
 from .cli import CLIError, _emit_json, app
 
 
-def _auto_window(counts, n: int) -> tuple[int, float | None]:
-    """Recommended window from a first fit on the whole log (``eta gamma`` is needed to express
-    the window in steps); the whole log when that fit does not resolve ``eta gamma``."""
+def _first_excursion(loads, top_k: int, level: float = 0.25) -> int:
+    """First step at which the max-load excess ``(l_max - 1/N) / (1/k - 1/N)`` of the loads
+    averaged over ``max(4, S // 100)`` steps reaches ``level`` (the monitor's ``excursion``);
+    ``S`` if it never does."""
+    import numpy as np
+
+    S, n = loads.shape
+    m = max(4, S // 100)
+    if S < m:
+        return S
+    c = np.cumsum(np.vstack([np.zeros((1, n)), loads]), axis=0)
+    avg = (c[m:] - c[:-m]) / m  # avg[i]: mean of steps i .. i + m - 1
+    ex = (avg.max(axis=1) - 1.0 / n) / (1.0 / top_k - 1.0 / n)
+    hit = np.nonzero(ex >= level)[0]
+    return int(hit[0]) if hit.size else S
+
+
+def _auto_window(counts, n: int, top_k: int = 1) -> tuple[int, float | None, int | None]:
+    """``(window, eta gamma, recommended window)`` for ``--window auto``.
+
+    ``eta gamma`` (needed to express the recommended window in steps) is fitted on the stretch
+    of the log before the first load excursion: a collapse inside the fitted stretch would pass
+    for a slow relaxation. The window is the recommended one, at most the whole log; when the
+    log has an excursion, at most the longer of the pre-excursion stretch and a quarter of the
+    log (the monitor's ``dwell``, half a window, must fit between a collapse and the end of the
+    log for a recovery to show). When the pre-excursion stretch is too short (< 64 steps) or
+    does not resolve ``eta gamma``, the window is that maximum and ``eta gamma`` is left to the
+    monitor."""
     import numpy as np
 
     from .monitor import fit_whittle, load_fractions, recommended_window
 
     S = counts.shape[0]
-    block = max(1, S // 2048)
-    M = S // block
-    if M < 32:
-        return S, None
-    bm = load_fractions(counts[: M * block]).reshape(M, block, n).mean(axis=1)
+    loads = load_fractions(counts)
+    P = _first_excursion(loads, top_k)
+    cap = S if P == S else max(32, S // 4)
+    pre = loads[:P]
+    block = max(1, P // 2048)
+    M = P // block
+    if P < 64 or M < 32:
+        return cap, None, None
+    bm = pre[: M * block].reshape(M, block, n).mean(axis=1)
     try:
         fit = fit_whittle(bm, block=block, n_experts=n)
     except ValueError:
-        return S, None
+        return cap, None, None
     if fit.at_edge or not 0.0 < fit.eta_gamma < 1.0:
-        return S, None
-    return int(np.clip(recommended_window(n, fit.eta_gamma), 32, S)), fit.eta_gamma
+        return cap, None, None
+    rec = recommended_window(n, fit.eta_gamma)
+    return int(np.clip(rec, 32, cap)), fit.eta_gamma, rec
 
 
 def _figure(results, path_stem: Path) -> list[str]:
@@ -87,20 +117,32 @@ def _figure(results, path_stem: Path) -> list[str]:
                 k = np.array([f.fit.kappa for f in fits])
                 lo = np.array([f.fit.kappa_lo for f in fits])
                 hi = np.array([f.fit.kappa_hi for f in fits])
-                ok = np.array([f.fit.resolved for f in fits])
+                ok = np.array(
+                    [f.regime not in ("unresolved", "short-window", "excursion") for f in fits]
+                )
                 lo = np.where(np.isfinite(lo), lo, np.nan)
+                # the band and the line on the fits the alarms use; the others as grey crosses
                 row[1].fill_between(
                     fs,
-                    np.clip(lo, -0.5, 1.5),
-                    np.clip(hi, -0.5, 1.5),
+                    np.clip(np.where(ok, lo, np.nan), -0.5, 1.5),
+                    np.clip(np.where(ok, hi, np.nan), -0.5, 1.5),
                     color=COLORS[0],
                     alpha=0.2,
                     lw=0,
                     label="95% interval",
                 )
-                row[1].plot(fs, k, color=COLORS[0], lw=1.3, label="κ̂ (resolved fits)")
+                row[1].plot(
+                    fs, np.where(ok, k, np.nan), "o-", color=COLORS[0], lw=1.3, ms=2.5, label="κ̂"
+                )
                 if (~ok).any():
-                    row[1].plot(fs[~ok], k[~ok], "x", color="0.5", ms=4, label="not resolved")
+                    row[1].plot(
+                        fs[~ok],
+                        k[~ok],
+                        "x",
+                        color="0.5",
+                        ms=4,
+                        label="κ̂ not used (short window, collapse, unresolved)",
+                    )
             row[1].axhline(1.0, **{**THEORY, "linewidth": 0.9}, label="linear threshold κ = 1")
             ksn = mon._kappa_sn
             if n >= 3 and ksn < 1.0:
@@ -127,9 +169,21 @@ def _figure(results, path_stem: Path) -> list[str]:
             row[1].set(
                 ylabel="κ̂ = a/(NγT)", title="stability ratio κ̂ (band: 95%)", ylim=(-0.05, 1.15)
             )
-            if row[0].get_legend_handles_labels()[0]:  # alarms only: a quiet layer has none
-                row[0].legend(fontsize=6.5, loc="upper left")
-        axes[0, 1].legend(fontsize=6.5, loc="lower right")
+        # one legend for the figure, below the panels: the alarm kinds and the kappa_hat lines
+        handles, labels = {}, []
+        for ax in axes.ravel():
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                if lab not in handles:
+                    handles[lab] = h
+                    labels.append(lab)
+        fig.legend(
+            [handles[lab] for lab in labels],
+            labels,
+            loc="outside lower center",
+            ncols=min(4, len(labels)),
+            fontsize=6.5,
+            frameon=False,
+        )
         for ax in axes[-1]:
             ax.set_xlabel("training step")
         for ext in ("png", "svg"):
@@ -186,8 +240,9 @@ def diagnose(
             raise CLIError("--top-k", f"must be < {n} experts (layer {name!r}), got {top_k}")
         if counts.shape[0] < 64:
             raise CLIError("LOG", f"layer {name!r}: need >= 64 steps, got {counts.shape[0]}")
+        rec = None
         if window == "auto":
-            w, eg = _auto_window(counts, n)
+            w, eg, rec = _auto_window(counts, n, top_k)
         else:
             w, eg = min(int(window), counts.shape[0]), None
         # the library's tested rule unless the user overrides its level
@@ -196,6 +251,7 @@ def diagnose(
         mon.update_many(counts)
         summ = mon.summary()
         summ["window_auto"] = window == "auto"
+        summ["window_recommended"] = rec
         results.append(
             {
                 "layer": name,

@@ -10,6 +10,7 @@ from .metrics import load_metrics as load_metrics
 from .monitor import Alarm as Alarm
 from .monitor import LayerMonitor as LayerMonitor
 from .monitor import LoadMonitor as LoadMonitor
+from .monitor import default_block as default_block
 from .monitor import recommended_window as recommended_window
 from .whittle import WhittleFit as WhittleFit
 from .whittle import block_spectrum as block_spectrum

@@ -21,6 +21,13 @@ the mean-field router runs into collapse without further noise.
   relaxation times, as when kappa -> 1) passes the lower-bound part. Fits that do not resolve the
   relaxation time count only after one that did: before it, a drift or a too short window would
   look like ``kappa -> 1``. Re-armed once ``kappa_hat < threshold - 0.05``;
+- the two model-based alarms above need a window that spans at least ``min_units`` (50) units
+  of ``1 / eta gamma_hat`` (``eta gamma`` of the last resolved fit): the estimator is only
+  checked on windows of 100-2000 units, and a window of a few units (e.g. 64 steps of a real
+  model at ``eta gamma ~ 0.2``) gives kappa_hat near 1 from any slow drift of the loads. Such
+  fits have the regime ``short-window`` and raise nothing. Nor do fits whose window overlaps
+  an active collapse alarm (regime ``excursion``): they describe the collapse, not the
+  balanced state the model-based alarms are about;
 - ``metastable`` (N >= 3, top-1): ``kappa_hat >= kappa_SN`` on ``consecutive`` refits: a stable
   collapsed state exists, jumps to it are noise-induced and give no lead-time warning; the
   message carries the Eyring-Kramers escape time (:mod:`moebif.metastability`) at
@@ -52,20 +59,29 @@ import numpy as np
 from .metrics import load_metrics
 from .whittle import WhittleFit, fit_whittle
 
-__all__ = ["Alarm", "LayerMonitor", "LoadMonitor", "recommended_window"]
+__all__ = ["Alarm", "LayerMonitor", "LoadMonitor", "default_block", "recommended_window"]
 
 # window per N in units of 1 / (eta gamma) steps, from benchmarks/bench_monitor.py
-_WINDOW_UNITS = ((2, 1000.0), (8, 200.0), (10**9, 100.0))
+_WINDOW_UNITS = ((2, 2000.0), (8, 200.0), (10**9, 100.0))
 
 
 def recommended_window(n_experts: int, eta_gamma: float) -> int:
     """Window (steps) that meets the estimation accuracy of the acceptance study for N experts:
-    1000 / (eta gamma) for N = 2, 200 for 3 <= N <= 8, 100 beyond (the pooled likelihood has
-    N - 1 degrees of freedom per frequency, so larger N needs shorter windows)."""
+    2000 / (eta gamma) for N = 2, 200 for 3 <= N <= 8, 100 beyond (the pooled likelihood has
+    N - 1 degrees of freedom per frequency, so larger N needs shorter windows; at 1000 units
+    the N = 2, kappa = 0.6 error is 0.025-0.031, on the edge of the 0.03 target)."""
     for n_max, units in _WINDOW_UNITS:
         if n_experts <= n_max:
             return max(64, int(round(units / eta_gamma)))
     raise AssertionError
+
+
+def default_block(window: int, n_experts: int) -> int:
+    """Steps per block mean: about 1024 blocks a window, 2048 for N = 2. At the recommended
+    windows a block then spans at most ~1 unit of ``1 / (eta gamma)``, so the white part of the
+    spectrum (above ``eta gamma``) stays resolved; with 2-unit blocks (1024 blocks of the
+    2000-unit N = 2 window) the median error at kappa = 0.6 is 0.024 instead of 0.014."""
+    return max(1, int(window) // (2048 if n_experts == 2 else 1024))
 
 
 @dataclass(frozen=True)
@@ -158,12 +174,15 @@ class _Refit:
     """One refit: its step, fit and regime. The escape time (and its range over the 95% interval
     of kappa) is computed on first access: it costs more than the fit and is rarely read."""
 
-    __slots__ = ("step", "fit", "regime", "_esc_args", "_esc")
+    __slots__ = ("step", "fit", "regime", "window_units", "_esc_args", "_esc")
 
-    def __init__(self, step: int, fit: WhittleFit, regime: str, esc_args=None):
+    def __init__(
+        self, step: int, fit: WhittleFit, regime: str, esc_args=None, window_units=math.nan
+    ):
         self.step = step
         self.fit = fit
         self.regime = regime
+        self.window_units = window_units
         self._esc_args = esc_args  # (kappa_sn, n) when the escape time applies, else None
         self._esc = None
 
@@ -192,6 +211,7 @@ class _Refit:
     def to_dict(self) -> dict:
         d = {"step": self.step, "regime": self.regime}
         d.update(self.fit.to_dict())
+        d["window_units"] = _finite_or_none(self.window_units)
         d["escape_steps"] = _finite_or_none(self.escape_steps)
         d["escape_steps_range"] = [_finite_or_none(x) for x in self.escape_range]
         return d
@@ -209,11 +229,13 @@ class LayerMonitor:
 
     - ``n_experts``: N; ``top_k``: experts per token (loads are ``count / (k B)``).
     - ``window``: steps in the fitting window (see :func:`recommended_window`).
-    - ``block``: steps per block mean (default ``max(1, window // 1024)``).
+    - ``block``: steps per block mean (default :func:`default_block`).
     - ``refit``: steps between fits (default ``window // 8``).
     - ``threshold``, ``lower``, ``approach_refits``: the ``approaching-threshold`` rule
       (``kappa_hat >= threshold`` and ``kappa_lo >= lower`` on ``approach_refits`` refits).
     - ``consecutive``: refits in a row for the ``metastable`` rule.
+    - ``min_units``: the model-based alarms need the fitted window to span at least this many
+      units of ``1 / eta gamma_hat``.
     - ``excursion``, ``collapsed``: filtered max-load excess levels (generic collapse rules).
     - ``dwell``: steps averaged (and waited) for ``recovered`` (default
       ``max(block, window // 2)``: half a window).
@@ -233,6 +255,7 @@ class LayerMonitor:
     lower: float = 0.7
     approach_refits: int = 2
     consecutive: int = 3
+    min_units: float = 50.0
     excursion: float = 0.25
     collapsed: float = 0.5
     commit: float = 0.25
@@ -251,7 +274,7 @@ class LayerMonitor:
             raise ValueError(f"top_k: must be in 1..{n - 1}, got {k}")
         if self.window < 32:
             raise ValueError(f"window: must be >= 32 steps, got {self.window}")
-        self.block = max(1, self.window // 1024) if self.block is None else int(self.block)
+        self.block = default_block(self.window, n) if self.block is None else int(self.block)
         if self.block < 1 or self.window // self.block < 32:
             raise ValueError(f"block: need window / block >= 32 blocks, got block = {self.block}")
         self.refit = max(self.block, self.window // 8) if self.refit is None else int(self.refit)
@@ -280,6 +303,7 @@ class LayerMonitor:
         }
         self._above = 0
         self._meta = 0
+        self._excursion_step = -1  # last step with a collapse alarm active
         self._d_s = self._d_c = self._d_commit = math.nan
         self._kappa_sn = collapse_ratio(n, k) if (n >= 3 or n == 2) else 1.0
         self.block_record: list[tuple] = []  # (step, max_load_filtered, latent_gap)
@@ -407,6 +431,8 @@ class LayerMonitor:
                     f"{dead:.0%}: the load sits on few experts",
                 )
             )
+        if f["collapse-in-progress"] or f["collapsed"]:
+            self._excursion_step = self.step
         self._calm = 0 if (in_meta and gap > 0.5 * self._d_s) else self._calm + self.block
         if out:
             self._since_alarm = 0
@@ -452,11 +478,22 @@ class LayerMonitor:
         self._had_resolved = had_resolved or fit.resolved
         if not fit.resolved:
             regime = "unresolved"
-        rf = _Refit(self.step, fit, regime, esc_args)
+        # units of 1 / (eta gamma) in the window, at the rate of the last resolved fit
+        span = fit.blocks * fit.block * self._eg
+        short = not (self._had_resolved and span >= self.min_units)
+        if short:
+            regime = "short-window"
+        # a window that overlaps a collapse alarm is not about the balanced state
+        excursion = self.step - nb * self.block < self._excursion_step
+        if excursion:
+            regime = "excursion"
+        rf = _Refit(self.step, fit, regime, esc_args, span)
         self.fits.append(rf)
         out = []
         f = self._flags
-        if not fit.resolved and not had_resolved:
+        if excursion:
+            return out
+        if short or (not fit.resolved and not had_resolved):
             # no time scale established yet: a drift or a short window looks like kappa -> 1
             self._above = self._meta = 0
             self._d_s = self._d_c = self._d_commit = math.nan
