@@ -174,7 +174,7 @@ class _Refit:
     """One refit: its step, fit and regime. The escape time (and its range over the 95% interval
     of kappa) is computed on first access: it costs more than the fit and is rarely read."""
 
-    __slots__ = ("step", "fit", "regime", "window_units", "_esc_args", "_esc")
+    __slots__ = ("step", "fit", "regime", "window_units", "_esc_args", "_esc", "_esc_range")
 
     def __init__(
         self, step: int, fit: WhittleFit, regime: str, esc_args=None, window_units=math.nan
@@ -185,28 +185,33 @@ class _Refit:
         self.window_units = window_units
         self._esc_args = esc_args  # (kappa_sn, n) when the escape time applies, else None
         self._esc = None
-
-    def _escape(self) -> tuple[float, tuple[float, float]]:
-        if self._esc is None:
-            esc, rng = math.inf, (math.inf, math.inf)
-            if self._esc_args is not None:
-                ksn, n = self._esc_args
-                fit, kap = self.fit, self.fit.kappa
-                esc = escape_time(kap, fit.eta_gamma, fit.b_eff, n) if kap >= ksn else math.inf
-                rng = (
-                    escape_time(min(fit.kappa_hi, 1.0), fit.eta_gamma, fit.b_eff, n),
-                    escape_time(fit.kappa_lo, fit.eta_gamma, fit.b_eff, n),
-                )
-            self._esc = (esc, rng)
-        return self._esc
+        self._esc_range = None
 
     @property
     def escape_steps(self) -> float:
-        return self._escape()[0]
+        """Eyring-Kramers mean escape time (steps) at kappa_hat; inf below kappa_SN."""
+        if self._esc is None:
+            self._esc = math.inf
+            if self._esc_args is not None:
+                ksn, n = self._esc_args
+                fit = self.fit
+                if fit.kappa >= ksn:
+                    self._esc = escape_time(fit.kappa, fit.eta_gamma, fit.b_eff, n)
+        return self._esc
 
     @property
     def escape_range(self) -> tuple[float, float]:
-        return self._escape()[1]
+        """The escape time at the two ends of the 95% interval of kappa (computed separately
+        from :attr:`escape_steps`, on first read)."""
+        if self._esc_range is None:
+            self._esc_range = (math.inf, math.inf)
+            if self._esc_args is not None:
+                n, fit = self._esc_args[1], self.fit
+                self._esc_range = (
+                    escape_time(min(fit.kappa_hi, 1.0), fit.eta_gamma, fit.b_eff, n),
+                    escape_time(fit.kappa_lo, fit.eta_gamma, fit.b_eff, n),
+                )
+        return self._esc_range
 
     def to_dict(self) -> dict:
         d = {"step": self.step, "regime": self.regime}
