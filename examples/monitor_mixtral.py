@@ -5,7 +5,7 @@ A synthetic token stream (a random sparse Markov chain over 512 tokens) is learn
 collapse: the loss now rewards imbalance); phase 3 restores it (recovery). The monitor counts
 the experts each gate selects (from the gate's own indices) and raises its alarms.
 
-    python examples/monitor_mixtral.py [--family mixtral|qwen2_moe|olmoe] [--out DIR]
+    python examples/monitor_mixtral.py [--family mixtral|qwen2_moe|qwen3_moe|olmoe] [--out DIR]
         [--steps 300] [--window 64] [--collapse 0.25 0.55]
 
 The figure of docs/monitoring.md: ``--steps 1200 --window 600 --collapse 0.5 0.58``, then
@@ -68,6 +68,43 @@ def tiny_model(family: str, seed: int = 0):
             **common,
         )
         return OlmoeForCausalLM(cfg)
+    if family == "qwen3_moe":
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+        cfg = Qwen3MoeConfig(
+            intermediate_size=128,
+            moe_intermediate_size=64,
+            head_dim=16,
+            num_experts=8,
+            num_experts_per_tok=2,
+            **common,
+        )
+        return Qwen3MoeForCausalLM(cfg)
+    if family == "deepseek_v3":
+        from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+        cfg = DeepseekV3Config(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            moe_intermediate_size=32,
+            num_hidden_layers=2,
+            first_k_dense_replace=1,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            n_routed_experts=8,
+            num_experts_per_tok=2,
+            n_group=2,
+            topk_group=1,
+            n_shared_experts=1,
+            kv_lora_rank=16,
+            q_lora_rank=None,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=16,
+            max_position_embeddings=64,
+        )
+        return DeepseekV3ForCausalLM(cfg)
     raise ValueError(f"family: unknown {family!r}")
 
 

@@ -54,31 +54,7 @@ def test_counts_come_from_the_gate_indices_in_training_only(family, tmp_path):
 
 
 def test_deepseek_v3_counts_follow_the_corrected_selection():
-    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = DeepseekV3Config(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        moe_intermediate_size=32,
-        num_hidden_layers=2,
-        first_k_dense_replace=1,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        n_routed_experts=8,
-        num_experts_per_tok=2,
-        n_group=2,
-        topk_group=1,
-        n_shared_experts=1,
-        kv_lora_rank=16,
-        q_lora_rank=None,
-        qk_rope_head_dim=8,
-        qk_nope_head_dim=8,
-        v_head_dim=16,
-        max_position_embeddings=64,
-    )
-    model = DeepseekV3ForCausalLM(cfg).train()
+    model = tiny_model("deepseek_v3").train()
     routers = find_routers(model)
     assert len(routers) == 1
     gate = next(iter(routers.values()))

@@ -16,6 +16,9 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+from monitor_mixtral import tiny_model  # noqa: E402
+
 from moebif.torch import RouterMonitor, find_routers  # noqa: E402
 
 H, N, K = 16, 8, 2
@@ -256,9 +259,6 @@ def _transformers_major():
 def test_v5_detection_unchanged(family):
     if _transformers_major() < 5:
         pytest.skip("transformers 5 layout")
-    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
-    from monitor_mixtral import tiny_model
-
     model = tiny_model(family)
     routers = find_routers(model)
     # exactly the 5.x gate modules (as before 4.x support): no Linear, no block
@@ -291,61 +291,15 @@ def test_v5_detection_unchanged(family):
 
 
 def _tiny_v4(family):
-    import transformers as T
-
-    common = dict(
-        vocab_size=512,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    moe = dict(num_experts=8, num_experts_per_tok=2, intermediate_size=128)
-    torch.manual_seed(0)
-    if family == "mixtral":
-        return T.MixtralForCausalLM(
-            T.MixtralConfig(
-                intermediate_size=128, num_local_experts=8, num_experts_per_tok=2, **common
-            )
-        )
-    if family == "qwen2_moe":
-        cfg = T.Qwen2MoeConfig(
-            moe_intermediate_size=64, shared_expert_intermediate_size=64, **moe, **common
-        )
-        return T.Qwen2MoeForCausalLM(cfg)
-    if family == "qwen3_moe":
-        cfg = T.Qwen3MoeConfig(moe_intermediate_size=64, head_dim=16, **moe, **common)
-        return T.Qwen3MoeForCausalLM(cfg)
-    if family == "olmoe":
-        return T.OlmoeForCausalLM(T.OlmoeConfig(**moe, **common))
-    cfg = T.DeepseekV3Config(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        moe_intermediate_size=32,
-        num_hidden_layers=2,
-        first_k_dense_replace=1,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        n_routed_experts=8,
-        num_experts_per_tok=2,
-        n_group=2,
-        topk_group=1,
-        n_shared_experts=1,
-        kv_lora_rank=16,
-        q_lora_rank=None,
-        qk_rope_head_dim=8,
-        qk_nope_head_dim=8,
-        v_head_dim=16,
-        max_position_embeddings=64,
-    )
-    model = T.DeepseekV3ForCausalLM(cfg)
-    gate = model.model.layers[1].mlp.gate
-    with torch.no_grad():
-        gate.weight.normal_(0, 1.0)
-        gate.e_score_correction_bias[:] = 0.0
-        gate.e_score_correction_bias[5] = 10.0  # the bias alone forces expert 5
+    """The example's tiny model; DeepSeek-V3 with a correction bias that alone forces expert 5
+    (so the selection differs from top-k of the logits)."""
+    model = tiny_model(family)
+    if family == "deepseek_v3":
+        gate = model.model.layers[1].mlp.gate
+        with torch.no_grad():
+            gate.weight.normal_(0, 1.0)
+            gate.e_score_correction_bias[:] = 0.0
+            gate.e_score_correction_bias[5] = 10.0
     return model
 
 
