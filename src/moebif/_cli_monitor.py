@@ -19,13 +19,15 @@ def _first_excursion(loads, top_k: int, level: float = 0.25) -> int:
     ``S`` if it never does."""
     import numpy as np
 
+    from .monitor import max_load_excess
+
     S, n = loads.shape
     m = max(4, S // 100)
     if S < m:
         return S
     c = np.cumsum(np.vstack([np.zeros((1, n)), loads]), axis=0)
     avg = (c[m:] - c[:-m]) / m  # avg[i]: mean of steps i .. i + m - 1
-    ex = (avg.max(axis=1) - 1.0 / n) / (1.0 / top_k - 1.0 / n)
+    ex = max_load_excess(avg.max(axis=1), n, top_k)
     hit = np.nonzero(ex >= level)[0]
     return int(hit[0]) if hit.size else S
 

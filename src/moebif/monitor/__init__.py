@@ -7,6 +7,7 @@ from .logs import read_log as read_log
 from .logs import write_log as write_log
 from .metrics import load_fractions as load_fractions
 from .metrics import load_metrics as load_metrics
+from .metrics import max_load_excess as max_load_excess
 from .monitor import Alarm as Alarm
 from .monitor import LayerMonitor as LayerMonitor
 from .monitor import LoadMonitor as LoadMonitor

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["load_fractions", "load_metrics"]
+__all__ = ["load_fractions", "load_metrics", "max_load_excess"]
+
+
+def max_load_excess(max_load, n_experts: int, top_k: int = 1):
+    """``(l_max - 1/N) / (1/k - 1/N)``: 0 when balanced, 1 when k experts take all the load."""
+    return (max_load - 1.0 / n_experts) / (1.0 / top_k - 1.0 / n_experts)
 
 
 def load_fractions(counts) -> np.ndarray:

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .metrics import load_metrics
+from .metrics import load_metrics, max_load_excess
 from .whittle import WhittleFit, fit_whittle
 
 __all__ = ["Alarm", "LayerMonitor", "LoadMonitor", "default_block", "recommended_window"]
@@ -388,8 +388,7 @@ class LayerMonitor:
         return Alarm(step=self.step, kind=kind, message=msg, layer=self.name)
 
     def _excess(self) -> float:
-        n, k = self.n_experts, self.top_k
-        return (float(self._ema.max()) - 1.0 / n) / (1.0 / k - 1.0 / n)
+        return max_load_excess(float(self._ema.max()), self.n_experts, self.top_k)
 
     def latent_gap(self) -> float:
         """``d_max = kappa N (EMA_max - mean EMA of the others)`` at the current kappa_hat."""
@@ -414,9 +413,7 @@ class LayerMonitor:
         # loads alone sits near the level): used for `recovered` and, after a recovery, to
         # re-arm the collapse alarms (a new collapse must also show on the average)
         nd = min(self._nd, self._nblocks)
-        ex_dwell = (float(self._dsum.max()) / nd - 1.0 / self.n_experts) / (
-            1.0 / self.top_k - 1.0 / self.n_experts
-        )
+        ex_dwell = max_load_excess(float(self._dsum.max()) / nd, self.n_experts, self.top_k)
         sustained = not self._recovered or ex_dwell >= self.excursion
         if not f["collapse-in-progress"] and (past_saddle or (ex >= self.excursion and sustained)):
             f["collapse-in-progress"] = True
@@ -479,11 +476,12 @@ class LayerMonitor:
         esc_args = (ksn, n) if (n >= 3 and k == 1 and fit.kappa_hi >= ksn) else None
         if fit.resolved and 0.0 < fit.eta_gamma < 1.0:
             self._eg = fit.eta_gamma
-        had_resolved = self._had_resolved
-        self._had_resolved = had_resolved or fit.resolved
+        self._had_resolved = self._had_resolved or fit.resolved
         if not fit.resolved:
             regime = "unresolved"
-        # units of 1 / (eta gamma) in the window, at the rate of the last resolved fit
+        # units of 1 / (eta gamma) in the window, at the rate of the last resolved fit; before
+        # any resolved fit there is no time scale (a drift or a short window looks like
+        # kappa -> 1), so the window counts as short
         span = fit.blocks * fit.block * self._eg
         short = not (self._had_resolved and span >= self.min_units)
         if short:
@@ -498,8 +496,7 @@ class LayerMonitor:
         f = self._flags
         if excursion:
             return out
-        if short or (not fit.resolved and not had_resolved):
-            # no time scale established yet: a drift or a short window looks like kappa -> 1
+        if short:
             self._above = self._meta = 0
             self._d_s = self._d_c = self._d_commit = math.nan
             return out
