@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from moebif.params import RouterParams
-from moebif.router import simulate_batch_router, simulate_batch_router_reference
+from moebif.sim.router import simulate_batch_router, simulate_batch_router_reference
 
 PARAMS = RouterParams(a=3.0, gamma=1.0, T=1.0, h=0.08)
 BATCH = 512

@@ -24,10 +24,10 @@ import time
 import numba
 import numpy as np
 
-from moebif._topk_kernels import topk_counts_sample
+from moebif.model.topk import topk_linear_threshold
 from moebif.params import RouterParams
-from moebif.router_nexp import simulate_topk_router
-from moebif.topk import topk_linear_threshold
+from moebif.sim._kernels.topk import topk_counts_sample
+from moebif.sim.topk_router import simulate_topk_router
 
 CASES = [  # (N, k, B, state)
     (8, 1, 512, "balanced"),

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moebif.torch import RouterMonitor
+from moebif.monitor.hooks import RouterMonitor
 
 
 def tiny_model(family: str, seed: int = 0):

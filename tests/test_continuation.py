@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from moebif import RouterParams
-from moebif import theory as th
-from moebif.continuation import continue_equilibria, continue_folds
-from moebif.nexperts import (
+from moebif.model import two_expert as th
+from moebif.model.continuation import continue_equilibria, continue_folds
+from moebif.model.symmetric import (
     branch_curve,
     branch_ratio,
     collapse_threshold,
@@ -113,7 +113,7 @@ def test_continuation_in_temperature_and_a_drift_component():
 
 def test_topk_continuation_fold():
     """Continuation of the top-2 mean field (8k) finds the fold of its one-winner branch."""
-    from moebif.topk import inclusion_probabilities, topk_collapse_threshold
+    from moebif.model.topk import inclusion_probabilities, topk_collapse_threshold
 
     n, k = 6, 2
     a_sn, m = topk_collapse_threshold(n, k, 1.0, 1.0)

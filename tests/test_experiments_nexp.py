@@ -5,25 +5,12 @@ import json
 
 import pytest
 
-import moebif.experiments
-
-NEXP = {
-    "nexp-branches": "nexp_branches",
-    "nexp-hysteresis": "nexp_hysteresis",
-    "nexp-metastable": "nexp_metastable",
-    "nexp-topk": "nexp_topk",
-}
+NEXP = ("nexp-branches", "nexp-hysteresis", "nexp-metastable", "nexp-topk")
 
 
-@pytest.fixture
-def registry(monkeypatch):
-    for k, v in NEXP.items():
-        monkeypatch.setitem(moebif.experiments.REGISTRY, k, v)
-
-
-@pytest.mark.parametrize("exp_id", sorted(NEXP))
-def test_quick_variant_claims_hold(registry, tmp_path, exp_id):
-    from moebif.reproduce import run_one
+@pytest.mark.parametrize("exp_id", NEXP)
+def test_quick_variant_claims_hold(tmp_path, exp_id):
+    from moebif.experiments.runner import run_one
 
     out = run_one(exp_id, True, str(tmp_path))
     folder = tmp_path / exp_id
@@ -37,7 +24,7 @@ def test_quick_variant_claims_hold(registry, tmp_path, exp_id):
     assert meta["complete"] and meta["quick"]
 
 
-def test_quick_variant_is_deterministic(registry):
+def test_quick_variant_is_deterministic():
     """Same seed, same numbers: the quick metastability run twice gives identical data."""
     from moebif.experiments import load_experiment
     from moebif.experiments.base import jsonable

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from moebif.experiments import REGISTRY
-from moebif.reproduce import run_one
+from moebif.experiments.runner import run_one
 
 MODULES = {"fig06": "fig06_meanfield", "fig08": "fig08_collapse_region", "fig09": "fig09_onset"}
 CLAIMS = {

@@ -185,8 +185,8 @@ def test_diagnose_auto_window_fits_eta_gamma_before_the_collapse(tmp_path):
     = 0.05): ``--window auto`` fits eta gamma on the stretch before the excursion (a fit over
     the whole log takes the collapse for a slow relaxation: eta gamma ~ 0.19, kappa_hat ~ 1),
     picks a quarter of the log, and reports one collapse and one recovery."""
-    from moebif._cli_monitor import _auto_window, _first_excursion
     from moebif.cli import main
+    from moebif.cli.diagnose import _auto_window, _first_excursion
     from moebif.monitor import load_fractions
 
     N, eta, unit, B = 8, 0.05, 20, 256

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 from monitor_mixtral import tiny_model, token_stream, train  # noqa: E402
 
 from moebif.monitor import read_log  # noqa: E402
-from moebif.torch import RouterMonitor, find_routers  # noqa: E402
+from moebif.monitor.hooks import RouterMonitor, find_routers  # noqa: E402
 
 
 @pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "olmoe"])

@@ -19,7 +19,7 @@ F = torch.nn.functional
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 from monitor_mixtral import tiny_model  # noqa: E402
 
-from moebif.torch import RouterMonitor, find_routers  # noqa: E402
+from moebif.monitor.hooks import RouterMonitor, find_routers  # noqa: E402
 
 H, N, K = 16, 8, 2
 

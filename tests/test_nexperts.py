@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from moebif import RouterParams, jacobian, solve_meanfield, vector_field
-from moebif.nexperts import (
+from moebif.model.symmetric import (
     branch_ratio,
     collapse_threshold,
     regime,
@@ -88,7 +88,7 @@ def test_saddle_node_is_minimum_of_branch():
 
 def test_potential_gradient_and_hessian():
     """grad V = -(vector field), Hess V = -J (finite differences)."""
-    from moebif.nexperts import potential, potential_gradient, potential_hessian
+    from moebif.model.symmetric import potential, potential_gradient, potential_hessian
 
     p = RouterParams(a=5.0, gamma=0.8, T=0.7, h=0.3, n_experts=6)
     r = np.random.default_rng(1).normal(size=6)
@@ -110,7 +110,7 @@ def test_potential_gradient_and_hessian():
 
 @pytest.mark.parametrize("n", [3, 5, 8])
 def test_branch_eigenvalues_match_full_jacobian(n):
-    from moebif.nexperts import branch_eigenvalues
+    from moebif.model.symmetric import branch_eigenvalues
 
     p = RouterParams(a=0.9 * n, gamma=1.0, T=1.0, n_experts=n)
     for e in symmetric_equilibria(p):
@@ -121,7 +121,7 @@ def test_branch_eigenvalues_match_full_jacobian(n):
 
 
 def test_between_mode_vanishes_at_the_saddle_node():
-    from moebif.nexperts import branch_eigenvalues
+    from moebif.model.symmetric import branch_eigenvalues
 
     for n in (3, 4, 8, 64):
         d_sn, g_sn = saddle_node_gap(n, 1)
@@ -134,7 +134,7 @@ def test_barrier_window_and_monotonicity():
     (the saddle merges with the uniform state) while it grows toward a_SN."""
     import math
 
-    from moebif.nexperts import barrier
+    from moebif.model.symmetric import barrier
 
     n = 8
     a_sn = collapse_threshold(n, 1.0, 1.0)
@@ -185,7 +185,7 @@ def test_brute_force_newton_finds_only_symmetric_equilibria(n):
 
 
 def test_only_the_one_winner_branch_is_ever_stable():
-    from moebif.nexperts import stable_onsets
+    from moebif.model.symmetric import stable_onsets
 
     for n in (3, 4, 7, 8, 16):
         ons = stable_onsets(n)
@@ -194,7 +194,7 @@ def test_only_the_one_winner_branch_is_ever_stable():
 
 
 def test_branch_curve_matches_branch_eigenvalues():
-    from moebif.nexperts import branch_curve, branch_eigenvalues
+    from moebif.model.symmetric import branch_curve, branch_eigenvalues
 
     n, m = 7, 2
     d = np.array([0.4, 1.5, 4.0])
@@ -208,7 +208,7 @@ def test_branch_curve_matches_branch_eigenvalues():
 
 
 def test_branch_saddle_nodes_list():
-    from moebif.nexperts import branch_saddle_nodes
+    from moebif.model.symmetric import branch_saddle_nodes
 
     sn = branch_saddle_nodes(8)
     assert [s["winners"] for s in sn] == [1, 2, 3]
@@ -222,8 +222,8 @@ def test_branch_saddle_nodes_list():
 
 
 def test_escape_theory_quantities():
-    from moebif.metastability import escape_theory
-    from moebif.nexperts import barrier
+    from moebif.model.metastability import escape_theory
+    from moebif.model.symmetric import barrier
 
     p = RouterParams(a=6.5, gamma=1.0, T=1.0, n_experts=8)
     th = escape_theory(p)
@@ -243,7 +243,7 @@ def test_pulse_threshold_against_the_ode():
     """A pulse 3% above h_c(tau) collapses the mean-field router, 3% below it does not."""
     from scipy.integrate import solve_ivp
 
-    from moebif.metastability import escape_theory, pulse_threshold
+    from moebif.model.metastability import escape_theory, pulse_threshold
 
     n = 8
     p = RouterParams(a=6.5, gamma=1.0, T=1.0, n_experts=n)

@@ -268,7 +268,7 @@ def test_bad_arguments():
 
 def test_moebif_and_cli_do_not_import_torch():
     code = (
-        "import sys, moebif, moebif.cli, moebif.experiments, moebif.reproduce; "
+        "import sys, moebif, moebif.cli, moebif.experiments, moebif.experiments.runner; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from moebif.reproduce import reproduce
+from moebif.experiments.runner import reproduce
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

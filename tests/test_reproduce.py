@@ -6,7 +6,7 @@ import pytest
 
 from moebif.cli import main
 from moebif.experiments import REGISTRY, load_experiment
-from moebif.reproduce import is_complete, reproduce, run_one
+from moebif.experiments.runner import is_complete, reproduce, run_one
 
 
 def test_theory_quick_outputs_and_claims(tmp_path):

@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from moebif.meanfield import solve_meanfield
+from moebif.model.meanfield import solve_meanfield
+from moebif.model.two_expert import drift_dy, equilibria
 from moebif.params import ParameterError, RouterParams
-from moebif.router import (
+from moebif.sim.router import (
     SimulationResult,
     simulate_batch_router,
     simulate_batch_router_reference,
     simulate_token_router,
     stationary_spread,
 )
-from moebif.theory import drift_dy, equilibria
 
 FIG6 = RouterParams(a=3.0, gamma=1.0, T=1.0, h=0.08)
 
@@ -434,7 +434,7 @@ def test_validation_n_experts_shapes():
 def test_two_pass_kernel_draws_like_the_tested_sampler():
     """The kernel's pass structure consumes each replica's stream exactly as the binomial
     sampler of test_sampling.py does, one draw at a time: replay it in Python."""
-    from moebif import _sampling as smp
+    from moebif.sim._kernels import sampling as smp
 
     B, eta, steps, runs, seed = 512, 0.01, 60, 3, 21
     a, gamma, T, h = FIG6.a, FIG6.gamma, FIG6.T, FIG6.h

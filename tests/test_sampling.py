@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from moebif import _sampling as smp
+from moebif.sim._kernels import sampling as smp
 
 U64 = np.uint64
 MASK = (1 << 64) - 1

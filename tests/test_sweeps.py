@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from moebif import RouterParams, hysteresis_halfwidth
-from moebif.sweeps import extrapolate_hysteresis, fit_rate_law, sweep_hysteresis
+from moebif.sim.hysteresis import extrapolate_hysteresis, fit_rate_law, sweep_hysteresis
 
 
 def test_fit_rate_law_recovers_a_known_law():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moebif import RouterParams
-from moebif.topk import (
+from moebif.model.topk import (
     inclusion_jacobian,
     inclusion_probabilities,
     topk_branch,
@@ -119,7 +119,7 @@ def test_linear_threshold_values():
 
 
 def test_topk_branch_k1_is_the_closed_form():
-    from moebif.nexperts import branch_curve
+    from moebif.model.symmetric import branch_curve
 
     d = np.array([0.3, 1.0, 2.8, 7.0])
     for m in (1, 2, 5):
@@ -147,7 +147,7 @@ def test_topk_branch_states_are_equilibria_with_those_eigenvalues(n, k, m):
 
 
 def test_topk_collapse_threshold_top1_and_scan():
-    from moebif.nexperts import collapse_threshold
+    from moebif.model.symmetric import collapse_threshold
 
     a, m = topk_collapse_threshold(8, 1, 1.0, 1.0)
     assert m == 1 and a == pytest.approx(collapse_threshold(8, 1.0, 1.0), rel=1e-9)
@@ -180,7 +180,7 @@ def test_topk_counts_exact_distribution():
     """Counts of a batch of B = 2 tokens, N = 4, k = 2, against the exact law (chi-square)."""
     from scipy.stats import chi2
 
-    from moebif._topk_kernels import topk_counts_sample
+    from moebif.sim._kernels.topk import topk_counts_sample
 
     r = np.array([1.2, 0.0, -0.7, 0.4])
     w = np.exp(r)
@@ -203,7 +203,7 @@ def test_topk_counts_exact_distribution():
 
 @pytest.mark.parametrize("k", [2, 3, 5])
 def test_topk_counts_mean_matches_inclusion(k):
-    from moebif._topk_kernels import topk_counts_sample
+    from moebif.sim._kernels.topk import topk_counts_sample
 
     r = np.array([2.0, 1.0, 0.5, 0.0, 0.0, -1.0, -3.0, 0.3])
     draws = topk_counts_sample(r, 1.0, k, 64, 20_000, 1)
@@ -217,7 +217,7 @@ def test_topk_counts_mean_matches_inclusion(k):
 def test_topk_counts_collapsed_and_underflow():
     """A collapsed winner (rejection from the second table) and remaining weights that
     underflow (score gaps > 745 T) give the exact inclusion law, never NaN."""
-    from moebif._topk_kernels import topk_counts_sample
+    from moebif.sim._kernels.topk import topk_counts_sample
 
     r = np.array([40.0, 0.0, 0.0, -1.0, 0.5, 0.0, 0.0, 0.0])
     draws = topk_counts_sample(r, 1.0, 3, 64, 20_000, 2)
@@ -234,8 +234,8 @@ def test_topk_counts_collapsed_and_underflow():
 
 
 def test_top1_equals_the_papers_router_bit_for_bit():
-    from moebif.router import simulate_batch_router
-    from moebif.router_nexp import simulate_topk_router
+    from moebif.sim.router import simulate_batch_router
+    from moebif.sim.topk_router import simulate_topk_router
 
     p = RouterParams(a=6.0, gamma=1.0, T=0.8, h=0.3, n_experts=6)
     r0 = np.random.default_rng(0).normal(size=6)
@@ -245,7 +245,7 @@ def test_top1_equals_the_papers_router_bit_for_bit():
 
 
 def test_topk_router_reproducible_and_thread_independent():
-    from moebif.router_nexp import simulate_topk_router
+    from moebif.sim.topk_router import simulate_topk_router
 
     p = RouterParams(a=7.0, gamma=1.0, T=1.0, n_experts=8)
     kw = dict(batch=32, eta=0.05, steps=400, runs=24, top_k=2, seed=9, record_every=50)
@@ -261,7 +261,7 @@ def test_topk_router_follows_the_mean_field():
     """Small eta: the replica mean of the loads follows (8k) from a skewed start."""
     from scipy.integrate import solve_ivp
 
-    from moebif.router_nexp import simulate_topk_router
+    from moebif.sim.topk_router import simulate_topk_router
 
     n, k = 6, 2
     p = RouterParams(a=4.0, gamma=1.0, T=1.0, n_experts=n)
@@ -282,7 +282,7 @@ def test_topk_router_follows_the_mean_field():
 
 
 def test_stop_gap_first_passage():
-    from moebif.router_nexp import simulate_topk_router
+    from moebif.sim.topk_router import simulate_topk_router
 
     p = RouterParams(a=12.0, gamma=1.0, T=1.0, n_experts=8)  # above N gamma T: collapses
     sim = simulate_topk_router(
@@ -296,7 +296,7 @@ def test_stop_gap_first_passage():
 
 def test_bad_arguments():
     from moebif.params import ParameterError
-    from moebif.router_nexp import simulate_topk_router
+    from moebif.sim.topk_router import simulate_topk_router
 
     p = RouterParams(a=1.0, gamma=1.0, T=1.0, n_experts=4)
     with pytest.raises(ParameterError, match="top_k"):

@@ -13,7 +13,7 @@ from types import ModuleType
 
 # id -> module name, in report order
 REGISTRY: dict[str, str] = {
-    "theory": "theory",
+    "theory": "analytic",
     "fig01": "fig01_soft_router",
     "fig02": "fig02_hard_router",
     "fig03": "fig03_balancing",
@@ -25,10 +25,10 @@ REGISTRY: dict[str, str] = {
     "fig09": "fig09_onset",
     "fig10": "fig10_width_vs_a",
     "fig11": "fig11_feedback",
-    "nexp-branches": "nexp_branches",
-    "nexp-hysteresis": "nexp_hysteresis",
-    "nexp-metastable": "nexp_metastable",
-    "nexp-topk": "nexp_topk",
+    "nexp-branches": "many_branches",
+    "nexp-hysteresis": "many_hysteresis",
+    "nexp-metastable": "many_metastable",
+    "nexp-topk": "many_topk",
 }
 
 __all__ = ["REGISTRY", "load_experiment"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..params import RouterParams
-from ..sweeps import extrapolate_hysteresis
+from ..sim.hysteresis import extrapolate_hysteresis
 
 # Sweep rates dh/dt (ODE time). The lag behind the fold shrinks like rate^(2/3); halving rates
 # down to 1.25e-3 keep the slowest loop's excess width below ~5% of 2H(a) for a - rho >= 3 and

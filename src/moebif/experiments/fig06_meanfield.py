@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..meanfield import solve_meanfield
+from ..model.meanfield import solve_meanfield
 from ..params import RouterParams
-from ..router import simulate_batch_router, stationary_spread
+from ..sim.router import simulate_batch_router, stationary_spread
 from .base import Claim, ExperimentResult
 
 ID = "fig06"

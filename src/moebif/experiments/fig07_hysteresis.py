@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import theory as th
+from ..model import two_expert as th
 from ..params import RouterParams
-from ..sweeps import sweep_hysteresis
+from ..sim.hysteresis import sweep_hysteresis
 from . import _hysteresis as hy
 from .base import Claim, ExperimentResult
 

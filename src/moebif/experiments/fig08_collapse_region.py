@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import theory as th
+from ..model import two_expert as th
 from ..params import RouterParams
-from ..router import simulate_batch_router
+from ..sim.router import simulate_batch_router
 from .base import Claim, ExperimentResult
 
 ID = "fig08"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import theory as th
+from ..model import two_expert as th
 from ..params import RouterParams
 from . import _hysteresis as hy
 from .base import Claim, ExperimentResult

@@ -106,11 +106,11 @@ def collapse_ratio(n_experts: int, top_k: int = 1) -> float:
         if n_experts == 2:
             _SN_CACHE[key] = 1.0
         elif top_k == 1:
-            from ..nexperts import collapse_threshold
+            from ..model.symmetric import collapse_threshold
 
             _SN_CACHE[key] = collapse_threshold(n_experts, 1.0, 1.0) / n_experts
         else:
-            from ..topk import topk_collapse_threshold, topk_linear_threshold
+            from ..model.topk import topk_collapse_threshold, topk_linear_threshold
 
             a_sn = topk_collapse_threshold(n_experts, top_k, 1.0, 1.0)[0]
             _SN_CACHE[key] = a_sn / topk_linear_threshold(n_experts, top_k, 1.0, 1.0)
@@ -123,7 +123,7 @@ _SNG_CACHE: dict[int, tuple[float, float]] = {}
 def saddle_gap(kappa: float, n_experts: int) -> float:
     """``(d_s, d_c)``: score gaps of the one-winner saddle and of the collapsed state of eq. (8)
     at ``a / (gamma T) = kappa N`` (NaN outside the metastable window)."""
-    from ..nexperts import branch_ratio, saddle_node_gap
+    from ..model.symmetric import branch_ratio, saddle_node_gap
 
     n = n_experts
     if n not in _SNG_CACHE:
@@ -154,7 +154,7 @@ def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) ->
         return 0.0
     if n_experts < 3 or kappa <= collapse_ratio(n_experts) or not b_eff > 0:
         return math.inf
-    from ..metastability import escape_theory
+    from ..model.metastability import escape_theory
     from ..params import RouterParams
 
     p = RouterParams(a=kappa * n_experts, gamma=1.0, T=1.0, n_experts=n_experts)

@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from .params import RouterParams, check_positive
+from ..params import RouterParams, check_positive
 
 __all__ = [
     "CuspNormalForm",

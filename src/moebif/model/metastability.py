@@ -53,8 +53,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .nexperts import collapse_threshold, symmetric_equilibria
-from .params import RouterParams
+from ..params import RouterParams
+from .symmetric import collapse_threshold, symmetric_equilibria
 
 __all__ = [
     "EscapeTheory",

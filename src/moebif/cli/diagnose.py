@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import CLIError, _emit_json, app
+from ._common import CLIError, _emit_json, app
 
 
 def _first_excursion(loads, top_k: int, level: float = 0.25) -> int:
@@ -19,7 +19,7 @@ def _first_excursion(loads, top_k: int, level: float = 0.25) -> int:
     ``S`` if it never does."""
     import numpy as np
 
-    from .monitor import max_load_excess
+    from ..monitor import max_load_excess
 
     S, n = loads.shape
     m = max(4, S // 100)
@@ -45,7 +45,7 @@ def _auto_window(counts, n: int, top_k: int = 1) -> tuple[int, float | None, int
     monitor."""
     import numpy as np
 
-    from .monitor import fit_whittle, load_fractions, recommended_window
+    from ..monitor import fit_whittle, load_fractions, recommended_window
 
     S = counts.shape[0]
     loads = load_fractions(counts)
@@ -73,8 +73,8 @@ def _figure(results, path_stem: Path) -> list[str]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ._io import atomic_write_bytes
-    from .experiments.style import COLORS, THEORY, figure_style
+    from .._io import atomic_write_bytes
+    from ..experiments.style import COLORS, THEORY, figure_style
 
     colors = {
         "approaching-threshold": "#d68910",
@@ -216,8 +216,8 @@ def diagnose(
     """Diagnose a training run from its per-step expert counts: routing metrics, the stability
     ratio kappa_hat with its interval, eta*gamma, B_eff, the regime and the alarms, per layer.
     Writes OUT/diagnose.json, OUT/diagnose.png and .svg."""
-    from ._io import atomic_write_json, check_writable_dir
-    from .monitor import LayerMonitor, LogError, load_fractions, read_log
+    from .._io import atomic_write_json, check_writable_dir
+    from ..monitor import LayerMonitor, LogError, load_fractions, read_log
 
     if window != "auto":
         try:

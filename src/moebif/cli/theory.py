@@ -1,13 +1,7 @@
-"""The ``moebif`` command: parses, validates, calls the library, prints.
-
-Contract (SPEC section 4): ``--json`` prints exactly one JSON object on stdout; bad input exits
-with code 2 and one line on stderr naming the argument, never a traceback. Heavy modules (numba
-kernels, matplotlib, torch) are imported inside the commands that need them.
-"""
+"""Commands ``moebif theory`` and ``moebif fold-curve``: closed forms of the mean-field router."""
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -15,76 +9,8 @@ from typing import Annotated
 
 import typer
 
-from ._io import OutputError
-from ._version import __version__
-from .params import ParameterError, RouterParams
-
-app = typer.Typer(
-    name="moebif",
-    help="Bifurcations, hysteresis and collapse of adaptive softmax MoE routers (Kiselev 2026).",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-
-# names of library fields -> the CLI option that sets them, for error messages
-_OPTION_OF = {
-    "a": "--a",
-    "gamma": "--gamma",
-    "T": "--T",
-    "h": "--h",
-    "n_experts": "--experts",
-    "eta": "--eta",
-    "batch": "--batch",
-    "steps": "--steps",
-    "runs": "--runs",
-    "rho": "--rho",
-    "rate": "--rate",
-    "y0": "--y0",
-    "seed": "--seed",
-}
-
-
-class CLIError(Exception):
-    """Bad input detected by a command: reported as one line, exit code 2."""
-
-    def __init__(self, option: str, message: str):
-        super().__init__(f"{option}: {message}")
-
-
-def _params(a: float, gamma: float, T: float, h: float, experts: int) -> RouterParams:
-    try:
-        return RouterParams(a=a, gamma=gamma, T=T, h=h, n_experts=experts)
-    except ParameterError as e:
-        raise CLIError(_OPTION_OF.get(e.name, e.name), str(e).split(": ", 1)[1]) from None
-
-
-def _finite(option: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise CLIError(option, f"must be finite, got {value}")
-    return value
-
-
-def _emit_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, allow_nan=False) + "\n")
-
-
-def _version_callback(value: bool) -> None:
-    if value:
-        typer.echo(f"moebif {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print version."),
-    ] = False,
-) -> None:
-    """moebif: the bifurcation model of adaptive softmax routers, exact and simulated."""
-
+from ..params import RouterParams
+from ._common import CLIError, _emit_json, _params, app
 
 # ----------------------------------------------------------------------------------------------
 # theory
@@ -96,11 +22,12 @@ def theory_report(params: RouterParams, top_k: int = 1) -> dict:
     With ``top_k > 1`` (top-k routing, N >= 3): the thresholds of the inclusion-probability mean
     field (:mod:`moebif.topk`): ``critical_a`` = the linear threshold ``a_lin``, ``collapse_a`` =
     ``a_SN`` and ``collapse_winners`` (the branch where the stable collapsed state appears)."""
-    from . import nexperts, theory
+    from ..model import symmetric as nexperts
+    from ..model import two_expert as theory
 
     p = params
     if top_k > 1:
-        from . import topk
+        from ..model import topk
 
         a_lin = topk.topk_linear_threshold(p.n_experts, top_k, p.gamma, p.T)
         a_sn, m = topk.topk_collapse_threshold(p.n_experts, top_k, p.gamma, p.T)
@@ -233,7 +160,7 @@ def fold_curve_cmd(
     """The fold (saddle-node) curve (16) in the (a, h) plane, q in [-Q, Q]."""
     import numpy as np
 
-    from . import theory
+    from ..model import two_expert as theory
 
     _params(2.0 * gamma * T if gamma > 0 and T > 0 else 0.0, gamma, T, 0.0, 2)
     if not (math.isfinite(q_max) and q_max > 0):
@@ -248,7 +175,7 @@ def fold_curve_cmd(
     a, hh = theory.fold_curve(q, gamma, T)
     y = 2.0 * T * q
     if csv is not None:
-        from ._io import atomic_write_text, check_writable_file
+        from .._io import atomic_write_text, check_writable_file
 
         check_writable_file("--csv", csv)
         rows = ["q,a,h,y"] + [
@@ -281,103 +208,3 @@ def fold_curve_cmd(
     for i in idx:
         table.add_row(f"{q[i]:.4g}", f"{a[i]:.6g}", f"{hh[i]:.6g}", f"{y[i]:.4g}")
     Console().print(table)
-
-
-# ----------------------------------------------------------------------------------------------
-# reproduce
-
-
-@app.command()
-def reproduce(
-    only: Annotated[
-        str | None, typer.Option("--only", help="Comma-separated experiment ids (default: all).")
-    ] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Small, fast variant.")] = False,
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("results"),
-    jobs: Annotated[int, typer.Option("--jobs", help="Worker processes J >= 1.")] = 1,
-    force: Annotated[bool, typer.Option("--force", help="Recompute finished experiments.")] = False,
-) -> int:
-    """Reproduce the paper's experiments into OUT, with figures, data, claims and a report."""
-    from ._io import check_writable_dir
-    from .experiments import REGISTRY
-
-    ids = None
-    if only is not None:
-        ids = [i.strip() for i in only.split(",") if i.strip()]
-        unknown = [i for i in ids if i not in REGISTRY]
-        if unknown or not ids:
-            known = ", ".join(REGISTRY)
-            msg = (
-                f"unknown experiment id {unknown[0]!r} (known: {known})"
-                if unknown
-                else ("no ids given")
-            )
-            raise CLIError("--only", msg)
-        ids = list(dict.fromkeys(ids))
-    if jobs < 1:
-        raise CLIError("--jobs", f"must be >= 1, got {jobs}")
-    check_writable_dir("--out", out)
-
-    from rich.console import Console
-
-    from .report import claims_table
-    from .reproduce import reproduce as run_reproduce
-
-    outcomes = run_reproduce(ids, out=out, quick=quick, jobs=jobs, force=force)
-    claims = [c for o in outcomes for c in o.claims]
-    con = Console()
-    con.print(claims_table(claims))
-    con.print(f"report: {out / 'report.html'}   claims: {out / 'claims.json'}")
-    failed = [o.id for o in outcomes if o.status == "failed"]
-    if failed:
-        print(f"moebif: error: experiments failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# entry point
-
-
-def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: runs the app and turns bad input into exit code 2."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    try:
-        _load_extra_commands()
-        rv = app(args=args, prog_name="moebif", standalone_mode=False)
-    except typer.TyperException as e:  # usage errors of the parser: bad value, unknown option
-        msg = _one_line(e.format_message())
-        if getattr(e, "exit_code", 2) != 2:
-            print(f"moebif: error: {msg}", file=sys.stderr)
-            return int(e.exit_code)
-        _fail(msg)
-    except (CLIError, ParameterError, OutputError) as e:
-        if isinstance(e, ParameterError) and e.name in _OPTION_OF:
-            e = CLIError(_OPTION_OF[e.name], str(e).split(": ", 1)[1])
-        _fail(_one_line(str(e)))
-    except (typer.Abort, KeyboardInterrupt):
-        print("moebif: interrupted", file=sys.stderr)
-        return 130
-    except typer.Exit as e:
-        return e.exit_code
-    return rv if isinstance(rv, int) else 0
-
-
-def _fail(message: str) -> None:
-    print(f"moebif: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def _load_extra_commands() -> None:
-    """Register the commands that live in their own modules (simulate, hysteresis, branches)."""
-    from . import _cli_monitor, _cli_nexp, _cli_sim  # noqa: F401
-
-
-_load_extra_commands()
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .params import ParameterError, RouterParams, check_finite
+from ..params import ParameterError, RouterParams, check_finite
 from .router import _blocks, _check_int, _check_run, _evaluate_h, _finite_array
 
 __all__ = ["FeedbackSweep", "NExpertRun", "simulate_topk_router", "sweep_feedback"]
@@ -181,8 +181,8 @@ def simulate_topk_router(
 
     import numba
 
-    from . import _topk_kernels as tk
-    from ._sampling import seed_streams
+    from ._kernels import topk as tk
+    from ._kernels.sampling import seed_streams
 
     if threads is not None and threads > numba.config.NUMBA_NUM_THREADS:
         raise ParameterError("threads", f"must be <= {numba.config.NUMBA_NUM_THREADS}")
@@ -347,7 +347,7 @@ def sweep_feedback(
     ``threshold`` (up-leg: collapse; down-leg: recovery). Loads are averaged over windows in
     which ``a`` moves by ``window``. With ``down_only`` only the down-leg is run, from the
     scores ``r0`` (e.g. a collapsed state at ``a_high``)."""
-    from .params import check_positive
+    from ..params import check_positive
 
     rate = check_positive("rate", rate)
     if not 0.0 <= a_low < a_high:

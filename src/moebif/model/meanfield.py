@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .params import ParameterError, RouterParams
-from .theory import load
+from ..params import ParameterError, RouterParams
+from .two_expert import load
 
 __all__ = ["jacobian", "softmax", "solve_meanfield", "uniform_state", "vector_field"]
 

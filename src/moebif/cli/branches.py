@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import CLIError, _emit_json, _params, app
+from ._common import CLIError, _emit_json, _params, app
 
 
 @app.command()
@@ -30,9 +30,9 @@ def branches(
         raise CLIError("--top-k", f"must be in 1..{experts - 1} for {experts} experts, got {top_k}")
     if points < 20:
         raise CLIError("--points", f"must be >= 20, got {points}")
-    from ._io import atomic_write_bytes, atomic_write_json, check_writable_dir
-    from .experiments.base import jsonable
-    from .experiments.nexp_branches import diagram, plot_diagram
+    from .._io import atomic_write_bytes, atomic_write_json, check_writable_dir
+    from ..experiments.base import jsonable
+    from ..experiments.many_branches import diagram, plot_diagram
 
     folder = check_writable_dir("--out", out)
     dg = diagram(experts, top_k=top_k, points=points)
@@ -42,7 +42,7 @@ def branches(
 
     import matplotlib.pyplot as plt
 
-    from .experiments.style import COLORS, figure_style
+    from ..experiments.style import COLORS, figure_style
 
     with figure_style():
         fig, ax = plt.subplots(figsize=(6.0, 3.0), layout="constrained")

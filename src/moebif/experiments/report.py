@@ -7,9 +7,9 @@ import html
 import json
 from pathlib import Path
 
-from ._io import atomic_write_text
-from ._version import __version__
-from .experiments import REGISTRY
+from .._io import atomic_write_text
+from .._version import __version__
+from . import REGISTRY
 
 __all__ = ["claims_table", "format_value", "write_report"]
 

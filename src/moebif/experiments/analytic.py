@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import theory as th
-from ..meanfield import jacobian, uniform_state
+from ..model import two_expert as th
+from ..model.meanfield import jacobian, uniform_state
 from ..params import RouterParams
 from .base import Claim, ExperimentResult
 

@@ -78,8 +78,8 @@ def quick() -> Config:
 
 
 def _measure_linear(p: RouterParams, k: int, batch: int, c: Config, seed: int) -> dict:
-    from ..router_nexp import simulate_topk_router
-    from ..topk import topk_linear_threshold
+    from ..model.topk import topk_linear_threshold
+    from ..sim.topk_router import simulate_topk_router
 
     n = p.n_experts
     a_lin = topk_linear_threshold(n, k, p.gamma, p.T)
@@ -126,9 +126,9 @@ def _measure_linear(p: RouterParams, k: int, batch: int, c: Config, seed: int) -
 def _measure_saddle_node(p: RouterParams, k: int, batch: int, c: Config, seed: int) -> dict:
     from scipy.optimize import OptimizeWarning, brentq
 
-    from ..router_nexp import sweep_feedback
-    from ..sweeps import fit_rate_law
-    from ..topk import topk_branch, topk_collapse_threshold
+    from ..model.topk import topk_branch, topk_collapse_threshold
+    from ..sim.hysteresis import fit_rate_law
+    from ..sim.topk_router import sweep_feedback
 
     n = p.n_experts
     a_sn, m = topk_collapse_threshold(n, k, p.gamma, p.T)
@@ -184,7 +184,7 @@ def _measure_saddle_node(p: RouterParams, k: int, batch: int, c: Config, seed: i
 
 
 def run(config: Config, progress=None) -> ExperimentResult:
-    from ..topk import topk_collapse_threshold, topk_linear_threshold
+    from ..model.topk import topk_collapse_threshold, topk_linear_threshold
 
     c = config
     theory = []

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .params import ParameterError, RouterParams, check_finite, check_positive
-from .theory import hysteresis_halfwidth
+from ..model.two_expert import hysteresis_halfwidth
+from ..params import ParameterError, RouterParams, check_finite, check_positive
 
 __all__ = [
     "HysteresisResult",
@@ -72,7 +72,7 @@ def _halfwidth(a_eff: float, p: RouterParams) -> float:
 
 def _lower_branch(a_eff: float, p: RouterParams, h: float) -> float:
     """The lowest stable equilibrium y of y' = a_eff tanh(y/2T) - gamma y + h."""
-    from .theory import _root  # the bracketed solver of the theory module
+    from ..model.two_expert import _root  # the bracketed solver of the theory module
 
     c = 2.0 * p.gamma * p.T
     lo, hi = (h - abs(a_eff)) / c - 1.0, (h + abs(a_eff)) / c + 1.0

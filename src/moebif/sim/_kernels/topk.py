@@ -43,7 +43,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._sampling import _multinomial, _uniform, seed_streams
+from .sampling import _multinomial, _uniform, seed_streams
 
 __all__ = ["topk_chunk", "topk_chunk_parallel", "topk_counts_sample"]
 

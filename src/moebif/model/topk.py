@@ -55,8 +55,8 @@ import math
 
 import numpy as np
 
-from .nexperts import SymmetricBranch
-from .params import RouterParams, check_positive
+from ..params import RouterParams, check_positive
+from .symmetric import SymmetricBranch
 
 __all__ = [
     "TopKBranch",

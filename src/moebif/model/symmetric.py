@@ -40,8 +40,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..params import RouterParams, check_positive
 from .meanfield import jacobian, softmax
-from .params import RouterParams, check_positive
 
 __all__ = [
     "SymmetricBranch",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..nexperts import (
+from ..model.symmetric import (
     branch_curve,
     branch_ratio,
     collapse_threshold,
@@ -67,7 +67,7 @@ def diagram(n: int, *, top_k: int = 1, a_max: float | None = None, points: int =
         a_sn = collapse_threshold(n, 1.0, 1.0) if n > 2 else 2.0
         ms = range(1, n)
     else:
-        from ..topk import topk_collapse_threshold, topk_linear_threshold
+        from ..model.topk import topk_collapse_threshold, topk_linear_threshold
 
         a_lin = topk_linear_threshold(n, top_k, 1.0, 1.0)
         a_sn, _ = topk_collapse_threshold(n, top_k, 1.0, 1.0)
@@ -83,7 +83,7 @@ def diagram(n: int, *, top_k: int = 1, a_max: float | None = None, points: int =
         if top_k == 1:
             br = branch_curve(n, m, d)
         else:
-            from ..topk import topk_branch
+            from ..model.topk import topk_branch
 
             d = np.geomspace(2e-3, a_max / m + 2.0 * math.log(n) + 10.0, min(points, 160))
             br = topk_branch(n, top_k, m, d)
@@ -233,8 +233,8 @@ def _profiles(p: RouterParams) -> list[np.ndarray]:
 
 
 def _claims(c: Config, table: list[dict]) -> tuple[list[Claim], dict]:
-    from .. import theory as th
-    from ..continuation import continue_equilibria, continue_folds
+    from ..model import two_expert as th
+    from ..model.continuation import continue_equilibria, continue_folds
 
     claims, data = [], {}
     # 1. fold of the m = 1 branch by continuation vs the closed form; stability along it

@@ -53,7 +53,7 @@ def _theory(n: int, k: int, gamma: float, T: float) -> dict:
     """Thresholds and the largest load at the fold of the collapsing branch (gamma = T = 1
     units are rescaled)."""
     if k == 1:
-        from ..nexperts import collapse_threshold, saddle_node_gap
+        from ..model.symmetric import collapse_threshold, saddle_node_gap
 
         d, _ = saddle_node_gap(n, 1)
         return {
@@ -63,7 +63,7 @@ def _theory(n: int, k: int, gamma: float, T: float) -> dict:
         }
     from scipy.optimize import minimize_scalar
 
-    from ..topk import topk_branch, topk_collapse_threshold, topk_linear_threshold
+    from ..model.topk import topk_branch, topk_collapse_threshold, topk_linear_threshold
 
     a_sn, m = topk_collapse_threshold(n, k, gamma, T)
     res = minimize_scalar(
@@ -82,8 +82,8 @@ def _theory(n: int, k: int, gamma: float, T: float) -> dict:
 def run(config: Config, progress=None) -> ExperimentResult:
     from scipy.optimize import OptimizeWarning
 
-    from ..router_nexp import sweep_feedback
-    from ..sweeps import fit_rate_law
+    from ..sim.hysteresis import fit_rate_law
+    from ..sim.topk_router import sweep_feedback
 
     c = config
     p = RouterParams(a=1.0, gamma=c.gamma, T=c.T, n_experts=c.n_experts)
@@ -191,7 +191,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
 def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
 
-    from .nexp_branches import diagram
+    from .many_branches import diagram
     from .style import COLORS, THEORY, figure_style, panel_label
 
     c = config

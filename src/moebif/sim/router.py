@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .params import ParameterError, RouterParams, check_finite
+from ..params import ParameterError, RouterParams, check_finite
 
 __all__ = [
     "SimulationResult",
@@ -392,7 +392,7 @@ def simulate_batch_router(
 
     import numba
 
-    from . import _sampling as smp
+    from ._kernels import sampling as smp
 
     if threads is not None and threads > numba.config.NUMBA_NUM_THREADS:
         raise ParameterError(
@@ -633,7 +633,7 @@ def stationary_spread(
 
 
 def _equilibrium_from_zero(p: RouterParams, a_eff: float) -> float:
-    from .theory import equilibria
+    from ..model.two_expert import equilibria
 
     if a_eff < 0.0:
         # F is strictly decreasing; its root lies in [(h - |a_eff|)/gamma, (h + |a_eff|)/gamma]

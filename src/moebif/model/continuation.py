@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .params import RouterParams
+from ..params import RouterParams
 
 __all__ = [
     "Branch",

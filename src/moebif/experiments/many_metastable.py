@@ -72,8 +72,8 @@ def _stop_gap(th) -> float:
 
 
 def run(config: Config, progress=None) -> ExperimentResult:
-    from ..metastability import escape_theory, pulse_threshold
-    from ..router_nexp import simulate_topk_router
+    from ..model.metastability import escape_theory, pulse_threshold
+    from ..sim.topk_router import simulate_topk_router
 
     c = config
     p = RouterParams(a=c.a, gamma=c.gamma, T=c.T, n_experts=c.n_experts)
@@ -242,7 +242,7 @@ def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
 
-    from ..metastability import pulse_threshold
+    from ..model.metastability import pulse_threshold
     from .style import COLORS, THEORY, figure_style, panel_label
 
     c = config

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import CLIError, _emit_json, _finite, _params, app
+from ._common import CLIError, _emit_json, _finite, _params, app
 
 _BIG_RUN = 2_000_000  # replica-steps above which a progress bar is worth showing
 
@@ -92,14 +92,14 @@ def simulate(
     if eta * gamma >= 2.0:
         raise CLIError("--eta", f"eta * gamma must be < 2 for a stable update, got {eta * gamma:g}")
     if out is not None:
-        from ._io import check_writable_file
+        from .._io import check_writable_file
 
         if out.suffix not in (".csv", ".json", ".npz"):
             raise CLIError("--out", f"file name must end in .csv, .json or .npz, got {out.name!r}")
         check_writable_file("--out", out)
 
-    from .meanfield import solve_meanfield
-    from .router import simulate_batch_router
+    from ..model.meanfield import solve_meanfield
+    from ..sim.router import simulate_batch_router
 
     with _progress_bar("simulating", steps * runs >= _BIG_RUN) as progress:
         sim = simulate_batch_router(
@@ -172,7 +172,7 @@ def _write_simulation(out: Path, report: dict, sim) -> None:
 
     import numpy as np
 
-    from ._io import atomic_write_bytes, atomic_write_text
+    from .._io import atomic_write_bytes, atomic_write_text
 
     if out.suffix == ".json":
         atomic_write_text(out, json.dumps(report, allow_nan=False) + "\n")
@@ -229,7 +229,7 @@ def hysteresis(
 
     import time
 
-    from .sweeps import extrapolate_hysteresis, sweep_hysteresis
+    from ..sim.hysteresis import extrapolate_hysteresis, sweep_hysteresis
 
     t0 = time.perf_counter()
     cost = 4 * (1.5 * a + 1.0) / rate / eta * runs * (31 if extrapolate else 1)

@@ -29,10 +29,10 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._io import atomic_write_json, default_mode
-from ._version import __version__
-from .experiments import REGISTRY, load_experiment
-from .experiments.base import config_to_dict, jsonable
+from .._io import atomic_write_json, default_mode
+from .._version import __version__
+from . import REGISTRY, load_experiment
+from .base import config_to_dict, jsonable
 
 __all__ = ["ExperimentOutcome", "is_complete", "reproduce", "run_one"]
 

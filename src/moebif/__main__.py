@@ -1,0 +1,7 @@
+"""``python -m moebif``: the ``moebif`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m moebif.cli``: the ``moebif`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
