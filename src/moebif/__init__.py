@@ -10,8 +10,9 @@ from .model.continuation import Branch as Branch
 from .model.continuation import SpecialPoint as SpecialPoint
 from .model.continuation import continue_equilibria as continue_equilibria
 from .model.continuation import continue_folds as continue_folds
+from .model.field import VectorField as VectorField
+from .model.field import softmax as softmax
 from .model.meanfield import jacobian as jacobian
-from .model.meanfield import softmax as softmax
 from .model.meanfield import solve_meanfield as solve_meanfield
 from .model.meanfield import uniform_state as uniform_state
 from .model.meanfield import vector_field as vector_field
@@ -22,6 +23,10 @@ from .model.symmetric import barrier as barrier
 from .model.symmetric import branch_curve as branch_curve
 from .model.symmetric import collapse_threshold as collapse_threshold
 from .model.symmetric import symmetric_equilibria as symmetric_equilibria
+from .model.thresholds import Thresholds as Thresholds
+from .model.thresholds import regime as regime
+from .model.thresholds import theory_report as theory_report
+from .model.thresholds import thresholds as thresholds
 from .model.topk import inclusion_jacobian as inclusion_jacobian
 from .model.topk import inclusion_probabilities as inclusion_probabilities
 from .model.topk import topk_branch as topk_branch
@@ -43,7 +48,6 @@ from .model.two_expert import fold_curve as fold_curve
 from .model.two_expert import hysteresis_halfwidth as hysteresis_halfwidth
 from .model.two_expert import load as load
 from .model.two_expert import potential as potential
-from .model.two_expert import regime as regime
 from .model.two_expert import score_gap as score_gap
 from .model.two_expert import stability_ratio as stability_ratio
 from .model.two_expert import uniform_state_eigenvalues as uniform_state_eigenvalues
@@ -56,6 +60,7 @@ from .sim.hysteresis import HysteresisExtrapolation as HysteresisExtrapolation
 from .sim.hysteresis import HysteresisResult as HysteresisResult
 from .sim.hysteresis import extrapolate_hysteresis as extrapolate_hysteresis
 from .sim.hysteresis import fit_rate_law as fit_rate_law
+from .sim.hysteresis import sweep_feedback as sweep_feedback
 from .sim.hysteresis import sweep_hysteresis as sweep_hysteresis
 from .sim.router import SimulationResult as SimulationResult
 from .sim.router import StationarySpread as StationarySpread
@@ -65,4 +70,3 @@ from .sim.router import simulate_token_router as simulate_token_router
 from .sim.router import stationary_spread as stationary_spread
 from .sim.topk_router import NExpertRun as NExpertRun
 from .sim.topk_router import simulate_topk_router as simulate_topk_router
-from .sim.topk_router import sweep_feedback as sweep_feedback

@@ -1,14 +1,19 @@
-"""Atomic file output: write to a temporary file in the same folder, then rename.
+"""Atomic file output (write to a temporary file in the same folder, then rename) and the
+conversion of results to JSON.
 
 A killed process leaves either the old file or the new one, never a truncated one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 __all__ = [
     "OutputError",
@@ -18,6 +23,7 @@ __all__ = [
     "check_writable_dir",
     "check_writable_file",
     "default_mode",
+    "jsonable",
 ]
 
 
@@ -91,3 +97,24 @@ def check_writable_file(option: str, path: str | os.PathLike) -> Path:
         raise OutputError(option, f"folder {str(parent)!r} does not exist")
     check_writable_dir(option, parent)
     return path
+
+
+def jsonable(x):
+    """Convert numpy scalars/arrays (and nested containers) to JSON-ready Python objects;
+    non-finite floats become None (JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, np.bool_ | bool):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return jsonable(dataclasses.asdict(x))
+    return x

@@ -19,7 +19,7 @@ from . import diagnose as diagnose
 from . import reproduce as reproduce
 from . import simulate as simulate
 from . import theory as theory
-from ._common import _OPTION_OF, CLIError, app
+from ._common import OPTION_OF, CLIError, app
 
 __all__ = ["app", "main"]
 
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(e.exit_code)
         _fail(msg)
     except (CLIError, ParameterError, OutputError) as e:
-        if isinstance(e, ParameterError) and e.name in _OPTION_OF:
-            e = CLIError(_OPTION_OF[e.name], str(e).split(": ", 1)[1])
+        if isinstance(e, ParameterError) and e.name in OPTION_OF:
+            e = CLIError(OPTION_OF[e.name], str(e).split(": ", 1)[1])
         _fail(_one_line(str(e)))
     except (typer.Abort, KeyboardInterrupt):
         print("moebif: interrupted", file=sys.stderr)

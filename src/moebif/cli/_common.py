@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 
 # names of library fields -> the CLI option that sets them, for error messages
-_OPTION_OF = {
+OPTION_OF = {
     "a": "--a",
     "gamma": "--gamma",
     "T": "--T",
@@ -50,20 +50,20 @@ class CLIError(Exception):
         super().__init__(f"{option}: {message}")
 
 
-def _params(a: float, gamma: float, T: float, h: float, experts: int) -> RouterParams:
+def router_params(a: float, gamma: float, T: float, h: float, experts: int) -> RouterParams:
     try:
         return RouterParams(a=a, gamma=gamma, T=T, h=h, n_experts=experts)
     except ParameterError as e:
-        raise CLIError(_OPTION_OF.get(e.name, e.name), str(e).split(": ", 1)[1]) from None
+        raise CLIError(OPTION_OF.get(e.name, e.name), str(e).split(": ", 1)[1]) from None
 
 
-def _finite(option: str, value: float) -> float:
+def finite(option: str, value: float) -> float:
     if not math.isfinite(value):
         raise CLIError(option, f"must be finite, got {value}")
     return value
 
 
-def _emit_json(obj) -> None:
+def emit_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, allow_nan=False) + "\n")
 
 

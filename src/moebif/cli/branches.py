@@ -1,4 +1,4 @@
-"""Command ``moebif branches`` (registered on the app of cli.py): the bifurcation diagram of the
+"""Command ``moebif branches`` : the bifurcation diagram of the
 N-expert router, its thresholds, and its data."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import CLIError, _emit_json, _params, app
+from ._common import CLIError, app, emit_json, router_params
 
 
 @app.command()
@@ -25,40 +25,20 @@ def branches(
     against a / (gamma T), stable solid, unstable dashed, with the linear threshold and the
     saddle-node a_SN. Writes OUT/branches_N<N>_k<K>.png, .svg and .json (a in units of
     gamma T)."""
-    _params(float(experts), 1.0, 1.0, 0.0, experts)  # validates --experts
+    router_params(float(experts), 1.0, 1.0, 0.0, experts)  # validates --experts
     if not 1 <= top_k < experts:
         raise CLIError("--top-k", f"must be in 1..{experts - 1} for {experts} experts, got {top_k}")
     if points < 20:
         raise CLIError("--points", f"must be >= 20, got {points}")
-    from .._io import atomic_write_bytes, atomic_write_json, check_writable_dir
-    from ..experiments.base import jsonable
-    from ..experiments.many_branches import diagram, plot_diagram
+    from .._io import atomic_write_json, check_writable_dir, jsonable
+    from ..experiments.many_branches import diagram_figure
+    from ..model.diagram import branch_diagram
+    from ..style import save_figure
 
     folder = check_writable_dir("--out", out)
-    dg = diagram(experts, top_k=top_k, points=points)
+    dg = branch_diagram(experts, top_k=top_k, points=points)
     stem = folder / f"branches_N{experts}_k{top_k}"
-
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from ..experiments.style import COLORS, figure_style
-
-    with figure_style():
-        fig, ax = plt.subplots(figsize=(6.0, 3.0), layout="constrained")
-        plot_diagram(ax, dg, colors=COLORS)
-        routing = "top-1" if top_k == 1 else f"top-{top_k}"
-        ax.set(
-            xlabel="feedback a / (γT)",
-            ylabel="largest load" if top_k == 1 else "largest load (count / kB)",
-            title=f"N = {experts} experts, {routing} routing",
-        )
-        fig.legend(loc="outside right center", fontsize=6.8)
-        for ext in ("png", "svg"):
-            buf = io.BytesIO()
-            fig.savefig(buf, format=ext, dpi=200, metadata={"Date": None} if ext == "svg" else None)
-            atomic_write_bytes(stem.with_suffix(f".{ext}"), buf.getvalue())
-        plt.close(fig)
+    save_figure(diagram_figure(dg), stem)
     atomic_write_json(stem.with_suffix(".json"), jsonable(dg))
     files = [str(stem.with_suffix(x)) for x in (".png", ".svg", ".json")]
     summary = {
@@ -70,7 +50,7 @@ def branches(
         "files": files,
     }
     if as_json:
-        _emit_json(summary)
+        emit_json(summary)
         return
     from rich.console import Console
 

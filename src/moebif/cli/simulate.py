@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import CLIError, _emit_json, _finite, _params, app
+from ._common import CLIError, app, emit_json, finite, router_params
 
 _BIG_RUN = 2_000_000  # replica-steps above which a progress bar is worth showing
 
@@ -41,14 +41,14 @@ def _progress_bar(label: str, enabled: bool):
 
 
 def _check_common(eta: float, batch: int, runs: int, rho: float) -> None:
-    _finite("--eta", eta)
+    finite("--eta", eta)
     if eta <= 0:
         raise CLIError("--eta", f"must be > 0, got {eta:g}")
     if batch < 1:
         raise CLIError("--batch", f"must be >= 1, got {batch}")
     if runs < 1:
         raise CLIError("--runs", f"must be >= 1, got {runs}")
-    _finite("--rho", rho)
+    finite("--rho", rho)
     if rho < 0:
         raise CLIError("--rho", f"must be >= 0, got {rho:g}")
 
@@ -78,13 +78,13 @@ def simulate(
     """Simulate the stochastic batch router (sec. 8) against its mean-field ODE."""
     import numpy as np
 
-    p = _params(a, gamma, T, h, experts)
+    p = router_params(a, gamma, T, h, experts)
     _check_common(eta, batch, runs, rho)
     if steps < 1:
         raise CLIError("--steps", f"must be >= 1, got {steps}")
     if seed < 0:
         raise CLIError("--seed", f"must be >= 0, got {seed}")
-    _finite("--y0", y0)
+    finite("--y0", y0)
     if record_every is None:
         record_every = max(1, steps // 2000)
     if record_every < 1:
@@ -143,7 +143,7 @@ def simulate(
     if out is not None:
         _write_simulation(out, report, sim)
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     from rich.console import Console
 
@@ -217,9 +217,9 @@ def hysteresis(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Hysteresis loop of the batch router under a slow h sweep up and down (sec. 8.5, 8.7)."""
-    p = _params(a, gamma, T, 0.0, 2)
+    p = router_params(a, gamma, T, 0.0, 2)
     _check_common(eta, batch, runs, rho)
-    _finite("--rate", rate)
+    finite("--rate", rate)
     if rate <= 0:
         raise CLIError("--rate", f"must be > 0, got {rate:g}")
     if seed < 0:
@@ -283,7 +283,7 @@ def hysteresis(
             "width_extrapolated_exponent_2_3": ex.width.limit_two_thirds,
         }
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     from rich.console import Console
 

@@ -9,60 +9,11 @@ from typing import Annotated
 
 import typer
 
-from ..params import RouterParams
-from ._common import CLIError, _emit_json, _params, app
+from ..model.thresholds import theory_report
+from ._common import CLIError, app, emit_json, router_params
 
 # ----------------------------------------------------------------------------------------------
 # theory
-
-
-def theory_report(params: RouterParams, top_k: int = 1) -> dict:
-    """The JSON object of ``moebif theory`` (also used by the report and the tests).
-
-    With ``top_k > 1`` (top-k routing, N >= 3): the thresholds of the inclusion-probability mean
-    field (:mod:`moebif.topk`): ``critical_a`` = the linear threshold ``a_lin``, ``collapse_a`` =
-    ``a_SN`` and ``collapse_winners`` (the branch where the stable collapsed state appears)."""
-    from ..model import symmetric as nexperts
-    from ..model import two_expert as theory
-
-    p = params
-    if top_k > 1:
-        from ..model import topk
-
-        a_lin = topk.topk_linear_threshold(p.n_experts, top_k, p.gamma, p.T)
-        a_sn, m = topk.topk_collapse_threshold(p.n_experts, top_k, p.gamma, p.T)
-        alpha = topk.topk_uniform_slope(p.n_experts, top_k)
-        return {
-            "params": p.to_dict(),
-            "top_k": top_k,
-            "critical_a": a_lin,
-            "kappa": p.a / a_lin,
-            "collapse_a": a_sn,
-            "collapse_winners": m,
-            "regime": "collapsing"
-            if p.a >= a_lin
-            else ("metastable" if p.a >= a_sn else "balanced"),
-            "uniform_state_eigenvalues": {
-                "common": -p.gamma,
-                "contrast": p.a * alpha / (top_k * p.T) - p.gamma,
-                "contrast_multiplicity": p.n_experts - 1,
-            },
-        }
-    out: dict = {
-        "params": p.to_dict(),
-        "critical_a": p.critical_a,
-        "kappa": p.kappa,
-        "uniform_state_eigenvalues": theory.uniform_state_eigenvalues(p),
-    }
-    if p.n_experts == 2:
-        out["regime"] = theory.regime(p)
-        out["hysteresis_halfwidth"] = theory.hysteresis_halfwidth(p.a, p.gamma, p.T)
-        out["equilibria"] = [e.to_dict() for e in theory.equilibria(p)]
-    else:
-        out["collapse_a"] = nexperts.collapse_threshold(p.n_experts, p.gamma, p.T)
-        out["regime"] = nexperts.regime(p)
-        out["equilibria"] = [e.to_dict() for e in nexperts.symmetric_equilibria(p)]
-    return out
 
 
 @app.command()
@@ -78,12 +29,12 @@ def theory(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Equilibria, stability, thresholds and regime of the mean-field router."""
-    p = _params(a, gamma, T, h, experts)
+    p = router_params(a, gamma, T, h, experts)
     if not 1 <= top_k < experts:
         raise CLIError("--top-k", f"must be in 1..{experts - 1} for {experts} experts, got {top_k}")
     rep = theory_report(p, top_k)
     if as_json:
-        _emit_json(rep)
+        emit_json(rep)
         return
     from rich.console import Console
     from rich.table import Table
@@ -162,7 +113,7 @@ def fold_curve_cmd(
 
     from ..model import two_expert as theory
 
-    _params(2.0 * gamma * T if gamma > 0 and T > 0 else 0.0, gamma, T, 0.0, 2)
+    router_params(2.0 * gamma * T if gamma > 0 and T > 0 else 0.0, gamma, T, 0.0, 2)
     if not (math.isfinite(q_max) and q_max > 0):
         raise CLIError("--q-max", f"must be finite and > 0, got {q_max}")
     if q_max > 300:
@@ -185,7 +136,7 @@ def fold_curve_cmd(
         print(f"wrote {points} points to {csv}", file=sys.stderr)
         return
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "params": {"gamma": gamma, "T": T},
                 "cusp": {"a": 2.0 * gamma * T, "h": 0.0},

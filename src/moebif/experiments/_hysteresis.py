@@ -54,7 +54,7 @@ def plot_width_scan(
 ):
     """Measured widths (slowest rate: open circles; rate -> 0 extrapolation: filled) against
     the mean-field prediction (dashed)."""
-    from .style import THEORY
+    from ..style import THEORY
 
     ax.plot(x_theory, w_theory, **THEORY, label=theory_label)
     slow = [p["width"][-1] for p in points]
@@ -81,7 +81,7 @@ def plot_width_scan(
 
 def plot_rate_dependence(ax, point: dict, colors):
     """Width vs rate^(2/3) with the fitted law and its limit, against 2H (dashed)."""
-    from .style import THEORY
+    from ..style import THEORY
 
     v = np.asarray(point["rates"], dtype=float)
     w = np.asarray(point["width"], dtype=float)

@@ -269,7 +269,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
 def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
 
-    from .style import COLORS, THEORY, figure_style, panel_label
+    from ..style import COLORS, THEORY, figure_style, panel_label
 
     d = result.data
     g, T = config.gamma, config.T

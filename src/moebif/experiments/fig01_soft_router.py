@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..model.crossing import first_crossing
 from .base import Claim, ExperimentResult
 
 ID = "fig01"
@@ -66,7 +67,6 @@ def run(config: Config, progress=None) -> ExperimentResult:
         SoftRouterMoE,
         Trainer,
         TrainSettings,
-        first_crossing,
         member_seeds,
         quasi_static_scan,
         regression_data,
@@ -280,7 +280,7 @@ def _notes(c: Config, d: dict, single: float) -> str:
 def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
 
-    from .style import COLORS, THEORY, figure_style, panel_label
+    from ..style import COLORS, THEORY, figure_style, panel_label
 
     d = result.data
     legs = d["legs"]

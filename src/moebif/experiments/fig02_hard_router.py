@@ -200,7 +200,7 @@ def _notes(c: Config, runs: dict) -> str:
 def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
 
-    from .style import COLORS, figure_style, panel_label
+    from ..style import COLORS, figure_style, panel_label
 
     runs = result.data["runs"]
     lo = min(config.lambdas)

@@ -154,7 +154,7 @@ def _notes(c: Config, d: dict) -> str:
 def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
 
-    from .style import COLORS, figure_style
+    from ..style import COLORS, figure_style
 
     d = result.data
     lam = np.asarray(d["lambda_lb"], dtype=float)

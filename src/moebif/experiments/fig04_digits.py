@@ -200,7 +200,7 @@ def _notes(c: Config, curves: dict) -> str:
 def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
 
-    from .style import COLORS, figure_style, panel_label
+    from ..style import COLORS, figure_style, panel_label
 
     curves = result.data["curves"]
     lo = min(config.lambdas)

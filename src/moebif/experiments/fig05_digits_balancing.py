@@ -151,7 +151,7 @@ def _notes(c: Config, d: dict) -> str:
 def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
 
-    from .style import COLORS, THEORY, figure_style, panel_label
+    from ..style import COLORS, THEORY, figure_style, panel_label
 
     d = result.data
     lam = np.asarray(d["lambda_lb"], dtype=float)

@@ -279,7 +279,7 @@ def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    from .style import COLORS, THEORY, figure_style, panel_label
+    from ..style import COLORS, THEORY, figure_style, panel_label
 
     cfg = config
     tr, st, cv = (result.data[k] for k in ("transient", "stationary", "convergence"))

@@ -188,7 +188,7 @@ def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    from .style import COLORS, THEORY, figure_style, panel_label
+    from ..style import COLORS, THEORY, figure_style, panel_label
 
     cfg = config
     d = result.data

@@ -94,7 +94,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
 def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
 
-    from .style import COLORS, figure_style, panel_label
+    from ..style import COLORS, figure_style, panel_label
 
     d = result.data
     c = config

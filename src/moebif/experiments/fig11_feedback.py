@@ -78,7 +78,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
 def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
 
-    from .style import COLORS, figure_style
+    from ..style import COLORS, figure_style
 
     d = result.data
     c = config

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..model.diagram import branch_diagram
 from ..model.symmetric import (
     branch_curve,
     branch_ratio,
@@ -23,6 +24,7 @@ from ..model.symmetric import (
     saddle_node_gap,
     stable_onsets,
     symmetric_equilibria,
+    winner_load,
 )
 from ..params import RouterParams
 from .base import Claim, ExperimentResult
@@ -55,83 +57,9 @@ def quick() -> Config:
     return Config(points=200, continuation_experts=(3, 8), newton_experts=(4, 8), newton_starts=120)
 
 
-# ----------------------------------------------------------------------------------------------
-# the diagram data (shared with `moebif branches`)
-
-
-def diagram(n: int, *, top_k: int = 1, a_max: float | None = None, points: int = 500) -> dict:
-    """Branches of the symmetric equilibria of (8) (``top_k = 1``) or (8k), in units
-    ``gamma = T = 1`` (``a`` stands for ``a / (gamma T)``): JSON-ready."""
-    if top_k == 1:
-        a_lin = float(n)
-        a_sn = collapse_threshold(n, 1.0, 1.0) if n > 2 else 2.0
-        ms = range(1, n)
-    else:
-        from ..model.topk import topk_collapse_threshold, topk_linear_threshold
-
-        a_lin = topk_linear_threshold(n, top_k, 1.0, 1.0)
-        a_sn, _ = topk_collapse_threshold(n, top_k, 1.0, 1.0)
-        ms = range(1, min(n - 1, 2 * top_k + 1) + 1)
-    a_max = a_max or 1.35 * a_lin
-    branches = []
-    for m in ms:
-        if n == 2 and m == 1:
-            # the pitchfork: both signs of d on the one branch
-            d = np.geomspace(1e-4, a_max + 10.0, points)
-        else:
-            d = np.geomspace(1e-4, a_max / m + 2.0 * math.log(n) + 10.0, points)
-        if top_k == 1:
-            br = branch_curve(n, m, d)
-        else:
-            from ..model.topk import topk_branch
-
-            d = np.geomspace(2e-3, a_max / m + 2.0 * math.log(n) + 10.0, min(points, 160))
-            br = topk_branch(n, top_k, m, d)
-        keep = br.ratio <= a_max
-        branches.append(
-            {
-                "winners": m,
-                "d": d[keep],
-                "a": br.ratio[keep],
-                "max_load": br.max_load[keep],
-                "stable": br.stable[keep],
-            }
-        )
-    folds = []
-    if top_k > 1 and branches[0]["a"].size:
-        # the fold of the one-winner branch (its smallest a), from the samples
-        b1 = branches[0]
-        i = int(np.argmin(b1["a"]))
-        folds = [{"winners": 1, "a": float(b1["a"][i]), "max_load": float(b1["max_load"][i])}]
-    if top_k == 1:
-        folds = [
-            {
-                "winners": m,
-                "a": saddle_node_gap(n, m)[1],
-                "max_load": _pw(n, m, saddle_node_gap(n, m)[0]),
-            }
-            for m in range(1, n)
-            if 2 * m < n
-        ]
-    return {
-        "n_experts": n,
-        "top_k": top_k,
-        "linear_threshold": a_lin,
-        "collapse_threshold": a_sn,
-        "a_max": a_max,
-        "uniform_load": 1.0 / n,
-        "branches": branches,
-        "folds": folds,
-    }
-
-
-def _pw(n, m, d):
-    return float(1.0 / (m + (n - m) * math.exp(-d)))
-
-
 def plot_diagram(ax, dg: dict, *, colors, label_lines: bool = True, max_gray: int = 12) -> None:
     """One bifurcation diagram: uniform state, the m = 1 branch in colour, the others grey."""
-    from .style import THEORY
+    from ..style import THEORY
 
     a_lin, a_sn, a_max = dg["linear_threshold"], dg["collapse_threshold"], dg["a_max"]
     u = dg["uniform_load"]
@@ -184,6 +112,27 @@ def plot_diagram(ax, dg: dict, *, colors, label_lines: bool = True, max_gray: in
             ms=4,
             label="saddle-node a_SN (stable collapse appears)",
         )
+
+
+def diagram_figure(dg: dict):
+    """The figure of ``moebif branches``: one diagram of :func:`moebif.model.diagram.
+    branch_diagram` with its legend (closed by the caller)."""
+    import matplotlib.pyplot as plt
+
+    from ..style import COLORS, figure_style
+
+    n, k = dg["n_experts"], dg["top_k"]
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(6.0, 3.0), layout="constrained")
+        plot_diagram(ax, dg, colors=COLORS)
+        routing = "top-1" if k == 1 else f"top-{k}"
+        ax.set(
+            xlabel="feedback a / (γT)",
+            ylabel="largest load" if k == 1 else "largest load (count / kB)",
+            title=f"N = {n} experts, {routing} routing",
+        )
+        fig.legend(loc="outside right center", fontsize=6.8)
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,7 +370,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
     c = config
     diagrams = []
     for i, n in enumerate(c.experts):
-        diagrams.append(diagram(n, a_max=c.a_max_factor * n, points=c.points))
+        diagrams.append(branch_diagram(n, a_max=c.a_max_factor * n, points=c.points))
         if progress:
             progress(i + 1, len(c.experts) + 1)
     table = []
@@ -435,7 +384,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
                 "critical_a": n * c.gamma * c.T,
                 "ratio": a_sn / (n * c.gamma * c.T),
                 "gap": d_sn,
-                "max_load_at_fold": _pw(n, 1, d_sn) if n > 2 else 0.5,
+                "max_load_at_fold": winner_load(n, 1, d_sn) if n > 2 else 0.5,
             }
         )
     claims, checks = _claims(c, table)
@@ -453,7 +402,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
 def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
 
-    from .style import COLORS, figure_style, panel_label
+    from ..style import COLORS, figure_style, panel_label
 
     dgs = result.data["diagrams"]
     with figure_style():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..model.thresholds import thresholds
 from ..params import RouterParams
 from .base import Claim, ExperimentResult
 
@@ -52,29 +53,29 @@ def quick() -> Config:
 def _theory(n: int, k: int, gamma: float, T: float) -> dict:
     """Thresholds and the largest load at the fold of the collapsing branch (gamma = T = 1
     units are rescaled)."""
+    thr = thresholds(n, k, gamma, T)
     if k == 1:
-        from ..model.symmetric import collapse_threshold, saddle_node_gap
+        from ..model.symmetric import saddle_node_gap
 
         d, _ = saddle_node_gap(n, 1)
         return {
-            "a_lin": n * gamma * T,
-            "a_sn": collapse_threshold(n, gamma, T),
+            "a_lin": thr.linear,
+            "a_sn": thr.collapse,
             "fold_load": float(1.0 / (1.0 + (n - 1) * np.exp(-d))),
         }
     from scipy.optimize import minimize_scalar
 
-    from ..model.topk import topk_branch, topk_collapse_threshold, topk_linear_threshold
+    from ..model.topk import topk_branch
 
-    a_sn, m = topk_collapse_threshold(n, k, gamma, T)
     res = minimize_scalar(
-        lambda d: float(topk_branch(n, k, m, [d]).ratio[0]),
+        lambda d: float(topk_branch(n, k, thr.winners, [d]).ratio[0]),
         bounds=(0.05, 4 * np.log(n) + 8),
         method="bounded",
     )
-    fold = topk_branch(n, k, m, [res.x])
+    fold = topk_branch(n, k, thr.winners, [res.x])
     return {
-        "a_lin": topk_linear_threshold(n, k, gamma, T),
-        "a_sn": a_sn,
+        "a_lin": thr.linear,
+        "a_sn": thr.collapse,
         "fold_load": float(fold.max_load[0]),
     }
 
@@ -82,8 +83,7 @@ def _theory(n: int, k: int, gamma: float, T: float) -> dict:
 def run(config: Config, progress=None) -> ExperimentResult:
     from scipy.optimize import OptimizeWarning
 
-    from ..sim.hysteresis import fit_rate_law
-    from ..sim.topk_router import sweep_feedback
+    from ..sim.hysteresis import fit_rate_law, sweep_feedback
 
     c = config
     p = RouterParams(a=1.0, gamma=c.gamma, T=c.T, n_experts=c.n_experts)
@@ -191,8 +191,8 @@ def run(config: Config, progress=None) -> ExperimentResult:
 def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
 
-    from .many_branches import diagram
-    from .style import COLORS, THEORY, figure_style, panel_label
+    from ..model.diagram import branch_diagram
+    from ..style import COLORS, THEORY, figure_style, panel_label
 
     c = config
     cases = result.data["cases"]
@@ -200,7 +200,7 @@ def plot(result: ExperimentResult, config: Config):
         fig, axs = plt.subplots(1, len(cases) + 1, figsize=(7.2, 2.9), layout="constrained")
         for ax, cs, lab in zip(axs, cases, "abc", strict=False):
             k = cs["top_k"]
-            dg = diagram(c.n_experts, top_k=k, a_max=cs["a_lin"] + c.margin_high, points=300)
+            dg = branch_diagram(c.n_experts, top_k=k, a_max=cs["a_lin"] + c.margin_high, points=300)
             for br in dg["branches"]:
                 a, y, st = (np.asarray(br[x]) for x in ("a", "max_load", "stable"))
                 if st.any():

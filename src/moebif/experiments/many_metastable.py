@@ -243,7 +243,7 @@ def plot(result: ExperimentResult, config: Config):
     from matplotlib.colors import Normalize
 
     from ..model.metastability import pulse_threshold
-    from .style import COLORS, THEORY, figure_style, panel_label
+    from ..style import COLORS, THEORY, figure_style, panel_label
 
     c = config
     d = result.data

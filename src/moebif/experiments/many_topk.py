@@ -127,8 +127,7 @@ def _measure_saddle_node(p: RouterParams, k: int, batch: int, c: Config, seed: i
     from scipy.optimize import OptimizeWarning, brentq
 
     from ..model.topk import topk_branch, topk_collapse_threshold
-    from ..sim.hysteresis import fit_rate_law
-    from ..sim.topk_router import sweep_feedback
+    from ..sim.hysteresis import fit_rate_law, sweep_feedback
 
     n = p.n_experts
     a_sn, m = topk_collapse_threshold(n, k, p.gamma, p.T)
@@ -237,7 +236,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
 def plot(result: ExperimentResult, config: Config):
     import matplotlib.pyplot as plt
 
-    from .style import COLORS, figure_style, panel_label
+    from ..style import COLORS, figure_style, panel_label
 
     d = result.data
     ns = sorted({t["n"] for t in d["theory"]})

@@ -29,10 +29,11 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._io import atomic_write_json, default_mode
+from .._io import atomic_write_json, default_mode, jsonable
 from .._version import __version__
+from ..style import save_figure
 from . import REGISTRY, load_experiment
-from .base import config_to_dict, jsonable
+from .base import config_to_dict
 
 __all__ = ["ExperimentOutcome", "is_complete", "reproduce", "run_one"]
 
@@ -82,8 +83,7 @@ def run_one(exp_id: str, quick: bool, out: str, progress: Callable | None = None
     tmp = Path(tempfile.mkdtemp(prefix=f".{exp_id}.partial-", dir=out_dir))
     try:
         os.chmod(tmp, default_mode(directory=True))
-        fig.savefig(tmp / "figure.png", dpi=200)  # explicit: plot()'s style context has ended
-        fig.savefig(tmp / "figure.svg", metadata={"Date": None})
+        save_figure(fig, tmp / "figure")
         plt.close(fig)
         (tmp / "data.json").write_text(json.dumps(jsonable(result.data), allow_nan=False))
         claims = [{**c.to_dict(), "experiment": exp_id} for c in result.claims]

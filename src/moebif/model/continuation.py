@@ -22,7 +22,7 @@ arclength.
 Folds are continued in two parameters ``(p1, p2)`` on the standard extended system
 ``F = 0, F_x v = 0, c . v = 1`` in the unknowns ``(x, v, p1)`` with ``p2`` as the continuation
 parameter. Its Jacobian needs ``d(F_x v)/dx``, analytic for the softmax router (see
-:func:`_softmax_second`) and by central differences otherwise.
+:meth:`.field.VectorField.jacobian_derivative`) and by central differences otherwise.
 
 We write our own (a few hundred lines) rather than use a library: of the maintained Python
 packages, pacopy is no longer open source, bice is built around PDE discretisations, and
@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..params import RouterParams
+from .field import VectorField
 
 __all__ = [
     "Branch",
@@ -221,21 +222,6 @@ def pseudo_arclength(
 # the mean-field problem (8) in one parameter
 
 
-def _softmax(z):
-    z = z - z.max()
-    e = np.exp(z)
-    return e / e.sum()
-
-
-def _softmax_second(r, v, a, T):
-    """``d/dr_j [(a/T)(diag p - p p^T) v]_i``
-    ``= (a/T^2) [p_i (d_ij - p_j)(v_i - s) - p_i p_j (v_j - s)]`` with ``s = p . v``."""
-    p = _softmax(r / T)
-    s = p @ v
-    A = np.diag(p) - np.outer(p, p)
-    return a / T**2 * (A * (v - s)[:, None] - np.outer(p, p * (v - s)))
-
-
 @dataclass(frozen=True)
 class MeanFieldProblem:
     """``F(r, p)``, ``F_r``, ``F_p`` of (8) (or (8k)) with one free parameter."""
@@ -264,39 +250,25 @@ class MeanFieldProblem:
             return getattr(self.params, name)
         return 0.0  # h and b_i are offsets added to the base drift
 
-    def pi(self, r, T):
-        if self.top_k == 1:
-            return _softmax(r / T)
-        from .topk import inclusion_probabilities
-
-        return inclusion_probabilities(r, T, self.top_k)
-
-    def dpi(self, r, T):
-        """Jacobian of pi w.r.t. r."""
-        if self.top_k == 1:
-            p = _softmax(r / T)
-            return (np.diag(p) - np.outer(p, p)) / T
-        from .topk import inclusion_jacobian
-
-        return inclusion_jacobian(r, T, self.top_k)
+    def field(self, val) -> VectorField:
+        """The vector field (8) / (8k) at parameter value ``val``."""
+        p, b = self._with(val)
+        return VectorField.of(p, top_k=self.top_k, b=b)
 
     def F(self, y):
-        r, val = y[:-1], y[-1]
-        p, b = self._with(val)
-        return p.a / self.top_k * self.pi(r, p.T) - p.gamma * r + b
+        return self.field(y[-1])(y[:-1])
 
     def Fx(self, r, val):
-        p, _ = self._with(val)
-        return p.a / self.top_k * self.dpi(r, p.T) - p.gamma * np.eye(r.size)
+        return self.field(val).jacobian(r)
 
     def Fp(self, r, val):
-        p, _ = self._with(val)
+        f = self.field(val)
         n, name = r.size, self.parameter
         if name == "a":
-            return self.pi(r, p.T) / self.top_k
+            return f.inclusion(r) / self.top_k
         if name == "T":
             # d/dT pi(r/T) = dpi/dz . (-r / T^2) = dpi/dr . (-r / T)
-            return p.a / self.top_k * self.dpi(r, p.T) @ (-r / p.T)
+            return f.a / self.top_k * f.inclusion_jacobian(r) @ (-r / f.T)
         e = np.zeros(n)
         if name == "h":
             e[0], e[1] = 0.5, -0.5
@@ -481,10 +453,9 @@ def continue_folds(
     def GJ(y):
         x, v, p1, p2 = y[:n], y[n : 2 * n], y[2 * n], y[2 * n + 1]
         pr = prob_at(p2)
-        pp, _ = pr._with(p1)
         Fx, Fp1 = pr.Fx(x, p1), pr.Fp(x, p1)
         # d(F_x v)/dx analytic (softmax router); d/dp1 and d/dp2 by central differences
-        Hx = _softmax_second(x, v, pp.a, pp.T)
+        Hx = pr.field(p1).jacobian_derivative(x, v)
         e1 = 1e-6 * (1.0 + abs(p1))
         dFxv_p1 = (pr.Fx(x, p1 + e1) @ v - pr.Fx(x, p1 - e1) @ v) / (2 * e1)
         e2 = 1e-6 * (1.0 + abs(p2))

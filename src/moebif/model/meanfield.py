@@ -12,42 +12,18 @@ from collections.abc import Callable
 import numpy as np
 
 from ..params import ParameterError, RouterParams
+from .field import VectorField, softmax
 from .two_expert import load
 
-__all__ = ["jacobian", "softmax", "solve_meanfield", "uniform_state", "vector_field"]
-
-
-def softmax(r, T: float):
-    """``p_i = exp(r_i/T) / sum_j exp(r_j/T)`` along the last axis, eq. (1)/(8), overflow-free."""
-    z = np.asarray(r, dtype=float) / T
-    z = z - np.max(z, axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / np.sum(e, axis=-1, keepdims=True)
-
-
-def _drift_vector(params: RouterParams, b) -> np.ndarray:
-    if b is None:
-        return params.b
-    b = np.asarray(b, dtype=float)
-    if b.shape != (params.n_experts,):
-        raise ParameterError(
-            "b",
-            f"must have shape ({params.n_experts},) for n_experts={params.n_experts}, "
-            f"got {b.shape}",
-        )
-    if not np.all(np.isfinite(b)):
-        raise ParameterError("b", "must be finite")
-    return b
+__all__ = ["jacobian", "solve_meanfield", "uniform_state", "vector_field"]
 
 
 def vector_field(r, params: RouterParams, b=None):
     """Right-hand side of eq. (8), ``a p(r) - gamma r + b``; ``r`` has shape ``(..., N)``.
 
-    ``b`` defaults to ``params.b = (h/2, -h/2, 0, ..., 0)``.
+    ``b`` defaults to ``params.b = (h/2, -h/2, 0, ..., 0)`` (see :class:`.field.VectorField`).
     """
-    p = params
-    r = np.asarray(r, dtype=float)
-    return p.a * softmax(r, p.T) - p.gamma * r + _drift_vector(p, b)
+    return VectorField.of(params, b=b)(r)
 
 
 def jacobian(r, params: RouterParams):
@@ -56,9 +32,7 @@ def jacobian(r, params: RouterParams):
     It is symmetric: (8) is the gradient flow of
     ``V(r) = gamma |r|^2 / 2 - a T logsumexp(r/T) - b.r``.
     """
-    p = params
-    pr = softmax(np.asarray(r, dtype=float), p.T)
-    return p.a / p.T * (np.diag(pr) - np.outer(pr, pr)) - p.gamma * np.eye(pr.size)
+    return VectorField.of(params).jacobian(r)
 
 
 def uniform_state(params: RouterParams) -> np.ndarray:
@@ -130,17 +104,15 @@ def solve_meanfield(
     r0 = np.full(n, float(r0)) if r0.ndim == 0 else r0
     if r0.shape != (n,):
         raise ParameterError("y0", f"must be a scalar or a vector of shape ({n},), got {r0.shape}")
-    bvec = _drift_vector(p, b)
+    field = VectorField.of(p, b=b, rho=rho)
     e12 = np.zeros(n)
     e12[0], e12[1] = 0.5, -0.5
 
     def rhs_n(_t, r):
-        bb = bvec if h is None else e12 * h(_t)
-        return a * softmax(r, p.T) - p.gamma * r + bb
+        return field(r) if h is None else field.with_drift(e12 * h(_t))(r)
 
     def jac_n(_t, r):
-        pr = softmax(r, p.T)
-        return a / p.T * (np.diag(pr) - np.outer(pr, pr)) - p.gamma * np.eye(n)
+        return field.jacobian(r)
 
     r = _integrate(rhs_n, jac_n, t, r0, rtol, atol, method)
     return softmax(r, p.T)

@@ -36,12 +36,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from ..params import RouterParams, check_positive
-from .meanfield import jacobian, softmax
+from .field import VectorField, softmax
 
 __all__ = [
     "SymmetricBranch",
@@ -52,16 +51,14 @@ __all__ = [
     "barrier",
     "branch_eigenvalues",
     "branch_ratio",
+    "winner_load",
     "collapse_threshold",
-    "regime",
     "saddle_node_gap",
     "symmetric_equilibria",
     "potential",
     "potential_gradient",
     "potential_hessian",
 ]
-
-NRegime = Literal["balanced", "metastable", "collapsing"]
 
 
 def _logsumexp(z):
@@ -80,14 +77,12 @@ def potential(r, params: RouterParams, b=None):
 
 def potential_gradient(r, params: RouterParams, b=None):
     """``grad V = gamma r - a softmax(r/T) - b`` (minus the vector field of eq. 8)."""
-    from .meanfield import vector_field
-
-    return -vector_field(r, params, b)
+    return -VectorField.of(params, b=b)(r)
 
 
 def potential_hessian(r, params: RouterParams):
     """``Hess V = gamma I - (a/T)(diag p - p p^T)``: minus the Jacobian of eq. (8)."""
-    return -jacobian(r, params)
+    return -VectorField.of(params).jacobian(r)
 
 
 def branch_eigenvalues(params: RouterParams, winners: int, gap: float) -> dict:
@@ -129,6 +124,12 @@ def barrier(params: RouterParams) -> float:
     zero = np.zeros(p.n_experts)
     v0 = potential(np.full(p.n_experts, p.a / (p.n_experts * p.gamma)), p, zero)
     return float(potential(saddle.r, p, zero) - v0)
+
+
+def winner_load(n_experts: int, winners: int, d: float) -> float:
+    """Load ``p_w = 1 / (m + (N - m) e^{-d})`` of each winner of the symmetric state with
+    ``m = winners`` winners at score gap ``d`` (scalar, overflow-free for ``d >= 0``)."""
+    return float(1.0 / (winners + (n_experts - winners) * math.exp(-d)))
 
 
 def branch_ratio(d, n_experts: int, winners: int):
@@ -176,16 +177,6 @@ def collapse_threshold(n_experts: int, gamma: float, T: float) -> float:
     if n_experts == 2:
         return 2.0 * gamma * T
     return gamma * T * saddle_node_gap(n_experts, 1)[1]
-
-
-def regime(params: RouterParams) -> NRegime:
-    """``balanced`` (a < a_SN: uniform state the only stable one), ``metastable``
-    (a_SN <= a < N gamma T: uniform and collapsed states both stable), ``collapsing``
-    (a >= N gamma T: uniform state unstable)."""
-    p = params
-    if p.a >= p.critical_a:
-        return "collapsing"
-    return "metastable" if p.a >= collapse_threshold(p.n_experts, p.gamma, p.T) else "balanced"
 
 
 @dataclass(frozen=True, slots=True)

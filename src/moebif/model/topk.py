@@ -65,7 +65,6 @@ __all__ = [
     "topk_branch",
     "topk_collapse_threshold",
     "topk_linear_threshold",
-    "topk_regime",
     "topk_uniform_slope",
     "topk_vector_field",
 ]
@@ -235,9 +234,9 @@ def inclusion_jacobian(r, T: float, k: int) -> np.ndarray:
 
 def topk_vector_field(r, params: RouterParams, k: int, b=None) -> np.ndarray:
     """Right-hand side of (8k): ``(a / k) pi(r) - gamma r + b`` (``b`` defaults to ``params.b``)."""
-    p = params
-    b = p.b if b is None else np.asarray(b, dtype=float)
-    return p.a / k * inclusion_probabilities(r, p.T, k) - p.gamma * np.asarray(r, float) + b
+    from .field import VectorField
+
+    return VectorField.of(params, top_k=k, b=b)(r)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,14 +396,3 @@ def topk_collapse_threshold(
         if val < best:
             best, best_m = val, m
     return best * gamma * T, best_m
-
-
-def topk_regime(params: RouterParams, k: int) -> str:
-    """``balanced`` / ``metastable`` / ``collapsing`` for top-k routing (as :func:`moebif.nexperts.
-    regime` with the top-k thresholds)."""
-    p = params
-    a_lin = topk_linear_threshold(p.n_experts, k, p.gamma, p.T)
-    if p.a >= a_lin:
-        return "collapsing"
-    a_sn, _ = topk_collapse_threshold(p.n_experts, k, p.gamma, p.T)
-    return "metastable" if p.a >= a_sn else "balanced"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
@@ -44,14 +43,12 @@ __all__ = [
     "fold_curve",
     "hysteresis_halfwidth",
     "load",
+    "lowest_equilibrium",
     "potential",
-    "regime",
     "score_gap",
     "stability_ratio",
     "uniform_state_eigenvalues",
 ]
-
-Regime = Literal["balanced", "bistable", "biased"]
 
 _EPS = np.finfo(float).eps
 
@@ -243,15 +240,6 @@ def fold_curve(q, gamma: float, T: float):
     return a, h
 
 
-def regime(params: RouterParams) -> Regime:
-    """Two-expert regime: ``balanced`` (a <= 2 gamma T: one stable state), ``bistable``
-    (|h| < H(a): two stable states, hysteresis) or ``biased`` (a > 2 gamma T, |h| >= H(a))."""
-    p = params
-    if p.a <= 2.0 * p.gamma * p.T:
-        return "balanced"
-    return "bistable" if abs(p.h) < hysteresis_halfwidth(p.a, p.gamma, p.T) else "biased"
-
-
 # ----------------------------------------------------------------------------------------------
 # equilibria (Thm 4.1, Thm 5.1)
 
@@ -314,6 +302,19 @@ def _root(lo: float, hi: float, a: float, c: float, h: float) -> float:
             return x
         x = x_new
     return x
+
+
+def lowest_equilibrium(a: float, gamma: float, T: float, h: float) -> float:
+    """The lowest stable equilibrium ``y`` of ``y' = a tanh(y/2T) - gamma y + h`` for any real
+    ``a`` (an effective feedback ``a - rho`` may be negative): the state a sweep starting far
+    below the folds sits in."""
+    c = 2.0 * gamma * T
+    lo, hi = (h - abs(a)) / c - 1.0, (h + abs(a)) / c + 1.0
+    if a > c:
+        qa = math.asinh(math.sqrt((a - c) / c))
+        if a * math.tanh(-qa) + c * qa + h < 0:  # a root left of -q_a exists: the lowest
+            hi = -qa
+    return 2.0 * T * _root(lo, hi, a, c, h)
 
 
 def equilibria(params: RouterParams) -> list[Equilibrium]:

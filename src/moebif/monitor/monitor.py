@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..model.thresholds import thresholds
 from .metrics import load_metrics, max_load_excess
 from .whittle import WhittleFit, fit_whittle
 
@@ -95,26 +96,10 @@ class Alarm:
         return {"step": self.step, "kind": self.kind, "layer": self.layer, "message": self.message}
 
 
-_SN_CACHE: dict[tuple[int, int], float] = {}
-
-
 def collapse_ratio(n_experts: int, top_k: int = 1) -> float:
     """``kappa_SN = a_SN / a_lin``: the kappa at which a stable collapsed state appears
     (1 for N = 2: the pitchfork)."""
-    key = (n_experts, top_k)
-    if key not in _SN_CACHE:
-        if n_experts == 2:
-            _SN_CACHE[key] = 1.0
-        elif top_k == 1:
-            from ..model.symmetric import collapse_threshold
-
-            _SN_CACHE[key] = collapse_threshold(n_experts, 1.0, 1.0) / n_experts
-        else:
-            from ..model.topk import topk_collapse_threshold, topk_linear_threshold
-
-            a_sn = topk_collapse_threshold(n_experts, top_k, 1.0, 1.0)[0]
-            _SN_CACHE[key] = a_sn / topk_linear_threshold(n_experts, top_k, 1.0, 1.0)
-    return _SN_CACHE[key]
+    return thresholds(n_experts, top_k).kappa_sn
 
 
 _SNG_CACHE: dict[int, tuple[float, float]] = {}
@@ -310,7 +295,7 @@ class LayerMonitor:
         self._meta = 0
         self._excursion_step = -1  # last step with a collapse alarm active
         self._d_s = self._d_c = self._d_commit = math.nan
-        self._kappa_sn = collapse_ratio(n, k) if (n >= 3 or n == 2) else 1.0
+        self.kappa_sn = collapse_ratio(n, k)
         self.block_record: list[tuple] = []  # (step, max_load_filtered, latent_gap)
 
     # -------------------------------------------------------------------------------------
@@ -466,7 +451,7 @@ class LayerMonitor:
         except ValueError:
             return []
         n, k = self.n_experts, self.top_k
-        ksn = self._kappa_sn
+        ksn = self.kappa_sn
         kap = fit.kappa
         regime = (
             "collapsing"
@@ -563,7 +548,7 @@ class LayerMonitor:
             "steps": self.step,
             "window": self.window,
             "block": self.block,
-            "kappa_sn": self._kappa_sn,
+            "kappa_sn": self.kappa_sn,
             "metrics": self.metrics(),
             "estimate": self.fits[-1].to_dict() if self.fits else None,
             "alarms": [a.to_dict() for a in self.alarms],

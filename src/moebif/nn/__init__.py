@@ -25,7 +25,6 @@ from .train import Trainer as Trainer
 from .train import TrainSettings as TrainSettings
 from .train import balancing_penalty as balancing_penalty
 from .train import evaluate as evaluate
-from .train import first_crossing as first_crossing
 from .train import member_seeds as member_seeds
 from .train import quasi_static_scan as quasi_static_scan
 from .train import scan_legs as scan_legs

@@ -34,7 +34,6 @@ __all__ = [
     "TrainSettings",
     "balancing_penalty",
     "evaluate",
-    "first_crossing",
     "member_seeds",
     "quasi_static_scan",
     "scan_legs",
@@ -251,15 +250,3 @@ def scan_legs(leg: np.ndarray) -> dict[str, np.ndarray]:
         "up": np.r_[up[0] - 1, up],
         "down": np.r_[down[0] - 1, down],
     }
-
-
-def first_crossing(h: np.ndarray, values: np.ndarray, level: float) -> float:
-    """The first ``h`` along a scan leg where ``values`` crosses ``level`` (linear interpolation
-    between the records); NaN if it never does."""
-    v = np.asarray(values, dtype=float) - level
-    for i in range(1, v.size):
-        if v[i - 1] == 0.0:
-            return float(h[i - 1])
-        if v[i - 1] * v[i] < 0:
-            return float(h[i - 1] + (h[i] - h[i - 1]) * v[i - 1] / (v[i - 1] - v[i]))
-    return float("nan")

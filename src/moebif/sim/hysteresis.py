@@ -1,5 +1,6 @@
-"""Parameter sweeps of the batch router: hysteresis loops (sec. 8.5, 8.7) and their rate -> 0
-extrapolation.
+"""Parameter sweeps of the batch router: hysteresis loops in the skew h (sec. 8.5, 8.7) with their
+rate -> 0 extrapolation, and ramps of the feedback a for N experts and top-k (the collapse and
+recovery points of the many-experts diagram).
 
 A hysteresis sweep ramps the skew ``h`` at a constant rate ``v = dh/dt`` (ODE time ``t = n eta``)
 from ``-h_max`` up to ``+h_max`` and back down, starting every replica on the lower stable branch.
@@ -19,15 +20,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..model.two_expert import hysteresis_halfwidth
+from ..model.crossing import first_crossing
+from ..model.two_expert import hysteresis_halfwidth, lowest_equilibrium
 from ..params import ParameterError, RouterParams, check_finite, check_positive
 
 __all__ = [
+    "FeedbackSweep",
     "HysteresisResult",
     "HysteresisExtrapolation",
     "RateLaw",
     "extrapolate_hysteresis",
     "fit_rate_law",
+    "sweep_feedback",
     "sweep_hysteresis",
 ]
 
@@ -68,30 +72,6 @@ class HysteresisResult:
 
 def _halfwidth(a_eff: float, p: RouterParams) -> float:
     return hysteresis_halfwidth(a_eff, p.gamma, p.T) if a_eff > 0 else 0.0
-
-
-def _lower_branch(a_eff: float, p: RouterParams, h: float) -> float:
-    """The lowest stable equilibrium y of y' = a_eff tanh(y/2T) - gamma y + h."""
-    from ..model.two_expert import _root  # the bracketed solver of the theory module
-
-    c = 2.0 * p.gamma * p.T
-    lo, hi = (h - abs(a_eff)) / c - 1.0, (h + abs(a_eff)) / c + 1.0
-    if a_eff > c:
-        qa = math.asinh(math.sqrt((a_eff - c) / c))
-        if a_eff * math.tanh(-qa) + c * qa + h < 0:  # a root left of -q_a exists: the lowest
-            hi = -qa
-    return 2.0 * p.T * _root(lo, hi, a_eff, c, h)
-
-
-def _first_crossing(h: np.ndarray, u: np.ndarray, upward: bool) -> float:
-    """``h`` where ``u`` first changes sign in the sweep direction (linear interpolation)."""
-    s = u > 0 if upward else u < 0
-    idx = np.flatnonzero(s[1:] & ~s[:-1]) + 1
-    if idx.size == 0:
-        return math.nan
-    k = int(idx[0])
-    u0, u1 = u[k - 1], u[k]
-    return float(h[k - 1] + (h[k] - h[k - 1]) * (0.0 - u0) / (u1 - u0))
 
 
 def sweep_hysteresis(
@@ -146,7 +126,7 @@ def sweep_hysteresis(
         record_every = max(1, round(h_max / 4000.0 / dh))
     n = np.arange(steps)
     h_steps = np.where(n < leg, -h_max + dh * n, h_max - dh * (n - leg))
-    y0 = _lower_branch(a_eff, p, -h_max)
+    y0 = lowest_equilibrium(a_eff, p.gamma, p.T, -h_max)
 
     t0 = time.perf_counter()
     sim = simulate_batch_router(
@@ -176,8 +156,8 @@ def sweep_hysteresis(
         u_mean_s = np.convolve(u_mean, np.ones(smooth) / smooth, mode="same")
     else:
         u_mean_s = u_mean
-    h_up = _first_crossing(h_rec[upward], u_mean_s[upward], upward=True)
-    h_down = _first_crossing(h_rec[~upward], u_mean_s[~upward], upward=False)
+    h_up = first_crossing(h_rec[upward], u_mean_s[upward], direction="up")
+    h_down = first_crossing(h_rec[~upward], u_mean_s[~upward], direction="down")
     return HysteresisResult(
         h=h_rec,
         t=sim.t,
@@ -308,4 +288,111 @@ def extrapolate_hysteresis(
     width = fit_rate_law(rates, [s.width for s in sweeps])
     return HysteresisExtrapolation(
         sweeps, rates, up, down, width, _halfwidth(params.a - rho, params)
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# slow ramps of the feedback a: hysteresis between the balanced and the collapsed router
+
+
+@dataclass(frozen=True, eq=False)
+class FeedbackSweep:
+    """One up-and-down ramp of ``a`` (see :func:`sweep_feedback`); arrays per record window.
+
+    ``a_up`` / ``a_down``: per replica, the ``a`` where the largest load first crossed
+    ``threshold`` upward on the up-leg / downward on the down-leg (NaN: no crossing);
+    ``a_switch_up`` / ``a_switch_down``: their means over the replicas."""
+
+    a: np.ndarray
+    upward: np.ndarray
+    max_load_mean: np.ndarray
+    max_load_std: np.ndarray
+    a_up: np.ndarray
+    a_down: np.ndarray
+    threshold: float
+    rate: float
+    top_k: int
+    seconds: float
+
+    @property
+    def a_switch_up(self) -> float:
+        return float(np.nanmean(self.a_up)) if np.isfinite(self.a_up).any() else float("nan")
+
+    @property
+    def a_switch_down(self) -> float:
+        return float(np.nanmean(self.a_down)) if np.isfinite(self.a_down).any() else float("nan")
+
+
+def sweep_feedback(
+    params: RouterParams,
+    *,
+    rate: float,
+    a_low: float,
+    a_high: float,
+    threshold: float,
+    top_k: int = 1,
+    batch: int = 512,
+    eta: float = 0.02,
+    runs: int = 16,
+    seed: int = 0,
+    window: float = 0.01,
+    down_only: bool = False,
+    r0=None,
+    threads: int | None = None,
+) -> FeedbackSweep:
+    """Ramp ``a`` from ``a_low`` up to ``a_high`` and back at ``|da/dt| = rate`` (ODE time),
+    starting every replica at the uniform state, and find where the largest load crosses
+    ``threshold`` (up-leg: collapse; down-leg: recovery). Loads are averaged over windows in
+    which ``a`` moves by ``window``. With ``down_only`` only the down-leg is run, from the
+    scores ``r0`` (e.g. a collapsed state at ``a_high``)."""
+    from ..params import check_positive
+
+    rate = check_positive("rate", rate)
+    if not 0.0 <= a_low < a_high:
+        raise ParameterError("a_low", "need 0 <= a_low < a_high")
+    da = rate * eta
+    leg = max(2, math.ceil((a_high - a_low) / da))
+    first = leg if down_only else 0  # step index of the schedule where the run starts
+    n = np.arange(first, 2 * leg)
+    a_steps = np.where(n < leg, a_low + da * n, a_high - da * (n - leg))
+    rec = max(1, round(window / da))
+    from .topk_router import simulate_topk_router
+
+    run = simulate_topk_router(
+        params.replace(a=a_low),
+        batch=batch,
+        eta=eta,
+        steps=a_steps.size,
+        runs=runs,
+        top_k=top_k,
+        seed=seed,
+        a=a_steps,
+        record_every=rec,
+        threads=threads,
+        r0=r0,
+    )
+    # the a of each window: its midpoint
+    starts = first + np.arange(run.t.size) * rec
+    mid = np.minimum(starts + 0.5 * (rec - 1), 2 * leg - 1)
+    a_mid = np.where(mid < leg, a_low + da * mid, a_high - da * (mid - leg))
+    upward = starts + rec <= leg
+    downward = starts >= leg
+    ml = run.max_load
+    a_up = np.array(
+        [first_crossing(a_mid[upward], x[upward], threshold, direction="up") for x in ml]
+    )
+    a_dn = np.array(
+        [first_crossing(a_mid[downward], x[downward], threshold, direction="down") for x in ml]
+    )
+    return FeedbackSweep(
+        a=a_mid,
+        upward=upward,
+        max_load_mean=ml.mean(axis=0),
+        max_load_std=ml.std(axis=0),
+        a_up=a_up,
+        a_down=a_dn,
+        threshold=threshold,
+        rate=rate,
+        top_k=top_k,
+        seconds=run.seconds,
     )

@@ -41,6 +41,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..params import ParameterError, RouterParams, check_finite
+from ._validation import (
+    CHUNK_WORK,
+    check_int,
+    check_run,
+    evaluate_schedule,
+    finite_array,
+    replica_blocks,
+)
 
 __all__ = [
     "SimulationResult",
@@ -52,19 +60,6 @@ __all__ = [
 ]
 
 Progress = Callable[[int, int], None]
-
-# replica-steps per kernel call: ~0.05-0.2 s of work, fine-grained enough for a progress bar
-_CHUNK_WORK = 1 << 22
-# replicas interleaved by one thread (see moebif._sampling): enough to overlap their dependency
-# chains, few enough for their state to stay in L1
-_BLOCK = 16
-
-
-def _blocks(runs: int, threads: int) -> int:
-    """Number of replica blocks: about ``_BLOCK`` replicas each, a multiple of ``threads``."""
-    per_thread = -(-runs // (_BLOCK * threads))
-    return max(1, min(runs, threads * per_thread))
-
 
 # ----------------------------------------------------------------------------------------------
 # result
@@ -130,24 +125,6 @@ class SimulationResult:
 # validation and set-up shared by the kernel driver and the numpy reference
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ParameterError(name, f"must be an integer, got {value!r}")
-    if value < minimum:
-        raise ParameterError(name, f"must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _finite_array(name: str, value) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        raise ParameterError(name, f"must be numeric, got {value!r}") from None
-    if not np.all(np.isfinite(arr)):
-        raise ParameterError(name, "must be finite")
-    return arr
-
-
 @dataclass(frozen=True, eq=False)
 class _Setup:
     params: RouterParams
@@ -182,65 +159,19 @@ class _Setup:
             return np.zeros(1), 0
         if self.h_kind == "array":
             return np.ascontiguousarray(self.h_values[n0:stop]), 1
-        return _evaluate_h(self.h_values, np.arange(n0, stop) * self.eta), 1
-
-
-def _evaluate_h(fn: Callable, t: np.ndarray) -> np.ndarray:
-    # one vectorised call when the callable accepts arrays, otherwise point by point
-    try:
-        with np.errstate(all="ignore"):
-            out = np.asarray(fn(t), dtype=float)
-        out = np.broadcast_to(out, t.shape).copy() if out.ndim == 0 else out
-    except Exception:
-        out = None
-    if out is None or out.shape != t.shape:
-        try:
-            out = np.array([float(fn(float(s))) for s in t])
-        except Exception as exc:
-            raise ParameterError("h", f"calling h(t) failed: {exc}") from exc
-    if not np.all(np.isfinite(out)):
-        bad = t[~np.isfinite(out)][0]
-        raise ParameterError(
-            "h", f"h(t) must be finite, got {out[~np.isfinite(out)][0]} at t={bad}"
-        )
-    return out
-
-
-def _check_run(params, batch, eta, steps, runs, seed, rho):
-    """Validation shared by every router driver: returns ``(batch, eta, steps, runs, seed,
-    rho)`` normalised, or raises :class:`ParameterError` naming the argument."""
-    if not isinstance(params, RouterParams):
-        raise ParameterError("params", f"must be a RouterParams, got {type(params).__name__}")
-    batch = _check_int("batch", batch, 1)
-    steps = _check_int("steps", steps, 1)
-    runs = _check_int("runs", runs, 1)
-    seed = _check_int("seed", seed, 0)
-    if seed >= 2**64:
-        raise ParameterError("seed", f"must be < 2**64, got {seed}")
-    eta = check_finite("eta", eta)
-    if eta <= 0.0:
-        raise ParameterError("eta", f"must be > 0, got {eta:g}")
-    if eta * params.gamma >= 2.0:
-        # the forgetting term alone makes the discrete map diverge: |1 - eta gamma| >= 1
-        raise ParameterError(
-            "eta", f"eta * gamma must be < 2 for a bounded router, got {eta * params.gamma:g}"
-        )
-    rho = check_finite("rho", rho)
-    if rho < 0.0:
-        raise ParameterError("rho", f"must be >= 0, got {rho:g}")
-    return batch, eta, steps, runs, seed, rho
+        return evaluate_schedule(self.h_values, np.arange(n0, stop) * self.eta), 1
 
 
 def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b, r0) -> _Setup:
-    batch, eta, steps, runs, seed, rho = _check_run(params, batch, eta, steps, runs, seed, rho)
+    batch, eta, steps, runs, seed, rho = check_run(params, batch, eta, steps, runs, seed, rho)
     p = params
     n = p.n_experts
-    record_every = _check_int("record_every", record_every, 1)
+    record_every = check_int("record_every", record_every, 1)
 
     # external drift: constant (params.h or b) or a time-varying skew h(t)
     bvec = None
     if b is not None:
-        bvec = _finite_array("b", b)
+        bvec = finite_array("b", b)
         if bvec.shape != (n,):
             raise ParameterError("b", f"must have shape ({n},) for n_experts={n}, got {bvec.shape}")
         if h is not None:
@@ -253,11 +184,11 @@ def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b,
     if h is not None:
         if callable(h):
             h_kind, h_values = "callable", h
-            _evaluate_h(h, np.zeros(1))  # fail early, naming `h`
+            evaluate_schedule(h, np.zeros(1))  # fail early, naming `h`
         elif np.ndim(h) == 0:
             h_const = check_finite("h", h)
         else:
-            h_values = _finite_array("h", h)
+            h_values = finite_array("h", h)
             if h_values.shape != (steps,):
                 raise ParameterError(
                     "h",
@@ -273,11 +204,11 @@ def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b,
         b_const = p.replace(h=h_const).b
 
     # initial state
-    y0a = _finite_array("y0", y0)
+    y0a = finite_array("y0", y0)
     if y0a.shape not in ((), (runs,)):
         raise ParameterError("y0", f"must be a scalar or have shape ({runs},), got {y0a.shape}")
     if r0 is not None:
-        r0a = _finite_array("r0", r0)
+        r0a = finite_array("r0", r0)
         if r0a.shape not in ((n,), (runs, n)):
             raise ParameterError("r0", f"must have shape ({n},) or ({runs}, {n}), got {r0a.shape}")
         if np.any(y0a != 0.0):
@@ -384,9 +315,9 @@ def simulate_batch_router(
     t_start = time.perf_counter()
     s = _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b, r0)
     if threads is not None:
-        threads = _check_int("threads", threads, 1)
+        threads = check_int("threads", threads, 1)
     if chunk_steps is not None:
-        chunk_steps = _check_int("chunk_steps", chunk_steps, 1)
+        chunk_steps = check_int("chunk_steps", chunk_steps, 1)
     if progress is not None and not callable(progress):
         raise ParameterError("progress", "must be callable as progress(done, total)")
 
@@ -415,12 +346,12 @@ def simulate_batch_router(
 
     # the final record at n = steps (when it is a record step) needs one more draw, no update
     n_end = s.steps + 1 if s.steps % s.record_every == 0 else s.steps
-    chunk = chunk_steps or max(1, _CHUNK_WORK // (s.runs * (1 if n == 2 else n - 1)))
+    chunk = chunk_steps or max(1, CHUNK_WORK // (s.runs * (1 if n == 2 else n - 1)))
     saved_threads = numba.get_num_threads()
     try:
         if threads is not None and not serial:
             numba.set_num_threads(threads)
-        blocks = _blocks(s.runs, 1 if serial else numba.get_num_threads())
+        blocks = replica_blocks(s.runs, 1 if serial else numba.get_num_threads())
         n0 = 0
         while n0 < n_end:
             n1 = min(n0 + chunk, n_end)
@@ -514,7 +445,7 @@ def simulate_batch_router_reference(
     u = np.empty((s.runs, K) if n == 2 else (s.runs, K, n))
     sc = np.empty_like(u) if record_scores else None
     n_end = s.steps + 1 if s.steps % s.record_every == 0 else s.steps
-    chunk = max(1, _CHUNK_WORK // s.runs)
+    chunk = max(1, CHUNK_WORK // s.runs)
     for c0 in range(0, n_end, chunk):
         c1 = min(c0 + chunk, n_end)
         hv, hs = s.h_chunk(c0, c1)
@@ -599,7 +530,7 @@ def stationary_spread(
     p = params
     if p.n_experts != 2:
         raise ParameterError("n_experts", "the stationary spread is derived for two experts")
-    batch = _check_int("batch", batch, 1)
+    batch = check_int("batch", batch, 1)
     eta = check_finite("eta", eta)
     if eta <= 0.0:
         raise ParameterError("eta", f"must be > 0, got {eta:g}")

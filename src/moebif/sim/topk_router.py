@@ -20,7 +20,6 @@ for escape times.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,11 +27,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..params import ParameterError, RouterParams, check_finite
-from .router import _blocks, _check_int, _check_run, _evaluate_h, _finite_array
+from ._validation import (
+    CHUNK_WORK,
+    check_int,
+    check_run,
+    evaluate_schedule,
+    finite_array,
+    replica_blocks,
+)
 
-__all__ = ["FeedbackSweep", "NExpertRun", "simulate_topk_router", "sweep_feedback"]
-
-_CHUNK_WORK = 1 << 22
+__all__ = ["NExpertRun", "simulate_topk_router"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,11 +84,11 @@ def _schedule(name: str, value, default: float, steps: int, eta: float):
     if value is None:
         return np.array([default]), 0, None
     if callable(value):
-        _evaluate_h(value, np.zeros(1))
+        evaluate_schedule(value, np.zeros(1))
         return None, 1, value
     if np.ndim(value) == 0:
         return np.array([check_finite(name, value)]), 0, None
-    arr = _finite_array(name, value)
+    arr = finite_array(name, value)
     if arr.shape != (steps,):
         raise ParameterError(
             name, f"must be a scalar, a callable or of shape ({steps},), got {arr.shape}"
@@ -96,7 +100,7 @@ def _chunk_values(vals, stride, fn, n0, n1, eta, name):
     if fn is None:
         return vals if stride == 0 else np.ascontiguousarray(vals[n0:n1])
     try:
-        return _evaluate_h(fn, np.arange(n0, n1) * eta)
+        return evaluate_schedule(fn, np.arange(n0, n1) * eta)
     except ParameterError as exc:
         raise ParameterError(name, str(exc).split(": ", 1)[1]) from None
 
@@ -141,40 +145,40 @@ def simulate_topk_router(
     - ``threads``, ``progress``, ``chunk_steps``: as in the engine; results do not depend on them.
     """
     t_start = time.perf_counter()
-    batch, eta, steps, runs, seed, rho = _check_run(params, batch, eta, steps, runs, seed, rho)
+    batch, eta, steps, runs, seed, rho = check_run(params, batch, eta, steps, runs, seed, rho)
     p = params
     n = p.n_experts
-    k = _check_int("top_k", top_k, 1)
+    k = check_int("top_k", top_k, 1)
     if k >= n:
         raise ParameterError("top_k", f"must be < n_experts = {n}, got {k}")
     if record_every is not None:
-        record_every = _check_int("record_every", record_every, 1)
+        record_every = check_int("record_every", record_every, 1)
     gap = 0.0 if stop_gap is None else check_finite("stop_gap", stop_gap)
     if stop_gap is not None and gap <= 0.0:
         raise ParameterError("stop_gap", f"must be > 0, got {gap:g}")
     if threads is not None:
-        threads = _check_int("threads", threads, 1)
+        threads = check_int("threads", threads, 1)
     if chunk_steps is not None:
-        chunk_steps = _check_int("chunk_steps", chunk_steps, 1)
+        chunk_steps = check_int("chunk_steps", chunk_steps, 1)
 
     a_vals, a_stride, a_fn = _schedule("a", a, p.a, steps, eta)
     h_vals, h_stride, h_fn = _schedule("h", h, 0.0, steps, eta)
     e = np.zeros(n)
     e[0], e[1] = 0.5, -0.5
     if direction is not None:
-        e = _finite_array("direction", direction)
+        e = finite_array("direction", direction)
         if e.shape != (n,):
             raise ParameterError("direction", f"must have shape ({n},), got {e.shape}")
     if b is None:
         bvec = np.zeros(n) if h is not None else p.b
     else:
-        bvec = _finite_array("b", b)
+        bvec = finite_array("b", b)
         if bvec.shape != (n,):
             raise ParameterError("b", f"must have shape ({n},), got {bvec.shape}")
     if r0 is None:
         state = np.full((runs, n), p.a / (n * p.gamma))
     else:
-        r0a = _finite_array("r0", r0)
+        r0a = finite_array("r0", r0)
         if r0a.shape not in ((n,), (runs, n)):
             raise ParameterError("r0", f"must have shape ({n},) or ({runs}, {n}), got {r0a.shape}")
         state = np.array(np.broadcast_to(r0a, (runs, n)), dtype=float, order="C")
@@ -195,42 +199,20 @@ def simulate_topk_router(
     K = -(-steps // R) if rec else 0
     l_out = np.zeros((runs, K, n)) if rec else np.zeros((runs, 1, n))
     per_step = runs * (n + batch * (k - 1) // 4 + 1)
-    chunk = chunk_steps or max(1, _CHUNK_WORK // per_step)
+    chunk = chunk_steps or max(1, CHUNK_WORK // per_step)
     saved = numba.get_num_threads()
     try:
         if threads is not None and not serial:
             numba.set_num_threads(threads)
-        blocks = _blocks(runs, 1 if serial else numba.get_num_threads())
+        blocks = replica_blocks(runs, 1 if serial else numba.get_num_threads())
         n0 = 0
         while n0 < steps:
             n1 = min(n0 + chunk, steps)
             av = _chunk_values(a_vals, a_stride, a_fn, n0, n1, eta, "a")
             hv = _chunk_values(h_vals, h_stride, h_fn, n0, n1, eta, "h")
-            kernel(
-                state,
-                rng,
-                n0,
-                n1,
-                steps,
-                R,
-                batch,
-                k,
-                eta,
-                av,
-                a_stride,
-                rho,
-                p.gamma,
-                p.T,
-                bvec,
-                e,
-                hv,
-                h_stride,
-                l_out,
-                rec,
-                gap,
-                hit,
-                blocks,
-            )
+            args = (n0, n1, steps, R, batch, k, eta, rho, p.gamma, p.T)
+            args += (av, a_stride, hv, h_stride, bvec, e, l_out, rec, gap, hit)
+            kernel(state, rng, args, blocks)
             n0 = n1
             if progress is not None:
                 progress(n0, steps)
@@ -278,117 +260,7 @@ def _at(vals, stride, fn, steps_idx, eta):
     if steps_idx.size == 0:
         return np.zeros(0)
     if fn is not None:
-        return _evaluate_h(fn, steps_idx * eta)
+        return evaluate_schedule(fn, steps_idx * eta)
     if stride == 0:
         return np.full(steps_idx.size, float(vals[0]))
     return vals[steps_idx]
-
-
-# ----------------------------------------------------------------------------------------------
-# slow ramps of the feedback a: hysteresis between the balanced and the collapsed router
-
-
-@dataclass(frozen=True, eq=False)
-class FeedbackSweep:
-    """One up-and-down ramp of ``a`` (see :func:`sweep_feedback`); arrays per record window.
-
-    ``a_up`` / ``a_down``: per replica, the ``a`` where the largest load first crossed
-    ``threshold`` upward on the up-leg / downward on the down-leg (NaN: no crossing);
-    ``a_switch_up`` / ``a_switch_down``: their means over the replicas."""
-
-    a: np.ndarray
-    upward: np.ndarray
-    max_load_mean: np.ndarray
-    max_load_std: np.ndarray
-    a_up: np.ndarray
-    a_down: np.ndarray
-    threshold: float
-    rate: float
-    top_k: int
-    seconds: float
-
-    @property
-    def a_switch_up(self) -> float:
-        return float(np.nanmean(self.a_up)) if np.isfinite(self.a_up).any() else float("nan")
-
-    @property
-    def a_switch_down(self) -> float:
-        return float(np.nanmean(self.a_down)) if np.isfinite(self.a_down).any() else float("nan")
-
-
-def _first_cross(a: np.ndarray, y: np.ndarray, level: float, up: bool) -> float:
-    s = y > level if up else y < level
-    idx = np.flatnonzero(s[1:] & ~s[:-1]) + 1
-    if idx.size == 0:
-        return float("nan")
-    k = int(idx[0])
-    return float(a[k - 1] + (a[k] - a[k - 1]) * (level - y[k - 1]) / (y[k] - y[k - 1]))
-
-
-def sweep_feedback(
-    params: RouterParams,
-    *,
-    rate: float,
-    a_low: float,
-    a_high: float,
-    threshold: float,
-    top_k: int = 1,
-    batch: int = 512,
-    eta: float = 0.02,
-    runs: int = 16,
-    seed: int = 0,
-    window: float = 0.01,
-    down_only: bool = False,
-    r0=None,
-    threads: int | None = None,
-) -> FeedbackSweep:
-    """Ramp ``a`` from ``a_low`` up to ``a_high`` and back at ``|da/dt| = rate`` (ODE time),
-    starting every replica at the uniform state, and find where the largest load crosses
-    ``threshold`` (up-leg: collapse; down-leg: recovery). Loads are averaged over windows in
-    which ``a`` moves by ``window``. With ``down_only`` only the down-leg is run, from the
-    scores ``r0`` (e.g. a collapsed state at ``a_high``)."""
-    from ..params import check_positive
-
-    rate = check_positive("rate", rate)
-    if not 0.0 <= a_low < a_high:
-        raise ParameterError("a_low", "need 0 <= a_low < a_high")
-    da = rate * eta
-    leg = max(2, math.ceil((a_high - a_low) / da))
-    first = leg if down_only else 0  # step index of the schedule where the run starts
-    n = np.arange(first, 2 * leg)
-    a_steps = np.where(n < leg, a_low + da * n, a_high - da * (n - leg))
-    rec = max(1, round(window / da))
-    run = simulate_topk_router(
-        params.replace(a=a_low),
-        batch=batch,
-        eta=eta,
-        steps=a_steps.size,
-        runs=runs,
-        top_k=top_k,
-        seed=seed,
-        a=a_steps,
-        record_every=rec,
-        threads=threads,
-        r0=r0,
-    )
-    # the a of each window: its midpoint
-    starts = first + np.arange(run.t.size) * rec
-    mid = np.minimum(starts + 0.5 * (rec - 1), 2 * leg - 1)
-    a_mid = np.where(mid < leg, a_low + da * mid, a_high - da * (mid - leg))
-    upward = starts + rec <= leg
-    downward = starts >= leg
-    ml = run.max_load
-    a_up = np.array([_first_cross(a_mid[upward], x[upward], threshold, True) for x in ml])
-    a_dn = np.array([_first_cross(a_mid[downward], x[downward], threshold, False) for x in ml])
-    return FeedbackSweep(
-        a=a_mid,
-        upward=upward,
-        max_load_mean=ml.mean(axis=0),
-        max_load_std=ml.std(axis=0),
-        a_up=a_up,
-        a_down=a_dn,
-        threshold=threshold,
-        rate=rate,
-        top_k=top_k,
-        seconds=run.seconds,
-    )

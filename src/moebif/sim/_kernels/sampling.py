@@ -116,7 +116,7 @@ def _next_u64(st, i):
 
 
 @njit(cache=True, error_model="numpy")
-def _uniform(st, i):
+def draw_uniform(st, i):
     """A uniform double in the open interval (0, 1) from stream ``i``."""
     # the top 53 bits fit an int64: its conversion is cheaper than the unsigned one
     return (float(np.int64(_next_u64(st, i) >> _U64(11))) + 0.5) * _TWO_M53
@@ -157,7 +157,7 @@ def _binomial_inversion(st, i, n, p, q, u):
             px *= g / x - r
         if ok:
             return x
-        u = _uniform(st, i)
+        u = draw_uniform(st, i)
 
 
 @njit(cache=True, error_model="numpy")
@@ -190,7 +190,7 @@ def _btrd(st, i, n, p, q, v):
     while True:
         # step 1: the box inside the hat, accepted without evaluating the pmf
         if not first:
-            v = _uniform(st, i)
+            v = draw_uniform(st, i)
         first = False
         if v <= urvr:
             return int(_btrd_step1(v, a, b, c, vr))
@@ -202,11 +202,11 @@ def _btrd(st, i, n, p, q, v):
             alpha = (2.83 + 5.1 / b) * spq
         # step 2: the rest of the hat
         if v >= vr:
-            u = _uniform(st, i) - 0.5
+            u = draw_uniform(st, i) - 0.5
         else:
             u = v / vr - 0.93
             u = math.copysign(0.5, u) - u
-            v = _uniform(st, i) * vr
+            v = draw_uniform(st, i) * vr
         # step 3.0
         us = 0.5 - abs(u)
         if us <= 0.0:
@@ -271,7 +271,7 @@ def _binomial_small(st, i, n, p, q):
     Every draw starts with one uniform (used by all three methods), so that the router kernel
     can draw it, and finish BTRD's step 1, for a whole block of replicas without branching.
     """
-    return _binomial_small_from(st, i, n, p, q, _uniform(st, i))
+    return _binomial_small_from(st, i, n, p, q, draw_uniform(st, i))
 
 
 @njit(cache=True, error_model="numpy")
@@ -283,7 +283,7 @@ def _binomial_pq(st, i, n, p, q):
 
 
 @njit(cache=True, error_model="numpy")
-def _multinomial(st, i, n, w, suffix, out):
+def draw_multinomial(st, i, n, w, suffix, out):
     """Multinomial(n, w / sum(w)) into ``out`` (shape ``(N,)``); ``w >= 0`` need not sum to 1.
 
     ``suffix`` is a work array of shape ``(N + 1,)``.
@@ -314,7 +314,7 @@ def uniform_sample(size, seed):
     st = seed_streams(seed, 0, 1)
     out = np.empty(size)
     for j in range(size):
-        out[j] = _uniform(st, 0)
+        out[j] = draw_uniform(st, 0)
     return out
 
 
@@ -338,7 +338,7 @@ def multinomial_sample(n, pvals, size, seed):
     suffix = np.empty(k + 1)
     counts = np.empty(k, dtype=np.int64)
     for j in range(size):
-        _multinomial(st, 0, n, pvals, suffix, counts)
+        draw_multinomial(st, 0, n, pvals, suffix, counts)
         out[j, :] = counts
     return out
 
@@ -393,7 +393,7 @@ def _two_expert_block(y, states, lo, hi, span, batch, model, h, h_stride, u_out,
             e = math.exp(-abs(z))
             s = 1.0 / (1.0 + e)
             p = e * s
-            v = _uniform(sts, i)
+            v = draw_uniform(sts, i)
             _, a, b, c, vr = _btrd_box(batch, p, s)
             pmin[i] = p
             pmax[i] = s
@@ -487,7 +487,7 @@ def _n_expert_block(r, states, lo, hi, span, batch, model, b, h, h_stride, l_out
             # log-sum-exp softmax: the largest weight is exactly 1
             for m in range(k):
                 w[m] = math.exp((ri[m] - rmax) * inv_t)
-            _multinomial(sts, i, batch, w, suffix, counts)
+            draw_multinomial(sts, i, batch, w, suffix, counts)
             if record:
                 for m in range(k):
                     l_out[lo + i, j, m] = counts[m] / batch

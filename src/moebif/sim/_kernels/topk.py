@@ -43,7 +43,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .sampling import _multinomial, _uniform, seed_streams
+from .sampling import draw_multinomial, draw_uniform, seed_streams
 
 __all__ = ["topk_chunk", "topk_chunk_parallel", "topk_counts_sample"]
 
@@ -95,7 +95,7 @@ def _alias_build(w, excl, prob, alias, q, small, large):
 
 @njit(cache=True)
 def _alias_draw(st, i, prob, alias):
-    u = _uniform(st, i) * prob.size
+    u = draw_uniform(st, i) * prob.size
     j = int(u)
     return j if u - j < prob[j] else alias[j]
 
@@ -113,7 +113,7 @@ def _slow_pick(st, i, r, chosen_mask, inv_t):
     for j in range(n):
         if not chosen_mask[j]:
             tot += math.exp((r[j] - rmax) * inv_t)
-    u = _uniform(st, i) * tot
+    u = draw_uniform(st, i) * tot
     last = -1
     for j in range(n):
         if chosen_mask[j]:
@@ -137,7 +137,7 @@ def _explicit_pick(st, i, w, chosen_mask, r, inv_t):
             rem += w[j]
     if not rem > 0.0:
         return _slow_pick(st, i, r, chosen_mask, inv_t)
-    u = _uniform(st, i) * rem
+    u = draw_uniform(st, i) * rem
     last = -1
     for j in range(n):
         if chosen_mask[j] or w[j] == 0.0:
@@ -150,31 +150,15 @@ def _explicit_pick(st, i, w, chosen_mask, r, inv_t):
 
 
 @njit(cache=True)
-def _topk_counts(
-    st,
-    i,
-    r,
-    batch,
-    k,
-    inv_t,
-    w,
-    msuf,
-    first,
-    counts,
-    chosen,
-    chosen_mask,
-    prob0,
-    alias0,
-    prob1,
-    alias1,
-    q,
-    small,
-    large,
-):
+def _topk_counts(st, i, r, batch, k, inv_t, work):
     """Counts (tokens including each expert) of one batch at scores ``r``; ``w`` must hold
-    ``exp((r - max r)/T)`` on entry (so the top expert has weight exactly 1)."""
+    ``exp((r - max r)/T)`` on entry (so the top expert has weight exactly 1). ``work``: the
+    arrays of :func:`_work`."""
+    w, msuf, first, counts, chosen, chosen_mask, prob0, alias0, prob1, alias1, q, small, large = (
+        work
+    )
     n = r.size
-    _multinomial(st, i, batch, w, msuf, first)
+    draw_multinomial(st, i, batch, w, msuf, first)
     for m in range(n):
         counts[m] = first[m]
     if k == 1:
@@ -242,69 +226,28 @@ def topk_counts_sample(r, T, k, batch, size, seed):
     shape ``(size, N)``: for the tests and the benchmark."""
     st = seed_streams(seed, 0, 1)
     n = r.size
-    w, msuf, first, counts, chosen, mask, p0, a0, p1, a1, q, sm, lg = _work(n, k)
+    work = _work(n, k)
+    w, counts = work[0], work[3]
     out = np.empty((size, n), dtype=np.int64)
     inv_t = 1.0 / T
     rmax = r.max()
     for j in range(size):
         for m in range(n):
             w[m] = math.exp((r[m] - rmax) * inv_t)
-        _topk_counts(
-            st,
-            0,
-            r,
-            batch,
-            k,
-            inv_t,
-            w,
-            msuf,
-            first,
-            counts,
-            chosen,
-            mask,
-            p0,
-            a0,
-            p1,
-            a1,
-            q,
-            sm,
-            lg,
-        )
+        _topk_counts(st, 0, r, batch, k, inv_t, work)
         out[j, :] = counts
     return out
 
 
 @njit(cache=True)
-def _topk_block(
-    r,
-    states,
-    lo,
-    hi,
-    n0,
-    n1,
-    steps,
-    record_every,
-    batch,
-    k,
-    eta,
-    a,
-    a_stride,
-    rho,
-    gamma,
-    T,
-    b,
-    e,
-    h,
-    h_stride,
-    l_out,
-    record,
-    stop_gap,
-    hit,
-):
+def _topk_block(r, states, lo, hi, args):
+    n0, n1, steps, record_every, batch, k, eta, rho, gamma, T = args[:10]
+    a, a_stride, h, h_stride, b, e, l_out, record, stop_gap, hit = args[10:]
     rs = r[lo:hi].copy()
     sts = states[lo:hi].copy()
     n = rs.shape[1]
-    w, msuf, first, counts, chosen, mask, p0, a0, p1, a1, q, sm, lg = _work(n, k)
+    work = _work(n, k)
+    w, counts = work[0], work[3]
     drive = np.empty(n)
     decay = 1.0 - eta * gamma
     inv_t = 1.0 / T
@@ -338,27 +281,7 @@ def _topk_block(
                 continue
             for m in range(n):
                 w[m] = math.exp((ri[m] - rmax) * inv_t)
-            _topk_counts(
-                sts,
-                i,
-                ri,
-                batch,
-                k,
-                inv_t,
-                w,
-                msuf,
-                first,
-                counts,
-                chosen,
-                mask,
-                p0,
-                a0,
-                p1,
-                a1,
-                q,
-                sm,
-                lg,
-            )
+            _topk_counts(sts, i, ri, batch, k, inv_t, work)
             for m in range(n):
                 lm = counts[m] * inv_kb if k > 1 else counts[m] / batch
                 if record:
@@ -368,116 +291,29 @@ def _topk_block(
     states[lo:hi] = sts
 
 
+# Arguments of the chunk kernels, one flat tuple ``args`` (numba's parallel loops do not take
+# nested tuples):
+#   (n0, n1, steps, record_every, batch, k, eta, rho, gamma, T,
+#    a, a_stride, h, h_stride, b, e, l_out, record, stop_gap, hit)
+#   steps n0 <= n < n1 of a run of `steps` updates; a, h: feedback and skew amplitude of steps
+#   n0, n0 + 1, ...
+#   (stride 1) or constants (stride 0); b: constant drift, e: direction of the skew, both (N,);
+#   l_out (runs, K, N): window means of the loads (when `record`); stop_gap > 0: first passage,
+#   recorded in hit (runs,).
+
+
 @njit(cache=True)
-def topk_chunk(
-    r,
-    states,
-    n0,
-    n1,
-    steps,
-    record_every,
-    batch,
-    k,
-    eta,
-    a,
-    a_stride,
-    rho,
-    gamma,
-    T,
-    b,
-    e,
-    h,
-    h_stride,
-    l_out,
-    record,
-    stop_gap,
-    hit,
-    blocks,
-):
+def topk_chunk(r, states, args, blocks):
     """Steps ``n0 <= n < n1`` of the top-k batch router for every replica (serial), in place on
     ``r`` (runs, N), ``states`` (runs, 4) and ``hit`` (runs,)."""
     runs = r.shape[0]
     for blk in range(blocks):
-        _topk_block(
-            r,
-            states,
-            blk * runs // blocks,
-            (blk + 1) * runs // blocks,
-            n0,
-            n1,
-            steps,
-            record_every,
-            batch,
-            k,
-            eta,
-            a,
-            a_stride,
-            rho,
-            gamma,
-            T,
-            b,
-            e,
-            h,
-            h_stride,
-            l_out,
-            record,
-            stop_gap,
-            hit,
-        )
+        _topk_block(r, states, blk * runs // blocks, (blk + 1) * runs // blocks, args)
 
 
 @njit(cache=True, parallel=True)
-def topk_chunk_parallel(
-    r,
-    states,
-    n0,
-    n1,
-    steps,
-    record_every,
-    batch,
-    k,
-    eta,
-    a,
-    a_stride,
-    rho,
-    gamma,
-    T,
-    b,
-    e,
-    h,
-    h_stride,
-    l_out,
-    record,
-    stop_gap,
-    hit,
-    blocks,
-):
+def topk_chunk_parallel(r, states, args, blocks):
     """:func:`topk_chunk` with the replica blocks spread over numba's threads."""
     runs = r.shape[0]
     for blk in prange(blocks):
-        _topk_block(
-            r,
-            states,
-            blk * runs // blocks,
-            (blk + 1) * runs // blocks,
-            n0,
-            n1,
-            steps,
-            record_every,
-            batch,
-            k,
-            eta,
-            a,
-            a_stride,
-            rho,
-            gamma,
-            T,
-            b,
-            e,
-            h,
-            h_stride,
-            l_out,
-            record,
-            stop_gap,
-            hit,
-        )
+        _topk_block(r, states, blk * runs // blocks, (blk + 1) * runs // blocks, args)

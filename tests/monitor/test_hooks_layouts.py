@@ -6,9 +6,6 @@ on real tiny transformers-4 models and is skipped unless transformers 4 is insta
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -16,10 +13,8 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
-from monitor_mixtral import tiny_model  # noqa: E402
-
 from moebif.monitor.hooks import RouterMonitor, find_routers  # noqa: E402
+from moebif.monitor.tiny import tiny_model  # noqa: E402
 
 H, N, K = 16, 8, 2
 

@@ -7,10 +7,10 @@ from moebif import RouterParams, jacobian, solve_meanfield, vector_field
 from moebif.model.symmetric import (
     branch_ratio,
     collapse_threshold,
-    regime,
     saddle_node_gap,
     symmetric_equilibria,
 )
+from moebif.model.thresholds import regime
 
 
 @pytest.mark.parametrize("n,approx", [(4, 3.22), (8, 4.25), (64, 6.9)])

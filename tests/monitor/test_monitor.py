@@ -186,8 +186,8 @@ def test_diagnose_auto_window_fits_eta_gamma_before_the_collapse(tmp_path):
     the whole log takes the collapse for a slow relaxation: eta gamma ~ 0.19, kappa_hat ~ 1),
     picks a quarter of the log, and reports one collapse and one recovery."""
     from moebif.cli import main
-    from moebif.cli.diagnose import _auto_window, _first_excursion
     from moebif.monitor import load_fractions
+    from moebif.monitor.window import auto_window, first_excursion
 
     N, eta, unit, B = 8, 0.05, 20, 256
     p = RouterParams(a=0.4 * N, gamma=1.0, T=1.0, n_experts=N)
@@ -203,9 +203,9 @@ def test_diagnose_auto_window_fits_eta_gamma_before_the_collapse(tmp_path):
     )
     counts = np.rint(run.loads[0] * B)
     S = counts.shape[0]
-    t_exc = _first_excursion(load_fractions(counts), 1)
+    t_exc = first_excursion(load_fractions(counts), 1)
     assert 100 * unit < t_exc < 120 * unit
-    w, eg, rec = _auto_window(counts, N, 1)
+    w, eg, rec = auto_window(counts, N, 1)
     assert abs(eg - eta) < 0.3 * eta  # from the pre-collapse stretch only
     assert rec == recommended_window(N, eg) and w == S // 4 < rec
     write_log(tmp_path / "log.npz", np.arange(S), {"0": counts})

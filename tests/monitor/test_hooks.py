@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
-from monitor_mixtral import tiny_model, token_stream, train  # noqa: E402
-
 from moebif.monitor import read_log  # noqa: E402
 from moebif.monitor.hooks import RouterMonitor, find_routers  # noqa: E402
+from moebif.monitor.tiny import tiny_model  # noqa: E402
+
+from ._training import token_stream, train  # noqa: E402
 
 
 @pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "olmoe"])

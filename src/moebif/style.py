@@ -1,4 +1,5 @@
-"""One look for every figure: sizes for a paper column, theory dashed, measurements solid."""
+"""One look for every figure: sizes for a paper column, theory dashed, measurements solid; and
+the one way figures are saved (PNG + SVG at 200 dpi, atomically)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,22 @@ def figure_style():
 
 def panel_label(ax, label: str) -> None:
     ax.text(-0.14, 1.04, label, transform=ax.transAxes, fontweight="bold", va="bottom")
+
+
+def save_figure(fig, stem, *, formats=("png", "svg"), dpi: int = 200) -> list[str]:
+    """Write ``fig`` as ``stem.png`` and ``stem.svg`` (``formats``), each atomically, at ``dpi``
+    (SVG without a date, so the same figure gives the same bytes). Returns the paths."""
+    import io
+    from pathlib import Path
+
+    from ._io import atomic_write_bytes
+
+    stem = Path(stem)
+    files = []
+    for ext in formats:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=dpi, metadata={"Date": None} if ext == "svg" else None)
+        path = stem.with_name(f"{stem.name}.{ext}")
+        atomic_write_bytes(path, buf.getvalue())
+        files.append(str(path))
+    return files

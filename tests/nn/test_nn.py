@@ -19,7 +19,6 @@ from moebif.nn import (  # noqa: E402
     balancing_penalty,
     digits_data,
     evaluate,
-    first_crossing,
     quasi_static_scan,
     regression_data,
     straight_through,
@@ -177,12 +176,10 @@ def test_evaluate_hard_load_counts_tokens():
     assert set(m) >= {"load", "importance", "mse", "loss"}
 
 
-def test_scan_path_and_crossing():
+def test_scan_path():
     h, leg = updown_path(1.0, 0.25)
     assert h[0] == 0.0 and list(leg[:5]) == ["prep"] * 5 and h[4] == -1.0
     assert h[leg == "up"][-1] == 1.0 and h[-1] == -1.0
-    assert first_crossing(np.array([0.0, 1.0, 2.0]), np.array([-1.0, -1.0, 1.0]), 0.0) == 1.5
-    assert np.isnan(first_crossing(np.array([0.0, 1.0]), np.array([1.0, 2.0]), 0.0))
 
 
 # --- batched ensembles ----------------------------------------------------------------------

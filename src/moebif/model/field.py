@@ -1,0 +1,118 @@
+"""The mean-field vector field of the N-expert router, eq. (8) and its top-k form (8k):
+
+    r' = F(r) = (a / k) pi(r) - gamma r + b,
+
+with ``pi`` the softmax loads ``softmax(r / T)`` (top-1, eq. 1 / 8) or the top-k inclusion
+probabilities (:func:`moebif.model.topk.inclusion_probabilities`, which sum to ``k``). Its
+Jacobian is ``(a / k) d pi / d r - gamma I``; for the softmax ``d pi / d r = (diag p - p p^T) / T``.
+Both are symmetric: (8) and (8k) are gradient flows.
+
+:class:`VectorField` is the one implementation used by the mean-field solver
+(:func:`moebif.model.meanfield.solve_meanfield`), the continuation (:mod:`.continuation`), the
+N-expert and top-k theory. The softmax is evaluated with the log-sum-exp shift, so scores far
+beyond ``r / T ~ 1e3`` neither overflow nor produce NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..params import ParameterError, RouterParams
+
+__all__ = ["VectorField", "drift_vector", "softmax"]
+
+
+def softmax(r, T: float):
+    """``p_i = exp(r_i/T) / sum_j exp(r_j/T)`` along the last axis, eq. (1)/(8), overflow-free."""
+    z = np.asarray(r, dtype=float) / T
+    z = z - np.max(z, axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def drift_vector(params: RouterParams, b=None) -> np.ndarray:
+    """The external drift ``b`` of eq. (8), shape ``(N,)``: ``params.b = (h/2, -h/2, 0, ...)``
+    by default, else ``b`` checked for shape and finiteness (:class:`ParameterError` naming
+    ``b``)."""
+    if b is None:
+        return params.b
+    b = np.asarray(b, dtype=float)
+    if b.shape != (params.n_experts,):
+        raise ParameterError(
+            "b",
+            f"must have shape ({params.n_experts},) for n_experts={params.n_experts}, "
+            f"got {b.shape}",
+        )
+    if not np.all(np.isfinite(b)):
+        raise ParameterError("b", "must be finite")
+    return b
+
+
+@dataclass(frozen=True, eq=False)
+class VectorField:
+    """``F(r) = (a / k) pi(r) - gamma r + b``, eq. (8) (``top_k = 1``) or (8k).
+
+    **Fields:** ``a`` (may be negative: an effective feedback ``a - rho``), ``gamma``, ``T``,
+    ``b`` (shape ``(N,)``), ``top_k``. Build it from parameters with :meth:`of`.
+    """
+
+    a: float
+    gamma: float
+    T: float
+    b: np.ndarray
+    top_k: int = 1
+
+    @classmethod
+    def of(cls, params: RouterParams, *, top_k: int = 1, b=None, rho: float = 0.0) -> VectorField:
+        """The field of ``params`` with drift ``b`` (default ``params.b``) and the negative load
+        feedback ``rho`` of sec. 8.7 folded into ``a - rho`` (the extra ``rho / N`` shifts every
+        score alike and leaves the loads unchanged)."""
+        return cls(params.a - rho, params.gamma, params.T, drift_vector(params, b), int(top_k))
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.b.size)
+
+    def with_drift(self, b) -> VectorField:
+        """The same field with another drift vector ``b``."""
+        return replace(self, b=np.asarray(b, dtype=float))
+
+    def inclusion(self, r) -> np.ndarray:
+        """``pi(r)``: the softmax loads (``top_k = 1``; any leading axes) or the top-k inclusion
+        probabilities (shape ``(N,)``)."""
+        if self.top_k == 1:
+            return softmax(r, self.T)
+        from .topk import inclusion_probabilities
+
+        return inclusion_probabilities(r, self.T, self.top_k)
+
+    def inclusion_jacobian(self, r) -> np.ndarray:
+        """``d pi / d r``, shape ``(N, N)``: ``(diag p - p p^T) / T`` for the softmax."""
+        if self.top_k == 1:
+            p = softmax(np.asarray(r, dtype=float), self.T)
+            return (np.diag(p) - np.outer(p, p)) / self.T
+        from .topk import inclusion_jacobian
+
+        return inclusion_jacobian(r, self.T, self.top_k)
+
+    def __call__(self, r) -> np.ndarray:
+        """``F(r)``; ``r`` has shape ``(N,)`` (softmax: also ``(..., N)``)."""
+        r = np.asarray(r, dtype=float)
+        return self.a / self.top_k * self.inclusion(r) - self.gamma * r + self.b
+
+    def jacobian(self, r) -> np.ndarray:
+        """``F_r = (a / k) d pi / d r - gamma I`` at ``r`` (shape ``(N,)``), symmetric."""
+        r = np.asarray(r, dtype=float)
+        return self.a / self.top_k * self.inclusion_jacobian(r) - self.gamma * np.eye(r.size)
+
+    def jacobian_derivative(self, r, v) -> np.ndarray:
+        """``d/dr_j [F_r v]_i`` (softmax router only), shape ``(N, N)``:
+        ``(a/T^2) [p_i (d_ij - p_j)(v_i - s) - p_i p_j (v_j - s)]`` with ``s = p . v``."""
+        if self.top_k != 1:
+            raise NotImplementedError("jacobian_derivative: only for the softmax router (top_k=1)")
+        p = softmax(np.asarray(r, dtype=float), self.T)
+        s = p @ v
+        A = np.diag(p) - np.outer(p, p)
+        return self.a / self.T**2 * (A * (v - s)[:, None] - np.outer(p, p * (v - s)))
