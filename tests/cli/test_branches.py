@@ -11,19 +11,14 @@ def _rand_scores(rng, n, spread=2.0):
     return rng.normal(size=n) * spread
 
 
-def _cli(capsys, *args):
-    import json
-
-    from moebif.cli import main
-
-    code = main(list(args))
-    out = capsys.readouterr().out
-    return code, json.loads(out) if "--json" in args else out
+def _cli(cli, *args):
+    r = cli(*args)
+    return r.code, r.json if "--json" in args else r.out
 
 
-def test_cli_theory_top_k(capsys):
+def test_cli_theory_top_k(cli):
     code, rep = _cli(
-        capsys,
+        cli,
         "theory",
         "--a",
         "7",
@@ -42,37 +37,32 @@ def test_cli_theory_top_k(capsys):
     assert rep["collapse_a"] == pytest.approx(topk_collapse_threshold(8, 2, 1.0, 1.0)[0])
     assert rep["regime"] == "metastable" and rep["kappa"] == pytest.approx(7 / 8.711111111111112)
     code, rep = _cli(
-        capsys, "theory", "--a", "7", "--gamma", "1", "--T", "1", "--experts", "8", "--json"
+        cli,
+        "theory",
+        "--a",
+        "7",
+        "--gamma",
+        "1",
+        "--T",
+        "1",
+        "--experts",
+        "8",
+        "--json",
     )
     assert rep["critical_a"] == 8.0 and rep["regime"] == "metastable"
     assert rep["collapse_a"] == pytest.approx(4.249799008647895)
-    code, rep = _cli(capsys, "theory", "--a", "3", "--gamma", "1", "--T", "1", "--json")
+    code, rep = _cli(cli, "theory", "--a", "3", "--gamma", "1", "--T", "1", "--json")
     assert rep["regime"] == "bistable" and "hysteresis_halfwidth" in rep  # N = 2 as before
 
 
-def test_cli_theory_top_k_bad(capsys):
-    with pytest.raises(SystemExit) as e:
-        _cli(
-            capsys,
-            "theory",
-            "--a",
-            "7",
-            "--gamma",
-            "1",
-            "--T",
-            "1",
-            "--experts",
-            "4",
-            "--top-k",
-            "4",
-        )
-    assert e.value.code == 2
-    assert "--top-k" in capsys.readouterr().err
+def test_cli_theory_top_k_bad(cli):
+    r = cli("theory", "--a", "7", "--gamma", "1", "--T", "1", "--experts", "4", "--top-k", "4")
+    assert r.code == 2 and "--top-k" in r.err and r.err.count("\n") == 1
 
 
-def test_cli_branches(capsys, tmp_path):
+def test_cli_branches(cli, tmp_path):
     code, rep = _cli(
-        capsys,
+        cli,
         "branches",
         "--experts",
         "4",

@@ -7,22 +7,10 @@ import sys
 import pytest
 
 from moebif import RouterParams, equilibria, hysteresis_halfwidth
-from moebif.cli import main
 
 
-def run(capsys, *args):
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_theory_json_fields(capsys):
-    code, out, err = run(
-        capsys, "theory", "--a", "3", "--gamma", "1", "--T", "1", "--h", "0.08", "--json"
-    )
+def test_theory_json_fields(cli):
+    code, out, err = cli("theory", "--a", "3", "--gamma", "1", "--T", "1", "--h", "0.08", "--json")
     assert code == 0 and err == ""
     rep = json.loads(out)
     assert rep["params"] == {"a": 3.0, "gamma": 1.0, "T": 1.0, "h": 0.08, "n_experts": 2}
@@ -40,18 +28,25 @@ def test_theory_json_fields(capsys):
 @pytest.mark.parametrize(
     "a,h,expected", [(1.5, 0.0, "balanced"), (3.0, 1.0, "biased"), (3.0, -0.1, "bistable")]
 )
-def test_theory_regimes(capsys, a, h, expected):
-    code, out, _ = run(
-        capsys, "theory", "--a", str(a), "--gamma", "1", "--T", "1", "--h", str(h), "--json"
-    )
+def test_theory_regimes(cli, a, h, expected):
+    code, out, _ = cli("theory", "--a", str(a), "--gamma", "1", "--T", "1", "--h", str(h), "--json")
     rep = json.loads(out)
     assert rep["regime"] == expected
     assert (rep["hysteresis_halfwidth"] == 0.0) == (a <= 2.0)
 
 
-def test_theory_many_experts_json(capsys):
-    code, out, _ = run(
-        capsys, "theory", "--a", "3.5", "--gamma", "1", "--T", "1", "--experts", "4", "--json"
+def test_theory_many_experts_json(cli):
+    code, out, _ = cli(
+        "theory",
+        "--a",
+        "3.5",
+        "--gamma",
+        "1",
+        "--T",
+        "1",
+        "--experts",
+        "4",
+        "--json",
     )
     rep = json.loads(out)
     assert code == 0
@@ -60,19 +55,28 @@ def test_theory_many_experts_json(capsys):
     assert rep["uniform_state_eigenvalues"]["contrast_multiplicity"] == 3
 
 
-def test_theory_table_output(capsys):
-    code, out, _ = run(capsys, "theory", "--a", "4", "--gamma", "1", "--T", "1")
+def test_theory_table_output(cli):
+    code, out, _ = cli("theory", "--a", "4", "--gamma", "1", "--T", "1")
     assert code == 0 and "bistable" in out and "equilibria" in out
 
 
-def test_fold_curve_json_and_csv(capsys, tmp_path):
-    code, out, _ = run(
-        capsys, "fold-curve", "--gamma", "1", "--T", "1", "--points", "5", "--q-max", "1", "--json"
+def test_fold_curve_json_and_csv(cli, tmp_path):
+    code, out, _ = cli(
+        "fold-curve",
+        "--gamma",
+        "1",
+        "--T",
+        "1",
+        "--points",
+        "5",
+        "--q-max",
+        "1",
+        "--json",
     )
     rep = json.loads(out)
     assert code == 0 and len(rep["a"]) == 5 and rep["q"][2] == 0.0 and rep["a"][2] == 2.0
     f = tmp_path / "fold.csv"
-    code, _, err = run(capsys, "fold-curve", "--gamma", "1", "--T", "1", "--csv", str(f))
+    code, _, err = cli("fold-curve", "--gamma", "1", "--T", "1", "--csv", str(f))
     lines = f.read_text().splitlines()
     assert code == 0 and lines[0] == "q,a,h,y" and len(lines) == 202
 
@@ -94,8 +98,8 @@ def test_fold_curve_json_and_csv(capsys, tmp_path):
         (["fold-curve", "--gamma", "1", "--T", "1", "--csv", "/nonexistent/dir/f.csv"], "--csv"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(capsys, args, name):
-    code, out, err = run(capsys, *args)
+def test_bad_input_exits_2_with_one_line(cli, args, name):
+    code, out, err = cli(*args)
     assert code == 2
     assert out == ""
     lines = err.strip().splitlines()
@@ -122,10 +126,9 @@ def test_console_script_subprocess():
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_simulate_json_contract(capsys, tmp_path):
+def test_simulate_json_contract(cli, tmp_path):
     out = tmp_path / "sim.csv"
-    code, stdout, _ = run(
-        capsys,
+    code, stdout, _ = cli(
         "simulate",
         "--a",
         "3",
@@ -168,8 +171,7 @@ def test_simulate_json_contract(capsys, tmp_path):
     )
     assert out.read_text().splitlines()[0] == "t,u_mean,u_std,u_meanfield"
     # same seed, same numbers
-    code, again, _ = run(
-        capsys,
+    code, again, _ = cli(
         "simulate",
         "--a",
         "3",
@@ -194,9 +196,18 @@ def test_simulate_json_contract(capsys, tmp_path):
     assert json.loads(again)["u_mean"] == rep["u_mean"]
 
 
-def test_hysteresis_json_contract(capsys):
-    code, stdout, _ = run(
-        capsys, "hysteresis", "--a", "4", "--gamma", "1", "--T", "1", "--rate", "0.02", "--json"
+def test_hysteresis_json_contract(cli):
+    code, stdout, _ = cli(
+        "hysteresis",
+        "--a",
+        "4",
+        "--gamma",
+        "1",
+        "--T",
+        "1",
+        "--rate",
+        "0.02",
+        "--json",
     )
     rep = json.loads(stdout)
     assert code == 0
@@ -223,16 +234,16 @@ SIM_OK = {"--batch": "16", "--eta": "0.01", "--steps": "10", "--runs": "2"}
         ("--y0", "inf"),
     ],
 )
-def test_simulate_bad_input(capsys, option, value):
+def test_simulate_bad_input(cli, option, value):
     opts = {**SIM_OK, option: value}
     args = SIM + [x for kv in opts.items() for x in kv]
-    code, out, err = run(capsys, *args)
+    code, out, err = cli(*args)
     assert code == 2 and out == "" and option in err and len(err.strip().splitlines()) == 1
 
 
-def test_simulate_bad_out_file(capsys, tmp_path):
+def test_simulate_bad_out_file(cli, tmp_path):
     args = SIM + [x for kv in SIM_OK.items() for x in kv]
-    code, _, err = run(capsys, *args, "--out", str(tmp_path / "x.txt"))
+    code, _, err = cli(*args, "--out", str(tmp_path / "x.txt"))
     assert code == 2 and "--out" in err
-    code, _, err = run(capsys, *args, "--out", str(tmp_path / "missing" / "x.csv"))
+    code, _, err = cli(*args, "--out", str(tmp_path / "missing" / "x.csv"))
     assert code == 2 and "--out" in err

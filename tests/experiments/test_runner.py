@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from moebif.cli import main
 from moebif.experiments import REGISTRY, load_experiment
 from moebif.experiments.runner import is_complete, reproduce, run_one
 
@@ -54,20 +53,12 @@ def test_every_experiment_has_the_interface(exp_id):
     assert type(mod.quick()) is mod.Config
 
 
-def _code(capsys, *args):
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
-def test_cli_unknown_id_and_unwritable_out(capsys, tmp_path):
-    code, err = _code(capsys, "reproduce", "--only", "theory,fig99", "--out", str(tmp_path))
+def test_cli_unknown_id_and_unwritable_out(cli, tmp_path):
+    code, _, err = cli("reproduce", "--only", "theory,fig99", "--out", str(tmp_path))
     assert code == 2 and "--only" in err and "fig99" in err and err.count("\n") == 1
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, err = _code(capsys, "reproduce", "--out", str(blocker / "sub"))
+    code, _, err = cli("reproduce", "--out", str(blocker / "sub"))
     assert code == 2 and "--out" in err and err.count("\n") == 1
-    code, err = _code(capsys, "reproduce", "--jobs", "0", "--out", str(tmp_path))
+    code, _, err = cli("reproduce", "--jobs", "0", "--out", str(tmp_path))
     assert code == 2 and "--jobs" in err

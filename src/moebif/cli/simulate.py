@@ -89,8 +89,6 @@ def simulate(
         record_every = max(1, steps // 2000)
     if record_every < 1:
         raise CLIError("--record-every", f"must be >= 1, got {record_every}")
-    if eta * gamma >= 2.0:
-        raise CLIError("--eta", f"eta * gamma must be < 2 for a stable update, got {eta * gamma:g}")
     if out is not None:
         from .._io import check_writable_file
 
@@ -224,8 +222,6 @@ def hysteresis(
         raise CLIError("--rate", f"must be > 0, got {rate:g}")
     if seed < 0:
         raise CLIError("--seed", f"must be >= 0, got {seed}")
-    if eta * gamma >= 2.0:
-        raise CLIError("--eta", f"eta * gamma must be < 2 for a stable update, got {eta * gamma:g}")
 
     import time
 
