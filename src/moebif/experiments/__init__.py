@@ -1,9 +1,18 @@
 """The registry of reproducible experiments: one module per paper figure.
 
 Each module defines ``ID``, ``TITLE``, ``PAPER`` (where in the paper), a frozen dataclass
-``Config`` whose defaults are the paper's values, ``quick() -> Config`` (fewer replicas, coarser
-grids, same code path), ``run(config, progress=None) -> ExperimentResult`` and
-``plot(result, config) -> matplotlib Figure``. Modules are imported lazily.
+``Config`` whose defaults are the paper's values (with a ``seed`` field), ``quick() -> Config``
+(fewer replicas, coarser grids, same code path), and the three steps
+
+- ``run(config, progress=None) -> dict``: computes the data (JSON-ready: it is saved as
+  ``data.json``);
+- ``claims(data, config) -> list[Claim]``: checks the paper's statements on the data alone, so
+  a finished run can be re-checked from its ``data.json`` (``moebif reproduce --recheck``);
+- ``plot(data, config) -> matplotlib Figure``;
+
+and optionally ``notes(data, config) -> str``. (Modules not yet split return an
+``ExperimentResult`` from ``run`` and take it in ``plot``; the runner accepts both.) Modules are
+imported lazily.
 """
 
 from __future__ import annotations

@@ -38,11 +38,12 @@ class Claim:
 
 @dataclass
 class ExperimentResult:
-    """What ``run(config)`` returns: data for the files, and the claims it checks."""
+    """One evaluated experiment: its data (for the files), the claims checked on it, notes."""
 
     data: dict[str, Any]
     claims: list[Claim] = field(default_factory=list)
     notes: str = ""
+    legacy: bool = False  # returned by a module's own run() (not yet split)
 
 
 def config_to_dict(config) -> dict:

@@ -33,7 +33,7 @@ from .._io import atomic_write_json, default_mode, jsonable
 from .._version import __version__
 from ..style import save_figure
 from . import REGISTRY, load_experiment
-from .base import config_to_dict
+from .base import ExperimentResult, config_to_dict
 
 __all__ = ["ExperimentOutcome", "is_complete", "reproduce", "run_one"]
 
@@ -68,6 +68,16 @@ def is_complete(out: Path, exp_id: str, quick: bool) -> bool:
     return meta.get("complete") is True and meta.get("quick") == quick
 
 
+def evaluate(mod, config, progress: Callable | None = None) -> ExperimentResult:
+    """Run one experiment module: its data, its claims (from the data alone) and notes."""
+    out = mod.run(config, progress=progress)
+    if isinstance(out, ExperimentResult):  # a module not yet split into run / claims / plot
+        out.legacy = True
+        return out
+    notes = mod.notes(out, config) if hasattr(mod, "notes") else ""
+    return ExperimentResult(data=out, claims=mod.claims(out, config), notes=notes)
+
+
 def run_one(exp_id: str, quick: bool, out: str, progress: Callable | None = None) -> dict:
     """Run one experiment and move its finished folder into ``out/<exp_id>`` (atomic rename)."""
     import matplotlib.pyplot as plt
@@ -75,8 +85,8 @@ def run_one(exp_id: str, quick: bool, out: str, progress: Callable | None = None
     mod = load_experiment(exp_id)
     config = mod.quick() if quick else mod.Config()
     t0 = time.perf_counter()
-    result = mod.run(config, progress=progress)
-    fig = mod.plot(result, config)
+    result = evaluate(mod, config, progress)
+    fig = mod.plot(result, config) if result.legacy else mod.plot(result.data, config)
     seconds = time.perf_counter() - t0
 
     out_dir = Path(out)

@@ -52,7 +52,8 @@ the mean-field router runs into collapse without further noise.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -234,6 +235,12 @@ class LayerMonitor:
     - ``eta_gamma``: prior guess of ``eta gamma`` for the latent filter before the first fit
       (default ``20 / window``).
     - ``name``: layer label in alarms.
+    - ``history``: fits and block records kept for read-out (the latest ``history`` of each;
+      ``None``: all, as ``moebif diagnose`` does for a finished log). Memory is bounded by the
+      window and ``history`` whatever the number of steps.
+
+    :meth:`state_dict` / :meth:`load_state_dict` save and restore the whole state (plain Python
+    values and lists: JSON- and ``torch.save``-safe), so a resumed run continues its window.
     """
 
     n_experts: int
@@ -253,8 +260,9 @@ class LayerMonitor:
     capacity: float | None = None
     eta_gamma: float | None = None
     name: str = ""
+    history: int | None = 2048
     alarms: list[Alarm] = field(default_factory=list, init=False)
-    fits: list[_Refit] = field(default_factory=list, init=False)
+    fits: deque = field(default_factory=deque, init=False)
 
     def __post_init__(self):
         n, k = int(self.n_experts), int(self.top_k)
@@ -296,24 +304,34 @@ class LayerMonitor:
         self._excursion_step = -1  # last step with a collapse alarm active
         self._d_s = self._d_c = self._d_commit = math.nan
         self.kappa_sn = collapse_ratio(n, k)
-        self.block_record: list[tuple] = []  # (step, max_load_filtered, latent_gap)
+        if self.history is not None and int(self.history) < 1:
+            raise ValueError(f"history: must be >= 1 or None, got {self.history}")
+        keep = None if self.history is None else int(self.history)
+        self.fits = deque(maxlen=keep)
+        self.block_record: deque = deque(maxlen=keep)  # (step, max_load_filtered, latent_gap)
+        # soft importance (mean router probability per expert), when the caller has it
+        self._iblk = np.full((self.block, n), np.nan)
+        self._ibuf = np.full((self._cap, n), np.nan)
 
     # -------------------------------------------------------------------------------------
     # feeding
 
-    def update(self, counts) -> list[Alarm]:
-        """One logged step: counts (or loads) of the N experts. Returns the alarms it raised.
+    def update(self, counts, importance=None) -> list[Alarm]:
+        """One logged step: counts (or loads) of the N experts, and optionally the soft
+        importance (the router's mean probability per expert over the step's tokens). Returns
+        the alarms it raised.
 
         O(N) and allocation-free: the row is copied into a preallocated block buffer; the loads
         and sums of a block are computed when it closes, by the same code as :meth:`update_many`
         (so the two give bit-identical results)."""
         i = self._in_block
         self._blk[i] = counts
+        self._iblk[i] = np.nan if importance is None else importance
         self.step += 1
         if i + 1 == self.block:
             self._in_block = 0
             bm, bc = self._block_stats(self._blk, 1)
-            return self._push_block(bm[0], bc[0])
+            return self._push_block(bm[0], bc[0], self._iblk.mean(axis=0))
         self._in_block = i + 1
         return []
 
@@ -324,36 +342,44 @@ class LayerMonitor:
         m = self.block
         return loads.reshape(nb, m, -1).mean(axis=1), seg.reshape(nb, m, -1).sum(axis=1)
 
-    def update_many(self, counts) -> list[Alarm]:
-        """Many steps at once, shape ``(S, N)``: identical results to ``S`` calls of
-        :meth:`update`, vectorised over whole blocks."""
+    def update_many(self, counts, importance=None) -> list[Alarm]:
+        """Many steps at once, shape ``(S, N)`` (``importance``: the same shape, or ``None``):
+        identical results to ``S`` calls of :meth:`update`, vectorised over whole blocks."""
         c = np.asarray(counts, dtype=float)
+        imp = None if importance is None else np.asarray(importance, dtype=float)
+        if imp is not None and imp.shape != c.shape:
+            raise ValueError(f"importance: need shape {c.shape}, got {imp.shape}")
         out: list[Alarm] = []
         i = 0
         S = c.shape[0]
         while i < S and self._in_block != 0:
-            out += self.update(c[i])
+            out += self.update(c[i], None if imp is None else imp[i])
             i += 1
         m = self.block
         nb = (S - i) // m
         if nb:
             seg = c[i : i + nb * m]
             bm, bc = self._block_stats(seg, nb)
+            if imp is None:
+                bi = np.full_like(bm, np.nan)
+            else:
+                bi = imp[i : i + nb * m].reshape(nb, m, -1).mean(axis=1)
             for j in range(nb):
                 self.step += m
-                out += self._push_block(bm[j], bc[j])
+                out += self._push_block(bm[j], bc[j], bi[j])
             self._blk[m - 1] = seg[-1]  # the last step, for metrics()
             i += nb * m
         while i < S:
-            out += self.update(c[i])
+            out += self.update(c[i], None if imp is None else imp[i])
             i += 1
         return out
 
-    def _push_block(self, bm, bc) -> list[Alarm]:
+    def _push_block(self, bm, bc, bi) -> list[Alarm]:
         if self._nblocks >= self._nd:
             self._dsum -= self._buf[(self._nblocks - self._nd) % self._cap]
         self._dsum += bm
         self._buf[self._nblocks % self._cap] = bm
+        self._ibuf[self._nblocks % self._cap] = bi
         self._nblocks += 1
         self._since_refit += self.block
         # latent scores: EMA of the loads at the router's own rate eta gamma
@@ -523,6 +549,27 @@ class LayerMonitor:
     # -------------------------------------------------------------------------------------
     # read-out
 
+    # -------------------------------------------------------------------------------------
+    # checkpoint
+
+    def state_dict(self) -> dict:
+        """The complete state as plain Python values (dicts, lists, numbers, strings): safe for
+        ``json`` and for ``torch.save`` / ``torch.load(weights_only=True)``."""
+        return {"format": "moebif.LayerMonitor/1", "state": _encode(vars(self))}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (of a monitor with the same N, top-k and window)."""
+        if not isinstance(state, dict) or state.get("format") != "moebif.LayerMonitor/1":
+            raise ValueError("state: not a LayerMonitor state_dict")
+        values = _decode(state["state"])
+        for key in ("n_experts", "top_k", "window", "block"):
+            if values.get(key) != getattr(self, key):
+                raise ValueError(
+                    f"state: {key} = {values.get(key)!r} does not match this monitor's "
+                    f"{getattr(self, key)!r}"
+                )
+        vars(self).update(values)
+
     @property
     def estimate(self) -> WhittleFit | None:
         return self.fits[-1].fit if self.fits else None
@@ -598,3 +645,54 @@ class LoadMonitor:
 
     def summary(self) -> dict:
         return {k: m.summary() for k, m in self.layers.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# state_dict encoding: plain values only (tagged dicts for arrays, deques and records)
+
+
+def _encode(x):
+    if isinstance(x, np.ndarray):
+        return {"__ndarray__": x.tolist(), "dtype": str(x.dtype), "shape": list(x.shape)}
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, deque):
+        return {"__deque__": [_encode(v) for v in x], "maxlen": x.maxlen}
+    if isinstance(x, tuple):
+        return {"__tuple__": [_encode(v) for v in x]}
+    if isinstance(x, list):
+        return [_encode(v) for v in x]
+    if isinstance(x, dict):
+        return {"__dict__": [[_encode(k), _encode(v)] for k, v in x.items()]}
+    if isinstance(x, Alarm):
+        return {"__alarm__": x.to_dict()}
+    if isinstance(x, WhittleFit):
+        return {"__whittle__": {k: _encode(v) for k, v in asdict(x).items()}}
+    if isinstance(x, _Refit):
+        return {"__refit__": {k: _encode(getattr(x, k)) for k in _Refit.__slots__}}
+    return x
+
+
+def _decode(x):
+    if isinstance(x, list):
+        return [_decode(v) for v in x]
+    if not isinstance(x, dict):
+        return x
+    if "__ndarray__" in x:
+        return np.array(x["__ndarray__"], dtype=x["dtype"]).reshape(x["shape"])
+    if "__deque__" in x:
+        return deque((_decode(v) for v in x["__deque__"]), maxlen=x["maxlen"])
+    if "__tuple__" in x:
+        return tuple(_decode(v) for v in x["__tuple__"])
+    if "__dict__" in x:
+        return {_decode(k): _decode(v) for k, v in x["__dict__"]}
+    if "__alarm__" in x:
+        return Alarm(**x["__alarm__"])
+    if "__whittle__" in x:
+        return WhittleFit(**{k: _decode(v) for k, v in x["__whittle__"].items()})
+    if "__refit__" in x:
+        r = _Refit.__new__(_Refit)
+        for k, v in x["__refit__"].items():
+            setattr(r, k, _decode(v))
+        return r
+    return x
