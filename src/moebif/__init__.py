@@ -12,6 +12,9 @@ from .model.continuation import continue_equilibria as continue_equilibria
 from .model.continuation import continue_folds as continue_folds
 from .model.field import VectorField as VectorField
 from .model.field import softmax as softmax
+from .model.field import topk_vector_field as topk_vector_field
+from .model.inclusion import inclusion_jacobian as inclusion_jacobian
+from .model.inclusion import inclusion_probabilities as inclusion_probabilities
 from .model.meanfield import jacobian as jacobian
 from .model.meanfield import solve_meanfield as solve_meanfield
 from .model.meanfield import uniform_state as uniform_state
@@ -27,12 +30,9 @@ from .model.thresholds import Thresholds as Thresholds
 from .model.thresholds import regime as regime
 from .model.thresholds import theory_report as theory_report
 from .model.thresholds import thresholds as thresholds
-from .model.topk import inclusion_jacobian as inclusion_jacobian
-from .model.topk import inclusion_probabilities as inclusion_probabilities
 from .model.topk import topk_branch as topk_branch
 from .model.topk import topk_collapse_threshold as topk_collapse_threshold
 from .model.topk import topk_linear_threshold as topk_linear_threshold
-from .model.topk import topk_vector_field as topk_vector_field
 from .model.two_expert import CuspNormalForm as CuspNormalForm
 from .model.two_expert import Equilibrium as Equilibrium
 from .model.two_expert import critical_feedback as critical_feedback

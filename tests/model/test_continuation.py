@@ -113,7 +113,8 @@ def test_continuation_in_temperature_and_a_drift_component():
 
 def test_topk_continuation_fold():
     """Continuation of the top-2 mean field (8k) finds the fold of its one-winner branch."""
-    from moebif.model.topk import inclusion_probabilities, topk_collapse_threshold
+    from moebif.model.inclusion import inclusion_probabilities
+    from moebif.model.topk import topk_collapse_threshold
 
     n, k = 6, 2
     a_sn, m = topk_collapse_threshold(n, k, 1.0, 1.0)

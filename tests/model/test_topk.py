@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 
 from moebif import RouterParams
+from moebif.model.field import topk_vector_field
+from moebif.model.inclusion import inclusion_jacobian, inclusion_probabilities
 from moebif.model.topk import (
-    inclusion_jacobian,
-    inclusion_probabilities,
     topk_branch,
     topk_collapse_threshold,
     topk_linear_threshold,
     topk_uniform_slope,
-    topk_vector_field,
 )
 
 

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 
 from moebif import RouterParams
-from moebif.model.topk import (
-    inclusion_probabilities,
-    topk_vector_field,
-)
+from moebif.model.field import topk_vector_field
+from moebif.model.inclusion import inclusion_probabilities
 
 
 def _rand_scores(rng, n, spread=2.0):

@@ -67,9 +67,7 @@ def diagnose(
             w, eg = min(int(window), counts.shape[0]), None
         # the library's tested rule unless the user overrides its level
         rule = {} if threshold is None else {"threshold": threshold}
-        mon = LayerMonitor(
-            n, top_k=top_k, window=w, name=name, eta_gamma=eg, history=None, **rule
-        )
+        mon = LayerMonitor(n, top_k=top_k, window=w, name=name, eta_gamma=eg, history=None, **rule)
         mon.update_many(counts)
         summ = mon.summary()
         summ["window_auto"] = window == "auto"

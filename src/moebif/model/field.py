@@ -3,7 +3,7 @@
     r' = F(r) = (a / k) pi(r) - gamma r + b,
 
 with ``pi`` the softmax loads ``softmax(r / T)`` (top-1, eq. 1 / 8) or the top-k inclusion
-probabilities (:func:`moebif.model.topk.inclusion_probabilities`, which sum to ``k``). Its
+probabilities (:func:`moebif.model.inclusion.inclusion_probabilities`, which sum to ``k``). Its
 Jacobian is ``(a / k) d pi / d r - gamma I``; for the softmax ``d pi / d r = (diag p - p p^T) / T``.
 Both are symmetric: (8) and (8k) are gradient flows.
 
@@ -20,8 +20,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..params import ParameterError, RouterParams
+from .inclusion import inclusion_jacobian, inclusion_probabilities
 
-__all__ = ["VectorField", "drift_vector", "softmax"]
+__all__ = ["VectorField", "drift_vector", "softmax", "topk_vector_field"]
 
 
 def softmax(r, T: float):
@@ -84,8 +85,6 @@ class VectorField:
         probabilities (shape ``(N,)``)."""
         if self.top_k == 1:
             return softmax(r, self.T)
-        from .topk import inclusion_probabilities
-
         return inclusion_probabilities(r, self.T, self.top_k)
 
     def inclusion_jacobian(self, r) -> np.ndarray:
@@ -93,8 +92,6 @@ class VectorField:
         if self.top_k == 1:
             p = softmax(np.asarray(r, dtype=float), self.T)
             return (np.diag(p) - np.outer(p, p)) / self.T
-        from .topk import inclusion_jacobian
-
         return inclusion_jacobian(r, self.T, self.top_k)
 
     def __call__(self, r) -> np.ndarray:
@@ -116,3 +113,8 @@ class VectorField:
         s = p @ v
         A = np.diag(p) - np.outer(p, p)
         return self.a / self.T**2 * (A * (v - s)[:, None] - np.outer(p, p * (v - s)))
+
+
+def topk_vector_field(r, params: RouterParams, k: int, b=None) -> np.ndarray:
+    """Right-hand side of (8k): ``(a / k) pi(r) - gamma r + b`` (``b`` defaults to ``params.b``)."""
+    return VectorField.of(params, top_k=k, b=b)(r)
