@@ -63,19 +63,15 @@ from .whittle import WhittleFit, fit_whittle
 
 __all__ = ["Alarm", "LayerMonitor", "LoadMonitor", "default_block", "recommended_window"]
 
-# window per N in units of 1 / (eta gamma) steps, from benchmarks/bench_monitor.py
-_WINDOW_UNITS = ((2, 2000.0), (8, 200.0), (10**9, 100.0))
-
 
 def recommended_window(n_experts: int, eta_gamma: float) -> int:
-    """Window (steps) that meets the estimation accuracy of the acceptance study for N experts:
-    2000 / (eta gamma) for N = 2, 200 for 3 <= N <= 8, 100 beyond (the pooled likelihood has
-    N - 1 degrees of freedom per frequency, so larger N needs shorter windows; at 1000 units
-    the N = 2, kappa = 0.6 error is 0.025-0.031, on the edge of the 0.03 target)."""
-    for n_max, units in _WINDOW_UNITS:
-        if n_experts <= n_max:
-            return max(64, int(round(units / eta_gamma)))
-    raise AssertionError
+    """Window (steps) that meets the estimation accuracy of the acceptance study
+    (benchmarks/bench_estimator.py) for N experts: ``clip(2800 / (N - 1), 150, 2000)`` units of
+    ``1 / (eta gamma)``: 2000 for N = 2, 933 for N = 4, 400 for N = 8, 150 from N = 20 on. The
+    pooled likelihood has N - 1 modes, so larger N needs shorter windows; a heterogeneous
+    profile spreads the modes' rates and leaves the slowest mode less company, hence the floor."""
+    units = min(max(150.0, 2800.0 / (n_experts - 1)), 2000.0)
+    return max(64, int(round(units / eta_gamma)))
 
 
 def default_block(window: int, n_experts: int) -> int:
@@ -157,32 +153,57 @@ def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) ->
 
 
 class _Refit:
-    """One refit: its step, fit and regime. The escape time (and its range over the 95% interval
+    """One refit: its step, the fits behind it and what the monitor concluded. ``kappa`` and
+    the relaxation rate are those of the estimator used (``source``: ``"logits"`` for the
+    feedback measured from the router's logits, ``"loads"`` for the Whittle fit of the loads),
+    NaN with a ``reason`` when unresolved. The escape time (and its range over the 95% interval
     of kappa) is computed on first access: it costs more than the fit and is rarely read."""
 
-    __slots__ = ("step", "fit", "regime", "window_units", "_esc_args", "_esc", "_esc_range")
+    __slots__ = (
+        "step",
+        "fit",
+        "feedback",
+        "regime",
+        "reason",
+        "source",
+        "kappa",
+        "kappa_lo",
+        "kappa_hi",
+        "relaxation_rate",
+        "relaxation_lo",
+        "relaxation_hi",
+        "eta_gamma",
+        "collapse_kappa",
+        "window_units",
+        "_esc_args",
+        "_esc",
+        "_esc_range",
+    )
 
-    def __init__(
-        self, step: int, fit: WhittleFit, regime: str, esc_args=None, window_units=math.nan
-    ):
+    def __init__(self, step: int, fit: WhittleFit | None, feedback=None):
         self.step = step
         self.fit = fit
-        self.regime = regime
-        self.window_units = window_units
-        self._esc_args = esc_args  # (kappa_sn, n) when the escape time applies, else None
+        self.feedback = feedback
+        self.regime = "unresolved"
+        self.reason = ""
+        self.source = "none"
+        self.kappa = self.kappa_lo = self.kappa_hi = math.nan
+        self.relaxation_rate = self.relaxation_lo = self.relaxation_hi = math.nan
+        self.eta_gamma = math.nan
+        self.collapse_kappa = math.nan
+        self.window_units = math.nan
+        self._esc_args = None  # (kappa_sn, n) when the escape time applies, else None
         self._esc = None
         self._esc_range = None
 
     @property
     def escape_steps(self) -> float:
-        """Eyring-Kramers mean escape time (steps) at kappa_hat; inf below kappa_SN."""
+        """Eyring-Kramers mean escape time (steps) at kappa_hat; inf below kappa_SN; NaN where
+        the theory does not apply (heterogeneous profile, top-k) or is beyond its range."""
         if self._esc is None:
-            self._esc = math.inf
-            if self._esc_args is not None:
-                ksn, n = self._esc_args
-                fit = self.fit
-                if fit.kappa >= ksn:
-                    self._esc = escape_time(fit.kappa, fit.eta_gamma, fit.b_eff, n)
+            self._esc = math.inf if self._esc_args is not None else math.nan
+            if self._esc_args is not None and self.kappa >= self._esc_args[0]:
+                self._esc = _bounded(escape_time(self.kappa, *self._esc_args[1:]))
         return self._esc
 
     @property
@@ -190,26 +211,51 @@ class _Refit:
         """The escape time at the two ends of the 95% interval of kappa (computed separately
         from :attr:`escape_steps`, on first read)."""
         if self._esc_range is None:
-            self._esc_range = (math.inf, math.inf)
-            if self._esc_args is not None:
-                n, fit = self._esc_args[1], self.fit
+            self._esc_range = (math.nan, math.nan)
+            if self._esc_args is not None and math.isfinite(self.kappa_lo):
+                args = self._esc_args[1:]
                 self._esc_range = (
-                    escape_time(min(fit.kappa_hi, 1.0), fit.eta_gamma, fit.b_eff, n),
-                    escape_time(fit.kappa_lo, fit.eta_gamma, fit.b_eff, n),
+                    _bounded(escape_time(min(self.kappa_hi, 1.0), *args)),
+                    _bounded(escape_time(self.kappa_lo, *args)),
                 )
         return self._esc_range
 
     def to_dict(self) -> dict:
-        d = {"step": self.step, "regime": self.regime}
-        d.update(self.fit.to_dict())
+        d = {"step": self.step, "regime": self.regime, "reason": self.reason}
+        d["source"] = self.source
+        for k in ("kappa", "kappa_lo", "kappa_hi", "relaxation_rate", "eta_gamma"):
+            d[k] = _finite_or_none(getattr(self, k))
+        d["relaxation_rate_lo"] = _finite_or_none(self.relaxation_lo)
+        d["relaxation_rate_hi"] = _finite_or_none(self.relaxation_hi)
+        d["collapse_kappa"] = _finite_or_none(self.collapse_kappa)
         d["window_units"] = _finite_or_none(self.window_units)
         d["escape_steps"] = _finite_or_none(self.escape_steps)
         d["escape_steps_range"] = [_finite_or_none(x) for x in self.escape_range]
+        d["loads"] = None if self.fit is None else self.fit.to_dict()
+        d["logits"] = None if self.feedback is None else self.feedback.to_dict()
         return d
+
+
+# escape times beyond this many steps are outside what the model can say (a barrier of
+# hundreds of noise units): reported as undetermined, never as 1e32 steps
+_MAX_ESCAPE = 1e12
+
+
+def _bounded(steps: float) -> float:
+    return (
+        steps
+        if (math.isfinite(steps) and steps <= _MAX_ESCAPE) or steps == math.inf
+        else (math.nan)
+    )
 
 
 def _finite_or_none(x):
     return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _tv(p, q) -> float:
+    """Total variation distance between two load profiles."""
+    return 0.5 * float(np.abs(np.asarray(p) - np.asarray(q)).sum())
 
 
 @dataclass
@@ -219,21 +265,32 @@ class LayerMonitor:
     **Arguments:**
 
     - ``n_experts``: N; ``top_k``: experts per token (loads are ``count / (k B)``).
-    - ``window``: steps in the fitting window (see :func:`recommended_window`).
-    - ``block``: steps per block mean (default :func:`default_block`).
+    - ``window``: steps in the fitting window; ``None`` (the default): automatic, the
+      recommended window (:func:`recommended_window`) at the fitted ``eta gamma``, from 512
+      steps until the first resolved fit, at most ``max_window``.
+    - ``block``: steps per block mean (default :func:`default_block`; automatic with the window).
     - ``refit``: steps between fits (default ``window // 8``).
     - ``threshold``, ``lower``, ``approach_refits``: the ``approaching-threshold`` rule
       (``kappa_hat >= threshold`` and ``kappa_lo >= lower`` on ``approach_refits`` refits).
     - ``consecutive``: refits in a row for the ``metastable`` rule.
-    - ``min_units``: the model-based alarms need the fitted window to span at least this many
+    - ``min_units``: the loads-based alarms need the fitted window to span at least this many
       units of ``1 / eta gamma_hat``.
-    - ``excursion``, ``collapsed``: filtered max-load excess levels (generic collapse rules).
-    - ``dwell``: steps averaged (and waited) for ``recovered`` (default
-      ``max(block, window // 2)``: half a window).
-    - ``commit``: where between the saddle and the collapsed gap ``collapse-in-progress`` fires.
+    - ``excursion``, ``collapsed``: rise of the filtered max-load excess above that of the
+      router's own stable profile (the reference) for ``collapse-in-progress`` and
+      ``collapsed``; before a reference exists (warming up) the absolute levels
+      ``max(excursion, 0.6)`` and ``max(collapsed, 0.9)`` apply.
+    - ``dwell``: steps the loads must stay back at a stable profile for ``recovered``, and the
+      span over which stationarity is judged (default ``clip(20 / eta gamma, 32, window / 2)``).
+    - ``warmup``: at least this many steps before a reference profile is taken (default 64);
+      the reference is taken once the profile is stationary over a dwell.
+    - ``dead_warning``: if set, a ``dead-experts`` warning when this fraction of the experts
+      that carried load in the reference profile falls to zero load (off by default: a
+      heterogeneous profile with rarely used experts is reported in the metrics, not alarmed).
+    - ``commit``: where between the saddle and the collapsed gap ``collapse-in-progress`` fires
+      (metastable uniform top-1 router).
     - ``capacity``: tokens per expert per step, for the dropped fraction.
-    - ``eta_gamma``: prior guess of ``eta gamma`` for the latent filter before the first fit
-      (default ``20 / window``).
+    - ``eta_gamma``: prior guess of ``eta gamma`` before the first fit (default ``20 / window``).
+    - ``max_lag``: longest lag of the logit-based feedback estimator (steps).
     - ``name``: layer label in alarms.
     - ``history``: fits and block records kept for read-out (the latest ``history`` of each;
       ``None``: all, as ``moebif diagnose`` does for a finished log). Memory is bounded by the
@@ -245,7 +302,7 @@ class LayerMonitor:
 
     n_experts: int
     top_k: int = 1
-    window: int = 4096
+    window: int | None = None
     block: int | None = None
     refit: int | None = None
     threshold: float = 0.82
@@ -257,8 +314,12 @@ class LayerMonitor:
     collapsed: float = 0.5
     commit: float = 0.25
     dwell: int | None = None
+    warmup: int | None = None
+    dead_warning: float | None = None
     capacity: float | None = None
     eta_gamma: float | None = None
+    max_lag: int = 64
+    max_window: int = 1 << 16
     name: str = ""
     history: int | None = 2048
     alarms: list[Alarm] = field(default_factory=list, init=False)
@@ -270,70 +331,146 @@ class LayerMonitor:
             raise ValueError(f"n_experts: must be >= 2, got {n}")
         if not 1 <= k < n:
             raise ValueError(f"top_k: must be in 1..{n - 1}, got {k}")
+        self._auto = self.window is None
+        if self._auto:
+            if self.block is not None:
+                raise ValueError("block: set it only with a fixed window")
+            self.window = 512
         if self.window < 32:
             raise ValueError(f"window: must be >= 32 steps, got {self.window}")
-        self.block = default_block(self.window, n) if self.block is None else int(self.block)
-        if self.block < 1 or self.window // self.block < 32:
-            raise ValueError(f"block: need window / block >= 32 blocks, got block = {self.block}")
-        self.refit = max(self.block, self.window // 8) if self.refit is None else int(self.refit)
-        self._cap = self.window // self.block
-        self.dwell = max(self.block, self.window // 2) if self.dwell is None else int(self.dwell)
-        self._calm = 0  # steps in a row with the latent gap calm (for `recovered`)
-        self._since_alarm = 0  # steps since the last collapse alarm
-        self._recovered = False  # a collapse alarm was followed by `recovered`
-        self._nd = min(-(-self.dwell // self.block), self._cap)  # blocks in the dwell average
-        self._dsum = np.zeros(n)  # sum of the last min(_nblocks, _nd) block means
-        self._buf = np.zeros((self._cap, n))
+        self._cap_blocks = 2048 if n == 2 else 1024
+        if self._auto:
+            self.block = 1
+            self._cap = self._cap_blocks
+        else:
+            self.block = default_block(self.window, n) if self.block is None else int(self.block)
+            if self.block < 1 or self.window // self.block < 32:
+                raise ValueError(
+                    f"block: need window / block >= 32 blocks, got block = {self.block}"
+                )
+            self._cap = self.window // self.block
+        self._user_refit = self.refit
+        self._user_dwell = self.dwell
+        self._set_refit()
+        if self.history is not None and int(self.history) < 1:
+            raise ValueError(f"history: must be >= 1 or None, got {self.history}")
+        keep = None if self.history is None else int(self.history)
+        self.fits = deque(maxlen=keep)
+        self.block_record: deque = deque(maxlen=keep)  # (step, excess rise, latent gap)
+        self.kappa_sn = collapse_ratio(n, k)
+        self._buf = np.zeros((self._cap, n))  # block means of the loads (ring)
         self._nblocks = 0
-        self._blk = np.zeros((self.block, n))  # counts of the current block (ring of `block`)
+        self._blk = np.zeros((self.block, n))  # counts of the current block
         self._in_block = 0
         self.step = 0
         self._since_refit = 0
         eg = self.eta_gamma if self.eta_gamma is not None else 20.0 / self.window
         self._eg = float(eg)
-        self._ema = None
-        self._had_resolved = False  # some fit resolved the relaxation time
+        self._eg_known = self.eta_gamma is not None
+        self._ema = None  # loads filtered at the router's own rate
+        self._had_resolved = False
         self._flags = {
             "approaching-threshold": False,
             "metastable": False,
             "collapse-in-progress": False,
             "collapsed": False,
+            "dead-experts": False,
         }
         self._above = 0
         self._meta = 0
         self._excursion_step = -1  # last step with a collapse alarm active
         self._d_s = self._d_c = self._d_commit = math.nan
-        self.kappa_sn = collapse_ratio(n, k)
-        if self.history is not None and int(self.history) < 1:
-            raise ValueError(f"history: must be >= 1 or None, got {self.history}")
-        keep = None if self.history is None else int(self.history)
-        self.fits = deque(maxlen=keep)
-        self.block_record: deque = deque(maxlen=keep)  # (step, max_load_filtered, latent_gap)
-        # soft importance (mean router probability per expert), when the caller has it
-        self._iblk = np.full((self.block, n), np.nan)
-        self._ibuf = np.full((self._cap, n), np.nan)
+        self._calm = 0  # steps in a row with the latent gap calm (metastable rule)
+        self._since_alarm = 0  # steps since the last collapse alarm
+        # the router's own stable profile and its noise
+        self._ref = None  # reference load profile (N,), None while warming up
+        self._ref_pre = None  # the reference before the current collapse alarm
+        self._ref_ex = 0.0
+        self._noise2 = 0.0  # mean square of the filtered excess rise while calm
+        self._noise_n = 0
+        self._recent = np.zeros((0, n))  # block means of the last dwell (for stationarity)
+        self._feedback = None  # FeedbackStats, created on the first step with importance
+        self._collapse_cache = None  # (profile, A, kappa of the collapsed state)
+
+    # -------------------------------------------------------------------------------------
+    # window, refit and dwell
+
+    def _set_refit(self) -> None:
+        self.refit = (
+            max(self.block, self.window // 8) if self._user_refit is None else int(self._user_refit)
+        )
+        if self._user_dwell is None:
+            dw = int(round(20.0 / self._eg)) if getattr(self, "_eg_known", False) else 64
+            self.dwell = int(min(max(dw, 32, self.block), max(32, self.window // 2)))
+        else:
+            self.dwell = int(self._user_dwell)
+        self._nd = max(1, -(-self.dwell // self.block))
+
+    def _adapt_window(self) -> None:
+        """Automatic window: the recommended one at the fitted eta gamma; the block grows (pairs
+        of blocks merged) when the window needs more than the ring holds."""
+        target = recommended_window(self.n_experts, self._eg)
+        target = int(min(max(target, 256), self.max_window))
+        while target > self._cap_blocks * self.block:
+            self._merge_blocks()
+        self.window = target
+        self._set_refit()
+
+    def _merge_blocks(self) -> None:
+        nb = min(self._nblocks, self._cap)
+        start = self._nblocks % self._cap if self._nblocks > self._cap else 0
+        x = np.roll(self._buf, -start, axis=0)[:nb]
+        if nb % 2:
+            x = x[1:]  # the oldest block has no partner
+        merged = x.reshape(-1, 2, self.n_experts).mean(axis=1)
+        self._buf = np.zeros_like(self._buf)
+        self._buf[: merged.shape[0]] = merged
+        self._nblocks = merged.shape[0]
+        old = self._blk[: self._in_block].copy()
+        self.block *= 2
+        self._blk = np.zeros((self.block, self.n_experts))
+        self._blk[: old.shape[0]] = old
 
     # -------------------------------------------------------------------------------------
     # feeding
 
-    def update(self, counts, importance=None) -> list[Alarm]:
-        """One logged step: counts (or loads) of the N experts, and optionally the soft
-        importance (the router's mean probability per expert over the step's tokens). Returns
-        the alarms it raised.
+    def update(self, counts, importance=None, scores=None) -> list[Alarm]:
+        """One logged step: counts (or loads) of the N experts; optionally the soft importance
+        (the router's mean probability per expert over the step's tokens) and the mean router
+        logits, which let the monitor measure the feedback directly (:mod:`.feedback`).
+        Returns the alarms it raised.
 
-        O(N) and allocation-free: the row is copied into a preallocated block buffer; the loads
-        and sums of a block are computed when it closes, by the same code as :meth:`update_many`
-        (so the two give bit-identical results)."""
+        O(N) for the loads: the row is copied into a preallocated block buffer, and the loads
+        of a block are computed when it closes, by the same code as :meth:`update_many` (so the
+        two give bit-identical results)."""
+        counts = np.asarray(counts, dtype=float)
+        if importance is not None:
+            self._push_feedback(counts, importance, scores)
         i = self._in_block
         self._blk[i] = counts
-        self._iblk[i] = np.nan if importance is None else importance
         self.step += 1
         if i + 1 == self.block:
             self._in_block = 0
             bm, bc = self._block_stats(self._blk, 1)
-            return self._push_block(bm[0], bc[0], self._iblk.mean(axis=0))
+            return self._push_block(bm[0], bc[0])
         self._in_block = i + 1
         return []
+
+    def _push_feedback(self, counts, importance, scores) -> None:
+        from .feedback import FeedbackStats
+
+        if self._feedback is None:
+            self._feedback = FeedbackStats(
+                self.n_experts, max_lag=self.max_lag, segments=8, tau=max(self.window, 256)
+            )
+        tot = counts.sum()
+        if tot <= 0:
+            return
+        imp = np.asarray(importance, dtype=float)
+        s = imp.sum()
+        if not (np.all(np.isfinite(imp)) and s > 0):
+            return
+        self._feedback.push(counts / tot, imp / s, scores)
 
     def _block_stats(self, seg, nb: int):
         """Block means of the loads and block sums of the counts of ``nb`` whole blocks."""
@@ -342,108 +479,180 @@ class LayerMonitor:
         m = self.block
         return loads.reshape(nb, m, -1).mean(axis=1), seg.reshape(nb, m, -1).sum(axis=1)
 
-    def update_many(self, counts, importance=None) -> list[Alarm]:
-        """Many steps at once, shape ``(S, N)`` (``importance``: the same shape, or ``None``):
-        identical results to ``S`` calls of :meth:`update`, vectorised over whole blocks."""
+    def update_many(self, counts, importance=None, scores=None) -> list[Alarm]:
+        """Many steps at once, shape ``(S, N)`` (``importance``, ``scores``: the same shape, or
+        ``None``): identical results to ``S`` calls of :meth:`update`."""
         c = np.asarray(counts, dtype=float)
-        imp = None if importance is None else np.asarray(importance, dtype=float)
-        if imp is not None and imp.shape != c.shape:
-            raise ValueError(f"importance: need shape {c.shape}, got {imp.shape}")
+        extra = [None if a is None else np.asarray(a, dtype=float) for a in (importance, scores)]
+        for a, nm in zip(extra, ("importance", "scores"), strict=True):
+            if a is not None and a.shape != c.shape:
+                raise ValueError(f"{nm}: need shape {c.shape}, got {a.shape}")
+        if extra[0] is not None:  # the feedback statistics need every step in turn
+            out = []
+            for i in range(c.shape[0]):
+                sc = None if extra[1] is None else extra[1][i]
+                out += self.update(c[i], extra[0][i], sc)
+            return out
         out: list[Alarm] = []
         i = 0
         S = c.shape[0]
-        while i < S and self._in_block != 0:
-            out += self.update(c[i], None if imp is None else imp[i])
-            i += 1
-        m = self.block
-        nb = (S - i) // m
-        if nb:
+        while i < S:
+            if self._in_block != 0:
+                out += self.update(c[i])
+                i += 1
+                continue
+            m = self.block
+            nb = (S - i) // m
+            if nb == 0:
+                out += self.update(c[i])
+                i += 1
+                continue
+            # whole blocks, up to the next refit (where the block size may change)
+            nb = min(nb, max(1, -(-(self.refit - self._since_refit) // m)))
             seg = c[i : i + nb * m]
             bm, bc = self._block_stats(seg, nb)
-            if imp is None:
-                bi = np.full_like(bm, np.nan)
-            else:
-                bi = imp[i : i + nb * m].reshape(nb, m, -1).mean(axis=1)
             for j in range(nb):
                 self.step += m
-                out += self._push_block(bm[j], bc[j], bi[j])
-            self._blk[m - 1] = seg[-1]  # the last step, for metrics()
+                out += self._push_block(bm[j], bc[j])
+            self._blk[m - 1 if m == self.block else 0] = seg[-1]  # the last step, for metrics()
             i += nb * m
-        while i < S:
-            out += self.update(c[i], None if imp is None else imp[i])
-            i += 1
         return out
 
-    def _push_block(self, bm, bc, bi) -> list[Alarm]:
-        if self._nblocks >= self._nd:
-            self._dsum -= self._buf[(self._nblocks - self._nd) % self._cap]
-        self._dsum += bm
+    def _push_block(self, bm, bc) -> list[Alarm]:
         self._buf[self._nblocks % self._cap] = bm
-        self._ibuf[self._nblocks % self._cap] = bi
         self._nblocks += 1
         self._since_refit += self.block
-        # latent scores: EMA of the loads at the router's own rate eta gamma
+        # loads filtered at the router's own rate eta gamma (its latent scores are their EMA)
         keep = (1.0 - min(self._eg, 1.0)) ** self.block
         self._ema = bm.copy() if self._ema is None else keep * self._ema + (1.0 - keep) * bm
-        out = self._check_excursion(bc)
-        if self._since_refit >= self.refit and self._nblocks >= self._cap // 2:
+        nd = self._nd
+        self._recent = np.vstack([self._recent, bm])[-2 * nd :]
+        out = self._check_profile(bm, bc)
+        if self._since_refit >= self.refit and self._nblocks >= max(self._cap // 2, 32):
             self._since_refit = 0
             out += self._refit()
+        elif self._since_refit >= self.refit and self._feedback is not None:
+            self._since_refit = 0
+            self._feedback.close_segment()
         self.alarms += out
         return out
 
     # -------------------------------------------------------------------------------------
-    # rules
+    # the profile rules: collapse, recovery, warming up
 
     def _alarm(self, kind: str, msg: str) -> Alarm:
         return Alarm(step=self.step, kind=kind, message=msg, layer=self.name)
 
-    def _excess(self) -> float:
-        return max_load_excess(float(self._ema.max()), self.n_experts, self.top_k)
+    def _excess(self, loads=None) -> float:
+        q = self._ema if loads is None else loads
+        return max_load_excess(float(np.max(q)), self.n_experts, self.top_k)
 
     def latent_gap(self) -> float:
         """``d_max = kappa N (EMA_max - mean EMA of the others)`` at the current kappa_hat."""
-        if self._ema is None or not self.fits or not self.fits[-1].fit.resolved:
+        if self._ema is None or not self.fits or not math.isfinite(self.fits[-1].kappa):
             return math.nan
         e = self._ema
         i = int(e.argmax())
         others = (e.sum() - e[i]) / (self.n_experts - 1)
-        return self.fits[-1].fit.kappa * self.n_experts * (e[i] - others) * self.top_k
+        return self.fits[-1].kappa * self.n_experts * (e[i] - others) * self.top_k
 
-    def _check_excursion(self, bc) -> list[Alarm]:
+    def _dwell_means(self):
+        """Mean loads over the last dwell, and over its two halves (None until filled)."""
+        nd = self._nd
+        if self._recent.shape[0] < nd or nd < 2:
+            return None
+        r = self._recent[-nd:]
+        h = nd // 2
+        return r.mean(axis=0), r[:h].mean(axis=0), r[h:].mean(axis=0)
+
+    def _stationary(self, halves) -> bool:
+        """The loads did not move over the dwell: the two halves agree within a few times the
+        sampling noise of a half-dwell mean (estimated from the block-to-block scatter)."""
+        nd = self._nd
+        r = self._recent[-nd:]
+        d = np.diff(r, axis=0)
+        noise = math.sqrt(max(float((d**2).sum(axis=1).mean()) / 2.0, 0.0))  # per-block rms
+        tol = 4.0 * noise * math.sqrt(2.0 / max(nd // 2, 1)) + 0.02
+        return _tv(halves[0], halves[1]) <= tol
+
+    def _dead(self, q, ref) -> int:
+        """Experts that carried load in the reference and have (nearly) none now."""
+        alive = ref >= 0.25 / self.n_experts
+        return int(np.sum(alive & (q < 0.1 * ref)))
+
+    def _check_profile(self, bm, bc) -> list[Alarm]:
         out = []
+        f = self._flags
         ex = self._excess()
         gap = self.latent_gap()
-        self.block_record.append((self.step, ex, gap))
-        dead = float((bc <= 0).mean())
-        f = self._flags
+        dm = self._dwell_means()
+        warming = self._ref is None
+        if warming:
+            # the initial transient is no alarm; only an absolute collapse is
+            rise = ex
+            lvl_in, lvl_col = max(self.excursion, 0.6), max(self.collapsed, 0.9)
+            if dm is not None and self.step >= (self.warmup or 64) and self._stationary(dm[1:]):
+                if self._excess(dm[0]) < 0.6:  # a collapsed profile is no reference
+                    self._ref = dm[0].copy()
+                    self._ref_ex = self._excess(self._ref)
+        else:
+            rise = ex - self._ref_ex
+            lvl_in, lvl_col = self.excursion, self.collapsed
+        ref = self._ref if self._ref is not None else np.full(self.n_experts, 1.0 / self.n_experts)
+        dying = self._dead(self._ema, ref) if not warming else 0
+        alive = int(np.sum(ref >= 0.25 / self.n_experts))
+        active = f["collapse-in-progress"] or f["collapsed"]
+        # jitter of the rise while clearly calm (small batches make the filtered loads noisy):
+        # a collapse must stand out of it; a rise under way is never counted as jitter
+        if not active and not warming and abs(rise) < 0.5 * lvl_in:
+            self._noise2 += (rise * rise - self._noise2) / min(self._noise_n + 1, 64)
+            self._noise_n += 1
+        noise = 4.0 * math.sqrt(self._noise2) if self._noise_n >= 8 else 0.0
+        self.block_record.append((self.step, rise, gap))
         in_meta = math.isfinite(self._d_s) and f["metastable"]
         past_saddle = in_meta and gap > self._d_commit
-        # the loads averaged over the last `dwell` steps are back below excursion / 2
-        # (the average, not the filtered loads: with few tokens per step the max of the noisy
-        # loads alone sits near the level): used for `recovered` and, after a recovery, to
-        # re-arm the collapse alarms (a new collapse must also show on the average)
-        nd = min(self._nd, self._nblocks)
-        ex_dwell = max_load_excess(float(self._dsum.max()) / nd, self.n_experts, self.top_k)
-        sustained = not self._recovered or ex_dwell >= self.excursion
-        if not f["collapse-in-progress"] and (past_saddle or (ex >= self.excursion and sustained)):
+        runaway = rise >= max(lvl_in, noise)
+        if not f["collapse-in-progress"] and (past_saddle or runaway):
             f["collapse-in-progress"] = True
-            why = (
-                f"latent score gap {gap:.2f} passed the saddle gap {self._d_s:.2f} by "
-                f"{self.commit:g} of the way to the collapsed gap {self._d_c:.2f}"
-                if past_saddle
-                else f"filtered max-load excess {ex:.2f} >= {self.excursion:g}"
-            )
+            if past_saddle:
+                why = (
+                    f"latent score gap {gap:.2f} passed the saddle gap {self._d_s:.2f} by "
+                    f"{self.commit:g} of the way to the collapsed gap {self._d_c:.2f}"
+                )
+            elif warming:
+                why = f"filtered max-load excess {ex:.2f} >= {lvl_in:g} while warming up"
+            else:
+                why = (
+                    f"filtered max-load excess {ex:.2f} rose {rise:.2f} above the router's "
+                    f"stable profile ({self._ref_ex:.2f})"
+                )
             out.append(self._alarm("collapse-in-progress", why + "; the router is leaving balance"))
-        if not f["collapsed"] and sustained and (ex >= self.collapsed or dead >= 0.5):
+        many_dead = alive > self.top_k and dying >= max(1, (alive - self.top_k + 1) // 2)
+        if not f["collapsed"] and (rise >= max(lvl_col, noise) or many_dead):
             f["collapsed"] = True
             out.append(
                 self._alarm(
                     "collapsed",
-                    f"filtered max-load excess {ex:.2f}, dead experts "
-                    f"{dead:.0%}: the load sits on few experts",
+                    f"filtered max-load excess {ex:.2f} (stable profile {self._ref_ex:.2f}), "
+                    f"{dying} of {alive} active experts dropped out: the load sits on few "
+                    "experts",
                 )
             )
+        if self.dead_warning is not None and not warming and alive:
+            dead_now = int(np.sum((ref >= 0.25 / self.n_experts) & (bc <= 0)))
+            frac = dead_now / alive
+            if not f["dead-experts"] and frac >= self.dead_warning:
+                f["dead-experts"] = True
+                out.append(
+                    self._alarm(
+                        "dead-experts",
+                        f"{dead_now} of {alive} experts that carried load got none this block",
+                    )
+                )
+            elif f["dead-experts"] and frac < 0.5 * self.dead_warning:
+                f["dead-experts"] = False
+        if out and (f["collapse-in-progress"] or f["collapsed"]) and self._ref_pre is None:
+            self._ref_pre = ref.copy()
         if f["collapse-in-progress"] or f["collapsed"]:
             self._excursion_step = self.step
         self._calm = 0 if (in_meta and gap > 0.5 * self._d_s) else self._calm + self.block
@@ -451,103 +660,221 @@ class LayerMonitor:
             self._since_alarm = 0
         else:
             self._since_alarm += self.block
-        if (
-            (f["collapse-in-progress"] or f["collapsed"])
-            and self._since_alarm >= self.dwell
-            and self._calm >= self.dwell
-            and ex_dwell < 0.5 * self.excursion
-        ):
-            f["collapse-in-progress"] = f["collapsed"] = False
-            self._recovered = True
-            out.append(
-                self._alarm(
-                    "recovered",
-                    f"max-load excess averaged over the last {self.dwell} steps back to "
-                    f"{ex_dwell:.2f} < {0.5 * self.excursion:g}",
-                )
-            )
+        if (f["collapse-in-progress"] or f["collapsed"]) and self._since_alarm >= self.dwell:
+            out += self._check_recovery(dm)
+        elif not (f["collapse-in-progress"] or f["collapsed"]) and self._ref is not None:
+            # follow a slow drift of the stable profile (specialising experts), not a runaway
+            w = min(1.0, self.block / max(self.window, 4 * self.dwell))
+            self._ref = (1.0 - w) * self._ref + w * bm
+            self._ref_ex = self._excess(self._ref)
         return out
+
+    def _check_recovery(self, dm) -> list[Alarm]:
+        if dm is None or self._calm < self.dwell:
+            return []
+        pre = self._ref_pre if self._ref_pre is not None else self._ref
+        pre = pre if pre is not None else np.full(self.n_experts, 1.0 / self.n_experts)
+        mean = dm[0]
+        rise = self._excess(mean) - self._excess(pre)
+        if (
+            rise >= 0.5 * self.excursion
+            or self._dead(mean, pre) > 0
+            or not self._stationary(dm[1:])
+        ):
+            return []
+        f = self._flags
+        f["collapse-in-progress"] = f["collapsed"] = False
+        self._ref = mean.copy()  # the stable profile it came back to (it may differ)
+        self._ref_ex = self._excess(self._ref)
+        self._ref_pre = None
+        return [
+            self._alarm(
+                "recovered",
+                f"back at a stable profile: max-load excess {self._excess(mean):.2f} averaged "
+                f"over the last {self.dwell} steps ({rise:+.2f} against the profile before "
+                "the collapse), no active expert lost",
+            )
+        ]
+
+    # -------------------------------------------------------------------------------------
+    # the model-based rules
 
     def _refit(self) -> list[Alarm]:
         nb = min(self._nblocks, self._cap)
         start = self._nblocks % self._cap if self._nblocks > self._cap else 0
         x = np.roll(self._buf, -start, axis=0)[:nb] if self._nblocks > self._cap else self._buf[:nb]
-        try:
-            fit = fit_whittle(x, block=self.block, n_experts=self.n_experts)
-        except ValueError:
-            return []
+        want = max(32, self.window // self.block)
+        x = x[-want:]
+        nb = x.shape[0]
         n, k = self.n_experts, self.top_k
-        ksn = self.kappa_sn
-        kap = fit.kappa
-        regime = (
-            "collapsing"
-            if kap >= 1.0
-            else ("metastable" if (n >= 3 and kap >= ksn) else "balanced")
+        profile = self._model_profile(x)
+        try:
+            fit = fit_whittle(x, block=self.block, n_experts=n, top_k=k, profile=profile)
+        except ValueError:
+            fit = None
+        fb = None
+        if self._feedback is not None:
+            self._feedback.close_segment()
+            if len(self._feedback._seg) >= 4:
+                from .feedback import fit_feedback
+                from .whittle import load_modes
+
+                try:
+                    mu, V, _ = load_modes(profile, k)
+                    fb = fit_feedback(self._feedback, (mu, V))
+                except (ValueError, np.linalg.LinAlgError):
+                    fb = None
+        rf = _Refit(self.step, fit, fb)
+        # which estimate speaks for the router: the logits when they resolve it
+        if fb is not None and fb.resolved:
+            rf.source = "logits"
+            rf.kappa, rf.kappa_lo, rf.kappa_hi = fb.kappa, fb.kappa_lo, fb.kappa_hi
+            rf.relaxation_rate = fb.relaxation_rate
+            rf.relaxation_lo, rf.relaxation_hi = fb.relaxation_rate_lo, fb.relaxation_rate_hi
+            rf.eta_gamma = fb.eta_gamma
+        elif fit is not None and fit.resolved and fb is None:
+            rf.source = "loads"
+            rf.kappa, rf.kappa_lo, rf.kappa_hi = fit.kappa, fit.kappa_lo, fit.kappa_hi
+            rf.relaxation_rate = fit.relaxation_rate
+            rf.eta_gamma = fit.eta_gamma
+            # the rate's interval from kappa's: relaxation = eta gamma (1 - kappa)
+            rf.relaxation_lo = fit.eta_gamma * (1.0 - fit.kappa_hi)
+            rf.relaxation_hi = fit.eta_gamma * (1.0 - fit.kappa_lo)
+        if rf.source != "none" and 0.0 < rf.eta_gamma < 1.0:
+            self._eg = rf.eta_gamma
+            self._eg_known = True
+            self._had_resolved = True
+        if not math.isfinite(rf.kappa_lo) or rf.kappa_lo < -1e6:
+            rf.kappa_lo = math.nan
+        if rf.source == "none":
+            if fb is not None:
+                rf.reason = f"logits: {fb.reason}"
+            elif fit is None:
+                rf.reason = "loads: no fit (constant loads)"
+            elif fit.at_edge:
+                rf.reason = (
+                    "loads: the relaxation time is not resolved (kappa at the edge of the search:"
+                    " a drift, a collapse in progress or a too short window)"
+                )
+            else:
+                rf.reason = "loads: the window holds fewer than 4 relaxation times"
+            rf.regime = "unresolved"
+        else:
+            kap = rf.kappa
+            rf.collapse_kappa = self._collapse_kappa(profile, kap)
+            ksn = rf.collapse_kappa
+            rf.regime = (
+                "collapsing"
+                if kap >= 1.0
+                else ("metastable" if (n >= 3 and kap >= ksn) else "balanced")
+            )
+            uniform = float(np.abs(profile * n - 1.0).max()) <= 1e-9
+            if n >= 3 and k == 1 and uniform and rf.kappa_hi >= ksn and fit is not None:
+                rf._esc_args = (ksn, rf.eta_gamma, fit.b_eff, n)
+        rf.window_units = nb * self.block * self._eg
+        if self._auto and self._eg_known:
+            self._adapt_window()
+        short = rf.source == "loads" and not (
+            self._had_resolved and rf.window_units >= self.min_units
         )
-        esc_args = (ksn, n) if (n >= 3 and k == 1 and fit.kappa_hi >= ksn) else None
-        if fit.resolved and 0.0 < fit.eta_gamma < 1.0:
-            self._eg = fit.eta_gamma
-        self._had_resolved = self._had_resolved or fit.resolved
-        if not fit.resolved:
-            regime = "unresolved"
-        # units of 1 / (eta gamma) in the window, at the rate of the last resolved fit; before
-        # any resolved fit there is no time scale (a drift or a short window looks like
-        # kappa -> 1), so the window counts as short
-        span = fit.blocks * fit.block * self._eg
-        short = not (self._had_resolved and span >= self.min_units)
-        if short:
-            regime = "short-window"
+        if short and rf.regime != "unresolved":
+            rf.regime, rf.reason = (
+                "short-window",
+                (f"the window spans {rf.window_units:.0f} < {self.min_units:g} relaxation units"),
+            )
         # a window that overlaps a collapse alarm is not about the balanced state
         excursion = self.step - nb * self.block < self._excursion_step
         if excursion:
-            regime = "excursion"
-        rf = _Refit(self.step, fit, regime, esc_args, span)
+            rf.regime, rf.reason = "excursion", "the window overlaps a collapse alarm"
+        if self._ref is None and rf.regime not in ("excursion",):
+            rf.regime, rf.reason = "warming-up", "no stable load profile yet"
         self.fits.append(rf)
         out = []
         f = self._flags
-        if excursion:
-            return out
-        if short:
+        if rf.regime in ("excursion", "unresolved", "short-window", "warming-up"):
             self._above = self._meta = 0
             self._d_s = self._d_c = self._d_commit = math.nan
             return out
-        lo_ok = fit.kappa_lo >= self.lower or not math.isfinite(fit.kappa_lo)
+        kap = rf.kappa
+        lo_ok = rf.kappa_lo >= self.lower or not math.isfinite(rf.kappa_lo)
         self._above = self._above + 1 if (kap >= self.threshold and lo_ok) else 0
         if self._above >= self.approach_refits and not f["approaching-threshold"]:
             f["approaching-threshold"] = True
+            lo = "?" if not math.isfinite(rf.kappa_lo) else f"{rf.kappa_lo:.3f}"
             out.append(
                 self._alarm(
                     "approaching-threshold",
-                    f"kappa_hat = {kap:.3f} [{fit.kappa_lo:.3f}, {fit.kappa_hi:.3f}] "
+                    f"kappa_hat = {kap:.3f} [{lo}, {rf.kappa_hi:.3f}] ({rf.source}) "
                     f">= {self.threshold:g} (lower end >= {self.lower:g}) on "
-                    f"{self.approach_refits} refits; collapse at 1",
+                    f"{self.approach_refits} refits; the slowest mode stops relaxing at 1",
                 )
             )
         elif kap < self.threshold - 0.05:
             f["approaching-threshold"] = False
         if n >= 3:
+            ksn = rf.collapse_kappa
             self._meta = self._meta + 1 if kap >= ksn else 0
+            near_uniform = rf._esc_args is not None
             self._d_s, self._d_c = (
-                saddle_gap(kap, n) if (k == 1 and ksn <= kap < 1.0) else (math.nan, math.nan)
+                saddle_gap(kap, n) if (near_uniform and ksn <= kap < 1.0) else (math.nan, math.nan)
             )
             self._d_commit = self._d_s + self.commit * (self._d_c - self._d_s)
             if self._meta >= self.consecutive and not f["metastable"]:
                 f["metastable"] = True
-                tau = "n/a (top-k)" if k > 1 else f"{rf.escape_steps:.3g} steps"
+                esc = rf.escape_steps
+                tau = f"{esc:.3g} steps" if math.isfinite(esc) else "not given (outside the theory)"
                 out.append(
                     self._alarm(
                         "metastable",
-                        f"kappa_hat = {kap:.3f} >= kappa_SN = {ksn:.3f}: a stable "
-                        f"collapsed state exists; noise-induced jumps give no lead "
-                        f"time; mean escape time {tau}",
+                        f"kappa_hat = {kap:.3f} >= {ksn:.3f}, where a stable collapsed state "
+                        f"appears for this load profile: jumps to it are noise-induced and give "
+                        f"no lead time; mean escape time {tau}",
                     )
                 )
             elif kap < ksn - 0.03:
                 f["metastable"] = False
         return out
 
-    # -------------------------------------------------------------------------------------
-    # read-out
+    def _model_profile(self, x) -> np.ndarray:
+        """The profile the linearisation is taken at: the window's mean loads, or the uniform
+        state when the window cannot tell them from it (every expert within four standard
+        errors of 1/N, by the scatter of 8 sub-window means: slow fluctuations near kappa = 1
+        are no heterogeneity)."""
+        n = self.n_experts
+        p = x.mean(axis=0)
+        m = x.shape[0] // 8
+        if m >= 2:
+            sub = x[: 8 * m].reshape(8, m, n).mean(axis=1)
+            se = sub.std(axis=0, ddof=1) / math.sqrt(8.0)
+            if np.all(np.abs(p - 1.0 / n) <= 4.0 * se + 1e-3 / n):
+                return np.full(n, 1.0 / n)
+        return p
+
+    def _collapse_kappa(self, profile, kappa: float) -> float:
+        """The stability ratio at which a stable collapsed state exists for this profile (its
+        drifts held fixed): ``kappa_SN`` of the symmetric theory at a uniform profile, else
+        from the drifts (:func:`moebif.model.heterogeneous.collapse_feedback`); computed only
+        when kappa is high enough to matter, and cached while the profile stays put."""
+        n, k = self.n_experts, self.top_k
+        p = np.asarray(profile, dtype=float)
+        if n < 3 or float(np.abs(p * n - 1.0).max()) <= 1e-9 or kappa < 0.5:
+            return self.kappa_sn
+        if k > 1 and n > 16:
+            return self.kappa_sn  # the top-k drift continuation is too costly: symmetric value
+        c = self._collapse_cache
+        if c is not None and _tv(c[0], p) < 0.05 and abs(c[1] - kappa) < 0.05:
+            return c[2]
+        from ..model.heterogeneous import collapse_feedback, drifts_for_profile, state_of_profile
+
+        try:
+            st = state_of_profile(p, k)
+            A = kappa / st.mu_max
+            a_sn, _ = collapse_feedback(drifts_for_profile(p, A, k), k, rtol=1e-3)
+            out = a_sn * st.mu_max if math.isfinite(a_sn) else math.inf
+        except (ValueError, np.linalg.LinAlgError):
+            out = self.kappa_sn
+        self._collapse_cache = (p.copy(), kappa, out)
+        return out
 
     # -------------------------------------------------------------------------------------
     # checkpoint
@@ -558,21 +885,28 @@ class LayerMonitor:
         return {"format": "moebif.LayerMonitor/1", "state": _encode(vars(self))}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict` (of a monitor with the same N, top-k and window)."""
+        """Restore a :meth:`state_dict` (of a monitor with the same N, top-k and window rule)."""
         if not isinstance(state, dict) or state.get("format") != "moebif.LayerMonitor/1":
             raise ValueError("state: not a LayerMonitor state_dict")
         values = _decode(state["state"])
-        for key in ("n_experts", "top_k", "window", "block"):
+        keys = ("n_experts", "top_k", "_auto") + (() if self._auto else ("window", "block"))
+        for key in keys:
             if values.get(key) != getattr(self, key):
                 raise ValueError(
-                    f"state: {key} = {values.get(key)!r} does not match this monitor's "
-                    f"{getattr(self, key)!r}"
+                    f"state: {key.lstrip('_')} = {values.get(key)!r} does not match this "
+                    f"monitor's {getattr(self, key)!r}"
                 )
         vars(self).update(values)
 
     @property
     def estimate(self) -> WhittleFit | None:
+        """The last Whittle fit of the loads (None before the first refit)."""
         return self.fits[-1].fit if self.fits else None
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        """The router's own stable load profile (None while warming up)."""
+        return None if self._ref is None else self._ref.copy()
 
     def _last_counts(self) -> np.ndarray:
         if self.step == 0:
@@ -580,14 +914,25 @@ class LayerMonitor:
         return self._blk[(self._in_block - 1) % self.block].copy()
 
     def metrics(self) -> dict:
-        """Metrics of the last step (counts) plus those of the filtered loads."""
+        """Metrics of the last step (counts), of the filtered loads, and of the reference
+        profile (``profile_*``: imbalance, dead experts and Neff of the stable profile)."""
         last = load_metrics(self._last_counts(), capacity=self.capacity)
         m = {k: float(v) for k, v in last.items()}
         if self._ema is not None:
             m["max_load_excess_filtered"] = self._excess()
+        if self._ref is not None:
+            prof = load_metrics(self._ref, loads=True)
+            m["profile_max_load_excess"] = self._ref_ex
+            m["profile_max_vio"] = float(prof["max_vio"])
+            m["profile_n_eff"] = float(prof["n_eff"])
+            m["profile_rare"] = float(np.mean(self._ref < 0.25 / self.n_experts))
+            if self._ema is not None:
+                m["excess_rise"] = self._excess() - self._ref_ex
         return m
 
     def summary(self) -> dict:
+        """Regime, metrics, the last estimate and the alarms (plain values, JSON-ready)."""
+        last = self.fits[-1] if self.fits else None
         out = {
             "layer": self.name,
             "n_experts": self.n_experts,
@@ -596,19 +941,36 @@ class LayerMonitor:
             "window": self.window,
             "block": self.block,
             "kappa_sn": self.kappa_sn,
+            "regime": "warming-up"
+            if last is None and self._ref is None
+            else (last.regime if last is not None else "unresolved"),
+            "reason": "" if last is None else last.reason,
             "metrics": self.metrics(),
-            "estimate": self.fits[-1].to_dict() if self.fits else None,
+            "profile": None if self._ref is None else self._ref.tolist(),
+            "estimate": None if last is None else last.to_dict(),
             "alarms": [a.to_dict() for a in self.alarms],
         }
-        if self.fits:
-            out["regime"] = self.fits[-1].regime
-            fit = self.fits[-1].fit
-            out["identifiable"] = {
-                "kappa": fit.kappa,
-                "eta_gamma": fit.eta_gamma,
-                "b_eff": fit.b_eff,
-                "relaxation_rate": fit.relaxation_rate,
-            }
+        if last is None:
+            out["reason"] = "no fit yet: the window is not half full"
+        fb = None if last is None else last.feedback
+        fit = None if last is None else last.fit
+        out["identifiable"] = {
+            "kappa": None if last is None else _finite_or_none(last.kappa),
+            "kappa_interval": None
+            if last is None
+            else [_finite_or_none(last.kappa_lo), _finite_or_none(last.kappa_hi)],
+            "relaxation_rate": None if last is None else _finite_or_none(last.relaxation_rate),
+            "relaxation_rate_interval": None
+            if last is None
+            else [_finite_or_none(last.relaxation_lo), _finite_or_none(last.relaxation_hi)],
+            "eta_gamma": None if last is None else _finite_or_none(last.eta_gamma),
+            "feedback": None if fb is None else _finite_or_none(fb.feedback),
+            "feedback_interval": None
+            if fb is None
+            else [_finite_or_none(fb.feedback_lo), _finite_or_none(fb.feedback_hi)],
+            "b_eff": None if fit is None else _finite_or_none(fit.b_eff),
+            "source": "none" if last is None else last.source,
+        }
         return out
 
 
@@ -670,6 +1032,12 @@ def _encode(x):
         return {"__whittle__": {k: _encode(v) for k, v in asdict(x).items()}}
     if isinstance(x, _Refit):
         return {"__refit__": {k: _encode(getattr(x, k)) for k in _Refit.__slots__}}
+    from .feedback import FeedbackFit, FeedbackStats
+
+    if isinstance(x, FeedbackFit):
+        return {"__feedbackfit__": {k: _encode(v) for k, v in asdict(x).items()}}
+    if isinstance(x, FeedbackStats):
+        return {"__feedbackstats__": {k: _encode(v) for k, v in vars(x).items()}}
     return x
 
 
@@ -695,4 +1063,12 @@ def _decode(x):
         for k, v in x["__refit__"].items():
             setattr(r, k, _decode(v))
         return r
+    from .feedback import FeedbackFit, FeedbackStats
+
+    if "__feedbackfit__" in x:
+        return FeedbackFit(**{k: _decode(v) for k, v in x["__feedbackfit__"].items()})
+    if "__feedbackstats__" in x:
+        st = FeedbackStats.__new__(FeedbackStats)
+        vars(st).update({k: _decode(v) for k, v in x["__feedbackstats__"].items()})
+        return st
     return x
