@@ -159,7 +159,7 @@ class DaskExecutor(Executor):
         client=None,
         retries: int = 2,
         dashboard_address: str | None = ":8787",
-        timeout: float = 30.0,
+        timeout: float = 10.0,
     ):
         from distributed import Client, LocalCluster
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -153,18 +154,18 @@ def plot_store(
     sel = {k: ds[k].sel({k: v}, method="nearest").item() if ds[k].dtype.kind in "fi" else v
            for k, v in select.items()}
 
-    done = ds["done"]
-    mean = da.where(done)
+    done = ds["done"].sel(sel).load()
+    vals = da.sel(sel).load().where(done).astype(float)
     has_rep = "replica" in da.dims
-    if has_rep:
-        n = da.sizes["replica"]
-        m = mean.astype(float).mean("replica", skipna=True)
-        se = mean.astype(float).std("replica", ddof=1, skipna=True) / math.sqrt(n) if n > 1 else None
-    else:
-        m, se = mean.astype(float), None
-    m = m.sel(sel).load()
-    se = se.sel(sel).load() if se is not None else None
-    done_sel = done.sel(sel).load()
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells not computed yet
+        if has_rep:
+            n = da.sizes["replica"]
+            m = vals.mean("replica", skipna=True)
+            se = vals.std("replica", ddof=1, skipna=True) / math.sqrt(n) if n > 1 else None
+        else:
+            m, se = vals, None
+    done_sel = done
     missing = int((~done_sel.values).sum())
 
     fixed = dict(spec["params"]) | sel
@@ -212,7 +213,7 @@ def _title(ds, fixed, entry: Study, missing: int, total: int, ncol: int = 1) -> 
 
     reps = spec["run"]["replicas"]
     body = ", ".join(shown) + f"; {reps} replicas a cell"
-    t = f"{ds.attrs.get('name') or ds.attrs['study']}\n" + "\n".join(textwrap.wrap(body, 24 * ncol + 40))
+    t = f"{ds.attrs.get('name') or ds.attrs['study']}\n" + "\n".join(textwrap.wrap(body, int(11 * (3.8 * ncol + 0.9))))
     if missing:
         t += f"\n{missing} of {total} cells not computed yet (grey)"
     return t
@@ -248,8 +249,7 @@ def _map(ax, ds, entry, x, y, m, vals, is_prob, colors):
     data = m.transpose(y, x).values.astype(float)
     import matplotlib as mpl
 
-    cmap = mpl.colormaps["magma"].copy()
-    cmap.set_bad("0.78")
+    cmap = mpl.colormaps["magma"].with_extremes(bad="0.78")
     kw = {"vmin": 0.0, "vmax": 1.0} if is_prob else {}
     mesh = ax.pcolormesh(
         _edges(xv, xlog), _edges(yv, ylog), np.ma.masked_invalid(data), cmap=cmap, shading="flat",
@@ -303,7 +303,9 @@ def _line(ax, ds, entry, quantity, x, m, se, vals, colors, theory_style):
         except (ValueError, ArithmeticError):
             th.append(None)
     if any(t is not None for t in th):
-        ax.plot(xf, [np.nan if t is None else t for t in th], **theory_style, label="theory")
+        ax.plot(
+            xf, [np.nan if t is None else t for t in th], **theory_style, label="theory (mean field)"
+        )
     res = _theory_grid(entry, vals, [x], [xf])
     for (label_b, r), (ls, _) in zip(res.items(), _STYLES, strict=False):
         s = np.sign(r)
