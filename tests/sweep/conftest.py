@@ -24,12 +24,16 @@ SMALL = {
     },
 }
 
-# tasks of ~0.15 s each (12 of them, on a quiet core) so that a worker can be killed while it computes one
+# tasks of ~0.15 s each (12 of them, on a quiet core): a worker can be killed while it computes
 HEAVY = copy.deepcopy(SMALL)
 HEAVY["params"] = {"a": 3.0, "batch": 64, "eta": 0.02, "steps": 30_000}
 HEAVY["axes"] = {"T": [0.5, 0.8, 1.2, 2.0, 3.0, 4.0], "gamma": [0.5, 1.0, 2.0, 3.0]}
-HEAVY["run"] = {"replicas": 16, "seed": 3, "quantities": ["collapsed", "max_load"],
-                "cells_per_task": 2}
+HEAVY["run"] = {
+    "replicas": 16,
+    "seed": 3,
+    "quantities": ["collapsed", "max_load"],
+    "cells_per_task": 2,
+}
 
 
 @pytest.fixture
@@ -69,11 +73,14 @@ def dask_client():
     """A real LocalCluster: 2 worker processes, one thread each, loopback only."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client

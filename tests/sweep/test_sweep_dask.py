@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 
-import numpy as np
 import pytest
 import xarray as xr
 
@@ -35,9 +34,9 @@ def reference(tmp_path_factory, heavy_doc_module):
 
 @pytest.fixture(scope="module")
 def heavy_doc_module():
-    from conftest import HEAVY
-
     import copy
+
+    from conftest import HEAVY
 
     return copy.deepcopy(HEAVY)
 
@@ -109,8 +108,9 @@ def test_cli_local_workers(tmp_path, capsys, small_doc):
 
     spec = tmp_path / "s.toml"
     write_toml(spec, small_doc)
-    code = main(["sweep", str(spec), "--out", str(tmp_path / "d.zarr"), "--local-workers", "2",
-                 "--json"])
+    code = main(
+        ["sweep", str(spec), "--out", str(tmp_path / "d.zarr"), "--local-workers", "2", "--json"]
+    )
     assert code == 0
     out = capsys.readouterr()
     rep = json.loads(out.out)
@@ -129,8 +129,16 @@ def test_cli_unreachable_scheduler_exits_2(tmp_path, capsys, small_doc):
     spec = tmp_path / "s.toml"
     write_toml(spec, small_doc)
     with pytest.raises(SystemExit) as e:
-        main(["sweep", str(spec), "--out", str(tmp_path / "x.zarr"), "--scheduler",
-              "tcp://127.0.0.1:9"])
+        main(
+            [
+                "sweep",
+                str(spec),
+                "--out",
+                str(tmp_path / "x.zarr"),
+                "--scheduler",
+                "tcp://127.0.0.1:9",
+            ]
+        )
     assert e.value.code == 2
     assert capsys.readouterr().err.startswith("moebif: error: --scheduler: cannot connect")
     assert not (tmp_path / "x.zarr").exists()

@@ -27,7 +27,7 @@ def test_boundaries_are_the_thresholds():
     the model's own threshold functions)."""
     br = get_study("batch_router")
     v = {"a": 3.0, "gamma": 1.2, "T": 1.25, "rho": 0.0, "h": 0.0, "n_experts": 2}
-    (label, r), = br.boundaries(v).items()
+    ((label, r),) = br.boundaries(v).items()
     assert "2γT" in label and r == pytest.approx(3.0 - 2 * 1.2 * 1.25)
     v = dict(v, n_experts=8, a=5.0)
     res = br.boundaries(v)
@@ -45,9 +45,13 @@ def test_boundaries_are_the_thresholds():
         2 * moebif.hysteresis_halfwidth(3.0, 1.0, 1.0)
     )
     # with h varying, the two-expert boundary is the fold |h| = H(a), the pitchfork at h = 0
-    grid = _theory_grid(br, {"a": 3.0, "gamma": 1.0, "T": 1.0, "rho": 0.0, "n_experts": 2},
-                        ["h"], [np.array([0.0, 0.1, 0.2])])
-    (label, r), = grid.items()
+    grid = _theory_grid(
+        br,
+        {"a": 3.0, "gamma": 1.0, "T": 1.0, "rho": 0.0, "n_experts": 2},
+        ["h"],
+        [np.array([0.0, 0.1, 0.2])],
+    )
+    ((label, r),) = grid.items()
     H = moebif.hysteresis_halfwidth(3.0, 1.0, 1.0)
     assert "H(a)" in label
     np.testing.assert_allclose(r, H - np.array([0.0, 0.1, 0.2]))
@@ -79,8 +83,18 @@ def test_sweep_plot_partial_store_and_one_axis(tmp_path, capsys, small_doc):
     assert rep["done"] == 0
     assert "12 of 12 cells not computed" in (tmp_path / "p.svg").read_text()
     # one axis: the select picks the nearest coordinate of the other
-    main(["sweep-plot", str(store), "--x", "T", "--select", "gamma=0.9", "--out",
-          str(tmp_path / "line")])
+    main(
+        [
+            "sweep-plot",
+            str(store),
+            "--x",
+            "T",
+            "--select",
+            "gamma=0.9",
+            "--out",
+            str(tmp_path / "line"),
+        ]
+    )
     assert (tmp_path / "line.png").exists()
 
 

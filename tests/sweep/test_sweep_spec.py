@@ -51,7 +51,11 @@ def test_ranges_lists_and_defaults(small_doc):
         (lambda d: d["study"].update(experiment="fig08"), "study", "exactly one"),
         (lambda d: d.update(study={"experiment": "fig99"}), "study.experiment", "unknown"),
         (lambda d: d.update(study={"experiment": "fig03"}), "study.experiment", "no cell"),
-        (lambda d: d["run"].update(quantities=["max_load", "nope"]), "run.quantities[1]", "unknown"),
+        (
+            lambda d: d["run"].update(quantities=["max_load", "nope"]),
+            "run.quantities[1]",
+            "unknown",
+        ),
         (lambda d: d["run"].update(quantities=[]), "run.quantities", "non-empty"),
         (lambda d: d["run"].pop("quantities"), "run.quantities", "list what"),
         (lambda d: d["run"].update(replicas=0), "run.replicas", ">= 1"),
@@ -62,10 +66,16 @@ def test_ranges_lists_and_defaults(small_doc):
         (lambda d: d["axes"].update(T=[1.0, 1.0]), "axes.T", "duplicate"),
         (lambda d: d["axes"].update(T=[1.0, -1.0]), "axes.T[1]", "> 0"),
         (lambda d: d["axes"].update(T={"start": 1, "num": 3}), "axes.T", "start and stop"),
-        (lambda d: d["axes"].update(T={"start": -1, "stop": 2, "num": 3, "log": True}), "axes.T",
-         "log range"),
-        (lambda d: d["axes"].update(T={"start": 1, "stop": 2, "num": 3, "stp": 1}), "axes.T.stp",
-         "unknown range key"),
+        (
+            lambda d: d["axes"].update(T={"start": -1, "stop": 2, "num": 3, "log": True}),
+            "axes.T",
+            "log range",
+        ),
+        (
+            lambda d: d["axes"].update(T={"start": 1, "stop": 2, "num": 3, "stp": 1}),
+            "axes.T.stp",
+            "unknown range key",
+        ),
         (lambda d: d["axes"].update(nope=[1.0]), "axes.nope", "unknown parameter"),
         (lambda d: d["axes"].update(a=[1.0]), "axes.a", "also set in [params]"),
         (lambda d: d.update(axes={}), "axes", "at least one axis"),
@@ -77,8 +87,11 @@ def test_ranges_lists_and_defaults(small_doc):
         (lambda d: d.update(extra={}), "extra", "unknown table"),
         # a combination that is invalid in one cell only: eta * gamma >= 2 at gamma = 150
         (lambda d: d["axes"].update(gamma=[1.0, 150.0]), "params.eta", "eta * gamma"),
-        (lambda d: d["params"].update(eta=0.5) or d["axes"].update(gamma=[1.0, 4.0]),
-         "params.eta", "gamma=4.0"),
+        (
+            lambda d: d["params"].update(eta=0.5) or d["axes"].update(gamma=[1.0, 4.0]),
+            "params.eta",
+            "gamma=4.0",
+        ),
     ],
 )
 def test_bad_specs_name_the_key(small_doc, edit, key, words):

@@ -184,7 +184,9 @@ def test_experiment_cell_fig08(tmp_path):
     run_sweep(spec, tmp_path / "e.zarr")
     ds = _values(tmp_path / "e.zarr")
     cfg = Config(horizon_gamma=20.0, batch=128, runs=5, seed=cell_seed(9, 1))
-    np.testing.assert_array_equal(ds["final_abs_u"].sel(gamma=2.0, T=1.0), final_abs_u(cfg, 2.0, 1.0, 0, 0))
+    np.testing.assert_array_equal(
+        ds["final_abs_u"].sel(gamma=2.0, T=1.0), final_abs_u(cfg, 2.0, 1.0, 0, 0)
+    )
     bad = {**doc, "params": {"band": 0.1}}
     with pytest.raises(ValueError, match="params.band"):
         parse_spec(bad)

@@ -51,6 +51,20 @@ def _note(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def _need_extra() -> None:
+    import importlib.util
+
+    missing = [
+        m for m in ("dask", "distributed", "xarray", "zarr") if not importlib.util.find_spec(m)
+    ]
+    if missing:
+        print(
+            f"moebif: error: sweeps need {', '.join(missing)}: pip install 'moebif[sweep]'",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
+
+
 @app.command()
 def sweep(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The study (TOML).")],
@@ -78,15 +92,20 @@ def sweep(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> int:
     """Run a parameter study into a Zarr store, in-process or on Dask (docs/sweeps.md)."""
+    _need_extra()
     from ..sweep.spec import SpecError, load_spec
 
     chosen = [
         o
-        for o, v in (("--scheduler", scheduler), ("--local-workers", local_workers), ("--jobs", jobs))
+        for o, v in (
+            ("--scheduler", scheduler),
+            ("--local-workers", local_workers),
+            ("--jobs", jobs),
+        )
         if v is not None
     ]
     if len(chosen) > 1:
-        raise CLIError(chosen[1], f"give only one of --scheduler, --local-workers, --jobs")
+        raise CLIError(chosen[1], "give only one of --scheduler, --local-workers, --jobs")
     if local_workers is not None and local_workers < 1:
         raise CLIError("--local-workers", f"must be >= 1, got {local_workers}")
     if jobs is not None and jobs < 1:
@@ -212,6 +231,7 @@ def sweep_plot(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Draw the phase diagram of a sweep store (PNG + SVG, 200 dpi) with theory boundaries."""
+    _need_extra()
     if not store.is_dir():
         raise CLIError("STORE", f"{str(store)!r} is not a store (no such folder)")
     chosen = {}

@@ -214,7 +214,9 @@ class DaskExecutor(Executor):
             raise ExecutorError(f"the workers cannot run moebif tasks: {e}") from None
         for addr, v in theirs.items():
             if v != mine:
-                diff = ", ".join(f"{k} {v.get(k)} (here {mine[k]})" for k in mine if v.get(k) != mine[k])
+                diff = ", ".join(
+                    f"{k} {v.get(k)} (here {mine[k]})" for k in mine if v.get(k) != mine[k]
+                )
                 raise ExecutorError(f"worker {addr} runs {diff}: results would not be identical")
 
     def warm_up(self) -> None:

@@ -12,9 +12,10 @@
   (e.g. ``gamma`` and ``T`` of fig08's grid), each a required parameter of the study;
 - ``CELL_QUANTITIES: dict[str, Quantity]``: what ``cell`` returns;
 - optional ``CELL_PARAMS: dict[str, Param]``: the Config fields a sweep may set, with their
-  domains (by default every scalar field, typed by its default, without bounds), ``cell_work(values, replicas)`` (replica-steps, to size
-  tasks) and ``cell_boundaries(values, varying)`` (theory boundaries, as
-  :meth:`Study.boundaries`).
+  domains (by default every scalar field, typed by its default, without bounds);
+  ``cell_check(values)`` (cross-parameter checks raising ``ParameterError``);
+  ``cell_work(values, replicas)`` (replica-steps, to size tasks);
+  ``cell_boundaries(values, varying)`` (theory boundaries, as :meth:`Study.boundaries`).
 
 The existing experiments do not define these names; the adapters below wrap their per-cell
 functions without touching the experiment modules.
@@ -42,7 +43,8 @@ __all__ = ["CELL_ADAPTERS", "ExperimentStudy", "experiment_study"]
 def _final_abs_u_adapter(exp_id: str) -> SimpleNamespace:
     """fig08 (and fig09, which runs the same cells): the final ``|u_hat|`` of the batch router at
     ``h``, ``a``, started from a small random asymmetry, after ``horizon_gamma / gamma`` ODE time
-    with ``eta = eta_gamma / gamma`` (:func:`moebif.experiments.fig08_collapse_region.final_abs_u`)."""
+    with ``eta = eta_gamma / gamma``
+    (:func:`moebif.experiments.fig08_collapse_region.final_abs_u`)."""
     from ..experiments import load_experiment
     from ..experiments.fig08_collapse_region import final_abs_u
 
@@ -114,7 +116,8 @@ class ExperimentStudy(Study):
             params = {
                 f.name: Param(type(f.default), f.default, "Config field")
                 for f in dataclasses.fields(proto.Config)
-                if f.name not in ("seed", "runs") and isinstance(f.default, bool | int | float | str)
+                if f.name not in ("seed", "runs")
+                and isinstance(f.default, bool | int | float | str)
             }
         for name, p in proto.CELL_AXES.items():
             params[name] = p
@@ -152,7 +155,7 @@ class ExperimentStudy(Study):
         return {q: np.asarray(out[q]) for q in quantities}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def experiment_study(exp_id: str) -> ExperimentStudy:
     """The study of experiment ``exp_id``: its module's cell protocol, else an adapter.
 

@@ -123,7 +123,9 @@ def plot_store(
     if quantity is None:
         quantity = "collapsed" if "collapsed" in qs else qs[0]
     if quantity not in qs:
-        raise PlotError("--quantity", f"{quantity!r} is not in the store (recorded: {', '.join(qs)})")
+        raise PlotError(
+            "--quantity", f"{quantity!r} is not in the store (recorded: {', '.join(qs)})"
+        )
     da = ds[quantity]
     if "expert" in da.dims:
         raise PlotError("--quantity", f"{quantity} has one value an expert; plot max_load instead")
@@ -151,8 +153,10 @@ def plot_store(
             raise PlotError(
                 "--select", f"choose values of {', '.join(rest)} (e.g. --select {rest[0]}=...)"
             )
-    sel = {k: ds[k].sel({k: v}, method="nearest").item() if ds[k].dtype.kind in "fi" else v
-           for k, v in select.items()}
+    sel = {
+        k: ds[k].sel({k: v}, method="nearest").item() if ds[k].dtype.kind in "fi" else v
+        for k, v in select.items()
+    }
 
     done = ds["done"].sel(sel).load()
     vals = da.sel(sel).load().where(done).astype(float)
@@ -213,7 +217,9 @@ def _title(ds, fixed, entry: Study, missing: int, total: int, ncol: int = 1) -> 
 
     reps = spec["run"]["replicas"]
     body = ", ".join(shown) + f"; {reps} replicas a cell"
-    t = f"{ds.attrs.get('name') or ds.attrs['study']}\n" + "\n".join(textwrap.wrap(body, int(11 * (3.8 * ncol + 0.9))))
+    t = f"{ds.attrs.get('name') or ds.attrs['study']}\n" + "\n".join(
+        textwrap.wrap(body, int(11 * (3.8 * ncol + 0.9)))
+    )
     if missing:
         t += f"\n{missing} of {total} cells not computed yet (grey)"
     return t
@@ -252,7 +258,11 @@ def _map(ax, ds, entry, x, y, m, vals, is_prob, colors):
     cmap = mpl.colormaps["magma"].with_extremes(bad="0.78")
     kw = {"vmin": 0.0, "vmax": 1.0} if is_prob else {}
     mesh = ax.pcolormesh(
-        _edges(xv, xlog), _edges(yv, ylog), np.ma.masked_invalid(data), cmap=cmap, shading="flat",
+        _edges(xv, xlog),
+        _edges(yv, ylog),
+        np.ma.masked_invalid(data),
+        cmap=cmap,
+        shading="flat",
         **kw,
     )
     xf, yf = _fine(xv, xlog), _fine(yv, ylog)
@@ -264,8 +274,15 @@ def _map(ax, ds, entry, x, y, m, vals, is_prob, colors):
         cs = ax.contour(xf, yf, r.T, levels=[0.0], colors=[col], linestyles=[ls], linewidths=1.4)
         cs.set(path_effects=[pe.withStroke(linewidth=2.6, foreground="0.1")])
         handles.append(
-            Line2D([], [], color=col, ls=ls, lw=1.4, label=f"theory: {label}",
-                   path_effects=[pe.withStroke(linewidth=2.6, foreground="0.1")])
+            Line2D(
+                [],
+                [],
+                color=col,
+                ls=ls,
+                lw=1.4,
+                label=f"theory: {label}",
+                path_effects=[pe.withStroke(linewidth=2.6, foreground="0.1")],
+            )
         )
     ax.set(
         xscale="log" if xlog else "linear",
@@ -279,8 +296,16 @@ def _map(ax, ds, entry, x, y, m, vals, is_prob, colors):
     ax.set_xlim(e_x[0], e_x[-1])
     ax.set_ylim(e_y[0], e_y[-1])
     if handles:
-        leg = ax.legend(handles=handles, loc="upper right", fontsize=6.5, frameon=True,
-                        facecolor="0.2", edgecolor="none", labelcolor="white", framealpha=0.8)
+        leg = ax.legend(
+            handles=handles,
+            loc="upper right",
+            fontsize=6.5,
+            frameon=True,
+            facecolor="0.2",
+            edgecolor="none",
+            labelcolor="white",
+            framealpha=0.8,
+        )
         leg.set_zorder(5)
     return mesh
 
@@ -304,7 +329,10 @@ def _line(ax, ds, entry, quantity, x, m, se, vals, colors, theory_style):
             th.append(None)
     if any(t is not None for t in th):
         ax.plot(
-            xf, [np.nan if t is None else t for t in th], **theory_style, label="theory (mean field)"
+            xf,
+            [np.nan if t is None else t for t in th],
+            **theory_style,
+            label="theory (mean field)",
         )
     res = _theory_grid(entry, vals, [x], [xf])
     for (label_b, r), (ls, _) in zip(res.items(), _STYLES, strict=False):
@@ -312,10 +340,15 @@ def _line(ax, ds, entry, quantity, x, m, se, vals, colors, theory_style):
         cross = np.flatnonzero(s[1:] * s[:-1] < 0)
         for j, c in enumerate(cross):
             x0 = xf[c] - r[c] * (xf[c + 1] - xf[c]) / (r[c + 1] - r[c])
-            ax.axvline(x0, color="0.35", ls=ls, lw=1.0, label=f"theory: {label_b}" if j == 0 else None)
+            ax.axvline(
+                x0, color="0.35", ls=ls, lw=1.0, label=f"theory: {label_b}" if j == 0 else None
+            )
     _log_ticks(ax.xaxis, xv, log)
-    ax.set(xscale="log" if log else "linear", xlabel=_label(x),
-           ylabel=_quantity_label(quantity, "replica" in ds[quantity].dims))
+    ax.set(
+        xscale="log" if log else "linear",
+        xlabel=_label(x),
+        ylabel=_quantity_label(quantity, "replica" in ds[quantity].dims),
+    )
     if quantity == "collapsed":
         ax.set_ylim(-0.03, 1.03)
     ax.legend(loc="best")

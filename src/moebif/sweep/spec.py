@@ -228,7 +228,9 @@ def parse_spec(doc: dict, *, text: str | None = None) -> SweepSpec:
         if key in params_in:
             params[key] = _check(f"params.{key}", key, p, params_in[key])
         elif p.default is REQUIRED:
-            raise SpecError(f"params.{key}", f"required by {entry.name}: give it in [params] or [axes]")
+            raise SpecError(
+                f"params.{key}", f"required by {entry.name}: give it in [params] or [axes]"
+            )
         else:
             params[key] = p.default
 
@@ -336,7 +338,9 @@ def _axis(loc: str, name: str, p: Param, raw) -> np.ndarray:
 def _range(loc: str, name: str, p: Param, raw: dict) -> list:
     bad = set(raw) - _RANGE_KEYS
     if bad:
-        raise SpecError(f"{loc}.{sorted(bad)[0]}", "unknown range key (start, stop, num, log, step)")
+        raise SpecError(
+            f"{loc}.{sorted(bad)[0]}", "unknown range key (start, stop, num, log, step)"
+        )
     if p.kind not in (int, float):
         raise SpecError(loc, f"a range needs a numeric parameter; {name} is {p.kind.__name__}")
     for key in ("start", "stop"):
@@ -379,20 +383,26 @@ def _range(loc: str, name: str, p: Param, raw: dict) -> list:
     if p.kind is int:
         out = [int(v) for v in out]
         if len(set(out)) != len(out):
-            raise SpecError(loc, f"{name} is an integer and the range repeats values after rounding")
+            raise SpecError(
+                loc, f"{name} is an integer and the range repeats values after rounding"
+            )
     return [_check(f"{loc}", name, p, v) for v in out]
 
 
 def _quantities(raw, entry: Study) -> tuple[str, ...]:
     if raw is None:
-        raise SpecError("run.quantities", f"list what to record (known: {', '.join(entry.quantities)})")
+        raise SpecError(
+            "run.quantities", f"list what to record (known: {', '.join(entry.quantities)})"
+        )
     if not isinstance(raw, list) or not raw:
         raise SpecError("run.quantities", "must be a non-empty list of quantity names")
     out = []
     for i, q in enumerate(raw):
         if not isinstance(q, str) or q not in entry.quantities:
             known = ", ".join(entry.quantities)
-            raise SpecError(f"run.quantities[{i}]", f"unknown quantity {q!r} of {entry.name} (known: {known})")
+            raise SpecError(
+                f"run.quantities[{i}]", f"unknown quantity {q!r} of {entry.name} (known: {known})"
+            )
         if q in out:
             raise SpecError(f"run.quantities[{i}]", f"{q!r} is listed twice")
         out.append(q)

@@ -363,14 +363,14 @@ class TopKRouter(Study):
 class Hysteresis(Study):
     name = "hysteresis"
     doc = "two-expert hysteresis loop under a slow h ramp up and down: switching points"
-    params = {
-        k: ROUTER_PARAMS[k] for k in ("a", "gamma", "T")
-    } | {
+    params = {k: ROUTER_PARAMS[k] for k in ("a", "gamma", "T")} | {
         "rho": Param(float, 0.0, "negative load feedback (a_eff = a - rho)", ge=0),
         "batch": Param(int, 512, "tokens a step B", ge=1),
         "eta": Param(float, 0.002, "step size", gt=0),
         "rate": Param(float, 0.01, "sweep rate |dh/dt| (ODE time)", gt=0),
-        "h_max": Param(float, None, "sweep amplitude (default: past the fold)", gt=0, optional=True),
+        "h_max": Param(
+            float, None, "sweep amplitude (default: past the fold)", gt=0, optional=True
+        ),
     }
     quantities = {
         "h_switch_up": Quantity("h where the replica mean of u_hat turns positive (up-leg)", ()),
@@ -503,7 +503,9 @@ def describe_studies() -> str:
     """Markdown tables of every registered simulator's parameters and quantities."""
     lines = []
     for s in STUDIES.values():
-        lines.append(f"### `{s.name}`\n\n{s.doc}\n\n| parameter | domain | meaning |\n|---|---|---|")
+        lines.append(
+            f"### `{s.name}`\n\n{s.doc}\n\n| parameter | domain | meaning |\n|---|---|---|"
+        )
         for k, p in s.params.items():
             lines.append(f"| `{k}` | {p.describe()} | {p.doc} |")
         lines.append("\n| quantity | dims | meaning |\n|---|---|---|")
@@ -512,4 +514,3 @@ def describe_studies() -> str:
             lines.append(f"| `{k}` | {dims} ({q.dtype}) | {q.doc} |")
         lines.append("")
     return "\n".join(lines)
-
