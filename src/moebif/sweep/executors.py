@@ -47,6 +47,9 @@ class Executor:
     def describe(self) -> str:
         return self.name
 
+    def warm_up(self) -> None:
+        """Start the workers and load the compiled kernels in each (before timing a sweep)."""
+
     def run(self, tasks: Iterable[Task]) -> Iterator[TaskResult]:
         raise NotImplementedError
 
