@@ -24,9 +24,9 @@ SMALL = {
     },
 }
 
-# tasks of ~0.15 s each (12 of them, on a quiet core): a worker can be killed while it computes
+# tasks of ~0.1 s each (12 of them, on a quiet core): a worker can be killed while it computes
 HEAVY = copy.deepcopy(SMALL)
-HEAVY["params"] = {"a": 3.0, "batch": 64, "eta": 0.02, "steps": 30_000}
+HEAVY["params"] = {"a": 3.0, "batch": 64, "eta": 0.02, "steps": 15_000}
 HEAVY["axes"] = {"T": [0.5, 0.8, 1.2, 2.0, 3.0, 4.0], "gamma": [0.5, 1.0, 2.0, 3.0]}
 HEAVY["run"] = {
     "replicas": 16,

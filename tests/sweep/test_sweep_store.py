@@ -243,7 +243,7 @@ def test_killed_cli_sweep_loses_only_chunks_in_flight(tmp_path, heavy_doc, capsy
     """SIGKILL the `moebif sweep` process mid-run; --resume completes it to the same values."""
     from moebif.cli import main
 
-    heavy_doc["params"]["steps"] = 20_000  # ~0.05 s a cell in-process
+    heavy_doc["params"]["steps"] = 10_000  # ~0.03 s a cell in-process
     spec = tmp_path / "h.toml"
     write_toml(spec, heavy_doc)
     store = tmp_path / "h.zarr"
