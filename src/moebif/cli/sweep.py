@@ -115,7 +115,8 @@ def sweep(
     try:
         spec = load_spec(spec_path)
     except SpecError as e:
-        raise CLIError(e.key, f"{e.message} (in {spec_path})") from None
+        where = "" if e.key == "spec" else f" (in {spec_path})"
+        raise CLIError(e.key, f"{e.message}{where}") from None
     if out is None:
         out = Path(spec_path.stem + ".zarr")
 
@@ -177,6 +178,8 @@ def sweep(
             _note(f"sweep: {spec.study}, {spec.n_cells} cells, on {executor.describe()} -> {out}")
         if executor.dashboard:
             _note(f"dask dashboard: {executor.dashboard}")
+        if executor.workers == 0:
+            _note("no workers connected to the scheduler yet; tasks start when they join")
         try:
             with _sweep_bar(True) as bar:
                 report = run_sweep(spec, out, executor=executor, resume=resume, progress=bar)

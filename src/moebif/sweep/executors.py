@@ -192,7 +192,11 @@ class DaskExecutor(Executor):
                 raise ExecutorError(f"cannot connect to the scheduler at {address}: {e}") from None
         wanted = local_workers is None or dashboard_address is not None
         self.dashboard = self.client.dashboard_link if wanted and self._has_dashboard() else None
-        self._check_workers()
+        try:
+            self._check_workers()
+        except BaseException:
+            self.close()
+            raise
 
     def _has_dashboard(self) -> bool:
         try:

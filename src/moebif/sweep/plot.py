@@ -164,9 +164,10 @@ def plot_store(
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells not computed yet
         if has_rep:
-            n = da.sizes["replica"]
+            # NaN replicas (no switch measured, cell not computed) do not count
             m = vals.mean("replica", skipna=True)
-            se = vals.std("replica", ddof=1, skipna=True) / math.sqrt(n) if n > 1 else None
+            count = vals.count("replica")
+            se = vals.std("replica", ddof=1, skipna=True) / np.sqrt(count.where(count > 1))
         else:
             m, se = vals, None
     done_sel = done
