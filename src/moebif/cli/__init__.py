@@ -1,9 +1,9 @@
 """The ``moebif`` command: parses, validates, calls the library, prints.
 
 One module per command group (``theory``, ``simulate``, ``branches``, ``diagnose``,
-``reproduce``); each registers its commands on the app of :mod:`._common` and imports nothing
-from the others. Heavy modules (numba kernels, matplotlib, torch) are imported inside the
-commands that need them.
+``reproduce``, ``sweep``); each registers its commands on the app of :mod:`._common` and
+imports nothing from the others. Heavy modules (numba kernels, matplotlib, torch) are imported
+inside the commands that need them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from . import branches as branches
 from . import diagnose as diagnose
 from . import reproduce as reproduce
 from . import simulate as simulate
+from . import sweep as sweep
 from . import theory as theory
 from ._common import OPTION_OF, CLIError, app
 

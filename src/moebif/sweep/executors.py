@@ -1,0 +1,257 @@
+"""Where the tasks of a sweep run: in this process, in local processes, or on a Dask cluster.
+
+Every executor takes a list of :class:`~moebif.sweep.tasks.Task` and yields their
+:class:`~moebif.sweep.tasks.TaskResult` as they finish (in any order); the runner writes each
+one to the store as it arrives. The values do not depend on the executor (each cell has its own
+seed), only the speed does.
+
+- :class:`InProcess`: one task after the other in this process (numba keeps its own threads).
+- :class:`LocalProcesses`: a :class:`concurrent.futures.ProcessPoolExecutor` of ``workers``
+  fresh (spawned) processes, one numba thread each.
+- :class:`DaskExecutor`: a ``dask.distributed`` cluster, either an existing one
+  (``address="tcp://host:8786"``) or a ``LocalCluster`` of ``local_workers`` processes with one
+  thread each. Tasks are Dask futures submitted with ``retries``; the scheduler re-runs the tasks
+  of a worker that dies (up to ``distributed.scheduler.allowed-failures`` times) and the results
+  come back to this process, so the workers need moebif installed but no shared file system.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import signal
+import uuid
+from collections.abc import Iterable, Iterator
+
+from .tasks import Task, TaskResult, run_task, versions
+
+__all__ = ["DaskExecutor", "Executor", "ExecutorError", "InProcess", "LocalProcesses"]
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot start (no scheduler at the address, mismatched worker versions)."""
+
+
+class Executor:
+    """Base: ``run(tasks)`` yields results as they finish; use as a context manager."""
+
+    name = "executor"
+    #: numba threads inside each task (``None``: leave numba's setting)
+    threads: int | None = 1
+    dashboard: str | None = None
+
+    @property
+    def workers(self) -> int:
+        return 1
+
+    def describe(self) -> str:
+        return self.name
+
+    def warm_up(self) -> None:
+        """Start the workers and load the compiled kernels in each (before timing a sweep)."""
+
+    def run(self, tasks: Iterable[Task]) -> Iterator[TaskResult]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class InProcess(Executor):
+    """Run the tasks here, one after the other."""
+
+    name = "in-process"
+
+    def __init__(self, *, threads: int | None = None):
+        self.threads = threads
+
+    def run(self, tasks):
+        for t in tasks:
+            yield run_task(t)
+
+
+def _worker_init() -> None:
+    # Ctrl-C is the parent's business: it cancels the pool; children must not print tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _warm() -> dict:
+    # load the compiled kernels once per process (a tiny run), before any timed task
+    from ..params import RouterParams
+    from ..sim.router import simulate_batch_router
+    from ..sim.topk_router import simulate_topk_router
+
+    p = RouterParams(a=1.0, gamma=1.0, T=1.0, n_experts=3)
+    simulate_batch_router(p.replace(n_experts=2), batch=2, eta=0.1, steps=2, runs=1, threads=1)
+    simulate_batch_router(p, batch=2, eta=0.1, steps=2, runs=1, threads=1)
+    simulate_topk_router(p, batch=2, eta=0.1, steps=2, runs=1, top_k=2, threads=1)
+    return versions()
+
+
+class LocalProcesses(Executor):
+    """A pool of ``workers`` spawned processes on this machine."""
+
+    name = "local processes"
+
+    def __init__(self, workers: int):
+        if workers < 1:
+            raise ValueError("workers: must be >= 1")
+        self._n = int(workers)
+        ctx = multiprocessing.get_context("spawn")
+        self._pool = cf.ProcessPoolExecutor(self._n, mp_context=ctx, initializer=_worker_init)
+
+    @property
+    def workers(self) -> int:
+        return self._n
+
+    def describe(self) -> str:
+        return f"{self._n} local processes"
+
+    def warm_up(self) -> None:
+        """Start every process and load the kernels (the benchmark does this before timing)."""
+        list(self._pool.map(_warm_sleep, range(self._n)))
+
+    def run(self, tasks):
+        futures = [self._pool.submit(run_task, t) for t in tasks]
+        try:
+            for f in cf.as_completed(futures):
+                yield f.result()
+        finally:
+            for f in futures:
+                f.cancel()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _warm_sleep(_):
+    import time
+
+    v = _warm()
+    time.sleep(0.2)  # keep this process busy so that each warm-up call lands on another one
+    return v
+
+
+class DaskExecutor(Executor):
+    """Run the tasks as Dask futures on an existing cluster or on a new ``LocalCluster``.
+
+    **Arguments:**
+
+    - ``address``: scheduler address of an existing cluster, e.g. ``tcp://host:8786``.
+    - ``local_workers``: start a ``LocalCluster`` of this many worker processes (one thread
+      each) instead; it is closed with the executor.
+    - ``client``: an existing ``distributed.Client`` to use as it is (not closed).
+    - ``retries``: times a task that raised is re-run (worker deaths are handled by the
+      scheduler, independently of this).
+    - ``dashboard_address``: of the ``LocalCluster`` (``None``: no dashboard).
+    """
+
+    name = "dask"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        local_workers: int | None = None,
+        client=None,
+        retries: int = 2,
+        dashboard_address: str | None = ":8787",
+        timeout: float = 10.0,
+    ):
+        from distributed import Client, LocalCluster
+
+        given = sum(x is not None for x in (address, local_workers, client))
+        if given != 1:
+            raise ValueError("give exactly one of address, local_workers, client")
+        self.retries = int(retries)
+        self._cluster = None
+        self._own_client = client is None
+        if client is not None:
+            self.client = client
+        elif local_workers is not None:
+            if local_workers < 1:
+                raise ValueError("local_workers: must be >= 1")
+            self._cluster = LocalCluster(
+                n_workers=int(local_workers),
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",  # a local cluster listens on the loopback only
+                dashboard_address=dashboard_address,
+            )
+            self.client = Client(self._cluster)
+        else:
+            try:
+                self.client = Client(address, timeout=timeout)
+            except (OSError, TimeoutError) as e:
+                raise ExecutorError(f"cannot connect to the scheduler at {address}: {e}") from None
+        wanted = local_workers is None or dashboard_address is not None
+        self.dashboard = self.client.dashboard_link if wanted and self._has_dashboard() else None
+        try:
+            self._check_workers()
+        except BaseException:
+            self.close()
+            raise
+
+    def _has_dashboard(self) -> bool:
+        try:
+            return bool(self.client.scheduler_info().get("services", {}).get("dashboard"))
+        except Exception:
+            return False
+
+    @property
+    def workers(self) -> int:
+        return len(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def describe(self) -> str:
+        where = "LocalCluster" if self._cluster is not None else self.client.scheduler.address
+        return f"dask, {self.workers} workers ({where})"
+
+    def _check_workers(self) -> None:
+        """Every connected worker must run the versions of this process (same numbers)."""
+        mine = versions()
+        try:
+            theirs = self.client.run(versions)
+        except Exception as e:
+            raise ExecutorError(f"the workers cannot run moebif tasks: {e}") from None
+        for addr, v in theirs.items():
+            if v != mine:
+                diff = ", ".join(
+                    f"{k} {v.get(k)} (here {mine[k]})" for k in mine if v.get(k) != mine[k]
+                )
+                raise ExecutorError(f"worker {addr} runs {diff}: results would not be identical")
+
+    def warm_up(self) -> None:
+        self.client.run(_warm)
+
+    def run(self, tasks):
+        from distributed import as_completed
+
+        tasks = list(tasks)
+        if not tasks:
+            return
+        token = uuid.uuid4().hex[:8]
+        futures = self.client.map(
+            run_task,
+            tasks,
+            key=[f"moebif-sweep-{token}-{t.index}" for t in tasks],
+            retries=self.retries,
+            pure=False,
+        )
+        try:
+            for fut, res in as_completed(futures, with_results=True):
+                fut.release()
+                yield res
+        finally:
+            self.client.cancel(futures)
+
+    def close(self) -> None:
+        if self._own_client:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()

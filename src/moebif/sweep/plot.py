@@ -1,0 +1,393 @@
+"""The standard figure of a sweep store: a phase diagram with the theory's boundaries.
+
+Two axes: a heat map of the replica mean of one quantity (``collapsed`` gives the collapse
+probability) over the two axes, cells not yet computed in grey, and the study's theory
+boundaries (:meth:`~moebif.sweep.studies.Study.boundaries`: ``a = 2 gamma T``, ``a = a_SN``,
+``a = a_lin``, ...) drawn as the zero lines of their residuals on a fine grid. A third axis
+gives one panel per value. One axis: the replica mean against the axis, with its standard error,
+the theory's value of the quantity where the study has one (``2 H(a)`` for a hysteresis width)
+and the boundaries as vertical lines.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .studies import Study, get_study
+
+__all__ = ["PlotError", "plot_store", "save_figure"]
+
+_FINE = 160  # points a float axis of the theory grid
+_MAX_PANELS = 6
+
+
+class PlotError(ValueError):
+    """The figure cannot be drawn with these choices. ``.option`` names the one at fault."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"{option}: {message}")
+        self.option = option
+
+
+def _open(store):
+    import xarray as xr
+
+    ds = xr.open_zarr(store) if not isinstance(store, xr.Dataset) else store
+    if "moebif_sweep" not in ds.attrs:
+        raise PlotError("STORE", "not a moebif sweep store")
+    return ds
+
+
+def _geometric(v: np.ndarray) -> bool:
+    if v.size < 3 or np.any(v <= 0):
+        return False
+    r = v[1:] / v[:-1]
+    return bool(np.allclose(r, r[0], rtol=1e-6) and not np.allclose(r, 1.0))
+
+
+def _edges(v: np.ndarray, log: bool) -> np.ndarray:
+    v = np.asarray(v, dtype=float)
+    if v.size == 1:
+        return np.array([v[0] * 0.8, v[0] * 1.25]) if log else np.array([v[0] - 0.5, v[0] + 0.5])
+    w = np.log(v) if log else v
+    mid = 0.5 * (w[1:] + w[:-1])
+    e = np.concatenate([[2 * w[0] - mid[0]], mid, [2 * w[-1] - mid[-1]]])
+    return np.exp(e) if log else e
+
+
+def _fine(v: np.ndarray, log: bool) -> np.ndarray:
+    if v.dtype.kind in "iub" or v.size < 2:
+        return v
+    lo, hi = _edges(v, log)[[0, -1]]
+    return np.geomspace(lo, hi, _FINE) if log else np.linspace(lo, hi, _FINE)
+
+
+def _label(name: str) -> str:
+    return {
+        "gamma": "forgetting rate γ",
+        "T": "softmax temperature T",
+        "a": "feedback a",
+        "h": "skew h",
+        "rho": "load feedback ρ",
+        "n_experts": "experts N",
+        "top_k": "experts a token k",
+        "batch": "batch B",
+        "eta": "step size η",
+    }.get(name, name)
+
+
+def _quantity_label(q: str, replicas: bool) -> str:
+    if q == "collapsed":
+        return "collapse probability"
+    return f"mean {q}" + (" over replicas" if replicas else "")
+
+
+def _value_label(name: str, value) -> str:
+    return f"{name} = {value:g}" if isinstance(value, float) else f"{name} = {value}"
+
+
+def plot_store(
+    store,
+    *,
+    quantity: str | None = None,
+    x: str | None = None,
+    y: str | None = None,
+    select: dict | None = None,
+):
+    """Draw the phase diagram of a store (a path or an opened ``xarray.Dataset``).
+
+    **Arguments:**
+
+    - ``quantity``: the variable to show (default ``collapsed`` if recorded, else the first);
+      its mean over ``replica`` is drawn.
+    - ``x``, ``y``: the axes of the figure (default: the first two axes of the spec; one axis
+      gives a line plot). With three axes the remaining one gives one panel per value.
+    - ``select``: ``{axis: value}`` for the other axes (nearest coordinate).
+
+    **Returns:** a matplotlib Figure. Raises :class:`PlotError` naming the choice at fault.
+    """
+    import matplotlib.pyplot as plt
+
+    from ..experiments.style import COLORS, THEORY, figure_style
+
+    ds = _open(store)
+    spec = ds.attrs["spec"]
+    entry = get_study(ds.attrs["study"])
+    axes = list(spec["axes"])
+    qs = spec["run"]["quantities"]
+    if quantity is None:
+        quantity = "collapsed" if "collapsed" in qs else qs[0]
+    if quantity not in qs:
+        raise PlotError(
+            "--quantity", f"{quantity!r} is not in the store (recorded: {', '.join(qs)})"
+        )
+    da = ds[quantity]
+    if "expert" in da.dims:
+        raise PlotError("--quantity", f"{quantity} has one value an expert; plot max_load instead")
+    select = dict(select or {})
+    for k in select:
+        if k not in axes:
+            raise PlotError("--select", f"{k!r} is not an axis (axes: {', '.join(axes)})")
+    free = [a for a in axes if a not in select]
+    x = x or (free[0] if free else None)
+    if x is None:
+        raise PlotError("--x", "every axis is selected; leave one free")
+    y = y if y is not None else next((a for a in free if a != x), None)
+    for opt, name in (("--x", x), ("--y", y)):
+        if name is not None and name not in axes:
+            raise PlotError(opt, f"{name!r} is not an axis (axes: {', '.join(axes)})")
+        if name is not None and name in select:
+            raise PlotError(opt, f"{name!r} is also in --select")
+    if y == x:
+        raise PlotError("--y", "must differ from --x")
+    rest = [a for a in axes if a not in (x, y) and a not in select]
+    facet = None
+    if rest:
+        facet = rest[0]
+        if len(rest) > 1 or ds.sizes[facet] > _MAX_PANELS:
+            raise PlotError(
+                "--select", f"choose values of {', '.join(rest)} (e.g. --select {rest[0]}=...)"
+            )
+    sel = {
+        k: ds[k].sel({k: v}, method="nearest").item() if ds[k].dtype.kind in "fi" else v
+        for k, v in select.items()
+    }
+
+    done = ds["done"].sel(sel).load()
+    vals = da.sel(sel).load().where(done).astype(float)
+    has_rep = "replica" in da.dims
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells not computed yet
+        if has_rep:
+            # NaN replicas (no switch measured, cell not computed) do not count
+            m = vals.mean("replica", skipna=True)
+            count = vals.count("replica")
+            se = vals.std("replica", ddof=1, skipna=True) / np.sqrt(count.where(count > 1))
+        else:
+            m, se = vals, None
+    done_sel = done
+    missing = int((~done_sel.values).sum())
+
+    fixed = dict(spec["params"]) | sel
+    panels = [None] if facet is None else list(ds[facet].values)
+    is_prob = quantity == "collapsed"
+    title = _title(ds, fixed, entry, missing, int(done_sel.size), len(panels))
+    with figure_style():
+        ncol = len(panels)
+        fig, axs = plt.subplots(
+            1,
+            ncol,
+            figsize=(3.8 * ncol + (0.9 if y else 0), 3.4),
+            layout="constrained",
+            squeeze=False,
+        )
+        mesh = None
+        for ax, pv in zip(axs[0], panels, strict=True):
+            vals = dict(fixed) | ({} if facet is None else {facet: _py(pv)})
+            mp = m if facet is None else m.sel({facet: pv})
+            if y is None:
+                sp = None if se is None else (se if facet is None else se.sel({facet: pv}))
+                _line(ax, ds, entry, quantity, x, mp, sp, vals, COLORS, THEORY)
+            else:
+                mesh = _map(ax, ds, entry, x, y, mp, vals, is_prob, COLORS)
+            if facet is not None:
+                ax.set_title(_value_label(facet, _py(pv)))
+        if mesh is not None:
+            fig.colorbar(mesh, ax=list(axs[0]), label=_quantity_label(quantity, has_rep), pad=0.02)
+        fig.suptitle(title, fontsize=8.5)
+    return fig
+
+
+def _py(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def _title(ds, fixed, entry: Study, missing: int, total: int, ncol: int = 1) -> str:
+    spec = ds.attrs["spec"]
+    shown = [
+        _value_label(k, v)
+        for k, v in fixed.items()
+        if v is not None and k in entry.params and k not in ("collapse_excess",)
+    ][:7]
+    import textwrap
+
+    reps = spec["run"]["replicas"]
+    body = ", ".join(shown) + f"; {reps} replicas a cell"
+    t = f"{ds.attrs.get('name') or ds.attrs['study']}\n" + "\n".join(
+        textwrap.wrap(body, int(11 * (3.8 * ncol + 0.9)))
+    )
+    if missing:
+        t += f"\n{missing} of {total} cells not computed yet (grey)"
+    return t
+
+
+def _theory_grid(entry: Study, vals: dict, names: list[str], grids: list[np.ndarray]):
+    """Residuals of every boundary on the grid (arrays of shape of the mesh), by label."""
+    varying = frozenset(names)
+    out: dict[str, np.ndarray] = {}
+    shape = tuple(g.size for g in grids)
+    for idx in np.ndindex(*shape):
+        v = dict(vals)
+        for n, g, i in zip(names, grids, idx, strict=True):
+            v[n] = _py(g[i])
+        try:
+            res = entry.boundaries(v, varying)
+        except (ValueError, ArithmeticError):
+            continue  # outside the theory's domain (e.g. T <= 0 at an extended edge)
+        for label, r in res.items():
+            out.setdefault(label, np.full(shape, np.nan))[idx] = r
+    return out
+
+
+_STYLES = [("--", "white"), (":", "#7fdbff"), ("-.", "#ffd166")]
+
+
+def _map(ax, ds, entry, x, y, m, vals, is_prob, colors):
+    import matplotlib.patheffects as pe
+    from matplotlib.lines import Line2D
+
+    xv, yv = np.asarray(ds[x].values), np.asarray(ds[y].values)
+    xlog, ylog = _geometric(xv), _geometric(yv)
+    data = m.transpose(y, x).values.astype(float)
+    import matplotlib as mpl
+
+    cmap = mpl.colormaps["magma"].with_extremes(bad="0.78")
+    kw = {"vmin": 0.0, "vmax": 1.0} if is_prob else {}
+    mesh = ax.pcolormesh(
+        _edges(xv, xlog),
+        _edges(yv, ylog),
+        np.ma.masked_invalid(data),
+        cmap=cmap,
+        shading="flat",
+        **kw,
+    )
+    xf, yf = _fine(xv, xlog), _fine(yv, ylog)
+    res = _theory_grid(entry, vals, [x, y], [xf, yf])
+    handles = []
+    for (label, r), (ls, col) in zip(res.items(), _STYLES, strict=False):
+        if not (np.nanmin(r) < 0 < np.nanmax(r)):
+            continue  # the boundary does not cross this plane
+        cs = ax.contour(xf, yf, r.T, levels=[0.0], colors=[col], linestyles=[ls], linewidths=1.4)
+        cs.set(path_effects=[pe.withStroke(linewidth=2.6, foreground="0.1")])
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=col,
+                ls=ls,
+                lw=1.4,
+                label=f"theory: {label}",
+                path_effects=[pe.withStroke(linewidth=2.6, foreground="0.1")],
+            )
+        )
+    ax.set(
+        xscale="log" if xlog else "linear",
+        yscale="log" if ylog else "linear",
+        xlabel=_label(x),
+        ylabel=_label(y),
+    )
+    _log_ticks(ax.xaxis, xv, xlog)
+    _log_ticks(ax.yaxis, yv, ylog)
+    e_x, e_y = _edges(xv, xlog), _edges(yv, ylog)
+    ax.set_xlim(e_x[0], e_x[-1])
+    ax.set_ylim(e_y[0], e_y[-1])
+    if handles:
+        leg = ax.legend(
+            handles=handles,
+            loc="upper right",
+            fontsize=6.5,
+            frameon=True,
+            facecolor="0.2",
+            edgecolor="none",
+            labelcolor="white",
+            framealpha=0.8,
+        )
+        leg.set_zorder(5)
+    return mesh
+
+
+def _line(ax, ds, entry, quantity, x, m, se, vals, colors, theory_style):
+    xv = np.asarray(ds[x].values)
+    log = _geometric(xv)
+    yv = m.values.astype(float)
+    label = "sweep (mean over replicas)" if "replica" in ds[quantity].dims else "sweep"
+    ax.plot(xv, yv, "o-", color=colors[0], ms=3.5, label=label)
+    if se is not None:
+        s = se.values.astype(float)
+        ax.fill_between(xv, yv - s, yv + s, color=colors[0], alpha=0.25, lw=0, label="± 1 s.e.")
+    xf = _fine(xv, log)
+    th = []
+    for xi in xf:
+        v = dict(vals) | {x: _py(xi)}
+        try:
+            th.append(entry.theory(quantity, v))
+        except (ValueError, ArithmeticError):
+            th.append(None)
+    if any(t is not None for t in th):
+        ax.plot(
+            xf,
+            [np.nan if t is None else t for t in th],
+            **theory_style,
+            label="theory (mean field)",
+        )
+    res = _theory_grid(entry, vals, [x], [xf])
+    for (label_b, r), (ls, _) in zip(res.items(), _STYLES, strict=False):
+        s = np.sign(r)
+        cross = np.flatnonzero(s[1:] * s[:-1] < 0)
+        for j, c in enumerate(cross):
+            x0 = xf[c] - r[c] * (xf[c + 1] - xf[c]) / (r[c + 1] - r[c])
+            ax.axvline(
+                x0, color="0.35", ls=ls, lw=1.0, label=f"theory: {label_b}" if j == 0 else None
+            )
+    _log_ticks(ax.xaxis, xv, log)
+    ax.set(
+        xscale="log" if log else "linear",
+        xlabel=_label(x),
+        ylabel=_quantity_label(quantity, "replica" in ds[quantity].dims),
+    )
+    if quantity == "collapsed":
+        ax.set_ylim(-0.03, 1.03)
+    ax.legend(loc="best")
+
+
+_NICE = np.array([1.0, 2.0, 3.0, 5.0])
+
+
+def _log_ticks(axis, v: np.ndarray, log: bool) -> None:
+    """Plain labels (0.3, 1, 2, 5) on a log axis instead of powers of ten."""
+    if not log:
+        return
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    lo, hi = float(v.min()), float(v.max())
+    decades = np.arange(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+    ticks = np.concatenate([_NICE * 10.0**d for d in decades])
+    ticks = ticks[(ticks >= lo / 1.3) & (ticks <= hi * 1.3)]
+    if ticks.size > 8:
+        ticks = ticks[np.isin(np.round(ticks / 10.0 ** np.floor(np.log10(ticks)), 6), [1.0, 3.0])]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda t, _: f"{t:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def save_figure(fig, stem: str | Path) -> list[Path]:
+    """Write ``stem.png`` and ``stem.svg`` (200 dpi, atomically); returns the two paths."""
+    import matplotlib.pyplot as plt
+
+    from .._io import atomic_write_bytes
+
+    stem = Path(stem)
+    out = []
+    for ext in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=200, metadata={"Date": None} if ext == "svg" else None)
+        path = stem.with_name(stem.name + f".{ext}")
+        atomic_write_bytes(path, buf.getvalue())
+        out.append(path)
+    plt.close(fig)
+    return out
