@@ -1,0 +1,103 @@
+"""Driving the explorer in a real browser (Debian's Chromium through Playwright): shared by the
+browser tests and ``benchmarks/bench_explore.py``. Nothing is downloaded: Playwright is pointed
+at the system's ``chromium`` and never installs a browser of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+__all__ = ["CHROMIUM_FLAGS", "chromium_path", "drag_slider_latencies", "launch", "plot_pixel"]
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str | None:
+    """``$MOEBIF_CHROMIUM``, else ``/usr/bin/chromium`` (Debian's package), else ``chromium`` on
+    the PATH; None when there is none."""
+    for cand in (os.environ.get("MOEBIF_CHROMIUM"), "/usr/bin/chromium"):
+        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
+            return cand
+    return shutil.which("chromium")
+
+
+def launch(playwright):
+    """A headless Chromium browser from the system's executable (no download)."""
+    path = chromium_path()
+    if path is None:
+        raise FileNotFoundError("no chromium executable (apt-get install chromium)")
+    return playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS, headless=True)
+
+
+def wait_rendered(page, count: int, timeout: float = 30.0) -> None:
+    """Wait until the page has finished ``count`` redraws, or raise (with the page's error)."""
+    page.wait_for_function(
+        f"window.__explore && (window.__explore.renders >= {count} || window.__explore.errors > 0)",
+        timeout=timeout * 1e3,
+    )
+    err = page.evaluate(
+        "document.getElementById('error').hidden ? null : "
+        "document.getElementById('error').textContent"
+    )
+    if err:
+        raise AssertionError(f"the page shows an error: {err}")
+
+
+# one slider change after another, timed in the page: from the input event (as the slider
+# fires it) to the end of the redraw of every theory view (plotly's promises resolved and the
+# next animation frame reached)
+_DRIVE = """async ([key, values]) => {
+  const s = document.getElementById('s-' + key);
+  const out = [];
+  for (const v of values) {
+    const done = new Promise((resolve, reject) => {
+      const ok = () => { cleanup(); resolve(); };
+      const bad = (e) => { cleanup(); reject(new Error(e.detail)); };
+      const cleanup = () => {
+        document.removeEventListener('explore:rendered', ok);
+        document.removeEventListener('explore:error', bad);
+      };
+      document.addEventListener('explore:rendered', ok);
+      document.addEventListener('explore:error', bad);
+    });
+    s.value = String(v);
+    s.dispatchEvent(new Event('input', { bubbles: true }));
+    s.dispatchEvent(new Event('change', { bubbles: true }));
+    await done;
+    const L = window.__explore.latencies;
+    out.push([L[L.length - 1], window.__explore.lastServerMs]);
+  }
+  return out;
+}"""
+
+
+def drag_slider_latencies(page, key: str, values) -> list[tuple[float, float]]:
+    """Set slider ``key`` to each of ``values`` in turn, waiting for each redraw; returns
+    ``(latency ms, server ms)`` per change, as measured by the page."""
+    return [tuple(x) for x in page.evaluate(_DRIVE, [key, [float(v) for v in values]])]
+
+
+def plot_pixel(page, plot_id: str, x: float, y: float) -> tuple[float, float]:
+    """Viewport pixel of the data point ``(x, y)`` in a plot (for real mouse clicks)."""
+    return tuple(
+        page.evaluate(
+            """([id, x, y]) => {
+              const gd = document.getElementById(id);
+              const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
+              const fl = gd._fullLayout;
+              return [r.left + fl.xaxis.l2p(x), r.top + fl.yaxis.l2p(y)];
+            }""",
+            [plot_id, x, y],
+        )
+    )
