@@ -85,18 +85,19 @@ def _finite(x):
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def _run_monitor(name, steps, counts, *, top_k, window, block=None) -> MonitorLayer:
+def _run_monitor(source, name, steps, counts, *, top_k, window, block=None) -> MonitorLayer:
     S, n = counts.shape
+    where = f"{source}: layer {name!r}"
     if not 1 <= top_k < n:
-        raise LogError(f"layer {name!r}: top_k must be in 1..{n - 1} for {n} experts, got {top_k}")
+        raise LogError(f"{where}: top_k must be in 1..{n - 1} for {n} experts, got {top_k}")
     if S < 64:
-        raise LogError(f"layer {name!r}: need >= 64 steps, got {S}")
+        raise LogError(f"{where}: need >= 64 steps, got {S}")
     w = int(window) if window is not None else max(64, S // 8)
     w = min(w, S)
     try:
         mon = LayerMonitor(n, top_k=top_k, window=w, block=block, name=str(name))
     except ValueError as e:
-        raise LogError(f"layer {name!r}: {e}") from None
+        raise LogError(f"{where}: {e}") from None
     mon.update_many(counts)
 
     def at(step):  # rows fed -> the log's own step numbers
@@ -170,7 +171,7 @@ def _diagnose_layers(obj: dict, path: Path) -> list[MonitorLayer]:
         if raw is not None and name in raw:
             steps, counts = raw[name]
             layer = _run_monitor(
-                name, steps, counts, top_k=k, window=s.get("window"), block=s.get("block")
+                found, name, steps, counts, top_k=k, window=s.get("window"), block=s.get("block")
             )
             # the alarms are diagnose's own (its threshold and latent-filter prior may differ
             # from the defaults), mapped to the log's step numbers like the fits
@@ -232,7 +233,7 @@ def read_monitor_log(path, *, top_k: int = 1, window: int | None = None) -> Moni
     except (OSError, UnicodeDecodeError) as e:
         raise LogError(f"{path}: cannot be read: {e}") from None
     layers = [
-        _run_monitor(name, steps, counts, top_k=top_k, window=window)
+        _run_monitor(path, name, steps, counts, top_k=top_k, window=window)
         for name, (steps, counts) in raw.items()
     ]
     for layer in layers:
