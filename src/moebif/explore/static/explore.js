@@ -371,10 +371,11 @@ function render(d) {
 
   // F(y)
   const st = v.state;
+  // only the equilibria answer the hover (a curve point at a marker would win the tie)
   jobs.push(Plotly.react("plot-state", [
-    { type: "scatter", mode: "lines", x: st.y, y: st.F, name: "F(y)",
-      line: { color: COLORS.main, width: 2 }, hovertemplate: "y = %{x:.4g}<br>F = %{y:.4g}<extra></extra>" },
     eqTrace(st.equilibria.map((e) => ({ ...e, zero: 0 })), "y", "zero", "equilibria"),
+    { type: "scatter", mode: "lines", x: st.y, y: st.F, name: "F(y)",
+      line: { color: COLORS.main, width: 2 }, hoverinfo: "skip" },
   ], baseLayout("y = r₁ − r₂", "F(y)", {
     xaxis: { title: { text: "y = r₁ − r₂", standoff: 4 }, range: st.range, zeroline: false },
     shapes: [hline(0, COLORS.grey, "solid", 0.8), vline(y0, COLORS.green, "dash")],
@@ -384,9 +385,9 @@ function render(d) {
 
   // V(y)
   jobs.push(Plotly.react("plot-potential", [
-    { type: "scatter", mode: "lines", x: st.y, y: st.V, name: "V(y)",
-      line: { color: COLORS.main, width: 2 }, hovertemplate: "y = %{x:.4g}<br>V = %{y:.4g}<extra></extra>" },
     eqTrace(st.equilibria, "y", "V", "equilibria"),
+    { type: "scatter", mode: "lines", x: st.y, y: st.V, name: "V(y)",
+      line: { color: COLORS.main, width: 2 }, hoverinfo: "skip" },
   ], baseLayout("y", "V(y)", {
     xaxis: { title: { text: "y", standoff: 4 }, range: st.range, zeroline: false },
     shapes: [vline(y0, COLORS.green, "dash")],
@@ -684,6 +685,7 @@ async function runTrajectories() {
   q.delete("bif_against");
   for (const k of SIM) q.set(k, S.sim[k]);
   $("sim-status").textContent = "starting…";
+  $("progress").value = 0;
   try {
     const job = await api("/api/trajectories?" + q.toString(),
                           { method: "POST", headers: { "X-Moebif": "1" } });
