@@ -23,6 +23,8 @@ from moebif.explore.testing import (  # noqa: E402
     chromium_path,
     drag_slider_latencies,
     launch,
+    overlay_markers,
+    overlay_paths,
     plot_pixel,
     wait_rendered,
 )
@@ -119,9 +121,8 @@ def _value(page, key):
 
 
 def _eq_of_page(page):
-    """The equilibria the F(y) view draws, with their marker symbols."""
-    t = _plot_trace(page, "plot-state", "equilibria")
-    return list(zip(t["x"], t["symbol"], strict=True))
+    """The equilibria the F(y) view draws: ``(y, stable)``, stable filled and unstable hollow."""
+    return [(x, stable) for x, _, stable in overlay_markers(page, "plot-state")]
 
 
 def _click(page, plot, x, y):
@@ -143,14 +144,11 @@ def test_pitchfork_cusp_clicks_and_hover(page):
     assert _text(page, "#eq-count") == "3 equilibria"
     assert _text(page, "#regime-two") == "bistable"
     want = moebif.equilibria(RouterParams(a=2.5, gamma=1.0, T=1.0))
-    got = _eq_of_page(page)
-    assert [y for y, _ in got] == [e.y for e in want]
-    assert [s for _, s in got] == ["circle" if e.stable else "circle-open" for e in want]
-    # the bifurcation view's overlay shows the same three at the current h: filled / hollow
-    marks = page.eval_on_selector_all(
-        "#plot-bifurcation svg.overlay circle.ov-marker", "els => els.map(e => e.classList[1])"
-    )
-    assert marks == ["stable" if e.stable else "unstable" for e in want]
+    assert _eq_of_page(page) == [(e.y, e.stable) for e in want]
+    # V(y) and the bifurcation view show the same three: filled / hollow
+    assert [(x, st) for x, _, st in overlay_markers(page, "plot-potential")] == _eq_of_page(page)
+    bif = overlay_markers(page, "plot-bifurcation")
+    assert [(u, st) for _, u, st in bif] == [(e.u, e.stable) for e in want]
 
     # clicks in the (a, h) plane: inside the cusp 3 equilibria, outside 1
     H4 = moebif.hysteresis_halfwidth(4.0, 1.0, 1.0)
@@ -164,22 +162,26 @@ def test_pitchfork_cusp_clicks_and_hover(page):
         assert _text(page, "#regime-two") == moebif.regime(p)
         assert [y for y, _ in _eq_of_page(page)] == [e.y for e in moebif.equilibria(p)]
 
-    # the eigenvalue on hover, in plotly's own hover label
+    # the eigenvalue on hover
     _click(page, "plot-plane", 3.0, 0.0)
-    eqs = moebif.equilibria(RouterParams(a=_value(page, "a"), gamma=1.0, T=1.0, h=_value(page, "h")))
-    top = eqs[-1]
-    page.mouse.move(*plot_pixel(page, "plot-state", top.y, 0.0))
-    page.wait_for_selector("#plot-state .hoverlayer .hovertext", timeout=5000)
-    label = page.text_content("#plot-state .hoverlayer .hovertext")
-    assert "eigenvalue" in label and "stable" in label
-    assert f"{top.eigenvalue:.5g}".replace("-", "−") in label or f"{top.eigenvalue:.5g}" in label
+    eqs = moebif.equilibria(
+        RouterParams(a=_value(page, "a"), gamma=1.0, T=1.0, h=_value(page, "h"))
+    )
+    for e in (eqs[0], eqs[1]):
+        page.mouse.move(*plot_pixel(page, "plot-state", e.y, 0.0))
+        page.wait_for_selector("#tip:not([hidden])", timeout=5000)
+        label = page.inner_text("#tip")
+        assert f"eigenvalue Fy = {float(f'{e.eigenvalue:.5g}'):g}" in label.replace("\n", " ")
+        assert label.endswith("unstable" if not e.stable else "stable")
+        page.mouse.move(5, 5)
 
     # click on F(y) sets the initial condition of the mean-field curve
     _click(page, "plot-state", -1.0, 0.0)
     y0 = _value(page, "y0")
     assert abs(y0 + 1.0) < 0.05
-    mf = _plot_trace(page, "plot-time", "mean field")
-    assert mf["y"][0] == pytest.approx(math.tanh(y0 / 2.0), abs=1e-12)
+    (mf,) = overlay_paths(page, "plot-time", "meanfield")
+    assert mf[0][0] == pytest.approx(0.0, abs=0.05)  # t = 0, to the drawn pixel
+    assert mf[0][1] == pytest.approx(math.tanh(y0 / 2.0), abs=0.01)
 
 
 def test_trajectory_draws_and_cancel_stops_the_server(page, server):
@@ -194,7 +196,12 @@ def test_trajectory_draws_and_cancel_stops_the_server(page, server):
     mf = _plot_trace(page, "plot-time", "mean field (run)")
     ref = moebif.simulate_batch_router(
         RouterParams(a=3.0, gamma=1.0, T=1.0, h=0.08),
-        batch=512, eta=0.002, steps=2000, runs=8, seed=3, record_every=4,
+        batch=512,
+        eta=0.002,
+        steps=2000,
+        runs=8,
+        seed=3,
+        record_every=4,
     )
     assert mean["x"] == ref.t.tolist() and mean["y"] == ref.u_mean.tolist()
     assert len(mf["y"]) == len(ref.t)
@@ -243,11 +250,8 @@ def test_zoom_recomputes_back_reset_copy_export(page, tmp_path):
     q = parse_qs(urlparse(last).query)
     lo, hi = (float(v) for v in q["plane_a"][0].split(","))
     assert 2.05 < lo < 2.15 and 2.55 < hi < 2.65
-    fold = page.evaluate(
-        "document.getElementById('plot-plane').data.filter(t => t.name === 'fold (16)')"
-        ".map(t => Array.from(t.x))"
-    )
-    assert fold and all(sum(lo <= a <= hi for a in br) >= 250 for br in fold)
+    fold = overlay_paths(page, "plot-plane", "fold")
+    assert len(fold) == 2 and all(sum(lo <= a <= hi for a, _ in br) >= 250 for br in fold)
     # the clicked point did not move while zooming
     assert (_value(page, "a"), _value(page, "h")) == (3.0, 0.0)
 

@@ -602,6 +602,15 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
     @contextlib.asynccontextmanager
     async def lifespan(app):
         runner()
+        if warm_up:
+            # import scipy and fill the caches of the default views before the first page asks
+            from starlette.datastructures import QueryParams
+
+            threading.Thread(
+                target=lambda: compute_views(QueryParams("")),
+                name="moebif-explore-warm",
+                daemon=True,
+            ).start()
         try:
             yield
         finally:

@@ -9,7 +9,16 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["CHROMIUM_FLAGS", "chromium_path", "drag_slider_latencies", "launch", "plot_pixel"]
+__all__ = [
+    "CHROMIUM_FLAGS",
+    "chromium_path",
+    "drag_slider_latencies",
+    "launch",
+    "overlay_markers",
+    "overlay_paths",
+    "plot_pixel",
+    "wait_rendered",
+]
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -100,4 +109,33 @@ def plot_pixel(page, plot_id: str, x: float, y: float) -> tuple[float, float]:
             }""",
             [plot_id, x, y],
         )
+    )
+
+
+def overlay_markers(page, plot_id: str, cls: str = "ov-marker") -> list[tuple[float, float, bool]]:
+    """The markers a plot's overlay draws: ``(x, y, stable)`` in data coordinates (stable:
+    filled, unstable: hollow)."""
+    return [
+        (float(x), float(y), fill != "#fff")
+        for x, y, fill in page.eval_on_selector_all(
+            f"#{plot_id} svg.overlay circle.{cls}",
+            "els => els.map(e => [e.dataset.x, e.dataset.y, e.getAttribute('fill')])",
+        )
+    ]
+
+
+def overlay_paths(page, plot_id: str, cls: str) -> list[list[tuple[float, float]]]:
+    """The curves of class ``cls`` that a plot's overlay draws, as data coordinates (read back
+    from the drawn SVG through the plot's axes)."""
+    return page.evaluate(
+        """([id, cls]) => {
+          const gd = document.getElementById(id);
+          const fl = gd._fullLayout;
+          return Array.from(gd.querySelectorAll(`svg.overlay path.${cls}`)).map((p) =>
+            (p.getAttribute('d').match(/[ML][^MLZ]+/g) || []).map((seg) => {
+              const [px, py] = seg.slice(1).split(',').map(Number);
+              return [fl.xaxis.p2l(px), fl.yaxis.p2l(py)];
+            }));
+        }""",
+        [plot_id, cls],
     )

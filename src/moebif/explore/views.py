@@ -97,6 +97,28 @@ def _eq_dicts(p: RouterParams) -> list[dict]:
     return [e.to_dict() for e in th.equilibria(p)]
 
 
+_NICE = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+
+
+def nice_ceil(x: float) -> float:
+    """The smallest of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten that is >= x > 0:
+    default view windows move in steps while a slider moves, so the axes rarely change."""
+    if not (x > 0.0 and math.isfinite(x)):
+        return 1.0
+    e = 10.0 ** math.floor(math.log10(x))
+    return next(m * e for m in _NICE if m * e >= x * (1.0 - 1e-12))
+
+
+def nice_span(lo: float, hi: float) -> list[float]:
+    """``[lo, hi]`` widened by 5% and rounded out to multiples of a nice step (span / 4)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return [-1.0, 1.0]
+    pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.1
+    lo, hi = lo - pad, hi + pad
+    step = nice_ceil((hi - lo) / 4.0)
+    return [math.floor(lo / step) * step, math.ceil(hi / step) * step]
+
+
 def _check_range(name: str, rng, *, lo=-math.inf, hi=math.inf):
     if rng is None:
         return None
@@ -118,18 +140,22 @@ def state_view(pt: Point, *, y_range=None, points: int = 401) -> dict:
     rng = _check_range("y_range", y_range)
     if rng is None:
         ys = [abs(e["y"]) for e in eqs] + [abs(pt.y0)]
-        half = max(1.3 * max(ys), 4.0 * p.T, 0.5)
+        half = nice_ceil(max(1.3 * max(ys), 4.0 * p.T, 0.5))
         rng = (-half, half)
     y = np.linspace(rng[0], rng[1], points)
     for e in eqs:
         e["V"] = float(th.potential(e["y"], p))
+    F, Vy = th.drift(y, p), th.potential(y, p)
+    f_max = float(np.max(np.abs(F)))
     return {
         "y": y,
-        "F": th.drift(y, p),
-        "V": th.potential(y, p),
+        "F": F,
+        "V": Vy,
         "equilibria": eqs,
         "y0": pt.y0,
         "range": list(rng),
+        "F_range": [-nice_ceil(1.05 * f_max), nice_ceil(1.05 * f_max)],
+        "V_range": nice_span(float(np.min(Vy)), float(np.max(Vy))),
     }
 
 
@@ -150,11 +176,11 @@ def plane_view(pt: Point, *, a_range=None, h_range=None, points: int = 601) -> d
     c = 2.0 * p.gamma * p.T
     a_cusp = _user_cusp(pt)
     if a_range is None:
-        a_range = (0.0, max(2.5 * a_cusp, 1.15 * pu.a, a_cusp + 1.0))
+        a_range = (0.0, nice_ceil(max(2.5 * a_cusp, 1.15 * pu.a, a_cusp + 1.0)))
     a_lo, a_hi = _check_range("a_range", a_range)
     if h_range is None:
         H = th.hysteresis_halfwidth(max(pt.a_eff_of(a_hi), 0.0), p.gamma, p.T)
-        half = max(1.3 * H, 1.3 * abs(pu.h), 0.5 * c)
+        half = nice_ceil(max(1.3 * H, 1.3 * abs(pu.h), 0.5 * c))
         h_range = (-half, half)
     h_lo, h_hi = _check_range("h_range", h_range)
     # the part of each fold branch inside the view (5% margin), found on a fine q grid, then
@@ -240,7 +266,7 @@ def bifurcation_view(
         H = th.hysteresis_halfwidth(p.a, p.gamma, p.T)
         folds = [{"x": s * H, "u": float(th.load(y_f, p.T))} for s, y_f in _fold_states(p)]
         x_now = pu.h
-        default = max(1.5 * H, 1.3 * abs(pu.h), 0.5 * c)
+        default = nice_ceil(max(1.5 * H, 1.3 * abs(pu.h), 0.5 * c))
         x_def = (-default, default)
     else:
         # F(y) = F_a0(y) + a tanh(y/2T) with F_a0 = F at a = 0, so a = -F_a0(y) / tanh(y/2T) on
@@ -265,7 +291,7 @@ def bifurcation_view(
         folds = []
         x_now = pu.a
         a_cusp = _user_cusp(pt)
-        x_def = (0.0, max(2.5 * a_cusp, 1.3 * pu.a, a_cusp + 1.0))
+        x_def = (0.0, nice_ceil(max(2.5 * a_cusp, 1.3 * pu.a, a_cusp + 1.0)))
     x_rng = _check_range("x_range", x_range) or x_def
     return {
         "against": against,
@@ -354,8 +380,11 @@ def branch_diagram(n: int, k: int, *, x_range=None, load_range=None, points=None
             continue
         segs = _segments(r, ml, st, d)
         branches.append({"winners": br.winners, "segments": segs})
-    x_u = np.array([0.0, a_lin, x_max])
-    uniform = _segments(x_u, np.full(3, 1.0 / n), x_u < a_lin, np.zeros(3))
+    # the uniform state: stable up to the linear threshold (eq. 10), unstable beyond
+    uniform = [
+        {"x": np.array(xs), "u": np.full(2, 1.0 / n), "y": np.zeros(2), "stable": stable}
+        for xs, stable in (([0.0, a_lin], True), ([a_lin, x_max], False))
+    ]
     return {
         "n_experts": n,
         "top_k": k,

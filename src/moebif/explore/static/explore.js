@@ -231,18 +231,11 @@ async function fire() {
 // ------------------------------------------------------------------------------------------
 // drawing
 
-function eqTrace(eqs, xk, yk, name, extra = {}) {
-  return {
-    type: "scatter", mode: "markers", name,
-    x: eqs.map((e) => e[xk]), y: eqs.map((e) => e[yk]),
-    marker: { size: 11, color: COLORS.red, line: { width: 2, color: COLORS.red },
-              symbol: eqs.map((e) => (e.stable ? "circle" : "circle-open")) },
-    customdata: eqs.map((e) => [e.eigenvalue, e.stable ? "stable" : "unstable", e.y, e.u]),
-    hovertemplate: "y = %{customdata[2]:.5g}<br>u = %{customdata[3]:.5g}<br>" +
-      "eigenvalue F<sub>y</sub> = %{customdata[0]:.5g}<br>%{customdata[1]}<extra></extra>",
-    ...extra,
-  };
-}
+// Each plot is a plotly "frame" (axes, zoom, the traces that change rarely: fold curve,
+// branches, trajectories) and an overlay of SVG drawn by the page over the frame's plot area
+// (the curves and markers that move with every slider step). A plotly redraw costs 15-20 ms a
+// plot; an overlay well under 1 ms. A frame is redrawn only when its key (the server's digest of
+// its traces, or its axis ranges) changed.
 
 function baseLayout(xt, yt, extra = {}) {
   return {
@@ -251,6 +244,13 @@ function baseLayout(xt, yt, extra = {}) {
     xaxis: { title: { text: xt, standoff: 4 }, zeroline: false },
     yaxis: { title: { text: yt, standoff: 4 }, zeroline: false },
     font: { size: 11 }, ...extra,
+  };
+}
+
+function axes(xt, xr, yt, yr) {
+  return {
+    xaxis: { title: { text: xt, standoff: 4 }, range: xr, zeroline: false, autorange: false },
+    yaxis: { title: { text: yt, standoff: 4 }, range: yr, zeroline: false, autorange: false },
   };
 }
 
@@ -264,26 +264,14 @@ function hline(y, color, dash = "dot", width = 1) {
            line: { color, dash, width } };
 }
 
-function segTraces(segs, opts) {
-  return segs.map((s) => ({
-    type: "scatter", mode: "lines", x: s.x, y: s.u, hoverinfo: "skip",
-    line: { color: opts.color, width: s.stable ? opts.width : opts.width * 0.8,
-            dash: s.stable ? "solid" : "dash" },
-    name: s.stable ? "stable" : "unstable",
-  }));
-}
-
-// ------------------------------------------------------------------------------------------
-// overlays: the current point's markers, drawn over a plot whose traces did not change (a
-// plotly redraw costs ~15-20 ms a plot; moving a marker costs well under 1 ms)
-
 const NS = "http://www.w3.org/2000/svg";
-const drawnRev = {};
+const drawnKey = {};
 
-function changedRev(id, rev) {
-  if (drawnRev[id] === rev) return false;
-  drawnRev[id] = rev;
-  return true;
+function frame(id, key, traces, layout) {
+  // returns the redraw's promise, or null when the frame is unchanged
+  if (drawnKey[id] === key) return null;
+  drawnKey[id] = key;
+  return Plotly.react(id, traces, layout, PLOT_CONFIG);
 }
 
 function svgEl(tag, attrs, parent) {
@@ -293,11 +281,25 @@ function svgEl(tag, attrs, parent) {
   return el;
 }
 
+const DASH = { solid: "", dash: "6,4", dot: "2,3", dashdot: "6,3,2,3" };
+
+function pathD(xs, ys, xa, ya) {
+  let d = "";
+  let pen = false;
+  for (let i = 0; i < xs.length; i++) {
+    const x = xs[i], y = ys[i];
+    if (!Number.isFinite(x) || !Number.isFinite(y)) { pen = false; continue; }
+    d += `${pen ? "L" : "M"}${xa.l2p(x).toFixed(1)},${ya.l2p(y).toFixed(1)}`;
+    pen = true;
+  }
+  return d;
+}
+
 function drawOverlay(id) {
   const gd = $(id);
   const items = gd.__overlay || [];
   const fl = gd._fullLayout;
-  if (!fl || !fl.xaxis || !fl.xaxis.l2p) return;
+  if (!fl || !fl.xaxis || !fl.xaxis.l2p || !fl.yaxis) return;
   let svg = gd.querySelector(":scope > svg.overlay");
   if (!svg) {
     svg = document.createElementNS(NS, "svg");
@@ -310,30 +312,62 @@ function drawOverlay(id) {
   svg.setAttribute("width", W);
   svg.setAttribute("height", H);
   svg.textContent = "";
+  const clip = svgEl("g", { class: "ov-clip" }, svg);
+  const inX = (px) => px >= -1 && px <= W + 1;
+  const inY = (py) => py >= -1 && py <= H + 1;
   for (const it of items) {
+    if (it.kind === "path") {
+      svgEl("path", { d: pathD(it.x, it.y, xa, ya) + (it.fill ? "Z" : ""), fill: it.fill || "none",
+                      stroke: it.color,
+                      "stroke-width": it.width || 2, "stroke-dasharray": DASH[it.dash || "solid"],
+                      class: `ov-path ${it.cls || ""}` }, clip);
+      continue;
+    }
+    if (it.kind === "hline") {
+      const py = ya.l2p(it.y);
+      if (!inY(py)) continue;
+      svgEl("line", { x1: 0, x2: W, y1: py, y2: py, stroke: it.color, "stroke-width": 1,
+                      "stroke-dasharray": DASH[it.dash || "dot"], class: "ov-hline" }, svg);
+      continue;
+    }
+    if (it.kind === "rect") {
+      const p0 = Math.max(0, Math.min(W, xa.l2p(it.x0))), p1 = Math.max(0, Math.min(W, xa.l2p(it.x1)));
+      if (p1 > p0) {
+        svgEl("rect", { x: p0, y: 0, width: p1 - p0, height: H, fill: it.fill,
+                        class: `ov-rect ${it.cls || ""}` }, clip);
+      }
+      continue;
+    }
     const px = xa.l2p(it.x);
-    if (!(px >= -1 && px <= W + 1)) continue;
+    if (!inX(px)) continue;
     if (it.kind === "vline") {
       svgEl("line", { x1: px, x2: px, y1: 0, y2: H, stroke: it.color, "stroke-width": 1.3,
-                      "stroke-dasharray": it.dash || "2,3", class: "ov-line" }, svg);
+                      "stroke-dasharray": DASH[it.dash || "dot"], class: "ov-line" }, svg);
+      if (it.label) {
+        const t = svgEl("text", { x: px + 3, y: 10, fill: it.color, "font-size": 10 }, svg);
+        t.textContent = it.label;
+      }
       continue;
     }
     const py = ya.l2p(it.y);
-    if (!(py >= -1 && py <= H + 1)) continue;
+    if (!inY(py)) continue;
     if (it.kind === "cross") {
       const r = 7;
-      for (const [dx, dy] of [[r, r], [r, -r]]) {
-        svgEl("line", { x1: px - dx, x2: px + dx, y1: py - dy, y2: py + dy, stroke: COLORS.point,
+      for (const dy of [r, -r]) {
+        svgEl("line", { x1: px - r, x2: px + r, y1: py - dy, y2: py + dy, stroke: COLORS.point,
                         "stroke-width": 3, class: "ov-cross" }, svg);
       }
       const hit = svgEl("circle", { cx: px, cy: py, r: 8, fill: "transparent", class: "ov-hit" }, svg);
       hit.dataset.tip = it.tip || "";
       continue;
     }
-    const c = svgEl("circle", { cx: px, cy: py, r: 5.5, "stroke-width": 2, stroke: COLORS.red,
-                                fill: it.stable ? COLORS.red : "#fff",
-                                class: it.stable ? "ov-marker stable" : "ov-marker unstable" }, svg);
+    const col = it.color || COLORS.red;
+    const c = svgEl("circle", { cx: px, cy: py, r: 5.5, "stroke-width": 2, stroke: col,
+                                fill: it.stable ? col : "#fff",
+                                class: it.cls || (it.stable ? "ov-marker stable" : "ov-marker unstable") }, svg);
     c.dataset.tip = it.tip || "";
+    c.dataset.x = it.x;  // data coordinates, for scripts and tests
+    c.dataset.y = it.y;
   }
 }
 
@@ -347,15 +381,25 @@ function showTip(e) {
   tip.hidden = false;
 }
 
-function setOverlay(id, items, redrawn) {
-  const gd = $(id);
-  gd.__overlay = items;
-  if (!redrawn) drawOverlay(id);  // after a redraw, plotly_afterplot draws it
+function setOverlay(id, items, job) {
+  $(id).__overlay = items;
+  if (job === null) { drawOverlay(id); return null; }
+  return job.then(() => drawOverlay(id));  // on the redrawn axes
 }
 
 function eqTip(e) {
   return `y = ${fmt(e.y, 5)}<br>u = ${fmt(e.u, 5)}<br>eigenvalue F<sub>y</sub> = ${fmt(e.eigenvalue, 5)}` +
     `<br>${e.stable ? "stable" : "unstable"}`;
+}
+
+function eqMarkers(eqs, xk, yk) {
+  return eqs.map((e) => ({ kind: "marker", x: xk === null ? 0 : e[xk], y: yk === null ? 0 : e[yk],
+                           stable: e.stable, tip: eqTip(e) }));
+}
+
+function draw(id, key, traces, layout, items) {
+  const job = setOverlay(id, items, frame(id, key, traces, layout));
+  return job || Promise.resolve();
 }
 
 function render(d) {
@@ -369,120 +413,87 @@ function render(d) {
   const jobs = [];
   const y0 = Number(d.point.y0);
 
-  // F(y)
+  // F(y) and V(y): the frame is the window; curves, equilibria and y0 are overlays
   const st = v.state;
-  // only the equilibria answer the hover (a curve point at a marker would win the tie)
-  jobs.push(Plotly.react("plot-state", [
-    eqTrace(st.equilibria.map((e) => ({ ...e, zero: 0 })), "y", "zero", "equilibria"),
-    { type: "scatter", mode: "lines", x: st.y, y: st.F, name: "F(y)",
-      line: { color: COLORS.main, width: 2 }, hoverinfo: "skip" },
-  ], baseLayout("y = r₁ − r₂", "F(y)", {
-    xaxis: { title: { text: "y = r₁ − r₂", standoff: 4 }, range: st.range, zeroline: false },
-    shapes: [hline(0, COLORS.grey, "solid", 0.8), vline(y0, COLORS.green, "dash")],
-    annotations: [{ x: y0, y: 1, xref: "x", yref: "paper", text: "y₀", showarrow: false,
-                    yanchor: "bottom", font: { color: COLORS.green } }],
-  }), PLOT_CONFIG));
+  const y0line = { kind: "vline", x: y0, color: COLORS.green, dash: "dash", label: "y₀" };
+  jobs.push(draw("plot-state", JSON.stringify([st.range, st.F_range]), [],
+    baseLayout("", "", { ...axes("y = r₁ − r₂", st.range, "F(y) = y′", st.F_range),
+                         shapes: [hline(0, COLORS.grey, "solid", 0.8)] }),
+    [{ kind: "path", x: st.y, y: st.F, color: COLORS.main, cls: "F" }, y0line,
+     ...eqMarkers(st.equilibria, "y", null)]));
+  jobs.push(draw("plot-potential", JSON.stringify([st.range, st.V_range]), [],
+    baseLayout("", "", axes("y = r₁ − r₂", st.range, "V(y)", st.V_range)),
+    [{ kind: "path", x: st.y, y: st.V, color: COLORS.main, cls: "V" }, y0line,
+     ...eqMarkers(st.equilibria, "y", "V")]));
 
-  // V(y)
-  jobs.push(Plotly.react("plot-potential", [
-    eqTrace(st.equilibria, "y", "V", "equilibria"),
-    { type: "scatter", mode: "lines", x: st.y, y: st.V, name: "V(y)",
-      line: { color: COLORS.main, width: 2 }, hoverinfo: "skip" },
-  ], baseLayout("y", "V(y)", {
-    xaxis: { title: { text: "y", standoff: 4 }, range: st.range, zeroline: false },
-    shapes: [vline(y0, COLORS.green, "dash")],
-  }), PLOT_CONFIG));
-
-  // (a, h) plane: traces only when the fold or the window changed; the point is an overlay
+  // (a, h) plane: the window is the frame; band, fold curve, cusp and point are overlays
   const pl = v.plane;
-  let redrawn = changedRev("plot-plane", pl.rev);
-  if (redrawn) {
-    const band = pl.bistable_band;
-    jobs.push(Plotly.react("plot-plane", [
-      { type: "scatter", mode: "lines", x: band.a, y: band.H.map((x) => -x), hoverinfo: "skip",
-        line: { width: 0 }, name: "band-low" },
-      { type: "scatter", mode: "lines", x: band.a, y: band.H, hoverinfo: "skip", fill: "tonexty",
-        fillcolor: "rgba(214,137,16,0.16)", line: { width: 0 }, name: "bistable |h| < H(a)" },
-      ...pl.fold.map((f) => ({
-        type: "scatter", mode: "lines", x: f.a, y: f.h, name: "fold (16)",
-        line: { color: COLORS.amber, width: 2 }, customdata: f.q,
-        hovertemplate: "fold, q = %{customdata:.4g}<br>a = %{x:.5g}<br>h = %{y:.5g}<extra></extra>",
-      })),
-      { type: "scatter", mode: "markers", x: [pl.cusp.a], y: [pl.cusp.h], name: "cusp",
-        marker: { symbol: "diamond", size: 10, color: COLORS.amber },
-        hovertemplate: "cusp a = 2γT = %{x:.5g}<extra></extra>" },
-    ], baseLayout("a", "h", {
-      xaxis: { title: { text: "a (feedback)", standoff: 4 }, range: pl.range.a, zeroline: false },
-      yaxis: { title: { text: "h (skew)", standoff: 4 }, range: pl.range.h, zeroline: false },
+  const band = pl.bistable_band;
+  const bandX = [...band.a, ...Array.from(band.a).reverse()];
+  const bandY = [...band.H, ...Array.from(band.H).reverse().map((x) => -x)];
+  jobs.push(draw("plot-plane", JSON.stringify(pl.range), [],
+    baseLayout("", "", {
+      ...axes("a (feedback)", pl.range.a, "h (skew)", pl.range.h),
       annotations: [{ x: 0.02, y: 0.98, xref: "paper", yref: "paper", showarrow: false,
                       xanchor: "left", yanchor: "top", text: "shaded: bistable (3 equilibria)",
                       font: { size: 10, color: COLORS.amber } }],
-    }), PLOT_CONFIG));
-  }
-  setOverlay("plot-plane", [{ kind: "cross", x: pl.point.a, y: pl.point.h,
-    tip: `current point: ${pl.point.regime}<br>a = ${fmt(pl.point.a, 5)}, h = ${fmt(pl.point.h, 5)}` +
-         `<br>H(a) = ${fmt(pl.point.halfwidth, 5)}` }], redrawn);
+    }), [
+      { kind: "path", x: bandX, y: bandY, color: "none", fill: "rgba(214,137,16,0.16)", cls: "band" },
+      ...pl.fold.map((f) => ({ kind: "path", x: f.a, y: f.h, color: COLORS.amber, cls: "fold" })),
+      { kind: "marker", x: pl.cusp.a, y: pl.cusp.h, stable: true, color: COLORS.amber, cls: "cusp",
+        tip: `cusp: a = 2γT = ${fmt(pl.cusp.a, 5)}, h = 0` },
+      { kind: "cross", x: pl.point.a, y: pl.point.h,
+        tip: `current point: ${pl.point.regime}<br>a = ${fmt(pl.point.a, 5)}, h = ${fmt(pl.point.h, 5)}` +
+             `<br>H(a) = ${fmt(pl.point.halfwidth, 5)}` },
+    ]));
 
-  // bifurcation diagram
+  // bifurcation diagram: branches and the current equilibria are overlays
   const bf = v.bifurcation;
   const bx = bf.against === "h" ? "h (skew)" : "a (feedback)";
-  redrawn = changedRev("plot-bifurcation", bf.rev);
-  if (redrawn) {
-    jobs.push(Plotly.react("plot-bifurcation", [
-      ...segTraces(bf.segments, { color: COLORS.main, width: 2 }),
-      { type: "scatter", mode: "markers", x: bf.folds.map((f) => f.x), y: bf.folds.map((f) => f.u),
-        marker: { symbol: "diamond", size: 8, color: COLORS.amber }, name: "folds",
-        hovertemplate: "fold at h = %{x:.5g}<extra></extra>" },
-    ], baseLayout(bx, "u = p₁ − p₂", {
-      xaxis: { title: { text: bx, standoff: 4 }, range: bf.range.x, zeroline: false },
-      yaxis: { title: { text: "u = p₁ − p₂", standoff: 4 }, range: bf.range.u, zeroline: false },
-    }), PLOT_CONFIG));
-  }
-  setOverlay("plot-bifurcation", [
-    { kind: "vline", x: bf.current.x, color: COLORS.point },
-    ...bf.current.equilibria.map((e) => ({ kind: "marker", x: bf.current.x, y: e.u, stable: e.stable,
-                                          tip: eqTip(e) })),
-  ], redrawn);
+  jobs.push(draw("plot-bifurcation", JSON.stringify([bf.against, bf.range]), [],
+    baseLayout("", "", axes(bx, bf.range.x, "u = p₁ − p₂", bf.range.u)), [
+      ...bf.segments.map((sg) => ({ kind: "path", x: sg.x, y: sg.u, color: COLORS.main,
+                                    width: sg.stable ? 2 : 1.6, dash: sg.stable ? "solid" : "dash",
+                                    cls: sg.stable ? "stable" : "unstable" })),
+      ...bf.folds.map((f) => ({ kind: "marker", x: f.x, y: f.u, stable: true, color: COLORS.amber,
+                                cls: "fold",
+                                tip: `fold at h = ${fmt(f.x, 5)}` })),
+      { kind: "vline", x: bf.current.x, color: COLORS.point },
+      ...bf.current.equilibria.map((e) => ({ kind: "marker", x: bf.current.x, y: e.u,
+                                            stable: e.stable, tip: eqTip(e) })),
+    ]));
 
-  // N-expert branches
+  // N-expert branches: plotly traces (they move with N, k, gamma, T, the balancer)
   const br = v.branches;
-  const brKey = br.rev + JSON.stringify([S.win.br_x || null, S.win.br_load || null]);
   $("branches-title").innerHTML = `N-expert branches <small>N = ${br.n_experts}, top-${br.top_k}` +
     `${br.omitted_winners ? `, m ≤ 16 drawn` : ""}; shaded: metastable window</small>`;
-  redrawn = changedRev("plot-branches", brKey);
-  if (redrawn) {
-    const brTraces = [...segTraces(br.uniform, { color: COLORS.main, width: 2 })];
-    for (const b of br.branches) {
-      brTraces.push(...segTraces(b.segments, { color: b.winners === 1 ? COLORS.red : COLORS.grey,
-                                              width: b.winners === 1 ? 2 : 1 }));
-    }
-    const shapes = [vline(br.linear_threshold, COLORS.main, "dash")];
-    const ann = [{ x: br.linear_threshold, y: 1, xref: "x", yref: "paper", showarrow: false,
-                   text: "a_lin", yanchor: "bottom", font: { size: 10, color: COLORS.main } }];
-    if (br.metastable_window) {
-      shapes.push({ type: "rect", xref: "x", yref: "paper", x0: br.metastable_window[0],
-                    x1: br.metastable_window[1], y0: 0, y1: 1, line: { width: 0 },
-                    fillcolor: "rgba(142,68,173,0.12)", layer: "below" });
-      shapes.push(vline(br.collapse_threshold, COLORS.violet, "dot", 1.4));
-      ann.push({ x: br.collapse_threshold, y: 1, xref: "x", yref: "paper", showarrow: false,
-                 text: "a_SN", yanchor: "bottom", font: { size: 10, color: COLORS.violet } });
-    }
-    jobs.push(Plotly.react("plot-branches", brTraces, baseLayout("a / (γT)", "largest load", {
-      xaxis: { title: { text: "a / (γT)", standoff: 4 }, range: S.win.br_x || [0, br.x_max], zeroline: false },
-      yaxis: { title: { text: br.top_k === 1 ? "largest load" : "largest load (count / kB)", standoff: 4 },
-               range: S.win.br_load || [0, 1.02], zeroline: false },
-      shapes, annotations: ann,
-    }), PLOT_CONFIG));
+  const segPaths = (segs, color, width) => segs.map((sg) => ({
+    kind: "path", x: sg.x, y: sg.u, color, width: sg.stable ? width : 0.8 * width,
+    dash: sg.stable ? "solid" : "dash", cls: sg.stable ? "stable" : "unstable" }));
+  const brItems = [];
+  if (br.metastable_window) {
+    brItems.push({ kind: "rect", x0: br.metastable_window[0], x1: br.metastable_window[1],
+                   fill: "rgba(142,68,173,0.12)", cls: "metastable" });
+    brItems.push({ kind: "vline", x: br.collapse_threshold, color: COLORS.violet, label: "a_SN" });
+  }
+  brItems.push({ kind: "vline", x: br.linear_threshold, color: COLORS.main, dash: "dash", label: "a_lin" });
+  brItems.push(...segPaths(br.uniform, COLORS.main, 2));
+  for (const b of br.branches) {
+    brItems.push(...segPaths(b.segments, b.winners === 1 ? COLORS.red : COLORS.grey, b.winners === 1 ? 2 : 1));
   }
   const bc = br.current;
-  setOverlay("plot-branches", [
-    { kind: "vline", x: bc.x, color: COLORS.point },
-    ...bc.equilibria.map((e) => ({
-      kind: "marker", x: e.x, y: e.max_load, stable: e.stable,
-      tip: `m = ${e.winners} winner(s), gap d = ${fmt(e.gap, 4)}<br>largest load ${fmt(e.max_load, 4)}` +
-           `<br>largest eigenvalue ${e.eigenvalue === null ? "n/a (top-k: interpolated)" : fmt(e.eigenvalue, 5)}` +
-           `<br>${e.stable ? "stable" : "unstable"}` })),
-  ], redrawn);
+  const brX = S.win.br_x || [0, br.x_max];
+  jobs.push(draw("plot-branches", JSON.stringify([brX, S.win.br_load, br.top_k]), [],
+    baseLayout("", "", axes("a / (γT)", brX,
+      br.top_k === 1 ? "largest load" : "largest load (count / kB)", S.win.br_load || [0, 1.02])), [
+      ...brItems,
+      { kind: "vline", x: bc.x, color: COLORS.point },
+      ...bc.equilibria.map((e) => ({
+        kind: "marker", x: e.x, y: e.max_load, stable: e.stable,
+        tip: `m = ${e.winners} winner(s), gap d = ${fmt(e.gap, 4)}<br>largest load ${fmt(e.max_load, 4)}` +
+             `<br>largest eigenvalue ${e.eigenvalue === null ? "n/a (top-k: interpolated)" : fmt(e.eigenvalue, 5)}` +
+             `<br>${e.stable ? "stable" : "unstable"}` })),
+    ]));
 
   jobs.push(drawTime());
   if (monitor) jobs.push(drawMonitor());
@@ -505,19 +516,17 @@ function drawTime() {
                     line: { color: "rgba(31,95,168,0.25)", width: 0.8 } });
     }
     traces.push({ type: "scatter", mode: "lines", x: r.t, y: r.u_mean, name: "simulated mean",
-                  line: { color: COLORS.main, width: 2 } });
+                  line: { color: COLORS.main, width: 2 },
+                  hovertemplate: "t = %{x:.4g}<br>mean u = %{y:.4g}<extra></extra>" });
     traces.push({ type: "scatter", mode: "lines", x: r.t, y: r.u_meanfield, name: "mean field (run)",
-                  line: { color: COLORS.point, width: 1.5, dash: "dash" } });
+                  line: { color: COLORS.point, width: 1.5, dash: "dash" },
+                  hovertemplate: "t = %{x:.4g}<br>mean field u = %{y:.4g}<extra></extra>" });
   }
-  traces.push({ type: "scatter", mode: "lines", x: d.t, y: d.u, name: "mean field",
-                line: { color: COLORS.red, width: 2 },
-                hovertemplate: "t = %{x:.4g}<br>u = %{y:.4g}<extra>mean field</extra>" });
-  const shapes = d.equilibria.filter((e) => e.stable).map((e) => hline(e.u, COLORS.grey, "dot"));
-  return Plotly.react("plot-time", traces, baseLayout("t = n η (ODE time)", "u", {
-    xaxis: { title: { text: "t = n η (ODE time)", standoff: 4 }, range: d.range, zeroline: false },
-    yaxis: { title: { text: "u", standoff: 4 }, range: [-1.05, 1.05], zeroline: false },
-    shapes,
-  }), PLOT_CONFIG);
+  return draw("plot-time", JSON.stringify([traj.job, !!r, d.range]), traces,
+    baseLayout("", "", axes("t = n η (ODE time)", d.range, "u = p₁ − p₂", [-1.05, 1.05])), [
+      ...d.equilibria.filter((e) => e.stable).map((e) => ({ kind: "hline", y: e.u, color: COLORS.grey })),
+      { kind: "path", x: d.t, y: d.u, color: COLORS.red, cls: "meanfield" },
+    ]);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -750,6 +759,7 @@ function currentLayer() {
 
 function setMonitor(m) {
   monitor = m;
+  delete drawnKey["plot-monitor"];
   $("card-monitor").hidden = false;
   const sel = $("layer");
   sel.innerHTML = "";
@@ -823,18 +833,18 @@ function drawMonitor() {
     ann.push({ x: 1, y: ksn, xref: "paper", yref: "y", text: `κ_SN = ${fmt(ksn, 3)} (metastable above)`,
                showarrow: false, xanchor: "right", yanchor: "bottom", font: { size: 10, color: COLORS.violet } });
   }
-  // the explorer's own point on the same scale, when the layer's N and k are the page's
+  // the explorer's own point on the same scale (an overlay), when the layer's N and k are the
+  // page's
   const bv = lastViews && lastViews.views.branches;
+  const items = [];
   if (bv && bv.n_experts === L.n_experts && bv.top_k === L.top_k) {
-    shapes.push(hline(bv.current.kappa, COLORS.point, "dashdot", 1));
-    ann.push({ x: 0, y: bv.current.kappa, xref: "paper", yref: "y", text: "explorer point", showarrow: false,
-               xanchor: "left", yanchor: "bottom", font: { size: 10 } });
+    items.push({ kind: "hline", y: bv.current.kappa, color: COLORS.point, dash: "dashdot" });
   }
-  return Plotly.react("plot-monitor", traces, baseLayout("training step", "κ̂ = a_eff / a_lin", {
-    xaxis: { title: { text: "training step", standoff: 4 }, range: [x0, x1], zeroline: false },
-    yaxis: { title: { text: "κ̂ = a_eff / a_lin", standoff: 4 }, range: [-0.05, 1.2], zeroline: false },
-    shapes, annotations: ann,
-  }), PLOT_CONFIG);
+  // (zooming it is plotly's own: the frame is not redrawn while the layer stays the same)
+  return draw("plot-monitor", JSON.stringify([monitor.source, L.name]), traces,
+    baseLayout("", "", { ...axes("training step", [x0, x1], "κ̂ = a_eff / a_lin", [-0.05, 1.2]),
+                         shapes, annotations: ann }),
+    items);
 }
 
 // ------------------------------------------------------------------------------------------
