@@ -110,7 +110,7 @@ def _plot_trace(page, plot, name):
     return page.evaluate(
         """([id, name]) => {
           const t = document.getElementById(id).data.find((t) => t.name === name);
-          return t ? {x: Array.from(t.x), y: Array.from(t.y), symbol: t.marker && t.marker.symbol} : null;
+          return t ? {x: Array.from(t.x), y: Array.from(t.y)} : null;
         }""",
         [plot, name],
     )
