@@ -156,7 +156,7 @@ def test_branches_top1_against_the_library(get_views, N):
 
 
 def test_branches_topk_thresholds_and_regime(get_views):
-    N, k, gamma, T = 8, 2, 1.0, 1.0
+    N, k, gamma, T = 6, 2, 1.0, 1.0
     a_sn, _ = topk.topk_collapse_threshold(N, k, gamma, T)
     a_lin = topk.topk_linear_threshold(N, k, gamma, T)
     for a in (0.9 * a_sn, 0.5 * (a_sn + a_lin), 1.1 * a_lin):

@@ -18,7 +18,7 @@ import pytest
 from moebif import RouterParams, simulate_batch_router
 from moebif.monitor import LayerMonitor, LogError, write_log
 
-N, B, S = 4, 256, 8000
+N, B, S = 4, 256, 6000
 
 
 @pytest.fixture(scope="module")

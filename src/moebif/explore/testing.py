@@ -17,6 +17,7 @@ __all__ = [
     "overlay_markers",
     "overlay_paths",
     "plot_pixel",
+    "screenshot",
     "wait_rendered",
 ]
 
@@ -139,3 +140,28 @@ def overlay_paths(page, plot_id: str, cls: str) -> list[list[tuple[float, float]
         }""",
         [plot_id, cls],
     )
+
+
+def screenshot(path, query: str = "?a=3&h=0.05&N=8&y0=-0.5&runs=20", *, log=None) -> None:
+    """Save a screenshot of the explorer (with a trajectory run, and ``log`` loaded if given):
+    ``python -c "from moebif.explore.testing import screenshot; screenshot('shot.png')"``."""
+    from playwright.sync_api import sync_playwright
+
+    from .logs import read_monitor_log
+    from .server import create_app, running_server
+
+    monitor = read_monitor_log(log) if log is not None else None
+    app = create_app(monitor=monitor)
+    with running_server(app) as url, sync_playwright() as pw:
+        app.state.explore["runner"].warm.wait(120)
+        browser = launch(pw)
+        page = browser.new_page(viewport={"width": 1500, "height": 1000}, device_scale_factor=1)
+        page.goto(url + query)
+        wait_rendered(page, 1, timeout=60)
+        page.click("#run")
+        page.wait_for_function(
+            "document.getElementById('sim-status').textContent.startsWith('done')", timeout=120000
+        )
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(path), full_page=True)
+        browser.close()

@@ -328,6 +328,10 @@ function drawOverlay(id) {
       if (!inY(py)) continue;
       svgEl("line", { x1: 0, x2: W, y1: py, y2: py, stroke: it.color, "stroke-width": 1,
                       "stroke-dasharray": DASH[it.dash || "dot"], class: "ov-hline" }, svg);
+      if (it.label) {
+        const t = svgEl("text", { x: 4, y: py - 3, fill: it.color, "font-size": 10 }, svg);
+        t.textContent = it.label;
+      }
       continue;
     }
     if (it.kind === "rect") {
@@ -466,7 +470,8 @@ function render(d) {
   // N-expert branches: plotly traces (they move with N, k, gamma, T, the balancer)
   const br = v.branches;
   $("branches-title").innerHTML = `N-expert branches <small>N = ${br.n_experts}, top-${br.top_k}` +
-    `${br.omitted_winners ? `, m ≤ 16 drawn` : ""}; shaded: metastable window</small>`;
+    `${br.omitted_winners ? `, m ≤ 16 drawn` : ""}: red one winner, grey m ≥ 2; shaded: metastable ` +
+    `window; click to move</small>`;
   const segPaths = (segs, color, width) => segs.map((sg) => ({
     kind: "path", x: sg.x, y: sg.u, color, width: sg.stable ? width : 0.8 * width,
     dash: sg.stable ? "solid" : "dash", cls: sg.stable ? "stable" : "unstable" }));
@@ -761,6 +766,7 @@ function setMonitor(m) {
   monitor = m;
   delete drawnKey["plot-monitor"];
   $("card-monitor").hidden = false;
+  Plotly.Plots.resize("plot-monitor");  // it was created hidden, at zero width
   const sel = $("layer");
   sel.innerHTML = "";
   for (const l of m.layers) sel.add(new Option(`${l.name} (N = ${l.n_experts}, top-${l.top_k})`, l.name));
@@ -838,7 +844,8 @@ function drawMonitor() {
   const bv = lastViews && lastViews.views.branches;
   const items = [];
   if (bv && bv.n_experts === L.n_experts && bv.top_k === L.top_k) {
-    items.push({ kind: "hline", y: bv.current.kappa, color: COLORS.point, dash: "dashdot" });
+    items.push({ kind: "hline", y: bv.current.kappa, color: COLORS.point, dash: "dashdot",
+                 label: `explorer point κ = ${fmt(bv.current.kappa, 3)}` });
   }
   // (zooming it is plotly's own: the frame is not redrawn while the layer stays the same)
   return draw("plot-monitor", JSON.stringify([monitor.source, L.name]), traces,
