@@ -216,7 +216,7 @@ def read_monitor_log(path, *, top_k: int = 1, window: int | None = None) -> Moni
     column or key) when it cannot be used."""
     path = Path(path)
     if not path.is_file():
-        raise LogError(f"{path}: no such file")
+        raise LogError(f"{path}: " + ("not a file" if path.exists() else "no such file"))
     if path.suffix.lower() == ".json":
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))

@@ -206,6 +206,10 @@ async function fire() {
   pendingSince = null;
   inflight = true;
   const q = queryOf({ encoding: "binary", t_range: tRange().join(",") });
+  // a slow answer (the first visit of a top-k diagram computes its branches) says so
+  const slow = setTimeout(() => {
+    $("status").textContent = "computing… (a top-k diagram takes a few seconds the first time)";
+  }, 400);
   try {
     const data = await api("/api/views?" + q.toString());
     lastViews = data;
@@ -220,9 +224,11 @@ async function fire() {
     document.dispatchEvent(new CustomEvent("explore:rendered", { detail: stats.renders }));
   } catch (e) {
     stats.errors += 1;
+    $("status").textContent = "";
     showError(e.message);
     document.dispatchEvent(new CustomEvent("explore:error", { detail: e.message }));
   } finally {
+    clearTimeout(slow);
     inflight = false;
     if (pendingSince !== null) fire();
   }
