@@ -8,9 +8,10 @@ API (all ``GET`` unless said; parameters in the query string):
 
 - ``/api/meta``: version, balancers, defaults, slider ranges, the loaded monitor log.
 - ``/api/views``: the theory views at a point (``a, gamma, T, h, balancer, strength, N, k,
-  y0``; view windows ``y_range, plane_a, plane_h, bif_against, bif_x, bif_u, br_x, br_load``
-  as ``lo,hi``; ``views`` = comma list of ``state, plane, bifurcation, branches, meanfield``),
-  ``t_range``), the regime labels and the equivalent ``moebif theory`` command.
+  y0``; view windows ``y_range, plane_a, plane_h, bif_x, bif_u, br_x, br_load, t_range`` as
+  ``lo,hi``; ``bif_against=h|a``; ``views``: a comma list of ``state, plane, bifurcation,
+  branches, meanfield``; ``encoding=binary``: float arrays as base64 doubles), the regime
+  labels, the number of equilibria and the equivalent ``moebif theory`` command.
 - ``/api/export?view=NAME&format=csv|json`` (+ the point): one view's data as a file
   (``view=trajectory&job=ID`` and ``view=monitor`` too).
 - ``POST /api/trajectories`` (point + ``batch, eta, steps, runs, seed``): start a job (202);

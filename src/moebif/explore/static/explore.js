@@ -164,7 +164,13 @@ function constrain(key) {
   // k < N: the k slider follows N (the server checks it too)
   if (key === "N") {
     const N = parseInt(S.point.N, 10);
+    if (!(N >= 2)) return;
     $("s-k").max = Math.max(1, Math.min(8, N - 1));
+    if (parseInt(S.point.k, 10) > N - 1) {  // moving N below k + 1 takes k along
+      S.point.k = N - 1;
+      $("s-k").value = S.point.k;
+      $("n-k").value = S.point.k;
+    }
   }
 }
 
