@@ -209,10 +209,6 @@ def compute_views(q, names=VIEW_NAMES) -> dict:
                 raise BadRequest("views", f"views: unknown view {name!r}")
     except ParameterError as e:
         raise BadRequest(_PARAM_OF.get(e.name, e.name), _message(e)) from None
-    for view in out.values():
-        # a digest of what the page draws as plotly traces (everything but the current point):
-        # the page redraws a plot only when it changed, and moves its marker otherwise
-        view["rev"] = _rev({k: v for k, v in view.items() if k not in ("current", "point")})
     eqs = V.th.equilibria(pt.effective)
     return {
         "point": {
@@ -229,32 +225,6 @@ def compute_views(q, names=VIEW_NAMES) -> dict:
         "command": V.theory_command(pt),
         "views": out,
     }
-
-
-def _rev(obj) -> str:
-    import hashlib
-
-    import numpy as np
-
-    h = hashlib.blake2b(digest_size=8)
-
-    def feed(x):
-        if isinstance(x, dict):
-            for k in sorted(x):
-                h.update(str(k).encode())
-                feed(x[k])
-        elif isinstance(x, list | tuple):
-            h.update(b"[")
-            for v in x:
-                feed(v)
-            h.update(b"]")
-        elif isinstance(x, np.ndarray):
-            h.update(str(x.dtype).encode() + np.ascontiguousarray(x).tobytes())
-        else:
-            h.update(repr(x).encode())
-
-    feed(obj)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,7 +475,7 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
         elif view in VIEW_NAMES:
             _check_known(q, (*POINT_KEYS, *WINDOW_KEYS, "view", "format"))
             res = compute_views(q, [view])
-            data = {k: v for k, v in res["views"][view].items() if k != "rev"}
+            data = res["views"][view]
             meta = {"point": res["point"], "command": res["command"]}
         else:
             raise BadRequest("view", f"view: must be one of {VIEW_NAMES + ('trajectory',)}")
