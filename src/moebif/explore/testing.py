@@ -80,6 +80,7 @@ _DRIVE = """async ([key, values]) => {
       };
       document.addEventListener('explore:rendered', ok);
       document.addEventListener('explore:error', bad);
+      setTimeout(() => { cleanup(); reject(new Error('no redraw within 60 s')); }, 60000);
     });
     s.value = String(v);
     s.dispatchEvent(new Event('input', { bubbles: true }));
