@@ -36,7 +36,7 @@ def reference(tmp_path_factory, heavy_doc_module):
 def heavy_doc_module():
     import copy
 
-    from conftest import HEAVY
+    from .conftest import HEAVY
 
     return copy.deepcopy(HEAVY)
 
@@ -89,10 +89,10 @@ def test_dask_interrupt_and_resume_recompute_no_finished_chunk(
 
 
 def test_workers_with_other_versions_are_refused(dask_client, monkeypatch):
-    import moebif
+    import moebif._version
 
     # this process claims another moebif version than the one the workers import
-    monkeypatch.setattr(moebif, "__version__", "0.0.0-other")
+    monkeypatch.setattr(moebif._version, "__version__", "0.0.0-other")
     with pytest.raises(ExecutorError, match="moebif"):
         DaskExecutor(client=dask_client)
 
@@ -102,9 +102,9 @@ def test_cli_local_workers(tmp_path, capsys, small_doc):
     numbers; the summary names the executor."""
     import json
 
-    from conftest import write_toml
-
     from moebif.cli import main
+
+    from .conftest import write_toml
 
     spec = tmp_path / "s.toml"
     write_toml(spec, small_doc)
@@ -122,9 +122,9 @@ def test_cli_local_workers(tmp_path, capsys, small_doc):
 
 @pytest.mark.slow
 def test_cli_unreachable_scheduler_exits_2(tmp_path, capsys, small_doc):
-    from conftest import write_toml
-
     from moebif.cli import main
+
+    from .conftest import write_toml
 
     spec = tmp_path / "s.toml"
     write_toml(spec, small_doc)

@@ -6,13 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_toml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moebif.cli import main
 from moebif.sweep import SpecError, cell_seed, parse_spec
 from moebif.sweep.spec import chunk_shape
+
+from .conftest import write_toml
 
 
 def _err(doc) -> SpecError:

@@ -12,10 +12,11 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import write_toml
 
 import moebif
 from moebif.sweep import InProcess, StoreError, SweepStore, cell_seed, parse_spec, run_sweep
+
+from .conftest import write_toml
 
 
 def _values(path) -> xr.Dataset:

@@ -16,6 +16,7 @@ from .._io import OutputError
 from ..params import ParameterError
 from . import branches as branches
 from . import diagnose as diagnose
+from . import explore as explore
 from . import reproduce as reproduce
 from . import simulate as simulate
 from . import sweep as sweep

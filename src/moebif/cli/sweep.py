@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import CLIError, _emit_json, app
+from ._common import CLIError, app, emit_json
 
 
 @contextlib.contextmanager
@@ -149,7 +149,7 @@ def sweep(
             "store": str(out),
         }
         if as_json:
-            _emit_json(plan)
+            emit_json(plan)
         else:
             print(
                 f"{spec.study}: {plan['cells']} cells {plan['shape']}, {n_tasks} tasks of "
@@ -193,7 +193,7 @@ def sweep(
             print(f"moebif: finished chunks are kept in {out}; fix and --resume", file=sys.stderr)
             return 1
     if as_json:
-        _emit_json(report.to_dict())
+        emit_json(report.to_dict())
     else:
         print(
             f"{report.cells} cells in {report.tasks} chunks ({len(report.tasks_run)} computed, "
@@ -267,7 +267,7 @@ def sweep_plot(
     done = int(ds["done"].sum())
     summary = {"store": str(store), "files": files, "cells": int(ds["done"].size), "done": done}
     if as_json:
-        _emit_json(summary)
+        emit_json(summary)
     else:
         print(f"phase diagram: {files[0]}, {files[1]} ({done} of {summary['cells']} cells)")
 

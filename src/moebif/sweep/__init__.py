@@ -16,6 +16,7 @@ from .executors import Executor as Executor
 from .executors import ExecutorError as ExecutorError
 from .executors import InProcess as InProcess
 from .executors import LocalProcesses as LocalProcesses
+from .experiments import get_study as get_study
 from .params import REQUIRED as REQUIRED
 from .params import Param as Param
 from .params import Quantity as Quantity
@@ -30,5 +31,4 @@ from .store import StoreError as StoreError
 from .store import SweepStore as SweepStore
 from .studies import STUDIES as STUDIES
 from .studies import Study as Study
-from .studies import get_study as get_study
 from .studies import register as register

@@ -33,7 +33,7 @@ from ..params import ParameterError, RouterParams
 from .params import REQUIRED, Param, Quantity
 from .studies import Study
 
-__all__ = ["CELL_ADAPTERS", "ExperimentStudy", "experiment_study"]
+__all__ = ["CELL_ADAPTERS", "ExperimentStudy", "experiment_study", "get_study"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,3 +174,12 @@ def experiment_study(exp_id: str) -> ExperimentStudy:
     raise ParameterError(
         "experiment", f"experiment {exp_id!r} has no cell function (sweepable: {have})"
     )
+
+
+def get_study(name: str) -> Study:
+    """The registered study ``name`` (``experiment:ID`` loads an experiment's cell function)."""
+    from .studies import STUDIES
+
+    if name.startswith("experiment:"):
+        return experiment_study(name.split(":", 1)[1])
+    return STUDIES[name]

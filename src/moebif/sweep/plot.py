@@ -11,14 +11,14 @@ and the boundaries as vertical lines.
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .studies import Study, get_study
+from .experiments import get_study
+from .studies import Study
 
 __all__ = ["PlotError", "plot_store", "save_figure"]
 
@@ -113,7 +113,7 @@ def plot_store(
     """
     import matplotlib.pyplot as plt
 
-    from ..experiments.style import COLORS, THEORY, figure_style
+    from ..style import COLORS, THEORY, figure_style
 
     ds = _open(store)
     spec = ds.attrs["spec"]
@@ -376,18 +376,12 @@ def _log_ticks(axis, v: np.ndarray, log: bool) -> None:
 
 
 def save_figure(fig, stem: str | Path) -> list[Path]:
-    """Write ``stem.png`` and ``stem.svg`` (200 dpi, atomically); returns the two paths."""
+    """Write ``stem.png`` and ``stem.svg`` (:func:`moebif.style.save_figure`) and close the
+    figure; returns the two paths."""
     import matplotlib.pyplot as plt
 
-    from .._io import atomic_write_bytes
+    from ..style import save_figure as save
 
-    stem = Path(stem)
-    out = []
-    for ext in ("png", "svg"):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=200, metadata={"Date": None} if ext == "svg" else None)
-        path = stem.with_name(stem.name + f".{ext}")
-        atomic_write_bytes(path, buf.getvalue())
-        out.append(path)
+    out = [Path(f) for f in save(fig, stem)]
     plt.close(fig)
     return out

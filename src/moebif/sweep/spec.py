@@ -46,8 +46,9 @@ from pathlib import Path
 import numpy as np
 
 from ..params import ParameterError
+from .experiments import get_study
 from .params import REQUIRED, Param
-from .studies import STUDIES, Study, get_study
+from .studies import STUDIES, Study
 
 __all__ = [
     "SpecError",

@@ -10,7 +10,8 @@ estimate (to size tasks) and the theory boundaries of its phase diagram. The sim
 - ``hysteresis``: :func:`moebif.sweep_hysteresis` (two experts, slow h ramp; sec. 8.5, 8.7);
 - ``feedback_hysteresis``: :func:`moebif.sweep_feedback` (N experts, slow ramp of a).
 
-The cell functions of registered experiments are added by :mod:`moebif.sweep.experiments`.
+The cell functions of registered experiments are added by :mod:`moebif.sweep.experiments`
+(:func:`moebif.sweep.experiments.get_study` finds either kind).
 
 **Adding a simulator** is a subclass of :class:`Study` with ``params``, ``quantities``,
 ``run`` (and optionally ``check``, ``cost``, ``boundaries``), decorated with :func:`register`.
@@ -27,7 +28,6 @@ empirical ``|u_hat|`` of the last batch (Fig. 8).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -35,7 +35,7 @@ import numpy as np
 from ..params import ParameterError, RouterParams
 from .params import REQUIRED, Param, Quantity
 
-__all__ = ["STUDIES", "Study", "get_study", "register"]
+__all__ = ["STUDIES", "Study", "register"]
 
 
 class Study:
@@ -94,15 +94,6 @@ def register(cls: type[Study]) -> type[Study]:
     """Class decorator: instantiate and add the study to :data:`STUDIES` under ``cls.name``."""
     STUDIES[cls.name] = cls()
     return cls
-
-
-def get_study(name: str) -> Study:
-    """The registered study ``name`` (``experiment:ID`` loads an experiment's cell function)."""
-    if name.startswith("experiment:"):
-        from .experiments import experiment_study
-
-        return experiment_study(name.split(":", 1)[1])
-    return STUDIES[name]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,15 +167,11 @@ def _load_quantities(loads: np.ndarray, v: dict, k: int, want) -> dict:
     return out
 
 
-@functools.lru_cache(maxsize=256)
 def _collapse_ratio(n: int, k: int) -> float:
     """``a_SN / (gamma T)`` of the top-k router (it scales with gamma T)."""
-    from ..model.symmetric import collapse_threshold
-    from ..model.topk import topk_collapse_threshold
+    from ..model.thresholds import thresholds
 
-    if k == 1:
-        return collapse_threshold(n, 1.0, 1.0)
-    return topk_collapse_threshold(n, k, 1.0, 1.0)[0]
+    return thresholds(n, k).collapse
 
 
 def _a_label(v: dict, varying) -> str:
@@ -328,7 +315,7 @@ class TopKRouter(Study):
             raise ParameterError("top_k", f"must be < n_experts = {v['n_experts']}")
 
     def run(self, v, *, replicas, seed, quantities, threads):
-        from ..model.topk import inclusion_probabilities
+        from ..model.inclusion import inclusion_probabilities
         from ..sim.topk_router import simulate_topk_router
 
         p = _router_params(v)

@@ -58,15 +58,15 @@ def versions() -> dict:
     """Versions that determine the numbers (the store keeps them; workers must match)."""
     import numba
 
-    from .. import __version__
+    from .._version import __version__
 
     return {"moebif": __version__, "numpy": np.__version__, "numba": numba.__version__}
 
 
 def run_task(task: Task) -> TaskResult:
     """Compute every cell of ``task`` (called on the worker)."""
+    from .experiments import get_study
     from .spec import cell_seed
-    from .studies import get_study
 
     t0 = time.perf_counter()
     entry = get_study(task.study)
