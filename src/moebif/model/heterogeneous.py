@@ -41,8 +41,10 @@ from .field import VectorField, softmax
 
 __all__ = [
     "HeterogeneousState",
+    "balanced_equilibrium",
     "collapse_feedback",
     "drifts_for_profile",
+    "feedback_for_kappa",
     "load_jacobian",
     "scores_for_loads",
     "state_of_profile",
@@ -227,8 +229,8 @@ def _fold_of_branch(beta, top_k, w, rtol) -> float:
         return math.inf
     hi, z_hi = A, z
     lo = None
-    a = hi
-    while a > 1e-3 * hi:  # walk down geometrically until the branch is lost
+    a, floor = hi, 1e-3 * hi
+    while a > floor:  # walk down geometrically until the branch is lost
         a_next = 0.85 * a
         z_next = _solve(VectorField(a_next, 1.0, 1.0, beta, top_k), z_hi, w)
         if z_next is None:
@@ -237,6 +239,12 @@ def _fold_of_branch(beta, top_k, w, rtol) -> float:
         a, hi, z_hi = a_next, a_next, z_next
     if lo is None:
         return math.inf  # stable all the way down: no saddle-node on this branch
+    z_bal = balanced_equilibrium(hi, beta, top_k)
+    if np.abs((z_hi - z_hi.mean()) - (z_bal - z_bal.mean())).max() < 1e-6 * (1.0 + hi):
+        # the branch walked down is the balanced state itself, concentrated by strong drifts
+        # onto the favoured expert (it was lost only where its load falls fast): no separate
+        # collapsed state on this branch
+        return math.inf
     while hi - lo > rtol * hi:
         mid = 0.5 * (lo + hi)
         z_mid = _solve(VectorField(mid, 1.0, 1.0, beta, top_k), z_hi, w)
@@ -245,3 +253,47 @@ def _fold_of_branch(beta, top_k, w, rtol) -> float:
         else:
             hi, z_hi = mid, z_mid
     return hi
+
+
+def balanced_equilibrium(feedback: float, beta, top_k: int = 1, *, steps: int = 400) -> np.ndarray:
+    """The balanced equilibrium scores ``d`` (units ``T``) of (8k) with drifts ``beta`` at
+    ``A = feedback``: the branch continued from ``A = 0`` (where ``d = beta``) in ``steps``
+    Newton-corrected steps, so it is the state a router raising its feedback slowly sits in."""
+    beta = np.asarray(beta, dtype=float)
+    z = beta.copy()
+    for A in np.linspace(0.0, float(feedback), steps + 1)[1:]:
+        field = VectorField(A, 1.0, 1.0, beta, int(top_k))
+        for _ in range(50):
+            F = field(z)
+            if np.abs(F).max() < 1e-12 * (1.0 + np.abs(z).max()):
+                break
+            z = z - np.linalg.solve(field.jacobian(z), F)
+    return z
+
+
+def feedback_for_kappa(beta, kappa: float, top_k: int = 1, *, a_max: float | None = None) -> float:
+    """The feedback ``A`` at which the balanced state of drifts ``beta`` has stability ratio
+    ``kappa`` (raising ``A`` from 0 along the branch), or NaN if the branch never reaches it
+    (strong drifts: the state concentrates smoothly and stays stable). Bisection in ``A``."""
+    from .thresholds import thresholds
+
+    beta = np.asarray(beta, dtype=float)
+    n = beta.size
+
+    def kap(A):
+        z = balanced_equilibrium(A, beta, top_k, steps=max(20, int(40 * A / a_hi) + 20))
+        f = _loads(z, top_k)
+        return A * state_of_profile(f, top_k).mu_max
+
+    a_hi = a_max or 1.5 * thresholds(n, top_k).linear + 2.0 * float(np.ptp(beta))
+    grid = np.linspace(0.0, a_hi, 41)[1:]
+    prev = 0.0
+    for A in grid:
+        if kap(A) >= kappa:
+            lo, hi = prev, A
+            for _ in range(40):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if kap(mid) < kappa else (lo, mid)
+            return 0.5 * (lo + hi)
+        prev = A
+    return math.nan

@@ -180,6 +180,18 @@ def inclusion_jacobian(r, T: float, k: int) -> np.ndarray:
     q = -np.expm1(-wt)
     du = math.log(t[1] / t[0])
     jac = np.zeros((n, n))
+    if k == 2:
+        # P(C_{-ij} = 1) e^{-(w_i + w_j) t} = sum_{l != i, j} A_l with
+        # A_l = e^{-(W - w_l) t} - e^{-W t} (W = sum w): the leave-two-out sum in closed form,
+        # every term positive, vectorised over the pairs
+        W = w.sum()
+        A = np.exp(-(W - w)[:, None] * t[None, :]) - np.exp(-W * t)[None, :]  # (N, Q)
+        tot = A.sum(axis=0)
+        g = wt[:, None, :] * wt[None, :, :] * (tot[None, None, :] - A[:, None, :] - A[None, :, :])
+        integ = -du * (g.sum(axis=-1) - 0.5 * (g[..., 0] + g[..., -1]))
+        jac = integ - np.diag(np.diag(integ))
+        jac[np.diag_indices(n)] = -jac.sum(axis=1)
+        return jac / T
     for i in range(n):
         for j in range(i + 1, n):
             keep = np.ones(n, dtype=bool)

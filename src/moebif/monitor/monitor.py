@@ -59,7 +59,7 @@ import numpy as np
 
 from ..model.thresholds import thresholds
 from .metrics import load_metrics, max_load_excess
-from .whittle import WhittleFit, fit_whittle
+from .whittle import WhittleFit, fit_whittle, stationary_profile
 
 __all__ = ["Alarm", "LayerMonitor", "LoadMonitor", "default_block", "recommended_window"]
 
@@ -707,7 +707,7 @@ class LayerMonitor:
         x = x[-want:]
         nb = x.shape[0]
         n, k = self.n_experts, self.top_k
-        profile = self._model_profile(x)
+        profile = stationary_profile(x)
         try:
             fit = fit_whittle(x, block=self.block, n_experts=n, top_k=k, profile=profile)
         except ValueError:
@@ -834,21 +834,6 @@ class LayerMonitor:
             elif kap < ksn - 0.03:
                 f["metastable"] = False
         return out
-
-    def _model_profile(self, x) -> np.ndarray:
-        """The profile the linearisation is taken at: the window's mean loads, or the uniform
-        state when the window cannot tell them from it (every expert within four standard
-        errors of 1/N, by the scatter of 8 sub-window means: slow fluctuations near kappa = 1
-        are no heterogeneity)."""
-        n = self.n_experts
-        p = x.mean(axis=0)
-        m = x.shape[0] // 8
-        if m >= 2:
-            sub = x[: 8 * m].reshape(8, m, n).mean(axis=1)
-            se = sub.std(axis=0, ddof=1) / math.sqrt(8.0)
-            if np.all(np.abs(p - 1.0 / n) <= 4.0 * se + 1e-3 / n):
-                return np.full(n, 1.0 / n)
-        return p
 
     def _collapse_kappa(self, profile, kappa: float) -> float:
         """The stability ratio at which a stable collapsed state exists for this profile (its

@@ -52,7 +52,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["WhittleFit", "block_spectrum", "fit_whittle", "periodogram"]
+__all__ = [
+    "WhittleFit",
+    "block_spectrum",
+    "fit_whittle",
+    "load_modes",
+    "mode_periodogram",
+    "periodogram",
+    "stationary_profile",
+]
 
 _Z95 = 1.959963984540054
 
@@ -215,6 +223,23 @@ def load_modes(profile, top_k: int = 1, *, tol: float = 0.02):
             groups.append(np.arange(start, j))
             start = j
     return mu, V, groups
+
+
+def stationary_profile(block_means) -> np.ndarray:
+    """The load profile a window of block means sits at: their mean, or the uniform state when
+    the window cannot tell them from it (every expert within four standard errors of ``1/N``,
+    by the scatter of 8 sub-window means: the slow fluctuations near ``kappa = 1`` are no
+    heterogeneity)."""
+    x = np.asarray(block_means, dtype=float)
+    n = x.shape[1]
+    p = x.mean(axis=0)
+    m = x.shape[0] // 8
+    if m >= 2:
+        sub = x[: 8 * m].reshape(8, m, n).mean(axis=1)
+        se = sub.std(axis=0, ddof=1) / math.sqrt(8.0)
+        if np.all(np.abs(p - 1.0 / n) <= 4.0 * se + 1e-3 / n):
+            return np.full(n, 1.0 / n)
+    return p
 
 
 def mode_periodogram(x: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
