@@ -195,7 +195,7 @@ def moe_families() -> dict[str, list[str]]:
             if f.startswith("configuration_") and f.endswith(".py"):
                 with open(os.path.join(p, f), encoding="utf-8") as fh:
                     text = fh.read()
-                if re.search(r"num_experts|n_routed_experts|num_local_experts|moe_num_experts", text):
+                if re.search(r"num_experts|n_routed_experts|num_local_experts|moe_num", text):
                     out[d] = [
                         k for k, v in CONFIG_MAPPING.items() if v.__module__.split(".")[2] == d
                     ]
@@ -423,8 +423,10 @@ def _nllb_reference(router, logits):
     probs = torch.softmax(logits.detach().float(), dim=-1).reshape(-1, logits.shape[-1])
     n_tok, n = probs.shape
     first = probs.argmax(-1)
-    masked = logits.detach().reshape(-1, n).masked_fill(
-        torch.nn.functional.one_hot(first, n).bool(), float("-inf")
+    masked = (
+        logits.detach()
+        .reshape(-1, n)
+        .masked_fill(torch.nn.functional.one_hot(first, n).bool(), float("-inf"))
     )
     second = masked.argmax(-1)
     cap = router.expert_capacity

@@ -43,9 +43,7 @@ DEFAULT = {
 
 
 def _params():
-    return [
-        pytest.param(f, marks=() if f in DEFAULT else pytest.mark.slow, id=f) for f in FAMILIES
-    ]
+    return [pytest.param(f, marks=() if f in DEFAULT else pytest.mark.slow, id=f) for f in FAMILIES]
 
 
 def test_family_list():

@@ -73,7 +73,7 @@ def test_deepseek_v3_counts_follow_the_corrected_selection_and_sigmoid_importanc
     model = tiny_model("deepseek_v3").train()
     routers = find_routers(model)
     assert len(routers) == 1
-    (label, gate), = routers.items()
+    ((label, gate),) = routers.items()
     with torch.no_grad():
         gate.weight.normal_(0, 1.0)
         gate.e_score_correction_bias[:] = 0.0
