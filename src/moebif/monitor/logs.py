@@ -300,6 +300,7 @@ def _check_header(obj: dict, where: str) -> dict:
         raise LogError(f"{where}, key layers: need an object {{label: {{n_experts, top_k}}}}")
     for label, spec in layers.items():
         at = f"{where}, key layers[{label!r}]"
+        _label(label, at)
         if not isinstance(spec, dict):
             raise LogError(f"{at}: need an object with n_experts and top_k")
         n = spec.get("n_experts")
@@ -376,10 +377,7 @@ def _read_jsonl(given: str, files: list[Path]) -> RouterLog:
             if not segments:
                 segments.append(LogSegment(None, 0, None, str(f), i))
             step = _step(obj.get("step"), f"{where}, key step")
-            label = obj.get("layer", "0")
-            if not isinstance(label, str | int) or isinstance(label, bool):
-                raise LogError(f"{where}, key layer: need a string, got {label!r}")
-            label = str(label)
+            label = _label(obj.get("layer", "0"), f"{where}, key layer")
             if cur_seg is not None and label not in declared:
                 raise LogError(f"{where}, key layer: {label!r} is not in the segment's header")
             c = obj.get("counts")
@@ -411,6 +409,15 @@ def _read_jsonl(given: str, files: list[Path]) -> RouterLog:
             lay.lines.append(i)
             last_step = max(last_step, step)
     return _finish(given, files, "jsonl", header0, segments, layers, warnings)
+
+
+def _label(v, where: str) -> str:
+    if isinstance(v, bool) or not isinstance(v, str | int):
+        raise LogError(f"{where}: need a string, got {type(v).__name__}")
+    v = str(v)
+    if not v or len(v) > 500 or not v.isprintable():
+        raise LogError(f"{where}: need a printable name of 1-500 characters, got {v[:40]!r}")
+    return v
 
 
 def _importance(v, n: int, where: str) -> list[float]:
@@ -503,7 +510,7 @@ def _read_csv(given: str, path: Path) -> RouterLog:
         except ValueError:
             raise LogError(f"{where}, column step: not an integer: {rec[i_step]!r}") from None
         step = _step(step, f"{where}, column step")
-        label = rec[i_layer].strip() if i_layer is not None else "0"
+        label = "0" if i_layer is None else _label(rec[i_layer].strip(), f"{where}, column layer")
         cells = [rec[j].strip() for j in experts]
         n = len(cells)
         while n and not cells[n - 1]:
