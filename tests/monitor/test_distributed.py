@@ -97,7 +97,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_ranks_gloo_same_counts_same_alarms_one_log(tmp_path, cli):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # fork: the ranks inherit the imported torch and transformers (spawn re-imports them, 15 s
+    # of the test on a loaded 2-core machine)
+    mp.start_processes(
+        _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     # labels: no `module.` from DDP, the same as on the bare model
     assert (
