@@ -33,8 +33,8 @@ an expert's capacity count as dropped too.
 
 **On the device, without host syncs.** Each router adds into a fixed slice of one float64 buffer
 per device (``index_add_`` on a fixed-size slice, one-hot and mask sums; never ``bincount``, whose
-output size is data-dependent): per layer ``[-1 | e_0..e_{N-1} | skip | invalid | tokens |
-importance tokens | importance_0..importance_{N-1}]``. :meth:`~RouterMonitor.step` makes one
+output size is data-dependent): per layer ``[invalid | -1 | e_0..e_{N-1} | skip | invalid |
+importance_0..importance_{N-1}]``. :meth:`~RouterMonitor.step` makes one
 transfer per device (``non_blocking``; on CUDA read at the next :meth:`~RouterMonitor.step`, so
 the host never waits for the GPU) for all layers, optionally every ``sync_every`` steps.
 
@@ -366,21 +366,30 @@ def _in_backward() -> bool:
     return f is not None and f() != -1
 
 
-def _add_indices(seg: torch.Tensor, idx: torch.Tensor, n: int, k: int) -> None:
-    """Add selected indices to ``seg`` = ``[-1 | e_0..e_{N-1} | skip | invalid | tokens | ...]``."""
+# a router's slice of the device buffer: [invalid < -1 | -1 | e_0 .. e_{N-1} | skip slot N |
+# invalid > N | importance_0 .. importance_{N-1}]: 2N + 4 values. Every selected index (or mask
+# entry, or unassigned slot of a mask) lands in one of the first N + 4, so their sum is k x the
+# tokens routed; the importance rows sum to 1, so their sum is the tokens scored.
+_WIDTH = 4
+
+
+def _ones(seg: torch.Tensor, numel: int) -> torch.Tensor:
+    return torch.ones(1, dtype=seg.dtype, device=seg.device).expand(numel)
+
+
+def _add_indices(seg: torch.Tensor, idx: torch.Tensor, n: int) -> None:
+    """Add selected indices: one fixed-size ``index_add_``, no data-dependent shape."""
     b = idx.detach().reshape(-1).long()
-    # -1 -> 0, e -> e + 1, N (skip) -> N + 1; below -1 or above N -> N + 2 (invalid)
-    b = torch.where(b < -1, n + 2, b + 1).clamp_(max=n + 2)
-    one = torch.ones(1, dtype=seg.dtype, device=seg.device)
-    seg[: n + 3].index_add_(0, b, one.expand(b.numel()))
-    seg[n + 3] += b.numel() / k
+    b = (b + 2).clamp_(0, n + 3)  # < -1 -> 0, -1 -> 1, e -> e + 2, N -> N + 2, > N -> N + 3
+    seg[: n + 4].index_add_(0, b, _ones(seg, b.numel()))
 
 
 def _add_mask(seg: torch.Tensor, mask: torch.Tensor, n: int, k: int, *, dispatch=False) -> None:
     """A one-hot / dispatch mask ``(..., N)`` (``dispatch``: ``(T, N, capacity)``) or a dense
-    gate matrix (nonzero = dispatched): counts per expert; the unassigned of ``k`` per token are
-    dropped; entries other than 0/1 are invalid."""
+    gate matrix (nonzero = dispatched): counts per expert; the unassigned of ``k`` per token go
+    to the skip slot (dropped); entries other than 0/1 are invalid."""
     m = mask.detach()
+    tokens = m.shape[0] if dispatch else m.numel() // n
     if dispatch:
         m = m.reshape(m.shape[0], n, -1).transpose(1, 2)
     m = m.reshape(-1, n)
@@ -388,17 +397,14 @@ def _add_mask(seg: torch.Tensor, mask: torch.Tensor, n: int, k: int, *, dispatch
         m = m != 0
     m = m.to(seg.dtype)
     c = m.sum(0)
-    tokens = m.shape[0] if not dispatch else mask.shape[0]
-    seg[1 : n + 1] += c
-    seg[n + 1] += k * tokens - c.sum()  # dropped (beyond capacity)
-    seg[n + 2] += ((m != 0) & (m != 1)).sum()
-    seg[n + 3] += tokens
+    seg[2 : n + 2] += c
+    seg[n + 2] += k * tokens - c.sum()  # dropped (beyond capacity)
+    seg[n + 3] += ((m != 0) & (m != 1)).sum()
 
 
 def _add_importance(seg: torch.Tensor, p: torch.Tensor, n: int) -> None:
     """Add per-token probabilities ``(T, N)`` (rows sum to 1) into the importance slots."""
-    seg[n + 4] += p.shape[0]
-    seg[n + 5 : 2 * n + 5] += p.sum(0)
+    seg[n + _WIDTH :] += p.sum(0)
 
 
 def _probabilities(route: _Route, scores: torch.Tensor) -> torch.Tensor:
@@ -588,20 +594,17 @@ class RouterMonitor:
             off = 0
             for r in rs:
                 r.offset = off
-                off += 2 * r.n + 5
+                off += 2 * r.n + _WIDTH
             self._bufs[dev] = torch.zeros(off, dtype=torch.float64, device=dev)
             for r in rs:
-                r.buf = self._bufs[dev][r.offset : r.offset + 2 * r.n + 5]
+                r.buf = self._bufs[dev][r.offset : r.offset + 2 * r.n + _WIDTH]
             if self.sync_every > 1:
                 self._ring[dev] = torch.zeros(
                     (self.sync_every, off), dtype=torch.float64, device=dev
                 )
         self._defer = any(d.type == "cuda" for d in self._bufs)
         self._handles = []
-        for r in routes.values():
-            self._handles.append(r.module.register_forward_hook(self._hook(r)))
-            if r.dispatch is not None:
-                self._handles.append(r.dispatch.register_forward_pre_hook(self._dispatch_hook(r)))
+        self.attach()
         # the log (opened on the first step, after a possible load_state_dict)
         self.log_path = None if log is None else Path(log)
         if self.log_path is not None and self.log_path.is_dir():
@@ -673,6 +676,23 @@ class RouterMonitor:
     # ----------------------------------------------------------------------------------------
     # hooks
 
+    def attach(self) -> None:
+        """Register the hooks (done by the constructor; after :meth:`detach`, monitoring goes on
+        with the same state)."""
+        if self._handles:
+            return
+        for r in self._routes.values():
+            self._handles.append(r.module.register_forward_hook(self._hook(r)))
+            if r.dispatch is not None:
+                self._handles.append(r.dispatch.register_forward_pre_hook(self._dispatch_hook(r)))
+
+    def detach(self) -> None:
+        """Remove the hooks, keeping the state (forward passes until :meth:`attach` are not
+        counted)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
     def _hook(self, route: _Route):
         def hook(module, args, output):
             if not module.training or _in_backward():
@@ -695,7 +715,7 @@ class RouterMonitor:
                     idx = next((v for k, v in kwargs.items() if "index" in k), None)
                 if idx is None:
                     raise TypeError("the experts module got no index argument")
-                _add_indices(route.buf, idx, route.n, route.k)
+                _add_indices(route.buf, idx, route.n)
             except Exception as e:
                 if route.error is None:
                     route.error = e
@@ -707,7 +727,7 @@ class RouterMonitor:
         with torch.no_grad():
             if route.selection == "v4gate":  # 4.x block: topk(softmax(gate(x), float), k)
                 p = torch.nn.functional.softmax(output, dim=-1, dtype=torch.float)
-                _add_indices(seg, torch.topk(p, k, dim=-1).indices, n, k)
+                _add_indices(seg, torch.topk(p, k, dim=-1).indices, n)
                 if self.importance:
                     _add_importance(seg, p.reshape(-1, n), n)
                 return
@@ -729,9 +749,9 @@ class RouterMonitor:
             if kind == "dispatched":
                 pass
             elif kind == "indices":
-                _add_indices(seg, sel, n, k)
+                _add_indices(seg, sel, n)
             elif kind == "topk":
-                _add_indices(seg, torch.topk(sel.detach(), k, dim=-1).indices, n, k)
+                _add_indices(seg, torch.topk(sel.detach(), k, dim=-1).indices, n)
             else:
                 _add_mask(seg, sel, n, k, dispatch=kind == "dispatch")
             if self.importance and route.scores is not None:
@@ -812,22 +832,25 @@ class RouterMonitor:
         for dev, rs in self._layout.items():
             row = rows[dev]
             for r in rs:
-                seg = row[r.offset : r.offset + 2 * r.n + 5]
+                seg = row[r.offset : r.offset + 2 * r.n + _WIDTH]
                 n = r.n
-                if seg[n + 3] <= 0 and seg[: n + 3].sum() <= 0:
+                assigned = seg[: n + 4].sum()
+                if assigned <= 0:
                     continue  # this router did not run in training mode this step
-                if seg[n + 2] > 0:
+                invalid = seg[0] + seg[n + 3]
+                if invalid > 0:
                     raise RouterIndexError(
-                        f"router {r.label!r}: {int(seg[n + 2])} selected expert indices outside "
+                        f"router {r.label!r}: {int(invalid)} selected expert indices outside "
                         f"[0, {n}) (the skip slot {n} and -1 count as dropped; anything else is "
                         "not an expert)"
                     )
-                counts = np.rint(seg[1 : n + 1]).astype(np.int64)
+                counts = np.rint(seg[2 : n + 2]).astype(np.int64)
                 imp = None
-                if self.importance and r.scores is not None and seg[n + 4] > 0:
-                    imp = seg[n + 5 :] / seg[n + 4]
-                    imp = imp / imp.sum()
-                tokens, dropped = int(round(seg[n + 3])), int(round(seg[0] + seg[n + 1]))
+                if self.importance and r.scores is not None:
+                    scored = seg[n + _WIDTH :].sum()
+                    imp = seg[n + _WIDTH :] / scored if scored > 0 else None
+                tokens = int(round(assigned / r.k))
+                dropped = int(round(seg[1] + seg[n + 2]))
                 layers.append((r, counts, imp, tokens, dropped))
         if not layers:
             return []
@@ -1004,9 +1027,7 @@ class RouterMonitor:
         if self._slot and not self._dist:
             self._transfer(wait=True)
         self._drain()
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self.detach()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
