@@ -53,7 +53,6 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -574,9 +573,7 @@ class RouterMonitor:
         }
         self.step_index = 0  # steps fed to the monitors (with a training forward pass)
         self.segment = 0  # run segment of the log (increased by load_state_dict)
-        self._alarms_out: list[Alarm] = []
-        self._hist = {label: self._ring_of() for label in routes}  # recent counts
-        self._hist_steps = self._ring_of()
+        self._reset_history()
         # distributed
         self.group = group
         self._dist = self._dist_on(distributed)
@@ -654,8 +651,11 @@ class RouterMonitor:
             out[label] = r
         return out
 
-    def _ring_of(self) -> deque:
-        return deque(maxlen=self.history)
+    def _reset_history(self) -> None:
+        """Recent counts per layer: preallocated rings of ``history`` rows (memory fixed at
+        construction), or growing lists with ``history=None``."""
+        self._hist = {label: _Ring(self.history, r.n) for label, r in self._routes.items()}
+        self._hist_steps = _Ring(self.history, None)
 
     def _dist_on(self, distributed) -> bool:
         avail = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -880,7 +880,6 @@ class RouterMonitor:
             ]
             self._writer.write_step(s, lines)
         self.step_index += 1
-        self._alarms_out += out
         return out
 
     def _open_log(self) -> None:
@@ -919,14 +918,12 @@ class RouterMonitor:
     @property
     def steps(self) -> np.ndarray:
         """Step numbers of the counts kept in memory (the last ``history``)."""
-        return np.asarray(self._hist_steps, dtype=np.int64)
+        return self._hist_steps.rows()
 
     def counts(self, label: str) -> np.ndarray:
         """Counts of router ``label`` over the steps kept in memory, shape ``(steps, N)``."""
         self._drain()
-        rows = self._hist[label]
-        n = self._routes[label].n
-        return np.array(rows, dtype=np.int64).reshape(len(rows), n)
+        return self._hist[label].rows()
 
     def summary(self) -> dict:
         """``{label: LayerMonitor.summary()}``."""
@@ -1013,8 +1010,7 @@ class RouterMonitor:
         for buf in self._bufs.values():
             buf.zero_()
         self._slot, self._pending = 0, None
-        self._hist = {label: self._ring_of() for label in self._routes}
-        self._hist_steps = self._ring_of()
+        self._reset_history()
         if self._writer is not None:  # a new segment from here on
             self._writer.close()
             self._writer = None
@@ -1037,6 +1033,35 @@ class RouterMonitor:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _Ring:
+    """The last ``size`` rows (``None``: all) of int64 values of width ``n`` (``None``:
+    scalars)."""
+
+    __slots__ = ("buf", "n_written", "rows_list", "size", "shape")
+
+    def __init__(self, size: int | None, n: int | None):
+        self.size, self.shape = size, (() if n is None else (n,))
+        self.n_written = 0
+        self.rows_list = [] if size is None else None
+        self.buf = None if size is None else np.zeros((size, *self.shape), dtype=np.int64)
+
+    def append(self, row) -> None:
+        if self.size is None:
+            self.rows_list.append(row)
+        elif self.size:
+            self.buf[self.n_written % self.size] = row
+        self.n_written += 1
+
+    def rows(self) -> np.ndarray:
+        if self.size is None:
+            return np.array(self.rows_list, dtype=np.int64).reshape(-1, *self.shape)
+        k = min(self.n_written, self.size)
+        if self.n_written <= self.size:
+            return self.buf[:k].copy()
+        i = self.n_written % self.size
+        return np.concatenate([self.buf[i:], self.buf[:i]])
 
 
 def _finite(v) -> bool:

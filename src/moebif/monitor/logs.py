@@ -610,18 +610,17 @@ def _read_numpy(given: str, path: Path) -> RouterLog:
 # writing
 
 
-def _fmt_float(x: float) -> str:
-    return f"{x:.6g}"
+_FMT6 = "{:.6g}".format
 
 
 def data_line(step: int, layer: str, counts, importance=None, tokens=None, dropped=None) -> str:
     """One JSONL data line (with its newline). ``counts``: ints; ``importance``: floats summing
     to 1 (written with 6 significant digits)."""
     parts = [f'{{"step": {int(step)}, "layer": {json.dumps(layer)}, "counts": [']
-    parts.append(", ".join(str(int(c)) for c in counts))
+    parts.append(", ".join(map(str, map(int, counts))))
     parts.append("]")
     if importance is not None:
-        parts.append(', "importance": [' + ", ".join(map(_fmt_float, importance)) + "]")
+        parts.append(', "importance": [' + ", ".join(map(_FMT6, importance)) + "]")
     if tokens is not None:
         parts.append(f', "tokens": {int(tokens)}')
     if dropped is not None:
