@@ -273,3 +273,29 @@ def test_tiny_model_provoked_collapse_is_flagged(family, steps):
         kinds = [(a.step, a.kind) for a in mon.alarms if a.layer == lab]
         flagged = [s for s, k in kinds if k in ("collapse-in-progress", "collapsed")]
         assert flagged and max(flagged) >= 0.25 * steps, kinds
+
+
+def test_labels_drop_wrapper_components_and_detach_pauses_counting():
+    from moebif.monitor.hooks import clean_label
+
+    assert clean_label("_fsdp_wrapped_module.model.layers.0._fsdp_wrapped_module.mlp.gate") == (
+        "model.layers.0.mlp.gate"
+    )
+    assert clean_label("_orig_mod.layers.1._checkpoint_wrapped_module.gate") == "layers.1.gate"
+    assert clean_label("module.layers.0") == "module.layers.0"  # a real name is kept
+    model = Net(IndexRouter()).train()
+    wrapped = torch.nn.DataParallel(model)
+    assert list(find_routers(wrapped)) == list(find_routers(model)) == ["layers.0"]
+    mon = RouterMonitor(wrapped, window=32)
+    router = model.layers[0]
+    router.next = torch.tensor([[0, 1], [2, 3]])
+    model(torch.zeros(2, 3))
+    mon.step()
+    mon.detach()
+    model(torch.zeros(2, 3))
+    assert mon.step() == [] and mon.step_index == 1  # not counted while detached
+    mon.attach()
+    model(torch.zeros(2, 3))
+    mon.step()
+    assert mon.step_index == 2 and mon.counts("layers.0").sum() == 8
+    mon.close()
