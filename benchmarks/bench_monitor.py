@@ -1,16 +1,35 @@
-"""Acceptance measurements of the collapse monitor (issue 7), printed as tables.
+"""Acceptance measurements of the collapse monitor (issue 7) and of the router monitor in a
+training stack (issue 13), printed as tables.
 
-    python benchmarks/bench_monitor.py [estimation|ramp|metastable|speed|all]
+    python benchmarks/bench_monitor.py [estimation|ramp|metastable|speed|stack|memory|logsize|
+                                        overhead|all] [--json PATH]
 
 Simulated logs come from the N-expert batch router (:func:`moebif.simulate_topk_router`, top-1,
 gamma = T = 1, eta = 0.01, so one unit of 1/(eta gamma) is 100 steps). Fixed seeds.
+
+``stack`` (= ``memory``, ``logsize``, ``overhead``) measures RouterMonitor itself, with targets,
+writes JSON (default ``bench-results/bench_monitor_stack.json``) and exits with code 1 below a
+target:
+
+- ``memory``: growth of the process over 20,000 steps at 48 layers x 64 experts (top-2, soft
+  importance on, default ``history``), from just after the first step: traced Python/numpy
+  allocations and the resident set (target: < 20 MB);
+- ``logsize``: the log of the same run with ``log_max_bytes = 16 MB``, ``log_backups = 2``: the
+  bytes on disk stay <= 3 x 16 MB (uncapped it would be the bytes per step times 20,000);
+- ``overhead``: a 4-layer, 16-expert tiny Mixtral training on CPU (real text, batch 8 x 64, one
+  thread): adjacent pairs of steps with and without the monitor (hooks, ``step()`` and its log)
+  interleaved in one process; the ratio of the median step times (target: <= 1.02).
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import math
+import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -264,8 +283,294 @@ def metastable(runs=64, N=8, kappa=0.8, batch=8, window_units=100.0, max_units=3
     return mean_sim, pred_med, ratio, fired.mean(), 100 * false / observed
 
 
+# --------------------------------------------------------------------------------------------
+# the router monitor in a training stack (issue 13)
+
+STACK_TARGETS = {"memory_mb": 20.0, "overhead_ratio": 1.02}
+
+
+def _stand_in_model(layers: int, n: int, k: int, tokens: int, seed: int = 0):
+    """``layers`` transformers-5-style routers returning ``(logits, weights, indices)`` from a
+    fixed pool of outputs (no model compute: what is measured is the monitor)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    pool = []
+    for _ in range(16):
+        logits = torch.randn(tokens, n, generator=g) * 0.3
+        pool.append((logits, torch.ones(tokens, k), torch.topk(logits, k, dim=-1).indices))
+
+    class Router(torch.nn.Module):
+        top_k, num_experts, scoring_func = k, n, "softmax"
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(n, 4))
+            self.i = 0
+
+        def forward(self, x):
+            self.i = (self.i + 1) % len(pool)
+            return pool[self.i]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(Router() for _ in range(layers))
+
+        def forward(self, x):
+            for r in self.layers:
+                r(x)
+
+    return Net().train()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_and_log(steps=20_000, layers=48, n=64, k=2, tokens=64, folder=None):
+    """Memory growth of RouterMonitor over ``steps`` and the size of its capped log."""
+    import tempfile
+    import tracemalloc
+
+    import torch
+
+    from moebif.monitor.hooks import RouterMonitor
+
+    torch.set_num_threads(1)
+    folder = Path(folder or tempfile.mkdtemp(prefix="bench_monitor_"))
+    cap, backups = 16 * 2**20, 2
+    model = _stand_in_model(layers, n, k, tokens)
+    mon = RouterMonitor(model, log=folder / "log.jsonl", log_max_bytes=cap, log_backups=backups)
+    x = torch.zeros(1)
+    t0 = time.perf_counter()
+    model(x)
+    mon.step()
+    gc.collect()
+    tracemalloc.start()
+    traced0, rss0 = tracemalloc.get_traced_memory()[0], _rss_mb()
+    samples = []
+    for i in range(1, steps):
+        model(x)
+        mon.step()
+        if i % 2000 == 0 or i == steps - 1:
+            gc.collect()
+            samples.append((i, (tracemalloc.get_traced_memory()[0] - traced0) / 2**20))
+            print(
+                f"  memory: step {i:6d}: traced +{samples[-1][1]:.2f} MB, "
+                f"RSS +{_rss_mb() - rss0:.1f} MB [{time.perf_counter() - t0:.0f} s]",
+                flush=True,
+            )
+    gc.collect()
+    traced = (tracemalloc.get_traced_memory()[0] - traced0) / 2**20
+    tracemalloc.stop()
+    rss = _rss_mb() - rss0
+    mon.close()
+    files = sorted(folder.glob("log.jsonl*"))
+    disk = sum(f.stat().st_size for f in files)
+    from moebif.monitor import read_log
+
+    back = read_log(folder / "log.jsonl").layers["layers.0"]
+    bytes_per_step = files[-1].stat().st_size / max(1, len(back.steps) - 1)
+    return {
+        "steps": steps,
+        "layers": layers,
+        "n_experts": n,
+        "top_k": k,
+        "traced_growth_mb": traced,
+        "rss_growth_mb": rss,
+        "traced_samples": samples,
+        "log_max_bytes": cap,
+        "log_backups": backups,
+        "log_files": len(files),
+        "log_bytes_on_disk": disk,
+        "log_cap_bytes": (backups + 1) * cap,
+        "log_bytes_per_step": bytes_per_step,
+        "log_uncapped_estimate_bytes": bytes_per_step * steps,
+        "log_steps_kept": [int(back.steps[0]), int(back.steps[-1])],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def overhead(pairs=200, batch=8, seq=64, seed=0, folder=None):
+    """Median training-step time with the monitor over without, interleaved in one process."""
+    import tempfile
+
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from moebif.monitor.hooks import RouterMonitor
+    from moebif.monitor.tiny import text_batches
+
+    torch.set_num_threads(1)
+    folder = Path(folder or tempfile.mkdtemp(prefix="bench_overhead_"))
+    torch.manual_seed(seed)
+    cfg = MixtralConfig(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=16,
+        num_experts_per_tok=2,
+        max_position_embeddings=seq,
+        output_router_logits=True,
+        router_aux_loss_coef=0.02,
+    )
+    model = MixtralForCausalLM(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    data = list(text_batches(2 * pairs + 8, batch, seq, seed=seed))
+    it = iter(data)
+
+    def train_step():
+        x = next(it)
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):  # warm-up
+        train_step()
+    mon = RouterMonitor(model, log=folder / "log.jsonl")
+    assert len(mon.routers) == 4 and all(m.n_experts == 16 for m in mon.monitors.values())
+    # adjacent pairs of steps, one with the monitor (hooks attached, step() called, log
+    # written) and one without (hooks detached), in alternating order: slow drifts of the
+    # shared machine's load cancel in each pair
+    times = {"without": [], "with": []}
+    for p in range(pairs):
+        for kind in ("with", "without") if p % 2 == 0 else ("without", "with"):
+            if kind == "with":
+                mon.attach()
+            t = time.perf_counter()
+            train_step()
+            if kind == "with":
+                mon.step()
+            times[kind].append(time.perf_counter() - t)
+            mon.detach()
+    mon.close()
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    # direct estimate, independent of the machine's noise between steps: the time of the
+    # routers' forward calls with and without the hooks (replayed on captured inputs, 200
+    # times, interleaved), plus the time of step() itself
+    from moebif.monitor.hooks import find_routers
+
+    inputs = {}
+    handles = [
+        m.register_forward_pre_hook(lambda mod, a, name=name: inputs.setdefault(name, a))
+        for name, m in find_routers(model).items()
+    ]
+    train_step()
+    for h in handles:
+        h.remove()
+    routers = find_routers(model)
+    hook_cost, step_cost = [], []
+    for _ in range(20):
+        t = time.perf_counter()
+        for _ in range(10):
+            for name, m in routers.items():
+                m(*inputs[name])
+        bare = time.perf_counter() - t
+        mon = RouterMonitor(model, log=folder / "log2.jsonl")
+        t = time.perf_counter()
+        for _ in range(10):
+            for name, m in routers.items():
+                m(*inputs[name])
+        hooked = time.perf_counter() - t
+        t = time.perf_counter()
+        mon.step()
+        step_cost.append(time.perf_counter() - t)
+        mon.close()
+        hook_cost.append((hooked - bare) / 10)  # per training step (one call per router)
+    direct = float(np.median(hook_cost) + np.median(step_cost))
+    paired = np.asarray(times["with"]) / np.asarray(times["without"])
+    return {
+        "model": "MixtralForCausalLM, 4 layers, 16 experts, top-2, hidden 128",
+        "batch": [batch, seq],
+        "threads": 1,
+        "steps_each": len(times["with"]),
+        "median_step_without_s": med["without"],
+        "median_step_with_s": med["with"],
+        "ratio": med["with"] / med["without"],
+        "ratio_pairs_median": float(np.median(paired)),
+        "hooks_s_per_step": float(np.median(hook_cost)),
+        "step_call_s": float(np.median(step_cost)),
+        "ratio_direct": 1.0 + direct / med["without"],
+        "load_average": os.getloadavg(),
+    }
+
+
+def stack(which=("memory", "logsize", "overhead"), json_path=None) -> int:
+    """Run the stack measurements, print the table, write JSON; 1 if a target is missed."""
+    out: dict = {"targets": STACK_TARGETS, "load_average_start": os.getloadavg()}
+    if "memory" in which or "logsize" in which:
+        out["memory"] = memory_and_log()
+    if "overhead" in which:
+        out["overhead"] = overhead()
+    rows = []
+    if "memory" in out:
+        m = out["memory"]
+        growth = max(m["traced_growth_mb"], m["rss_growth_mb"])
+        rows.append(
+            (
+                f"memory growth, {m['steps']} steps, {m['layers']} x {m['n_experts']}",
+                f"traced +{m['traced_growth_mb']:.2f} MB, RSS +{m['rss_growth_mb']:.1f} MB",
+                f"< {STACK_TARGETS['memory_mb']:g} MB",
+                growth < STACK_TARGETS["memory_mb"],
+            )
+        )
+        rows.append(
+            (
+                f"log on disk, cap {m['log_max_bytes'] / 2**20:.0f} MB x {m['log_backups'] + 1}",
+                f"{m['log_bytes_on_disk'] / 2**20:.1f} MB in {m['log_files']} files "
+                f"(uncapped ~{m['log_uncapped_estimate_bytes'] / 2**20:.0f} MB)",
+                f"<= {m['log_cap_bytes'] / 2**20:.0f} MB",
+                m["log_bytes_on_disk"] <= m["log_cap_bytes"],
+            )
+        )
+    if "overhead" in out:
+        o = out["overhead"]
+        rows.append(
+            (
+                "hooks + step() overhead, 4 layers x 16 experts, CPU",
+                f"{o['ratio']:.4f}x (median step {o['median_step_without_s'] * 1e3:.1f} -> "
+                f"{o['median_step_with_s'] * 1e3:.1f} ms; pairs "
+                f"{o['ratio_pairs_median']:.4f}x; direct: hooks "
+                f"{o['hooks_s_per_step'] * 1e6:.0f} us + step() {o['step_call_s'] * 1e6:.0f} us "
+                f"= {o['ratio_direct']:.4f}x)",
+                f"<= {STACK_TARGETS['overhead_ratio']:g}x",
+                o["ratio"] <= STACK_TARGETS["overhead_ratio"],
+            )
+        )
+    out["load_average_end"] = os.getloadavg()
+    width = max(len(r[0]) for r in rows)
+    print(f"\nRouterMonitor in a training stack (load average {out['load_average_end'][0]:.1f})")
+    for name, value, target, ok in rows:
+        print(
+            f"{name:<{width}}  {value}\n{'':<{width}}  target {target}: {'ok' if ok else 'NOT MET'}"
+        )
+    out["checks"] = [dict(zip(("name", "value", "target", "ok"), r, strict=True)) for r in rows]
+    path = Path(json_path or "bench-results/bench_monitor_stack.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=float) + "\n")
+    print(f"wrote {path}")
+    return 0 if all(r[3] for r in rows) else 1
+
+
 if __name__ == "__main__":
-    what = sys.argv[1] if len(sys.argv) > 1 else "all"
+    args = sys.argv[1:]
+    json_path = None
+    if "--json" in args:
+        i = args.index("--json")
+        json_path = args[i + 1]
+        del args[i : i + 2]
+    what = args[0] if args else "all"
+    stack_parts = {
+        "stack": ("memory", "logsize", "overhead"),
+        "all": ("memory", "logsize", "overhead"),
+    }
+    stack_parts.update({k: (k,) for k in ("memory", "logsize", "overhead")})
     if what in ("estimation", "all"):
         estimation()
     if what in ("speed", "all"):
@@ -278,3 +583,5 @@ if __name__ == "__main__":
             ramp(window_units=100.0, Ns=(8,), seed=seed)
     if what in ("metastable", "all"):
         metastable()
+    if what in stack_parts:
+        sys.exit(stack(stack_parts[what], json_path))

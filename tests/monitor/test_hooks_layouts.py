@@ -136,7 +136,7 @@ def test_v4_sparse_moe_block_gate_is_found_and_counted_like_the_block(tmp_path):
     assert list(routers) == ["layers.0.gate", "layers.1.gate"]
     assert all(type(m) is nn.Linear for m in routers.values())
     mon = RouterMonitor(model, log=tmp_path / "log.jsonl", window=32)
-    assert mon.monitors["layers.0.gate"].options["top_k"] == K
+    assert mon.monitors["layers.0.gate"].top_k == K
     model.train()
     model(_x(0))
     model(_x(1, (2, 7)))  # two micro-batches of one step are summed

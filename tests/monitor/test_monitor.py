@@ -138,10 +138,10 @@ def test_log_roundtrip(tmp_path, suffix):
     steps = np.arange(5, 25)
     write_log(tmp_path / f"log{suffix}", steps, c)
     back = read_log(tmp_path / f"log{suffix}")
-    assert set(back) == {"a", "b"}
+    assert set(back.layers) == {"a", "b"}
     for k in c:
-        np.testing.assert_array_equal(back[k][0], steps)
-        np.testing.assert_array_equal(back[k][1], c[k])
+        np.testing.assert_array_equal(back.layers[k].steps, steps)
+        np.testing.assert_array_equal(back.layers[k].counts, c[k])
 
 
 @pytest.mark.parametrize(

@@ -8,19 +8,35 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from ._common import CLIError, app, emit_json
 
+MIN_STEPS = 64
+
 
 @app.command()
 def diagnose(
-    log: Annotated[Path, typer.Argument(help="Router log: .csv, .jsonl, .npy or .npz.")],
+    log: Annotated[
+        Path,
+        typer.Argument(
+            help="Router log: .jsonl (with its rotated .1, .2, ... files), .csv, .npy, .npz, "
+            "or a directory holding one log."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("diagnose"),
     window: Annotated[
         str, typer.Option("--window", help="Fitting window in steps, or 'auto'.")
     ] = "auto",
-    top_k: Annotated[int, typer.Option("--top-k", help="Experts per token K >= 1.")] = 1,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            "--top-k",
+            help="Experts per token K >= 1 (default: from the log's header; 1 for a log "
+            "without one).",
+        ),
+    ] = None,
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -31,7 +47,8 @@ def diagnose(
 ) -> None:
     """Diagnose a training run from its per-step expert counts: routing metrics, the stability
     ratio kappa_hat with its interval, eta*gamma, B_eff, the regime and the alarms, per layer.
-    Writes OUT/diagnose.json, OUT/diagnose.png and .svg."""
+    N and top-k come from the log's header. Writes OUT/diagnose.json, OUT/diagnose.png and
+    .svg."""
     from .._io import atomic_write_json, check_writable_dir
     from ..monitor import LayerMonitor, LogError, load_fractions, read_log
     from ..monitor.plot import diagnose_figure
@@ -44,52 +61,64 @@ def diagnose(
             raise CLIError("--window", f"must be an integer or 'auto', got {window!r}") from None
         if w < 32:
             raise CLIError("--window", f"must be >= 32 steps, got {w}")
-    if top_k < 1:
+    if top_k is not None and top_k < 1:
         raise CLIError("--top-k", f"must be >= 1, got {top_k}")
     if threshold is not None and (not math.isfinite(threshold) or not 0.0 < threshold < 1.0):
         raise CLIError("--threshold", f"must be in (0, 1), got {threshold}")
     try:
-        layers = read_log(log)
+        rlog = read_log(log)
     except LogError as e:
         raise CLIError("LOG", str(e)) from None
+    warnings = list(rlog.warnings)
+    layers = _usable_layers(rlog, top_k, warnings)
     folder = check_writable_dir("--out", out)
     results, table = [], []
-    for name, (steps, counts) in layers.items():
-        n = counts.shape[1]
-        if top_k >= n:
-            raise CLIError("--top-k", f"must be < {n} experts (layer {name!r}), got {top_k}")
-        if counts.shape[0] < 64:
-            raise CLIError("LOG", f"layer {name!r}: need >= 64 steps, got {counts.shape[0]}")
+    for lay, k, k_from in layers:
+        name, counts, n = lay.name, lay.counts, lay.n_experts
         rec = None
         if window == "auto":
-            w, eg, rec = auto_window(counts, n, top_k)
+            w, eg, rec = auto_window(counts, n, k)
         else:
             w, eg = min(int(window), counts.shape[0]), None
         # the library's tested rule unless the user overrides its level
         rule = {} if threshold is None else {"threshold": threshold}
-        mon = LayerMonitor(n, top_k=top_k, window=w, name=name, eta_gamma=eg, history=None, **rule)
-        mon.update_many(counts)
+        mon = LayerMonitor(n, top_k=k, window=w, name=name, eta_gamma=eg, history=None, **rule)
+        mon.update_many(counts, lay.importance)
         summ = mon.summary()
         summ["window_auto"] = window == "auto"
         summ["window_recommended"] = rec
+        summ["top_k_from"] = k_from
+        summ["importance_recorded"] = lay.importance is not None
+        if lay.dropped is not None and lay.tokens is not None:
+            routed = float(np.nansum(counts.sum(axis=1) + lay.dropped))
+            summ["dropped_fraction"] = float(np.nansum(lay.dropped)) / routed if routed else 0.0
         results.append(
             {
                 "layer": name,
-                "steps": steps,
+                "steps": lay.steps,
                 "loads": load_fractions(counts),
                 "monitor": mon,
                 "summary": summ,
             }
         )
         table.append(summ)
+    for line in warnings:
+        sys.stderr.write(f"warning: {line}\n")
     files = diagnose_figure(results, folder / "diagnose")
-    atomic_write_json(folder / "diagnose.json", {"log": str(log), "layers": table})
+    meta = {
+        "log": str(log),
+        "log_files": list(rlog.files),
+        "segments": [{"segment": g.segment, "start_step": g.start_step} for g in rlog.segments],
+        "warnings": warnings,
+    }
+    atomic_write_json(folder / "diagnose.json", {**meta, "layers": table})
     files.append(str(folder / "diagnose.json"))
     if as_json:
-        emit_json({"log": str(log), "layers": table, "files": files})
+        emit_json({**meta, "layers": table, "files": files})
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=f"moebif diagnose {log}")
     for col in (
@@ -112,18 +141,19 @@ def diagnose(
         if e is None:
             kap, eg, be, reg = "-", "-", "-", "no fit"
         else:
-            lo = "?" if e["kappa_lo"] is None else f"{e['kappa_lo']:.2f}"
-            kap = f"{e['kappa']:.3f} [{lo}, {e['kappa_hi']:.2f}]"
-            eg, be, reg = f"{e['eta_gamma']:.3g}", f"{e['b_eff']:.3g}", s.get("regime", "-")
+            kap = f"{_num(e.get('kappa'), '.3f')} [{_num(e.get('kappa_lo'), '.2f')}, "
+            kap += f"{_num(e.get('kappa_hi'), '.2f')}]"
+            eg, be = _num(e.get("eta_gamma"), ".3g"), _num(e.get("b_eff"), ".3g")
+            reg = str(s.get("regime", "-"))
         kinds = sorted({a["kind"] for a in s["alarms"]})
         t.add_row(
-            str(s["layer"]),
+            Text(str(s["layer"])),
             str(s["n_experts"]),
             str(s["steps"]),
-            f"{m['cv']:.2f}",
-            f"{m['max_vio']:.2f}",
-            f"{m['n_eff']:.1f}",
-            f"{m['dead']:.0%}",
+            _num(m.get("cv"), ".2f"),
+            _num(m.get("max_vio"), ".2f"),
+            _num(m.get("n_eff"), ".1f"),
+            _num(m.get("dead"), ".0%"),
             kap,
             eg,
             be,
@@ -138,3 +168,75 @@ def diagnose(
                 f"step {a['step']} layer {s['layer']}: {a['kind']}: {a['message']}", markup=False
             )
     con.print("wrote " + ", ".join(files), markup=False)
+
+
+def _usable_layers(rlog, top_k: int | None, warnings: list[str]) -> list:
+    """``[(LayerLog, k, where k came from)]`` of the layers to diagnose: N and k from the
+    header, ``--top-k`` checked against it; steps that routed nothing left out (with a
+    warning); layers too short to fit left out while another is usable."""
+    from dataclasses import replace
+
+    out, short, empty = [], [], []
+    assumed = []
+    for lay in rlog.layers.values():
+        n = lay.n_experts
+        if lay.top_k is not None:
+            if top_k is not None and top_k != lay.top_k:
+                raise CLIError(
+                    "--top-k",
+                    f"{top_k} conflicts with the log header: layer {lay.name!r} was "
+                    f"recorded with top_k = {lay.top_k}",
+                )
+            k, k_from = lay.top_k, "header"
+        elif top_k is not None:
+            k, k_from = top_k, "--top-k"
+        else:
+            k, k_from = 1, "default"
+            assumed.append(lay.name)
+        if k >= n:
+            raise CLIError("--top-k", f"must be < {n} experts (layer {lay.name!r}), got {k}")
+        total = lay.counts.sum(axis=1)
+        if not (total > 0).any():
+            empty.append(lay.name)
+            continue
+        if not (total > 0).all():
+            keep = total > 0
+            warnings.append(
+                f"layer {lay.name!r}: {int((~keep).sum())} steps with no routed tokens left out"
+            )
+            lay = replace(
+                lay,
+                steps=lay.steps[keep],
+                counts=lay.counts[keep],
+                importance=None if lay.importance is None else lay.importance[keep],
+                tokens=None if lay.tokens is None else lay.tokens[keep],
+                dropped=None if lay.dropped is None else lay.dropped[keep],
+            )
+        if lay.counts.shape[0] < MIN_STEPS:
+            short.append((lay.name, lay.counts.shape[0]))
+            continue
+        out.append((lay, k, k_from))
+    if not out:
+        if short:
+            name, s = short[0]
+            raise CLIError("LOG", f"layer {name!r}: need >= {MIN_STEPS} steps, got {s}")
+        raise CLIError("LOG", f"layer {empty[0]!r}: all counts are zero (nothing was routed)")
+    for name in empty:
+        warnings.append(f"layer {name!r}: all counts are zero (nothing was routed): left out")
+    for name, s in short:
+        warnings.append(f"layer {name!r}: {s} steps (< {MIN_STEPS}): left out")
+    if assumed:
+        warnings.append(
+            f"the log has no header: top_k unknown for {len(assumed)} layer(s), assuming "
+            "--top-k 1 (pass --top-k K if the router selects K experts per token)"
+        )
+    return out
+
+
+def _num(x, spec: str) -> str:
+    """``x`` formatted, or ``?`` when the estimator gave no finite number."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "?"
+    return format(v, spec) if math.isfinite(v) else "?"

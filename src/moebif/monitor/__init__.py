@@ -2,7 +2,10 @@
 the usual routing metrics, the model-based stability ratio ``kappa_hat = a / (N gamma T)`` with
 an interval, the regime and alarms. numpy only on the hot path (see :mod:`.monitor`)."""
 
+from .logs import LayerLog as LayerLog
 from .logs import LogError as LogError
+from .logs import LogWriter as LogWriter
+from .logs import RouterLog as RouterLog
 from .logs import read_log as read_log
 from .logs import write_log as write_log
 from .metrics import load_fractions as load_fractions
