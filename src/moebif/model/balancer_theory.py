@@ -71,9 +71,12 @@ same for N experts and top-k with ``U = 2 u / eta`` on the winner-loser gap). **
 balance, ``sign`` of a noisy count. When ``u sqrt(B) / T`` is small, the batch noise dithers the
 relay into a linear integral gain ``kappa = sqrt(2B / pi) alpha_k / (T sqrt(q (1 - q)))``
 (``q = k/N``) and the fluctuations follow a linear AR(1) system (:meth:`BiasTheory.chattering`,
-discrete Lyapunov equation): their size grows like ``sqrt(u)``, not ``u``. When
-``u sqrt(B) / T`` is large, the relay is deterministic and ``s`` alternates between ``+-u``
-(standard deviation ``u``). The prediction "amplitude ~ u" holds only in that second regime.
+discrete Lyapunov equation): their size grows like ``sqrt(u)`` (not ``u``), and for
+``lambda > 0`` the loop holds balance only if ``u`` exceeds :meth:`BiasTheory.hold_rate`
+(about ``eta lambda / kappa``). When ``u kappa >= 1`` the relay is deterministic and ``s``
+cycles between ``0`` and ``+-2u`` (standard deviation ``sqrt(2) u``; ``u`` when
+``lambda < 0``). The prediction "amplitude ~ u" holds only in that regime, with the factor
+``sqrt(2)``.
 
 **4. Capacity**: dropped fraction of assignments ``N E[(n_i - C)+] / (k B)`` with
 ``n_i ~ Binomial(B, pi_i)`` (exact marginal: tokens are independent), :func:`dropped_fraction`;
@@ -119,6 +122,7 @@ __all__ = [
     "dropped_fraction",
     "effective_parameters",
     "expert_choice_unrouted",
+    "hysteresis_width",
     "minimal_strength",
     "scheme_spec",
 ]
@@ -819,6 +823,53 @@ def branch_drift_max(
     return best
 
 
+def hysteresis_width(
+    spec: BalancerSpec,
+    a: float,
+    gamma: float = 1.0,
+    T: float = 1.0,
+    *,
+    rate: float = 1.0,
+    points: int = 600,
+) -> float:
+    """Width ``2 H`` of the hysteresis loop in the skew ``h = b1 - b2`` of two experts with the
+    smooth terms of ``spec`` (eqs. 17-18 with the terms): along ``y = r1 - r2`` the skew that
+    holds ``y`` at rest is ``h(y) = -(F_1 - F_2)`` (with the common level at rest for the
+    z-loss); ``H = -min_{y > 0} h(y)`` (0 when ``h`` is increasing: no hysteresis)."""
+    from scipy.optimize import brentq, minimize_scalar
+
+    terms = field_terms(spec, rate=rate)
+    field = VectorField(a, gamma, T, np.zeros(2), 1, terms)
+    shift_inv = all(getattr(t, "shift_invariant", True) for t in terms)
+
+    def h_of(y):
+        def common(c):
+            f = field(np.array([c + 0.5 * y, c - 0.5 * y]))
+            return f[0] + f[1]
+
+        c = 0.0
+        if not shift_inv:
+            lo, hi = -1.0, 1.0
+            while common(lo) * common(hi) > 0:
+                lo, hi = 2 * lo, 2 * hi
+            c = brentq(common, lo, hi, xtol=1e-13)
+        f = field(np.array([c + 0.5 * y, c - 0.5 * y]))
+        return -(f[0] - f[1])
+
+    y = np.linspace(1e-4, 2.0 * (a + 1.0) / gamma + 4.0 * T, points)
+    hv = np.array([h_of(v) for v in y])
+    i = int(np.argmin(hv))
+    if hv[i] >= 0 or i == 0:
+        return 0.0
+    res = minimize_scalar(
+        h_of,
+        bounds=(y[max(i - 1, 0)], y[min(i + 1, points - 1)]),
+        method="bounded",
+        options={"xatol": 1e-10},
+    )
+    return float(-2.0 * min(res.fun, hv[i]))
+
+
 # ----------------------------------------------------------------------------------------------
 # 3. the loss-free bias
 
@@ -828,8 +879,9 @@ class Chattering:
     """Stationary fluctuations of the biased router at balance (two experts: the pair
     variables ``s = y + b``, ``b``, ``y``; N experts: one expert's deviation from the mean).
 
-    ``regime``: ``noise`` (dithered relay, linear AR(1) theory) or ``relay`` (deterministic
-    relay, ``s = +-u``); ``dither``: ``u kappa`` (per-step gain of the dithered relay);
+    ``regime``: ``noise`` (dithered relay, linear AR(1) theory), ``relay`` (deterministic
+    relay) or ``unheld`` (the bias is too slow to hold balance against the batch noise);
+    ``dither``: ``u kappa`` (per-step gain of the dithered relay);
     ``s_std``, ``b_std``, ``y_std``."""
 
     regime: str
@@ -901,15 +953,15 @@ class BiasTheory:
     # nonlinear mean field (two-level, one winner) ------------------------------------------
 
     def _dpi(self):
+        """``pi_w - pi_l`` of the one-winner state as a vectorised function of the score gap."""
         p, n, k = self.params, self.n, self.top_k
         if k == 1:
 
             def f(s):
-                d = s / p.T
-                e = math.exp(-abs(d))
-                pw = 1.0 / (1.0 + (n - 1) * e) if d >= 0 else e / (e + (n - 1))
-                pl = e * (1.0 / (1.0 + (n - 1) * e)) if d >= 0 else 1.0 / (e + (n - 1))
-                return pw - pl
+                d = np.asarray(s, dtype=float) / p.T
+                e = np.exp(-np.abs(d))
+                # winner ahead (d > 0): (1 - e) / (1 + (N - 1) e); behind: the loser's view
+                return np.sign(d) * (1.0 - e) / (1.0 + (n - 1) * e)
 
             return f
         grid = np.linspace(0.0, 12.0, 601)
@@ -918,37 +970,61 @@ class BiasTheory:
         )
 
         def g(s):
-            d = s / p.T
-            return float(np.sign(d) * np.interp(abs(d), grid, vals))
+            d = np.asarray(s, dtype=float) / p.T
+            return np.sign(d) * np.interp(np.abs(d), grid, vals)
 
         return g
 
-    def _escapes(self, s0: float, h: float, s_thr: float, t_max: float) -> bool:
-        """Mean field from ``(gap y = s0, bias gap b = 0)``: does ``s`` reach ``s_thr`` before it
-        returns to 0? (winner-loser gap; skew ``h`` on that gap)."""
-        from scipy.integrate import solve_ivp
-
+    def _escape_many(self, s0, h, s_thr: float, t_max: float, dt: float = 0.02) -> np.ndarray:
+        """Mean field (RK4, vectorised over the initial gaps ``s0`` and skews ``h``) from
+        ``(y = s0, b = 0)``: does ``s = y + b`` reach ``s_thr`` before it returns to 0? While
+        ``s > 0`` the relay is ``b = -U t``, so ``y' = a dpi(y - U t) / k - gamma y + h``."""
         p, k = self.params, self.top_k
         dpi = self._dpi()
         U = self.U
+        y = np.array(s0, dtype=float)
+        h = np.broadcast_to(np.asarray(h, dtype=float), y.shape)
+        alive = np.ones(y.shape, dtype=bool)
+        esc = np.zeros(y.shape, dtype=bool)
+        t = 0.0
 
-        def rhs(_t, x):
-            y, b = x
-            s = y + b
-            return [p.a * dpi(s) / k - p.gamma * y + h, -U]
+        def f(t, y):
+            return p.a * dpi(y - U * t) / k - p.gamma * y + h
 
-        def back(_t, x):
-            return x[0] + x[1] - (0.0 if s0 > 0 else -1e-12)
+        for _ in range(int(t_max / dt)):
+            k1 = f(t, y)
+            k2 = f(t + dt / 2, y + dt / 2 * k1)
+            k3 = f(t + dt / 2, y + dt / 2 * k2)
+            k4 = f(t + dt, y + dt * k3)
+            y = np.where(alive, y + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4), y)
+            t += dt
+            s = y - U * t
+            up = alive & (s >= s_thr)
+            esc |= up
+            alive &= ~up & (s > 0.0)
+            if not alive.any():
+                break
+        return esc
 
-        def up(_t, x):
-            return x[0] + x[1] - s_thr
-
-        back.terminal = up.terminal = True
-        back.direction, up.direction = -1, 1
-        sol = solve_ivp(
-            rhs, (0.0, t_max), [s0, 0.0], events=(back, up), rtol=1e-9, atol=1e-12, max_step=0.05
-        )
-        return len(sol.t_events[1]) > 0
+    def _boundary(self, make, s_thr: float, hi0: float) -> float:
+        """Smallest value of a scanned quantity at which the mean field escapes: successive
+        grids (64 points, zooming into the first escaping cell)."""
+        t_max = 40.0 / self.params.gamma
+        lo, hi = 0.0, hi0
+        for _ in range(8):
+            if make(np.array([hi]), s_thr, t_max)[0]:
+                break
+            lo, hi = hi, 2.0 * hi
+        else:
+            return math.inf
+        for _ in range(4):
+            x = np.linspace(lo, hi, 49)
+            e = make(x, s_thr, t_max)
+            i = int(np.argmax(e))
+            if not e[i]:
+                return hi
+            lo, hi = x[max(i - 1, 0)], x[i]
+        return 0.5 * (lo + hi)
 
     def escape_threshold(self) -> float:
         """Half the gap of the stable collapsed state of the bare reduced field (the level an
@@ -986,40 +1062,22 @@ class BiasTheory:
         """Largest initial gap ``s0`` (bias 0, no skew) from which the mean-field router returns
         to balance without reaching ``s_thr`` (default :meth:`escape_threshold`)."""
         s_thr = self.escape_threshold() if s_thr is None else s_thr
-        t_max = 200.0 / self.params.gamma
 
-        def f(s0):
-            return 1.0 if self._escapes(s0, 0.0, s_thr, t_max) else -1.0
+        def make(x, thr, t_max):
+            return self._escape_many(np.minimum(x, 0.999 * thr), 0.0, thr, t_max)
 
-        lo, hi = 1e-9, 0.999 * s_thr
-        if f(hi) < 0:
-            return math.inf
-        # bisection on a step function
-        for _ in range(60):
-            mid = 0.5 * (lo + hi)
-            if f(mid) > 0:
-                hi = mid
-            else:
-                lo = mid
-        return 0.5 * (lo + hi)
+        out = self._boundary(make, s_thr, min(self.capture_radius_linear, 0.9 * s_thr))
+        return out if out < 0.999 * s_thr else math.inf
 
     def absorbed_skew(self, *, s_thr: float | None = None) -> float:
         """Largest skew step ``h`` (on the winner-loser gap, from balance with ``b = 0``) that
         the mean-field router absorbs without reaching ``s_thr``."""
         s_thr = self.escape_threshold() if s_thr is None else s_thr
-        t_max = 200.0 / self.params.gamma
-        lo, hi = 0.0, 4.0 * (self.U * max(self.gain, 1e-12) / max(self.lam, 1e-12) + self.U)
-        while not self._escapes(1e-12, hi, s_thr, t_max):
-            hi *= 2.0
-            if hi > 1e6:
-                return math.inf
-        for _ in range(60):
-            mid = 0.5 * (lo + hi)
-            if self._escapes(1e-12, mid, s_thr, t_max):
-                hi = mid
-            else:
-                lo = mid
-        return 0.5 * (lo + hi)
+
+        def make(x, thr, t_max):
+            return self._escape_many(np.full(x.shape, 1e-12), x, thr, t_max)
+
+        return self._boundary(make, s_thr, max(self.absorbed_skew_linear, self.U))
 
     # chattering ------------------------------------------------------------------------------
 
@@ -1034,19 +1092,11 @@ class BiasTheory:
             / (self.params.T * math.sqrt(q * (1.0 - q)))
         )
 
-    def chattering(self) -> Chattering:
-        """Stationary fluctuations at balance (module docstring, part 3). Per expert ``i``:
-        ``dr' = (1 - eta gamma) dr + eta a (alpha_k ds / (k T) + xi)``,
-        ``dbeta' = dbeta + u (-kappa ds + nu)``, ``ds = dr + dbeta``, with the batch noise
-        ``Var xi = q (1 - q) / (k^2 B)``, ``Var nu = 1`` and ``Cov(xi, nu) = -sqrt(2/pi) sd(xi)``
-        (the sign of a Gaussian count against the count itself); two experts report the pair
-        variables (twice one expert's deviation)."""
-        from scipy.linalg import solve_discrete_lyapunov
-
+    def _ar_matrices(self, u: float):
         p, k, B = self.params, self.top_k, self.batch
         q = k / self.n
-        eta, u = self.eta, self.u
-        g = p.a * self.alpha / (k * p.T)
+        eta = self.eta
+        g = self.gain
         kap = self.kappa
         M = np.array([[1.0 - eta * p.gamma + eta * g, eta * g], [-u * kap, 1.0 - u * kap]])
         sd_xi = math.sqrt(q * (1.0 - q) / B) / k
@@ -1054,20 +1104,61 @@ class BiasTheory:
         Q = np.array(
             [[(eta * p.a * sd_xi) ** 2, eta * p.a * u * cov], [eta * p.a * u * cov, u * u]]
         )
+        return M, Q
+
+    def hold_rate(self) -> float:
+        """Smallest ``u`` for which the dithered relay holds the balanced state at all against
+        the batch noise (spectral radius of the AR(1) map below 1; 0 when the bare uniform
+        state is stable). Below it the balanced state is lost to the noise-driven instability
+        (slow alternating collapses), whatever the capture radius says."""
+        from scipy.optimize import brentq
+
+        if self.lam <= 0:
+            return 0.0
+
+        def rad(u):
+            M, _ = self._ar_matrices(u)
+            return float(np.max(np.abs(np.linalg.eigvals(M)))) - 1.0
+
+        hi = 1.0 / self.kappa
+        if rad(hi) >= 0:
+            return math.nan
+        return float(brentq(rad, 1e-14, hi, xtol=1e-16))
+
+    def chattering(self) -> Chattering:
+        """Stationary fluctuations at balance (module docstring, part 3), in three regimes.
+
+        ``noise`` (``u kappa < 1``): per expert ``i``,
+        ``dr' = (1 - eta gamma) dr + eta a (alpha_k ds / (k T) + xi)``,
+        ``dbeta' = dbeta + u (-kappa ds + nu)``, ``ds = dr + dbeta``, with the batch noise
+        ``Var xi = q (1 - q) / (k^2 B)``, ``Var nu = 1`` and ``Cov(xi, nu) = -sqrt(2/pi) sd(xi)``
+        (the sign of a Gaussian count against the count itself); the stationary covariance
+        solves the discrete Lyapunov equation. ``relay`` (``u kappa >= 1``): the sign is
+        deterministic and ``s`` cycles with period 2; for ``lambda > 0`` the symmetric cycle
+        ``+-u`` is unstable and the cycle touching 0, levels ``{0, +-2u}`` (pair units), is the
+        attractor: ``sd(s) = sqrt(2) u`` (``u`` for ``lambda < 0``). ``unheld``: ``u`` below
+        :meth:`hold_rate`, no stationary balance (``nan``). Two experts report the pair
+        variables (twice one expert's deviation)."""
+        from scipy.linalg import solve_discrete_lyapunov
+
+        u = self.u
         scale = 2.0 if self.n == 2 else 1.0
-        dither = u * kap
-        if dither < 1.0 and np.max(np.abs(np.linalg.eigvals(M))) < 1.0:
-            S = solve_discrete_lyapunov(M, Q)
-            s_std = math.sqrt(max(S[0, 0] + 2 * S[0, 1] + S[1, 1], 0.0))
-            return Chattering(
-                "noise",
-                dither,
-                scale * s_std,
-                scale * math.sqrt(S[1, 1]),
-                scale * math.sqrt(S[0, 0]),
-            )
-        # deterministic relay: the bias gap steps by 2u, s alternates between +-u (pair units)
-        return Chattering("relay", dither, scale * 0.5 * u, scale * 0.5 * u, 0.0)
+        dither = u * self.kappa
+        M, Q = self._ar_matrices(u)
+        if dither >= 1.0:
+            amp = (math.sqrt(2.0) if self.lam > 0 else 1.0) * 0.5 * u
+            return Chattering("relay", dither, scale * amp, scale * amp, 0.0)
+        if np.max(np.abs(np.linalg.eigvals(M))) >= 1.0:
+            return Chattering("unheld", dither, math.nan, math.nan, math.nan)
+        S = solve_discrete_lyapunov(M, Q)
+        s_std = math.sqrt(max(S[0, 0] + 2 * S[0, 1] + S[1, 1], 0.0))
+        return Chattering(
+            "noise",
+            dither,
+            scale * s_std,
+            scale * math.sqrt(S[1, 1]),
+            scale * math.sqrt(S[0, 0]),
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1088,12 +1179,10 @@ def dropped_fraction(
 
     B = int(batch)
     C = expert_capacity(B, n, k, cf)
-    j = np.arange(C)
-    out = 0.0
-    for q in pi:
-        served = float(binom.sf(j, B, q).sum())
-        out += max(B * q - served, 0.0)
-    out /= k * B
+    if C >= B:
+        return 0.0
+    served = binom.sf(np.arange(C)[:, None], B, pi[None, :]).sum(axis=0)
+    out = float(np.maximum(B * pi - served, 0.0).sum()) / (k * B)
     return out if out > 1e-13 else 0.0
 
 

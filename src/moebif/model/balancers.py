@@ -700,9 +700,11 @@ def _served(pi_over_k, cf: float, n: int, k: int, batch):
     B = int(batch)
     C = expert_capacity(B, n, k, cf)
     pi = np.clip(x * k, 0.0, 1.0)
-    j = np.arange(C)
+    if C >= B:
+        return x.copy(), np.ones_like(x)
+    j = np.arange(C)[:, None]
     # E[min(X, C)] = sum_{j < C} P(X > j); d/dpi = B P(Bin(B - 1, pi) <= C - 1)
-    served = np.array([binom.sf(j, B, q).sum() for q in pi]) / (k * B)
+    served = binom.sf(j, B, pi[None, :]).sum(axis=0) / (k * B)
     slope = binom.cdf(C - 1, B - 1, pi)
     return served, slope
 
