@@ -79,7 +79,8 @@ def p50(x, p) -> float:
 def routing_cost(spec, scores, beta, contribution, T: float, dropped=None) -> np.ndarray:
     """Routing mass the scheme moves, per record: total-variation distance between the loads the
     router is expected to serve and the loads its task scores alone would give (top-1,
-    ``softmax``), plus the dropped fraction. ``scores``, ``beta``, ``contribution``:
+    ``softmax``; noisy gating: the noisy selection's inclusion probabilities), plus the dropped
+    fraction. ``scores``, ``beta``, ``contribution``:
     ``(..., N)`` records; task scores are ``scores - contribution``."""
     r = np.asarray(scores, dtype=float)
     task = softmax(r - np.asarray(contribution, dtype=float), T)
@@ -91,6 +92,16 @@ def routing_cost(spec, scores, beta, contribution, T: float, dropped=None) -> np
         served = softmax(r - T * np.asarray(beta, dtype=float), T)
     elif sel in ("sinkhorn", "expert_choice"):
         served = np.full(r.shape, 1.0 / n)
+    elif sel == "noisy":
+        from ..model.balancers import noisy_inclusion
+
+        flat = r.reshape(-1, n)
+        served = np.array(
+            [
+                noisy_inclusion((x - x.mean()) / T, 1, sigma=spec.noise, jitter=spec.jitter)
+                for x in flat
+            ]
+        ).reshape(r.shape)
     else:
         served = softmax(r, T)
     if spec.capacity > 0:

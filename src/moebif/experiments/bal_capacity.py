@@ -117,9 +117,9 @@ def run(config: Config, progress=None) -> dict:
     for j, cf in enumerate(c.boundary_cfs):
         spec = BalancerSpec(capacity=cf)
         th = balanced_thresholds(
-            spec, n, k, c.gamma, c.T, batch=c.batch, winners=(1, 2), points=100
+            spec, n, k, c.gamma, c.T, batch=c.batch, winners=(1, 2)
         )
-        th_inf = balanced_thresholds(spec, n, k, c.gamma, c.T, winners=(1, 2), points=100)
+        th_inf = balanced_thresholds(spec, n, k, c.gamma, c.T, winners=(1, 2))
         a_vals = th.collapse * np.asarray(c.factors)
         p = RouterParams(a=float(a_vals[0]), gamma=c.gamma, T=c.T, n_experts=n)
         pc = pulse_collapse(

@@ -97,7 +97,7 @@ def run(config: Config, progress=None) -> dict:
             rows = []
             for j, s in enumerate(strengths):
                 th = balanced_thresholds(
-                    _spec(scheme, s), n, k, c.gamma, c.T, winners=_winners(n), points=100
+                    _spec(scheme, s), n, k, c.gamma, c.T, winners=_winners(n)
                 )
                 a_vals = th.collapse * np.asarray(c.factors)
                 p = RouterParams(a=float(a_vals[0]), gamma=c.gamma, T=c.T, n_experts=n)
@@ -143,7 +143,7 @@ def run(config: Config, progress=None) -> dict:
             grid = np.geomspace(min(strengths) / 3, max(strengths) * 2, c.curve_points)
             curve = [
                 balanced_thresholds(
-                    _spec(scheme, s), n, k, c.gamma, c.T, winners=_winners(n), points=100
+                    _spec(scheme, s), n, k, c.gamma, c.T, winners=_winners(n)
                 )
                 for s in grid
             ]

@@ -591,7 +591,7 @@ def _linear_strength(spec_unit, a, n, k, gamma, T, rate) -> float:
     return float(brentq(lam, 0.0, hi, xtol=1e-14, rtol=1e-12))
 
 
-def _capacity_scan(a: float, n: int, k: int, gamma: float, T: float, points: int = 200) -> float:
+def _capacity_scan(a: float, n: int, k: int, gamma: float, T: float, points: int = 160) -> float:
     """Smallest capacity factor (``B -> inf``) at which a stable m-winner state exists at this
     ``a``: on the part of a branch where the winners are clipped and the losers not,
     ``a (cf / N - pi_l / k) = gamma T d`` gives ``cf(d) = N (gamma T d / a + pi_l / k)``; an
@@ -805,7 +805,7 @@ def branch_drift_max(
 
     n, k = int(n_experts), int(top_k)
     best = 0.0
-    grid = _grid(n, 4.0 * math.log(n) + 12.0 + a / (gamma * T), 200)
+    grid = _grid(n, 4.0 * math.log(n) + 12.0 + a / (gamma * T), 160)
     for m in _winner_set(n, k):
         table = _two_level_table(n, k, m, grid)
         vals = [a * (v[0] - v[1]) / k - gamma * T * d for v, d in zip(table, grid, strict=True)]

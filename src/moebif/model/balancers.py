@@ -840,7 +840,8 @@ def noisy_inclusion(z, k: int, *, sigma: float = 0.0, jitter: float = 0.0, point
         below = _pb_below(others, k).sum(axis=0)
         g = f[i] * below
         pi[i] = np.trapezoid(g, x)
-    return np.clip(pi, 0.0, 1.0)
+    # the exact probabilities sum to k: remove the quadrature's common error
+    return np.clip(pi * (k / pi.sum()), 0.0, 1.0)
 
 
 def noisy_two_level(
@@ -881,7 +882,8 @@ def noisy_two_level(
 
     pi_w = float(np.trapezoid(pdf(x - d) * below(m - 1, n - m), x))
     pi_l = float(np.trapezoid(pdf(x) * below(m, n - m - 1), x))
-    return pi_w, pi_l
+    scale = k / (m * pi_w + (n - m) * pi_l)  # the exact values sum to k
+    return pi_w * scale, pi_l * scale
 
 
 def noisy_uniform_slope(n_experts: int, k: int, *, sigma: float = 0.0, jitter: float = 0.0):
