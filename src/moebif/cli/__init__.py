@@ -1,7 +1,7 @@
 """The ``moebif`` command: parses, validates, calls the library, prints.
 
 One module per command group (``theory``, ``simulate``, ``branches``, ``diagnose``,
-``reproduce``, ``sweep``); each registers its commands on the app of :mod:`._common` and
+``reproduce``, ``sweep``, ``explore``, ``advise``); each registers its commands on the app of :mod:`._common` and
 imports nothing from the others. Heavy modules (numba kernels, matplotlib, torch) are imported
 inside the commands that need them.
 """
@@ -14,6 +14,7 @@ import typer
 
 from .._io import OutputError
 from ..params import ParameterError
+from . import advise as advise
 from . import branches as branches
 from . import diagnose as diagnose
 from . import explore as explore

@@ -74,11 +74,22 @@ def simulate(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the records to FILE (.csv, .json, .npz).")
     ] = None,
+    balancer: Annotated[
+        str | None,
+        typer.Option(
+            "--balancer",
+            help="Balancing schemes, e.g. aux:1e-2,zloss:1e-3,bias:1e-3,capacity:1.25 "
+            "(names: aux, aux-megatron, aux-olmo, aux-deepspeed, zloss, importance, bias, "
+            "bias-centred, quantile, capacity, noisy, jitter, sinkhorn, expert-choice; "
+            "sgd, adam, lr:LR). See docs/balancing.md.",
+        ),
+    ] = None,
 ) -> None:
     """Simulate the stochastic batch router (sec. 8) against its mean-field ODE."""
     import numpy as np
 
     p = router_params(a, gamma, T, h, experts)
+    spec = _balancer_spec(balancer)
     _check_common(eta, batch, runs, rho)
     if steps < 1:
         raise CLIError("--steps", f"must be >= 1, got {steps}")
@@ -111,14 +122,27 @@ def simulate(
             y0=y0,
             record_every=record_every,
             progress=progress,
+            balancer=spec,
         )
-    if experts == 2:
-        u_mf = solve_meanfield(p, sim.t, y0, rho=rho)
+    terms = ()
+    selected = sim.u_mean
+    if spec is not None:
+        from ..model.balancers import field_terms
+
+        # the mean field of the smooth schemes (with capacity: the selection, not the served)
+        terms = tuple(t for t in field_terms(spec) if t.name != "capacity")
+        sel = sim.run.selected
+        selected = (sel[..., 0] - sel[..., 1]).mean(axis=0) if experts == 2 else sel.mean(axis=0)
+    has_mf = spec is None or spec.selection in ("softmax", "noisy")
+    if not has_mf:
+        u_mf = None
+    elif experts == 2:
+        u_mf = solve_meanfield(p, sim.t, y0, rho=rho, terms=terms)
     else:
         r0 = np.zeros(experts)
         r0[0], r0[1] = 0.5 * y0, -0.5 * y0
-        u_mf = solve_meanfield(p, sim.t, r0, rho=rho)
-    sup_error = float(np.max(np.abs(sim.u_mean - u_mf)))
+        u_mf = solve_meanfield(p, sim.t, r0, rho=rho, terms=terms)
+    sup_error = None if u_mf is None else float(np.max(np.abs(selected - u_mf)))
     report = {
         "params": p.to_dict(),
         "batch": batch,
@@ -132,12 +156,18 @@ def simulate(
         "t": sim.t.tolist(),
         "u_mean": sim.u_mean.tolist(),
         "u_std": sim.u_std.tolist(),
-        "u_meanfield": u_mf.tolist(),
+        "u_meanfield": None if u_mf is None else u_mf.tolist(),
         "final_u_mean": np.asarray(sim.final_u_mean).tolist(),
         "final_u_std": np.asarray(sim.final_u_std).tolist(),
         "sup_error": sup_error,
         "seconds": sim.seconds,
     }
+    if spec is not None:
+        run = sim.run
+        report["balancer"] = {"spec": spec.label(), **spec.to_dict()}
+        report["selected_mean"] = np.asarray(selected).tolist()
+        report["dropped_mean"] = run.dropped.mean(axis=0).tolist()
+        report["final_beta_mean"] = run.beta.mean(axis=0).tolist()
     if out is not None:
         _write_simulation(out, report, sim)
     if as_json:
@@ -156,12 +186,34 @@ def simulate(
         f"final {what} at t = {sim.t[-1]:g}: mean {np.array2string(fm, precision=4)}, "
         f"sd {np.array2string(fs, precision=4)}"
     )
-    con.print(
-        f"mean-field at t = {sim.t[-1]:g}: {np.array2string(u_mf[-1], precision=4)}   "
-        f"sup_t |mean - mean-field| = {sup_error:.4f}"
-    )
+    if spec is not None:
+        con.print(
+            f"balancer {spec.label()}: dropped {float(np.mean(sim.run.dropped)):.4f} of the "
+            f"assignments on average"
+        )
+    if u_mf is None:
+        con.print("mean-field: none for this selection scheme (see docs/balancing.md)")
+    else:
+        con.print(
+            f"mean-field at t = {sim.t[-1]:g}: {np.array2string(u_mf[-1], precision=4)}   "
+            f"sup_t |mean - mean-field| = {sup_error:.4f}"
+        )
     # in a fresh process this includes loading (or compiling) the numba kernels, ~0.5 s
     con.print(f"{sim.seconds:.3f} s wall, including loading the compiled kernels")
+
+
+def _balancer_spec(text: str | None):
+    """The parsed ``--balancer`` (``None``: no balancer), or a one-line error naming it."""
+    if text is None:
+        return None
+    from ..model.balancers import parse_balancers
+    from ..params import ParameterError
+
+    try:
+        spec = parse_balancers(text)
+    except ParameterError as e:
+        raise CLIError("--balancer", str(e).split(": ", 1)[1]) from None
+    return None if spec.is_null else spec
 
 
 def _write_simulation(out: Path, report: dict, sim) -> None:
@@ -176,12 +228,17 @@ def _write_simulation(out: Path, report: dict, sim) -> None:
         atomic_write_text(out, json.dumps(report, allow_nan=False) + "\n")
     elif out.suffix == ".npz":
         buf = io.BytesIO()
-        np.savez_compressed(
-            buf, t=sim.t, u_hat=sim.u_hat, u_meanfield=np.asarray(report["u_meanfield"])
-        )
+        mf = report["u_meanfield"]
+        extra = {} if mf is None else {"u_meanfield": np.asarray(mf)}
+        np.savez_compressed(buf, t=sim.t, u_hat=sim.u_hat, **extra)
         atomic_write_bytes(out, buf.getvalue())
     else:
-        um, us, mf = (np.asarray(report[k]) for k in ("u_mean", "u_std", "u_meanfield"))
+        um, us = (np.asarray(report[k]) for k in ("u_mean", "u_std"))
+        mf = (
+            np.full_like(um, np.nan)
+            if report["u_meanfield"] is None
+            else np.asarray(report["u_meanfield"])
+        )
         if um.ndim == 1:
             header = "t,u_mean,u_std,u_meanfield"
             cols = [sim.t, um, us, mf]

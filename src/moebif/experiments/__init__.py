@@ -38,6 +38,10 @@ REGISTRY: dict[str, str] = {
     "nexp-hysteresis": "many_hysteresis",
     "nexp-metastable": "many_metastable",
     "nexp-topk": "many_topk",
+    "bal-phase": "bal_phase",
+    "bal-bias": "bal_bias",
+    "bal-capacity": "bal_capacity",
+    "bal-compare": "bal_compare",
 }
 
 __all__ = ["REGISTRY", "load_experiment"]

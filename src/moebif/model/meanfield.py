@@ -48,6 +48,7 @@ def solve_meanfield(
     h: Callable[[float], float] | None = None,
     b=None,
     rho: float = 0.0,
+    terms=(),
     rtol: float = 1e-10,
     atol: float = 1e-12,
     method: str = "DOP853",
@@ -66,6 +67,9 @@ def solve_meanfield(
     - ``rho``: negative load feedback of sec. 8.7: ``r_i' = a p_i - rho (p_i - 1/N) - gamma r_i
       + b_i``. The loads then evolve as with ``a_eff = a - rho`` (the extra ``rho / N`` shifts
       every score alike), which is what is integrated; ``a_eff`` may be negative.
+    - ``terms``: extra field terms (:class:`~moebif.model.field.VectorField`), e.g. the balancing
+      schemes of :func:`moebif.model.balancers.field_terms`; with terms two experts are
+      integrated in the full form ``r = (y0/2, -y0/2)`` (the loads are then ``p1 - p2``).
 
     **Returns:** for two experts ``u(t) = tanh(y(t)/2T)``, shape ``(K,)``; for N experts the loads
     ``p(r(t))``, shape ``(K, N)``.
@@ -81,7 +85,23 @@ def solve_meanfield(
     if t.size > 1 and np.any(np.diff(t) <= 0):
         raise ParameterError("t", "must be strictly increasing")
 
-    if p.n_experts == 2 and b is None:
+    terms = tuple(terms)
+    if terms and p.n_experts == 2 and np.ndim(y0) == 0:
+        y = float(y0)
+        loads = solve_meanfield(
+            p,
+            t,
+            np.array([0.5 * y, -0.5 * y]),
+            h=h,
+            b=b,
+            rho=rho,
+            terms=terms,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+        )
+        return loads[:, 0] - loads[:, 1]
+    if p.n_experts == 2 and b is None and not terms:
         y0 = float(np.asarray(y0, dtype=float).reshape(-1)[0] if np.ndim(y0) else y0)
         if h is None:
 
@@ -104,7 +124,7 @@ def solve_meanfield(
     r0 = np.full(n, float(r0)) if r0.ndim == 0 else r0
     if r0.shape != (n,):
         raise ParameterError("y0", f"must be a scalar or a vector of shape ({n},), got {r0.shape}")
-    field = VectorField.of(p, b=b, rho=rho)
+    field = VectorField.of(p, b=b, rho=rho, terms=terms)
     e12 = np.zeros(n)
     e12[0], e12[1] = 0.5, -0.5
 

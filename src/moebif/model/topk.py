@@ -65,6 +65,7 @@ __all__ = [
     "topk_collapse_threshold",
     "topk_linear_threshold",
     "topk_uniform_slope",
+    "two_level_inclusion",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -114,8 +115,12 @@ def _conv_at(a: np.ndarray, b: np.ndarray, c: int) -> np.ndarray:
     return np.einsum("qa,qa->q", a[:, : c + 1], b[:, c::-1])
 
 
-def _two_level(n: int, m: int, k: int, d: float, du: float = RACE_STEP) -> tuple[float, ...]:
-    """``(pi_w, pi_l, J_ww, J_ll, J_wl)`` at the state with m winners at gap d (in units of z).
+def two_level_inclusion(
+    n: int, m: int, k: int, d: float, du: float = RACE_STEP
+) -> tuple[float, ...]:
+    """``(pi_w, pi_l, J_ww, J_ll, J_wl)`` at the state with m winners at gap d (in units of z):
+    the inclusion probabilities of a winner and a loser and the off-diagonal entries of
+    ``d pi / d z`` (winner-winner, loser-loser, winner-loser; NaN where a group has < 2 members).
 
     Weights: winners 1, losers ``e^{-d}`` (d >= 0) or winners ``e^{d}``, losers 1 (d < 0)."""
     ww, wl = (1.0, math.exp(-d)) if d >= 0 else (math.exp(d), 1.0)
@@ -155,7 +160,7 @@ def topk_branch(n_experts: int, k: int, winners: int, d) -> SymmetricBranch:
     if not 1 <= m < n:
         raise ValueError(f"winners: must be in 1..{n - 1}, got {m}")
     d = np.atleast_1d(np.asarray(d, dtype=float))
-    vals = np.array([_two_level(n, m, k, float(x)) for x in d])
+    vals = np.array([two_level_inclusion(n, m, k, float(x)) for x in d])
     pi_w, pi_l, j_ww, j_ll, j_wl = vals.T
     ratio = k * d / (pi_w - pi_l)
     # lambda / gamma = (g / k) mu - 1

@@ -17,7 +17,9 @@ __all__ = [
     "check_run",
     "evaluate_schedule",
     "finite_array",
+    "parse_schedule",
     "replica_blocks",
+    "schedule_chunk",
 ]
 
 # replica-steps per kernel call: ~0.05-0.2 s of work, fine-grained enough for a progress bar
@@ -99,3 +101,31 @@ def check_run(params, batch, eta, steps, runs, seed, rho):
     if rho < 0.0:
         raise ParameterError("rho", f"must be >= 0, got {rho:g}")
     return batch, eta, steps, runs, seed, rho
+
+
+def parse_schedule(name: str, value, default: float, steps: int, eta: float):
+    """A per-step schedule given as ``None`` (``default``), a scalar, an array of shape
+    ``(steps,)`` or a callable of ODE time: ``(values, stride, callable)``."""
+    if value is None:
+        return np.array([default]), 0, None
+    if callable(value):
+        evaluate_schedule(value, np.zeros(1))
+        return None, 1, value
+    if np.ndim(value) == 0:
+        return np.array([check_finite(name, value)]), 0, None
+    arr = finite_array(name, value)
+    if arr.shape != (steps,):
+        raise ParameterError(
+            name, f"must be a scalar, a callable or of shape ({steps},), got {arr.shape}"
+        )
+    return np.ascontiguousarray(arr), 1, None
+
+
+def schedule_chunk(vals, stride, fn, n0, n1, eta, name):
+    """The values of a :func:`parse_schedule` schedule for steps ``n0 <= n < n1``."""
+    if fn is None:
+        return vals if stride == 0 else np.ascontiguousarray(vals[n0:n1])
+    try:
+        return evaluate_schedule(fn, np.arange(n0, n1) * eta)
+    except ParameterError as exc:
+        raise ParameterError(name, str(exc).split(": ", 1)[1]) from None

@@ -51,6 +51,7 @@ from ._validation import (
 )
 
 __all__ = [
+    "BalancedSimulation",
     "SimulationResult",
     "StationarySpread",
     "simulate_batch_router",
@@ -280,6 +281,7 @@ def simulate_batch_router(
     threads: int | None = None,
     progress: Progress | None = None,
     chunk_steps: int | None = None,
+    balancer=None,
 ) -> SimulationResult:
     """Simulate ``runs`` independent replicas of the batch router for ``steps`` steps.
 
@@ -307,6 +309,11 @@ def simulate_batch_router(
     - ``progress``: optional ``progress(done_steps, steps)``, called after each chunk of steps.
     - ``chunk_steps``: steps per kernel call (default: about 4 million replica-steps a call).
       The result does not depend on it.
+    - ``balancer``: balancing schemes (a :class:`~moebif.model.balancers.BalancerSpec` or its
+      text, e.g. ``"aux:1e-2,capacity:1.25"``), simulated by
+      :func:`moebif.sim.balanced_router.simulate_balanced_router` (top-1); ``u_hat`` then holds
+      the served loads (two experts: ``(served1 - served2) / B``) and the result is a
+      :class:`BalancedSimulation`. ``None`` (default) or an empty spec: the engine above.
 
     **Returns:** a :class:`SimulationResult` with ``K = steps // record_every + 1`` records.
 
@@ -314,6 +321,12 @@ def simulate_batch_router(
     """
     t_start = time.perf_counter()
     s = _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b, r0)
+    if balancer is not None:
+        from ..model.balancers import parse_balancers
+
+        spec = parse_balancers(balancer) if isinstance(balancer, str) else balancer
+        if not getattr(spec, "is_null", False):
+            return _balanced(s, spec, record_scores, threads, progress, chunk_steps, t_start)
     if threads is not None:
         threads = check_int("threads", threads, 1)
     if chunk_steps is not None:
@@ -374,6 +387,80 @@ def simulate_batch_router(
     if not np.all(np.isfinite(state)):
         raise FloatingPointError("router state became non-finite; reduce eta")
     return _result(s, u, sc if rec else None, time.perf_counter() - t_start)
+
+
+@dataclass(frozen=True, eq=False)
+class BalancedSimulation(SimulationResult):
+    """A :class:`SimulationResult` of a router with balancing schemes; ``run`` is the full
+    :class:`~moebif.sim.balanced_router.BalancedRun` (served and selected loads, dropped
+    fraction, selection bias, the balancer's contribution to the scores)."""
+
+    run: object = None
+
+
+def _balanced(s: _Setup, spec, record_scores, threads, progress, chunk_steps, t_start):
+    from .balanced_router import simulate_balanced_router
+
+    n = s.n_experts
+    if s.h_kind == "const":
+        h, bvec = None, s.b
+    else:
+        h = s.h_values if s.h_kind == "callable" else s.h_values
+        bvec = np.zeros(n)
+    r0 = _scores_of(s)
+    run = simulate_balanced_router(
+        s.params,
+        spec,
+        batch=s.batch,
+        eta=s.eta,
+        steps=s.steps,
+        runs=s.runs,
+        seed=s.seed,
+        rho=s.rho,
+        h=h,
+        b=bvec,
+        r0=r0,
+        record_every=s.record_every,
+        snapshot=True,
+        record_scores=record_scores,
+        threads=threads,
+        progress=progress,
+        chunk_steps=chunk_steps,
+    )
+    if n == 2:
+        u = (run.loads[..., 0] - run.loads[..., 1]).copy()
+        sc = None
+        if record_scores:
+            sc = run.score_records[..., 0] - run.score_records[..., 1]
+    else:
+        u = run.loads
+        sc = run.score_records if record_scores else None
+    p = s.params.replace(h=s.h_const) if s.h_scalar else s.params
+    return BalancedSimulation(
+        t=np.arange(s.records) * (s.record_every * s.eta),
+        u_hat=u,
+        scores=sc,
+        params=p,
+        batch=s.batch,
+        eta=s.eta,
+        steps=s.steps,
+        runs=s.runs,
+        seed=s.seed,
+        rho=s.rho,
+        record_every=s.record_every,
+        seconds=time.perf_counter() - t_start,
+        run=run,
+    )
+
+
+def _scores_of(s: _Setup) -> np.ndarray:
+    """Initial scores ``(runs, N)`` of a set-up (two experts: ``r = (y0/2, -y0/2)``)."""
+    if s.n_experts == 2:
+        r = np.zeros((s.runs, 2))
+        r[:, 0] = 0.5 * s.state0
+        r[:, 1] = -0.5 * s.state0
+        return r
+    return s.state0
 
 
 def simulate_token_router(

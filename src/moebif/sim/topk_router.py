@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,76 +32,13 @@ from ._validation import (
     check_run,
     evaluate_schedule,
     finite_array,
+    parse_schedule,
     replica_blocks,
+    schedule_chunk,
 )
+from .results import NExpertRun
 
 __all__ = ["NExpertRun", "simulate_topk_router"]
-
-
-@dataclass(frozen=True, eq=False)
-class NExpertRun:
-    """Result of :func:`simulate_topk_router`.
-
-    - ``t``: ODE time at the start of each record window, shape ``(K,)``.
-    - ``loads``: mean load ``count_i / (k B)`` over each window, shape ``(runs, K, N)``
-      (windows after a replica stopped hold zeros; ``K = 0`` when nothing was recorded).
-    - ``a_t``, ``h_t``: feedback and skew amplitude at the start of each window, ``(K,)``.
-    - ``scores``: the final scores, shape ``(runs, N)``.
-    - ``hit``: step of the first passage ``max r - mean r >= stop_gap`` (-1: none), ``(runs,)``;
-      ``hit_time = hit * eta`` (NaN: none).
-    """
-
-    t: np.ndarray
-    loads: np.ndarray
-    a_t: np.ndarray
-    h_t: np.ndarray
-    scores: np.ndarray
-    hit: np.ndarray
-    params: RouterParams
-    top_k: int
-    batch: int
-    eta: float
-    steps: int
-    runs: int
-    seed: int
-    rho: float
-    record_every: int
-    seconds: float
-
-    @property
-    def hit_time(self) -> np.ndarray:
-        return np.where(self.hit >= 0, self.hit * self.eta, np.nan)
-
-    @property
-    def max_load(self) -> np.ndarray:
-        """Largest expert load in each window, shape ``(runs, K)``."""
-        return self.loads.max(axis=2)
-
-
-def _schedule(name: str, value, default: float, steps: int, eta: float):
-    """A per-step schedule: ``(values, stride)``, or a callable evaluated chunk by chunk."""
-    if value is None:
-        return np.array([default]), 0, None
-    if callable(value):
-        evaluate_schedule(value, np.zeros(1))
-        return None, 1, value
-    if np.ndim(value) == 0:
-        return np.array([check_finite(name, value)]), 0, None
-    arr = finite_array(name, value)
-    if arr.shape != (steps,):
-        raise ParameterError(
-            name, f"must be a scalar, a callable or of shape ({steps},), got {arr.shape}"
-        )
-    return np.ascontiguousarray(arr), 1, None
-
-
-def _chunk_values(vals, stride, fn, n0, n1, eta, name):
-    if fn is None:
-        return vals if stride == 0 else np.ascontiguousarray(vals[n0:n1])
-    try:
-        return evaluate_schedule(fn, np.arange(n0, n1) * eta)
-    except ParameterError as exc:
-        raise ParameterError(name, str(exc).split(": ", 1)[1]) from None
 
 
 def simulate_topk_router(
@@ -125,6 +61,7 @@ def simulate_topk_router(
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     chunk_steps: int | None = None,
+    balancer=None,
 ) -> NExpertRun:
     """Simulate ``runs`` replicas of the top-k batch router for ``steps`` steps.
 
@@ -143,8 +80,43 @@ def simulate_topk_router(
     - ``record_every``: window length of the load records (``None``: no records).
     - ``stop_gap``: stop each replica at its first step with ``max r - mean r >= stop_gap``.
     - ``threads``, ``progress``, ``chunk_steps``: as in the engine; results do not depend on them.
+    - ``balancer``: balancing schemes (a :class:`~moebif.model.balancers.BalancerSpec` or its
+      text); the run is then :func:`moebif.sim.balanced_router.simulate_balanced_router` and
+      returns its :class:`~moebif.sim.balanced_router.BalancedRun` (an :class:`NExpertRun`
+      whose ``loads`` are the served loads). Not with ``stop_gap`` or a time-varying ``a``.
     """
     t_start = time.perf_counter()
+    if balancer is not None:
+        from ..model.balancers import parse_balancers
+
+        spec = parse_balancers(balancer) if isinstance(balancer, str) else balancer
+        if not getattr(spec, "is_null", False):
+            if stop_gap is not None:
+                raise ParameterError("stop_gap", "is not supported with a balancer")
+            if a is not None and (callable(a) or np.ndim(a) != 0):
+                raise ParameterError("a", "must be a constant with a balancer")
+            from .balanced_router import simulate_balanced_router
+
+            return simulate_balanced_router(
+                params,
+                spec,
+                batch=batch,
+                eta=eta,
+                steps=steps,
+                runs=runs,
+                top_k=top_k,
+                seed=seed,
+                rho=rho,
+                a=a,
+                h=h,
+                direction=direction,
+                b=b,
+                r0=r0,
+                record_every=record_every,
+                threads=threads,
+                progress=progress,
+                chunk_steps=chunk_steps,
+            )
     batch, eta, steps, runs, seed, rho = check_run(params, batch, eta, steps, runs, seed, rho)
     p = params
     n = p.n_experts
@@ -161,8 +133,8 @@ def simulate_topk_router(
     if chunk_steps is not None:
         chunk_steps = check_int("chunk_steps", chunk_steps, 1)
 
-    a_vals, a_stride, a_fn = _schedule("a", a, p.a, steps, eta)
-    h_vals, h_stride, h_fn = _schedule("h", h, 0.0, steps, eta)
+    a_vals, a_stride, a_fn = parse_schedule("a", a, p.a, steps, eta)
+    h_vals, h_stride, h_fn = parse_schedule("h", h, 0.0, steps, eta)
     e = np.zeros(n)
     e[0], e[1] = 0.5, -0.5
     if direction is not None:
@@ -208,8 +180,8 @@ def simulate_topk_router(
         n0 = 0
         while n0 < steps:
             n1 = min(n0 + chunk, steps)
-            av = _chunk_values(a_vals, a_stride, a_fn, n0, n1, eta, "a")
-            hv = _chunk_values(h_vals, h_stride, h_fn, n0, n1, eta, "h")
+            av = schedule_chunk(a_vals, a_stride, a_fn, n0, n1, eta, "a")
+            hv = schedule_chunk(h_vals, h_stride, h_fn, n0, n1, eta, "h")
             args = (n0, n1, steps, R, batch, k, eta, rho, p.gamma, p.T)
             args += (av, a_stride, hv, h_stride, bvec, e, l_out, rec, gap, hit)
             kernel(state, rng, args, blocks)

@@ -45,7 +45,7 @@ from numba import njit, prange
 
 from .sampling import draw_multinomial, draw_uniform, seed_streams
 
-__all__ = ["topk_chunk", "topk_chunk_parallel", "topk_counts_sample"]
+__all__ = ["topk_chunk", "topk_chunk_parallel", "topk_counts", "topk_counts_sample", "topk_work"]
 
 
 @njit(cache=True)
@@ -150,10 +150,10 @@ def _explicit_pick(st, i, w, chosen_mask, r, inv_t):
 
 
 @njit(cache=True)
-def _topk_counts(st, i, r, batch, k, inv_t, work):
+def topk_counts(st, i, r, batch, k, inv_t, work):
     """Counts (tokens including each expert) of one batch at scores ``r``; ``w`` must hold
     ``exp((r - max r)/T)`` on entry (so the top expert has weight exactly 1). ``work``: the
-    arrays of :func:`_work`."""
+    arrays of :func:`topk_work`."""
     w, msuf, first, counts, chosen, chosen_mask, prob0, alias0, prob1, alias1, q, small, large = (
         work
     )
@@ -201,7 +201,7 @@ def _topk_counts(st, i, r, batch, k, inv_t, work):
 
 
 @njit(cache=True)
-def _work(n, k):
+def topk_work(n, k):
     """Work arrays of one replica block."""
     return (
         np.empty(n),
@@ -226,7 +226,7 @@ def topk_counts_sample(r, T, k, batch, size, seed):
     shape ``(size, N)``: for the tests and the benchmark."""
     st = seed_streams(seed, 0, 1)
     n = r.size
-    work = _work(n, k)
+    work = topk_work(n, k)
     w, counts = work[0], work[3]
     out = np.empty((size, n), dtype=np.int64)
     inv_t = 1.0 / T
@@ -234,7 +234,7 @@ def topk_counts_sample(r, T, k, batch, size, seed):
     for j in range(size):
         for m in range(n):
             w[m] = math.exp((r[m] - rmax) * inv_t)
-        _topk_counts(st, 0, r, batch, k, inv_t, work)
+        topk_counts(st, 0, r, batch, k, inv_t, work)
         out[j, :] = counts
     return out
 
@@ -246,7 +246,7 @@ def _topk_block(r, states, lo, hi, args):
     rs = r[lo:hi].copy()
     sts = states[lo:hi].copy()
     n = rs.shape[1]
-    work = _work(n, k)
+    work = topk_work(n, k)
     w, counts = work[0], work[3]
     drive = np.empty(n)
     decay = 1.0 - eta * gamma
@@ -281,7 +281,7 @@ def _topk_block(r, states, lo, hi, args):
                 continue
             for m in range(n):
                 w[m] = math.exp((ri[m] - rmax) * inv_t)
-            _topk_counts(sts, i, ri, batch, k, inv_t, work)
+            topk_counts(sts, i, ri, batch, k, inv_t, work)
             for m in range(n):
                 lm = counts[m] * inv_kb if k > 1 else counts[m] / batch
                 if record:
