@@ -41,4 +41,4 @@ def test_quick_variant_is_deterministic():
         }
     )
     a, b = mod.run(cfg), mod.run(cfg)
-    assert json.dumps(jsonable(a.data)) == json.dumps(jsonable(b.data))
+    assert json.dumps(jsonable(a)) == json.dumps(jsonable(b))

@@ -40,5 +40,5 @@ def test_quick_variant_is_reproducible():
     mod = moebif.experiments.load_experiment("fig03")
     a = mod.run(mod.quick())
     b = mod.run(mod.quick())
-    assert a.data["abs_load"].tolist() == b.data["abs_load"].tolist()
-    assert a.data["mse"].tolist() == b.data["mse"].tolist()
+    assert a["abs_load"].tolist() == b["abs_load"].tolist()
+    assert a["mse"].tolist() == b["mse"].tolist()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Claim, ExperimentResult
+from .base import Claim, floats
 from .fig04_digits import train_grid
 
 ID = "fig05"
@@ -52,7 +52,7 @@ def quick() -> Config:
     return Config(lambdas=(0.0, 0.1, 1.0, 3.0, 10.0), steps=600, inits=12)
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     c = config
     n = len(c.lambdas)
     # members: every lambda_lb at h, then the unskewed reference (h = 0, lambda_lb = 0)
@@ -62,7 +62,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
     u = res["abs_load"][: n * c.inits].reshape(n, c.inits)
     acc = res["accuracy"][: n * c.inits].reshape(n, c.inits)
     ref = res["accuracy"][n * c.inits :]
-    data_out = {
+    return {
         "lambda_lb": np.asarray(c.lambdas),
         "abs_load_mean": u.mean(axis=1),
         "abs_load_sd": u.std(axis=1),
@@ -75,12 +75,12 @@ def run(config: Config, progress=None) -> ExperimentResult:
         "reference_abs_load_mean": float(res["abs_load"][n * c.inits :].mean()),
         "member_seeds": res["member_seeds"],
     }
-    return ExperimentResult(data=data_out, claims=_claims(c, data_out), notes=_notes(c, data_out))
 
 
-def _claims(c: Config, d: dict) -> list[Claim]:
-    lam = np.asarray(d["lambda_lb"])
-    u, acc = np.asarray(d["abs_load_mean"]), np.asarray(d["accuracy_mean"])
+def claims(data: dict, config: Config) -> list[Claim]:
+    c, d = config, data
+    lam = floats(d["lambda_lb"])
+    u, acc = floats(d["abs_load_mean"]), floats(d["accuracy_mean"])
     i0 = int(np.argmin(lam))
     large = lam >= c.large
     ref = d["reference_accuracy_mean"]
@@ -93,7 +93,7 @@ def _claims(c: Config, d: dict) -> list[Claim]:
             predicted="> 0.6",
             measured=float(u[i0]),
             tolerance=f"mean over {c.inits} inits (standard error "
-            f"{float(np.asarray(d['abs_load'])[i0].std() / np.sqrt(c.inits)):.3f})",
+            f"{float(floats(d['abs_load'])[i0].std() / np.sqrt(c.inits)):.3f})",
             holds=bool(u[i0] > 0.6),
         ),
         Claim(
@@ -124,9 +124,10 @@ def _claims(c: Config, d: dict) -> list[Claim]:
     ]
 
 
-def _notes(c: Config, d: dict) -> str:
+def notes(data: dict, config: Config) -> str:
+    c, d = config, data
     i0 = int(np.argmin(d["lambda_lb"]))
-    u0 = np.asarray(d["abs_load"])[i0]
+    u0 = floats(d["abs_load"])[i0]
     return (
         "Settings not in the paper are ours (config, with reasons; model and optimiser as fig04). "
         f"At h = {c.h:g} and lambda_lb = 0 the mean |u_hat| is {float(u0.mean()):.2f}, and it "
@@ -148,12 +149,12 @@ def _notes(c: Config, d: dict) -> str:
     )
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, THEORY, figure_style, panel_label
 
-    d = result.data
+    d = data
     lam = np.asarray(d["lambda_lb"], dtype=float)
     pos = lam[lam > 0]
     zero_at = pos.min() / 4  # lambda_lb = 0 drawn left of the log axis, labelled "0"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..params import RouterParams
-from .base import Claim, ExperimentResult
+from .base import Claim, floats, num
 
 ID = "nexp-metastable"
 TITLE = "Metastable balance: escape times against Kramers, and collapse by a skew pulse"
@@ -71,7 +71,7 @@ def _stop_gap(th) -> float:
     return (n - 1) / n * th.params.T * 0.5 * (th.d_s + th.d_c)
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     from ..model.metastability import escape_theory, pulse_threshold
     from ..sim.topk_router import simulate_topk_router
 
@@ -124,8 +124,6 @@ def run(config: Config, progress=None) -> ExperimentResult:
     # slope's standard error from the Poisson-like scatter of log means (1/sqrt(hits))
     Xc = X - np.average(X, weights=w)
     slope_se = math.sqrt(1.0 / np.sum(w * Xc**2))
-    pred_slope = th.kappa_path
-    ratio = np.array([r["mean_escape_time"] / r["predicted_time"] for r in rows])
 
     # (2) pulse map
     e1 = np.zeros(c.n_experts)
@@ -171,9 +169,46 @@ def run(config: Config, progress=None) -> ExperimentResult:
         lh = np.log(hs[k]) + (0.5 - ps[k]) / (ps[k + 1] - ps[k]) * np.log(hs[k + 1] / hs[k])
         h50.append(float(np.exp(lh)))
     h50 = np.array(h50)
-    rel = np.abs(h50 / h_c - 1.0)
 
-    claims = [
+    # the potential and the noise along the path, for the figure
+    d = np.linspace(-0.5, th.d_c + 0.5, 400)
+    x = th.x_of_d(d)
+    n = c.n_experts
+    zmax = np.maximum(d, 0.0)
+    ew, el = np.exp(d - zmax), np.exp(-zmax)
+    den = ew + (n - 1) * el
+    pw = ew / den
+    # logsumexp(r / T) on the line r = x u: r_l / T + log(e^d + N - 1)
+    lse = -x / (c.T * math.sqrt(n * (n - 1))) + zmax + np.log(den)
+    V = 0.5 * c.gamma * x**2 - c.a * c.T * lse + c.a * c.T * math.log(n)
+    s = n * pw * (1 - pw) / (n - 1)
+    data = {
+        "theory": {
+            "barrier": th.barrier,
+            "kappa_path": th.kappa_path,
+            "d_s": th.d_s,
+            "d_c": th.d_c,
+            "lambda_u": th.lambda_u,
+            "lambda_s": th.lambda_s,
+            "transverse_factor": th.transverse,
+            "stop_gap": gap,
+        },
+        "escape": rows,
+        "fit": {"slope": float(slope), "intercept": float(icpt), "slope_se": slope_se},
+        "pulse": {"cells": cells, "taus": list(c.pulse_taus), "h_c": h_c, "h_50": h50},
+        "path": {"d": d, "V": V, "noise_ratio": s * n},
+    }
+    return data
+
+
+def claims(data: dict, config: Config) -> list[Claim]:
+    c = config
+    pred_slope = data["theory"]["kappa_path"]
+    slope, slope_se = data["fit"]["slope"], data["fit"]["slope_se"]
+    ratio = np.array([num(r["mean_escape_time"]) / r["predicted_time"] for r in data["escape"]])
+    h_c, h50 = floats(data["pulse"]["h_c"]), floats(data["pulse"]["h_50"])
+    rel = np.abs(h50 / h_c - 1.0)
+    return [
         Claim(
             "nexp-kramers-slope",
             f"N = {c.n_experts}, a = {c.a:g} (metastable): log of the mean escape time of the "
@@ -207,38 +242,9 @@ def run(config: Config, progress=None) -> ExperimentResult:
             holds=bool(np.all(np.isfinite(rel)) and np.all(rel <= c.pulse_tolerance)),
         ),
     ]
-    # the potential and the noise along the path, for the figure
-    d = np.linspace(-0.5, th.d_c + 0.5, 400)
-    x = th.x_of_d(d)
-    n = c.n_experts
-    zmax = np.maximum(d, 0.0)
-    ew, el = np.exp(d - zmax), np.exp(-zmax)
-    den = ew + (n - 1) * el
-    pw = ew / den
-    # logsumexp(r / T) on the line r = x u: r_l / T + log(e^d + N - 1)
-    lse = -x / (c.T * math.sqrt(n * (n - 1))) + zmax + np.log(den)
-    V = 0.5 * c.gamma * x**2 - c.a * c.T * lse + c.a * c.T * math.log(n)
-    s = n * pw * (1 - pw) / (n - 1)
-    data = {
-        "theory": {
-            "barrier": th.barrier,
-            "kappa_path": th.kappa_path,
-            "d_s": th.d_s,
-            "d_c": th.d_c,
-            "lambda_u": th.lambda_u,
-            "lambda_s": th.lambda_s,
-            "transverse_factor": th.transverse,
-            "stop_gap": gap,
-        },
-        "escape": rows,
-        "fit": {"slope": float(slope), "intercept": float(icpt), "slope_se": slope_se},
-        "pulse": {"cells": cells, "taus": list(c.pulse_taus), "h_c": h_c, "h_50": h50},
-        "path": {"d": d, "V": V, "noise_ratio": s * n},
-    }
-    return ExperimentResult(data=data, claims=claims)
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
 
@@ -246,7 +252,7 @@ def plot(result: ExperimentResult, config: Config):
     from ..style import COLORS, THEORY, figure_style, panel_label
 
     c = config
-    d = result.data
+    d = data
     th = d["theory"]
     with figure_style():
         fig, axs = plt.subplots(1, 3, figsize=(7.2, 2.6), layout="constrained")

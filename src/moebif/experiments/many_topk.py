@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..params import RouterParams
-from .base import Claim, ExperimentResult
+from .base import Claim, num
 
 ID = "nexp-topk"
 TITLE = "Top-k routing: linear and saddle-node thresholds against k"
@@ -182,7 +182,7 @@ def _measure_saddle_node(p: RouterParams, k: int, batch: int, c: Config, seed: i
     }
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     from ..model.topk import topk_collapse_threshold, topk_linear_threshold
 
     c = config
@@ -205,17 +205,24 @@ def run(config: Config, progress=None) -> ExperimentResult:
         rows.append({"n": n, "k": k, "batch": batch, **lin, **sn})
         if progress:
             progress(i + 1, len(c.cases))
-    rel_lin = [abs(r["a_lin_measured"] / r["a_lin"] - 1) for r in rows]
-    rel_sn = [abs(r["a_sn_measured"] / r["a_sn"] - 1) for r in rows]
+    return {"theory": theory, "simulation": rows}
+
+
+def claims(data: dict, config: Config) -> list[Claim]:
+    c, rows = config, data["simulation"]
+    lin = [num(r["a_lin_measured"]) for r in rows]
+    sn = [num(r["a_sn_measured"]) for r in rows]
+    rel_lin = [abs(m / r["a_lin"] - 1) for m, r in zip(lin, rows, strict=True)]
+    rel_sn = [abs(m / r["a_sn"] - 1) for m, r in zip(sn, rows, strict=True)]
     label = ", ".join(f"({r['n']}, {r['k']})" for r in rows)
-    claims = [
+    return [
         Claim(
             "nexp-topk-linear",
             "Linear threshold of top-k routing a_lin = k gamma T / alpha_k, alpha_k = "
             "(N-k)/(N-1) (H_N - H_{N-k}), against the decay rate of contrast perturbations "
             f"in the batch router, (N, k) = {label}",
             predicted=[r["a_lin"] for r in rows],
-            measured=[r["a_lin_measured"] for r in rows],
+            measured=lin,
             tolerance=f"relative error <= {c.tolerance:.0%} each (worst {max(rel_lin):.2%})",
             holds=max(rel_lin) <= c.tolerance,
         ),
@@ -225,20 +232,19 @@ def run(config: Config, progress=None) -> ExperimentResult:
             "mean field) against the recovery point of slow downward ramps of a, extrapolated "
             f"to rate -> 0, (N, k) = {label}",
             predicted=[r["a_sn"] for r in rows],
-            measured=[r["a_sn_measured"] for r in rows],
+            measured=sn,
             tolerance=f"relative error <= {c.tolerance:.0%} each (worst {max(rel_sn):.2%})",
             holds=max(rel_sn) <= c.tolerance,
         ),
     ]
-    return ExperimentResult(data={"theory": theory, "simulation": rows}, claims=claims)
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, figure_style, panel_label
 
-    d = result.data
+    d = data
     ns = sorted({t["n"] for t in d["theory"]})
     with figure_style():
         fig, axs = plt.subplots(1, len(ns), figsize=(7.2, 2.8), layout="constrained")
