@@ -10,16 +10,19 @@ Both train the same models with the same seeds, minibatches and optimiser for ``
 
 The loop's models end with exactly the parameters of their batched counterparts (checked here
 too). Each method is timed ``REPEATS`` times, the fastest kept; torch runs on one thread, as in
-``reproduce``. Run: ``python benchmarks/bench_ensemble.py``.
+``reproduce``. Run: ``python benchmarks/bench_ensemble.py [--json PATH]``; exits 1 below
+target (table and checks also in ``bench-results/ensemble.json``).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import numpy as np
 import torch
+from _report import Report, arguments
 
 from moebif.experiments.fig04_digits import Config
 from moebif.nn import (
@@ -55,7 +58,8 @@ def _train(data, settings, seeds, h, lam, T):
     return model
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    args = arguments(__doc__, argv)
     c, h, lam, seeds, settings = _workload()
     data = digits_data(test_fraction=c.test_fraction, seed=c.split_seed)
     M = h.size
@@ -77,27 +81,28 @@ def main() -> None:
         for k, solo in zip(pick, alone, strict=True)
         for p, q in zip(batched.parameters(), solo.parameters(), strict=True)
     )
-    ratio = best_loop / best_batched
-    print(
+    report = Report(
+        "ensemble",
         f"fig04 workload: {M} models (digits, hard top-1, experts 64-4-10), {STEPS} steps of "
-        f"batch {c.batch}; torch {torch.__version__}, 1 thread; best of {REPEATS}"
+        f"batch {c.batch}; torch {torch.__version__}, 1 thread; best of {REPEATS}",
+        json_path=args.json,
     )
-    header = f"{'method':<44} {'seconds':>9} {'model-steps/s':>14}"
-    print(header)
-    print("-" * len(header))
-    print(
-        f"{'batched ensemble (one model axis)':<44} {best_batched:>9.2f} "
-        f"{M * STEPS / best_batched:>14.0f}"
+    report.table(
+        "",
+        [("method", "<44"), ("seconds", ">9.2f"), ("model-steps/s", ">14.0f")],
+        [
+            ["batched ensemble (one model axis)", best_batched, M * STEPS / best_batched],
+            [
+                f"loop of {M} models (timed on {LOOP_MODELS}, scaled)",
+                best_loop,
+                M * STEPS / best_loop,
+            ],
+        ],
     )
-    print(
-        f"{f'loop of {M} models (timed on {LOOP_MODELS}, scaled)':<44} {best_loop:>9.2f} "
-        f"{M * STEPS / best_loop:>14.0f}"
-    )
-    print("-" * len(header))
-    print(f"members bit-identical to the models trained alone: {same}")
-    verdict = "ok" if ratio >= TARGET else "BELOW TARGET"
-    print(f"batched / loop speed-up: {ratio:.1f}x   target >= {TARGET:g}x   {verdict}")
+    report.check("batched / loop speed-up", best_loop / best_batched, TARGET)
+    report.require("members bit-identical to the models trained alone", same)
+    return report.finish()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,17 +11,20 @@ small (40 runs x 10^4 steps) and large (4000 runs x 10^3 steps). Measured side b
 
 Each method is timed ``REPEATS`` times, interleaved with the others, and the fastest time is
 kept (the machine may be shared). Numba compilation happens in a warm-up before any timing.
-Run: ``python benchmarks/bench_router.py``.
+Run: ``python benchmarks/bench_router.py [--json PATH]``; exits 1 if a ratio is below its
+target (table and checks also in ``bench-results/router.json``).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 
 import numba
 import numpy as np
+from _report import Report, arguments
 
 from moebif.params import RouterParams
 from moebif.sim.router import simulate_batch_router, simulate_batch_router_reference
@@ -96,13 +99,21 @@ def measure(runs: int, steps: int, max_threads: int) -> dict[str, float]:
     return best
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    args = arguments(__doc__, argv)
     max_threads = min(2, numba.config.NUMBA_NUM_THREADS)
     # warm-up: compile (or load from the on-disk cache) the serial and the parallel kernels
     for threads in (1, max_threads):
         simulate_batch_router(PARAMS, batch=BATCH, eta=ETA, steps=10, runs=4, threads=threads)
 
-    rows, checks = [], []
+    report = Report(
+        "router",
+        f"batch router, a={PARAMS.a:g} gamma={PARAMS.gamma:g} T={PARAMS.T:g} h={PARAMS.h:g} "
+        f"B={BATCH} eta={ETA:g}; numba {numba.__version__}, numpy {np.__version__}, "
+        f"threading layer {numba.threading_layer()}; best of {REPEATS}",
+        json_path=args.json,
+    )
+    rows = []
     for ens, (runs, steps) in ENSEMBLES.items():
         best = measure(runs, steps, max_threads)
         work = runs * steps
@@ -110,40 +121,35 @@ def main() -> None:
         naive = best["naive per-token loop (extrapolated)"]
         for name, sec in best.items():
             rows.append(
-                (f"{ens} ({runs} x {steps})", name, sec, work / sec, floor / sec, naive / sec)
+                [f"{ens} ({runs} x {steps})", name, sec, work / sec, floor / sec, naive / sec]
             )
         k_multi = best[f"kernel, {max_threads} threads"]
         k_one = best["kernel, 1 thread"]
-        checks.append(
-            (f"{ens}: kernel ({max_threads} threads) / floor", floor / k_multi, TARGETS["floor"])
+        report.check(
+            f"{ens}: kernel ({max_threads} threads) / floor", floor / k_multi, TARGETS["floor"]
         )
-        checks.append((f"{ens}: kernel (1 thread) / floor", floor / k_one, TARGETS["floor"]))
-        checks.append(
-            (f"{ens}: kernel ({max_threads} threads) / naive", naive / k_multi, TARGETS["naive"])
+        report.check(f"{ens}: kernel (1 thread) / floor", floor / k_one, TARGETS["floor"])
+        report.check(
+            f"{ens}: kernel ({max_threads} threads) / naive", naive / k_multi, TARGETS["naive"]
         )
-        if ens == "large":
-            checks.append(
-                (f"{ens}: {max_threads} threads / 1 thread", k_one / k_multi, TARGETS["threads"])
+        if ens == "large" and max_threads > 1:
+            report.check(
+                f"{ens}: {max_threads} threads / 1 thread", k_one / k_multi, TARGETS["threads"]
             )
-
-    header = (
-        f"{'ensemble':<22} {'method':<38} {'seconds':>10} {'replica-steps/s':>16} "
-        f"{'x floor':>8} {'x naive':>9}"
+    report.table(
+        "",
+        [
+            ("ensemble", "<22"),
+            ("method", "<38"),
+            ("seconds", ">10.4f"),
+            ("replica-steps/s", ">16.3e"),
+            ("x floor", ">8.2f"),
+            ("x naive", ">9.1f"),
+        ],
+        rows,
     )
-    print(
-        f"batch router, a={PARAMS.a:g} gamma={PARAMS.gamma:g} T={PARAMS.T:g} h={PARAMS.h:g} "
-        f"B={BATCH} eta={ETA:g}; numba {numba.__version__}, numpy {np.__version__}, "
-        f"threading layer {numba.threading_layer()}; best of {REPEATS}"
-    )
-    print(header)
-    print("-" * len(header))
-    for ens, name, sec, rate, vs_floor, vs_naive in rows:
-        print(f"{ens:<22} {name:<38} {sec:>10.4f} {rate:>16.3e} {vs_floor:>8.2f} {vs_naive:>9.1f}")
-    print("-" * len(header))
-    for label, value, target in checks:
-        verdict = "ok" if value >= target else "BELOW TARGET"
-        print(f"{label:<45} {value:>9.2f}x   target >= {target:g}x   {verdict}")
+    return report.finish()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

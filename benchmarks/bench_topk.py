@@ -12,17 +12,20 @@ one-winner state. Measured side by side, best of ``REPEATS`` interleaved runs:
 - naive: a per-token Python loop of sequential draws without replacement (timed on a short
   run, extrapolated).
 
-Run: ``python benchmarks/bench_topk.py`` (about a minute).
+Run: ``python benchmarks/bench_topk.py [--json PATH]`` (about a minute); exits 1 if a ratio is
+below its target (table and checks also in ``bench-results/topk.json``).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 
 import numba
 import numpy as np
+from _report import Report, arguments
 
 from moebif.model.topk import topk_linear_threshold
 from moebif.params import RouterParams
@@ -40,6 +43,10 @@ RUNS, STEPS = 256, 400
 ETA = 0.02
 REPEATS = 3
 NAIVE_REPLICA_STEPS = 20
+# targets: the kernel keeps >= 80 % of the speed of its own sampler alone (the update costs
+# little next to the draws), and is two orders of magnitude faster than a per-token Python loop
+TARGET_FLOOR = 0.8
+TARGET_NAIVE = 100.0
 
 
 def _setup(n, k, state):
@@ -99,7 +106,7 @@ def _timed(fn):
     return time.perf_counter() - t0
 
 
-def _case(n, k, batch, state, threads) -> str:
+def _case(n, k, batch, state, threads) -> list:
     """Time one case; returns its table row."""
     p, r0 = _setup(n, k, state)
     common = dict(
@@ -123,36 +130,61 @@ def _case(n, k, batch, state, threads) -> str:
     t_naive *= RUNS * STEPS / NAIVE_REPLICA_STEPS
     rs = RUNS * STEPS
     picks = rs * batch * k
-    return (
-        f"{n:>3} {k:>2} {batch:>4} {state:>9} | "
-        + " ".join(
-            f"{rs / t:>9.3g}"
-            for t in (best["kernel"], best["1 thread"], best["floor"], t_np, t_naive)
-        )
-        + f" | {best['1 thread'] / picks * 1e9:>7.2f} {best['floor'] / best['1 thread']:>8.2f}"
-        f" {best['1 thread'] / best['kernel']:>7.2f} {t_np / best['kernel']:>8.0f}"
-        f" {t_naive / best['kernel']:>8.0f}"
-    )
+    return [
+        n,
+        k,
+        batch,
+        state,
+        *(rs / t for t in (best["kernel"], best["1 thread"], best["floor"], t_np, t_naive)),
+        best["1 thread"] / picks * 1e9,
+        best["floor"] / best["1 thread"],
+        best["1 thread"] / best["kernel"],
+        t_np / best["kernel"],
+        t_naive / best["kernel"],
+    ]
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    args = arguments(__doc__, argv)
     threads = numba.config.NUMBA_NUM_THREADS
-    print(f"top-k batch router: {RUNS} runs x {STEPS} steps, eta {ETA}, {threads} threads\n")
-    head = (
-        f"{'N':>3} {'k':>2} {'B':>4} {'state':>9} | {'kernel':>9} {'1 thread':>9} "
-        f"{'floor':>9} {'numpy':>9} {'naive':>9} | {'ns/pick':>7} {'vs floor':>8} "
-        f"{'threads':>7} {'vs numpy':>8} {'vs naive':>8}"
+    report = Report(
+        "topk",
+        f"top-k batch router: {RUNS} runs x {STEPS} steps, eta {ETA}, {threads} threads",
+        json_path=args.json,
     )
-    print(head)
-    print("-" * len(head))
-    for n, k, batch, state in CASES:
-        print(_case(n, k, batch, state, threads))
-    print(
-        "\ncolumns: replica-steps per second; ns/pick = single-thread time per token-expert pick;"
-        "\nvs floor = floor time / 1-thread kernel time (>= 0.8 wanted); threads = 1-thread / "
-        "all-thread time;\nvs numpy, vs naive = speed-up of the kernel over those baselines."
+    rows = [_case(n, k, batch, state, threads) for n, k, batch, state in CASES]
+    rate = ">9.3g"
+    report.table(
+        "",
+        [
+            ("N", ">3"),
+            ("k", ">2"),
+            ("B", ">4"),
+            ("state", ">9"),
+            ("kernel", rate),
+            ("1 thread", rate),
+            ("floor", rate),
+            ("numpy", rate),
+            ("naive", rate),
+            ("ns/pick", ">7.2f"),
+            ("vs floor", ">8.2f"),
+            ("threads", ">7.2f"),
+            ("vs numpy", ">8.0f"),
+            ("vs naive", ">8.0f"),
+        ],
+        rows,
     )
+    report.note(
+        "columns: replica-steps per second; ns/pick = single-thread time per token-expert pick;"
+        "\nvs floor = floor time / 1-thread kernel time; threads = 1-thread / all-thread time;"
+        "\nvs numpy, vs naive = speed-up of the kernel over those baselines."
+    )
+    for n, k, batch, state, *_, vs_floor, _threads, _numpy, vs_naive in rows:
+        case = f"N={n} k={k} B={batch} {state}"
+        report.check(f"{case}: 1-thread kernel / floor", vs_floor, TARGET_FLOOR)
+        report.check(f"{case}: kernel / naive loop", vs_naive, TARGET_NAIVE)
+    return report.finish()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,17 +11,18 @@ import time
 import pytest
 
 from moebif.experiments import load_experiment
+from moebif.experiments.runner import evaluate
 
 
 @pytest.mark.parametrize("exp_id", ["fig07", "fig10", "fig11"])
 def test_quick_variant_claims_hold(exp_id):
     mod = load_experiment(exp_id)
     cfg = mod.quick()
-    res = mod.run(cfg)
+    res = evaluate(mod, cfg)
     assert res.claims
     for c in res.claims:
         assert c.holds, (c.id, c.predicted, c.measured, c.tolerance)
-    fig = mod.plot(res, cfg)
+    fig = mod.plot(res.data, cfg)
     assert fig.axes
     import matplotlib.pyplot as plt
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from moebif.experiments import REGISTRY
-from moebif.experiments.runner import run_one
+from moebif.experiments.runner import evaluate, run_one
 
 MODULES = {"fig06": "fig06_meanfield", "fig08": "fig08_collapse_region", "fig09": "fig09_onset"}
 CLAIMS = {
@@ -31,7 +31,7 @@ def quick_results():
         mod = _module(exp_id)
         cfg = mod.quick()
         calls = []
-        res = mod.run(cfg, progress=lambda d, n, calls=calls: calls.append((d, n)))
+        res = evaluate(mod, cfg, progress=lambda d, n, calls=calls: calls.append((d, n)))
         out[exp_id] = (mod, cfg, res, calls)
     return out
 
@@ -47,7 +47,7 @@ def test_quick_run_claims_hold_and_plot(exp_id, quick_results):
     for c in res.claims:
         assert c.holds, c
     assert calls and calls[-1][0] == calls[-1][1]  # progress reached its total
-    fig = mod.plot(res, cfg)
+    fig = mod.plot(res.data, cfg)
     assert len(fig.axes) >= 2
     plt.close(fig)
 
@@ -107,6 +107,6 @@ def test_same_seed_same_result():
     mod = _module("fig08")
     cfg = dataclasses.replace(mod.quick(), T_points=3, gamma_points=3, runs=4)
     a, b = mod.run(cfg), mod.run(cfg)
-    assert np.array_equal(a.data["final_abs_u_mean"], b.data["final_abs_u_mean"])
+    assert np.array_equal(a["final_abs_u_mean"], b["final_abs_u_mean"])
     c = mod.run(dataclasses.replace(cfg, seed=1))
-    assert not np.array_equal(a.data["final_abs_u_mean"], c.data["final_abs_u_mean"])
+    assert not np.array_equal(a["final_abs_u_mean"], c["final_abs_u_mean"])

@@ -49,7 +49,7 @@ def test_reproduce_skips_complete_and_writes_report(tmp_path):
 def test_every_experiment_has_the_interface(exp_id):
     mod = load_experiment(exp_id)
     assert mod.ID == exp_id and mod.TITLE and mod.PAPER
-    assert callable(mod.run) and callable(mod.plot)
+    assert callable(mod.run) and callable(mod.claims) and callable(mod.plot)
     assert type(mod.quick()) is mod.Config
 
 

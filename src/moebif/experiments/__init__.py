@@ -10,9 +10,12 @@ Each module defines ``ID``, ``TITLE``, ``PAPER`` (where in the paper), a frozen 
   a finished run can be re-checked from its ``data.json`` (``moebif reproduce --recheck``);
 - ``plot(data, config) -> matplotlib Figure``;
 
-and optionally ``notes(data, config) -> str``. (Modules not yet split return an
-``ExperimentResult`` from ``run`` and take it in ``plot``; the runner accepts both.) Modules are
-imported lazily.
+and optionally ``notes(data, config) -> str``. The runner hands ``claims``, ``plot`` and
+``notes`` the data exactly as it reads back from ``data.json`` (lists for arrays, ``None`` for
+NaN; :func:`moebif.experiments.base.json_roundtrip`), so whatever they need must be in the data,
+and a re-check from the saved file gives the same claims. ``run`` derives every random stream
+from ``config.seed`` (``moebif reproduce --seed K`` / ``--seeds S`` replace it; see
+:func:`moebif.experiments.runner.experiment_seed`). Modules are imported lazily.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..params import RouterParams
 from ..sim.hysteresis import extrapolate_hysteresis
+from .base import num
 
 # Sweep rates dh/dt (ODE time). The lag behind the fold shrinks like rate^(2/3); halving rates
 # down to 1.25e-3 keep the slowest loop's excess width below ~5% of 2H(a) for a - rho >= 3 and
@@ -57,7 +58,7 @@ def plot_width_scan(
     from ..style import THEORY
 
     ax.plot(x_theory, w_theory, **THEORY, label=theory_label)
-    slow = [p["width"][-1] for p in points]
+    slow = [num(p["width"][-1]) for p in points]
     ax.plot(
         x,
         slow,
@@ -69,7 +70,7 @@ def plot_width_scan(
     )
     ax.plot(
         x,
-        [p["width_extrapolated"] for p in points],
+        [num(p["width_extrapolated"]) for p in points],
         "o",
         color=colors[0],
         ms=5,
@@ -85,7 +86,7 @@ def plot_rate_dependence(ax, point: dict, colors):
 
     v = np.asarray(point["rates"], dtype=float)
     w = np.asarray(point["width"], dtype=float)
-    f = point["fit"]
+    f = {k: num(x) for k, x in point["fit"].items()}
     vv = np.linspace(0, v.max(), 200)
     ax.plot(v ** (2 / 3), w, "o", color=colors[0], ms=5, label="measured loop width")
     ax.plot(

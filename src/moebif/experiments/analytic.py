@@ -16,7 +16,7 @@ import numpy as np
 from ..model import two_expert as th
 from ..model.meanfield import jacobian, uniform_state
 from ..params import RouterParams
-from .base import Claim, ExperimentResult
+from .base import Claim
 
 ID = "theory"
 TITLE = "Pitchfork, folds, cusp and hysteresis band of the reduced router (6)"
@@ -55,8 +55,9 @@ def _brute_force_count(p: RouterParams, n: int = 20001) -> int:
     return int(np.count_nonzero(np.sign(f[:-1]) != np.sign(f[1:])))
 
 
-def _claims(cfg: Config) -> list[Claim]:
-    claims = []
+def _checks(cfg: Config) -> dict:
+    """The measurements behind the claims (root counts, residuals, eigenvalues): JSON-ready."""
+    out: dict = {}
     # Thm 4.1 on both sides of (and at) the threshold
     counts, ok = [], True
     for g, T in cfg.gamma_T_sets:
@@ -69,18 +70,7 @@ def _claims(cfg: Config) -> list[Claim]:
         ok &= len(at) == 1 and at[0].stable and at[0].eigenvalue == 0.0
         ok &= [e.stable for e in above] == [True, False, True] and above[1].y == 0.0
         ok &= math.isclose(above[0].y, -above[2].y, rel_tol=1e-14)
-    claims.append(
-        Claim(
-            "thm4.1",
-            "Pitchfork at a = 2 gamma T: one stable equilibrium for a <= 2 gamma T "
-            "(non-hyperbolic at equality); for a > 2 gamma T, y = 0 unstable and +-y* stable",
-            predicted="counts [1, 1, 3] at a/(2 gamma T) = 0.9, 1, 1.1; "
-            "stabilities S | S(0) | S U S",
-            measured={"counts": counts},
-            tolerance="exact",
-            holds=bool(ok),
-        )
-    )
+    out["thm4.1"] = {"counts": counts, "as_stated": bool(ok)}
 
     # Thm 5.1 (a): fold residuals along (16)
     q = np.linspace(-3, 3, 601)
@@ -95,16 +85,7 @@ def _claims(cfg: Config) -> list[Claim]:
                 abs(float(th.drift(y, p))) / (ai + g * abs(y) + abs(hi)),
                 abs(float(th.drift_dy(y, p))) / (ai / (2 * T) + g),
             )
-    claims.append(
-        Claim(
-            "thm5.1-folds",
-            "Along the curve (16), F = F_y = 0 (fold points)",
-            predicted=0.0,
-            measured=worst,
-            tolerance="<= 1e-10 (relative to the terms' size)",
-            holds=worst <= 1e-10,
-        )
-    )
+    out["thm5.1-folds"] = {"worst_residual": float(worst)}
 
     # Thm 5.1 (b): three roots iff |h| < H(a), against brute-force sign counting
     rng = np.random.default_rng(cfg.seed)
@@ -120,16 +101,7 @@ def _claims(cfg: Config) -> list[Claim]:
         n_code = len(th.equilibria(p))
         total += 1
         agree += n_code == _brute_force_count(p) == (3 if abs(h) < H else 1)
-    claims.append(
-        Claim(
-            "thm5.1-count",
-            "For a > 2 gamma T there are three equilibria iff |h| < H(a) (17)-(18), else one",
-            predicted=1.0,
-            measured=agree / total,
-            tolerance=f"all of {total} random (a, gamma, T, h) agree with brute-force counting",
-            holds=agree == total,
-        )
-    )
+    out["thm5.1-count"] = {"agree": int(agree), "total": int(total)}
 
     # Prop. 6.1
     dev = 0.0
@@ -144,17 +116,7 @@ def _claims(cfg: Config) -> list[Claim]:
             abs(d["F_ya"] - 1 / (2 * T)) * 2 * T,
             abs(d["F_h"] - 1),
         )
-    claims.append(
-        Claim(
-            "prop6.1",
-            "At (0, 2 gamma T, 0): F = F_y = F_yy = 0, F_yyy = -gamma/(2T^2), F_h = 1, "
-            "F_ya = 1/(2T)",
-            predicted=0.0,
-            measured=dev,
-            tolerance="max relative deviation <= 1e-12",
-            holds=dev <= 1e-12,
-        )
-    )
+    out["prop6.1"] = {"max_deviation": float(dev)}
 
     # eq. (21) vs (16) near the cusp
     qs = np.array([0.1, 0.03, 0.01])
@@ -162,17 +124,7 @@ def _claims(cfg: Config) -> list[Claim]:
     ratio = th.cusp_fold_approximation(a, cfg.gamma, cfg.T) / th.hysteresis_halfwidth(
         a, cfg.gamma, cfg.T
     )
-    claims.append(
-        Claim(
-            "eq21-vs-eq16",
-            "The normal-form fold set 4 mu^3 = 27 eps^2 (21), with eps = h sqrt(a/24T^3), "
-            "matches the exact fold curve (16) to leading order near the cusp",
-            predicted=1.0,
-            measured={"q": qs, "ratio": ratio},
-            tolerance="|ratio - 1| decreasing and < 1e-3 at q = 0.01",
-            holds=bool(np.all(np.diff(np.abs(ratio - 1)) < 0) and abs(ratio[-1] - 1) < 1e-3),
-        )
-    )
+    out["eq21-vs-eq16"] = {"q": qs, "ratio": ratio}
 
     # eqs. (9)-(10)
     worst, flips = 0.0, True
@@ -184,22 +136,77 @@ def _claims(cfg: Config) -> list[Claim]:
             expect = np.sort([pr["common"]] + [pr["contrast"]] * (n - 1))
             worst = max(worst, float(np.max(np.abs(ev - expect))))
             flips &= (ev[-1] < 0) == (kappa < 1)
-    claims.append(
+    out["eq9-10"] = {"worst_eigenvalue_error": float(worst), "sign_change": bool(flips)}
+    return out
+
+
+def claims(data: dict, config: Config) -> list[Claim]:
+    cfg, ck = config, data["checks"]
+    t41 = ck["thm4.1"]
+    worst_fold = ck["thm5.1-folds"]["worst_residual"]
+    agree, total = ck["thm5.1-count"]["agree"], ck["thm5.1-count"]["total"]
+    dev = ck["prop6.1"]["max_deviation"]
+    qs, ratio = np.asarray(ck["eq21-vs-eq16"]["q"]), np.asarray(ck["eq21-vs-eq16"]["ratio"])
+    worst_ev, flips = ck["eq9-10"]["worst_eigenvalue_error"], ck["eq9-10"]["sign_change"]
+    return [
+        Claim(
+            "thm4.1",
+            "Pitchfork at a = 2 gamma T: one stable equilibrium for a <= 2 gamma T "
+            "(non-hyperbolic at equality); for a > 2 gamma T, y = 0 unstable and +-y* stable",
+            predicted="counts [1, 1, 3] at a/(2 gamma T) = 0.9, 1, 1.1; "
+            "stabilities S | S(0) | S U S",
+            measured={"counts": t41["counts"]},
+            tolerance="exact",
+            holds=bool(t41["as_stated"]),
+        ),
+        Claim(
+            "thm5.1-folds",
+            "Along the curve (16), F = F_y = 0 (fold points)",
+            predicted=0.0,
+            measured=worst_fold,
+            tolerance="<= 1e-10 (relative to the terms' size)",
+            holds=worst_fold <= 1e-10,
+        ),
+        Claim(
+            "thm5.1-count",
+            "For a > 2 gamma T there are three equilibria iff |h| < H(a) (17)-(18), else one",
+            predicted=1.0,
+            measured=agree / total,
+            tolerance=f"all of {total} random (a, gamma, T, h) agree with brute-force counting",
+            holds=agree == total,
+        ),
+        Claim(
+            "prop6.1",
+            "At (0, 2 gamma T, 0): F = F_y = F_yy = 0, F_yyy = -gamma/(2T^2), F_h = 1, "
+            "F_ya = 1/(2T)",
+            predicted=0.0,
+            measured=dev,
+            tolerance="max relative deviation <= 1e-12",
+            holds=dev <= 1e-12,
+        ),
+        Claim(
+            "eq21-vs-eq16",
+            "The normal-form fold set 4 mu^3 = 27 eps^2 (21), with eps = h sqrt(a/24T^3), "
+            "matches the exact fold curve (16) to leading order near the cusp",
+            predicted=1.0,
+            measured={"q": qs, "ratio": ratio},
+            tolerance="|ratio - 1| decreasing and < 1e-3 at q = 0.01",
+            holds=bool(np.all(np.diff(np.abs(ratio - 1)) < 0) and abs(ratio[-1] - 1) < 1e-3),
+        ),
         Claim(
             "eq9-10",
             "N-expert Jacobian at the uniform state: -gamma (common mode), a/(NT) - gamma "
             "(multiplicity N-1); the uniform state loses stability at a = N gamma T",
             predicted=0.0,
-            measured=worst,
+            measured=worst_ev,
             tolerance=f"max |eigenvalue error| <= 1e-10 for N in {list(cfg.expert_counts)}; "
             "sign change across kappa = 1",
-            holds=worst <= 1e-10 and flips,
-        )
-    )
-    return claims
+            holds=worst_ev <= 1e-10 and flips,
+        ),
+    ]
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     cfg = config
     g, T = cfg.gamma, cfg.T
     ac = 2 * g * T
@@ -260,18 +267,18 @@ def run(config: Config, progress=None) -> ExperimentResult:
     }
     if progress:
         progress(2, 3)
-    claims = _claims(cfg)
+    data["checks"] = _checks(cfg)
     if progress:
         progress(3, 3)
-    return ExperimentResult(data=data, claims=claims)
+    return data
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, THEORY, figure_style, panel_label
 
-    d = result.data
+    d = data
     g, T = config.gamma, config.T
     ac = 2 * g * T
     with figure_style():

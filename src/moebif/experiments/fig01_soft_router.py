@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..model.crossing import first_crossing
-from .base import Claim, ExperimentResult
+from .base import Claim, floats, num
 
 ID = "fig01"
 TITLE = "Trainable soft router under a slow skew scan: load, boundary and error"
@@ -62,7 +62,7 @@ def quick() -> Config:
     return Config(h_step=0.5, steps_per_h=75, warmup_steps=500, seeds=8)
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     from ..nn import (
         SoftRouterMoE,
         Trainer,
@@ -139,13 +139,23 @@ def run(config: Config, progress=None) -> ExperimentResult:
         k: float(np.mean(legs[k]["alpha"][i] > 0)) for k, i in at0.items()
     }
     data_out["switch_h"] = {
-        f"{name} E u = {level:+g}": _switches(legs[name], first_crossing, level)[0]
+        f"{name} E u = {level:+g}": _switches(legs[name], level)[0]
         for name in ("up", "down")
         for level in (0.5, -0.5)
     }
-    claims = _claims(c, legs, single, first_crossing)
-    pos = data_out["alpha_positive_at_h0"]
-    claims.append(
+    return data_out
+
+
+def _legs(data: dict) -> dict:
+    """The scan legs of ``data`` (as saved) with every series as a float array (NaN for None)."""
+    return {name: {k: floats(v) for k, v in leg.items()} for name, leg in data["legs"].items()}
+
+
+def claims(data: dict, config: Config) -> list[Claim]:
+    legs = _legs(data)
+    out = _scan_claims(config, legs, data["single_expert_mse"])
+    pos = data["alpha_positive_at_h0"]
+    out.append(
         Claim(
             "fig01-labels",
             "The two scan directions correspond to different expert label assignments: at h = 0 "
@@ -156,7 +166,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
             holds=bool(abs(pos["up"] - pos["down"]) >= 0.75),
         )
     )
-    return ExperimentResult(data=data_out, claims=claims, notes=_notes(c, data_out, single))
+    return out
 
 
 def _single_expert_mse(data) -> float:
@@ -168,7 +178,7 @@ def _single_expert_mse(data) -> float:
     return float(np.mean((A @ coef - y) ** 2))
 
 
-def _switches(leg, first_crossing, level: float) -> tuple[float, list[float]]:
+def _switches(leg, level: float) -> tuple[float, list[float]]:
     """First crossing of ``E u_hat = level`` along a leg: for the seed mean and for every seed."""
     h = leg["h"]
     mean = first_crossing(h, leg["Eu_mean"], level)
@@ -176,8 +186,8 @@ def _switches(leg, first_crossing, level: float) -> tuple[float, list[float]]:
     return mean, per_seed
 
 
-def _claims(c: Config, legs: dict, single: float, first_crossing) -> list[Claim]:
-    claims = []
+def _scan_claims(c: Config, legs: dict, single: float) -> list[Claim]:
+    out = []
     # (1) central region, both scan directions
     eu_c, x_c, mse_c = [], [], []
     for leg in (legs["up"], legs["down"]):
@@ -186,7 +196,7 @@ def _claims(c: Config, legs: dict, single: float, first_crossing) -> list[Claim]
         x_c.append(float(np.max(np.abs(leg["x_star_median"][sel]))))  # NaN (no split) fails
         mse_c.append(float(np.max(leg["mse_mean"][sel])))
     ok = max(eu_c) <= 0.1 and max(x_c) < 0.2 and max(mse_c) <= 0.5 * single
-    claims.append(
+    out.append(
         Claim(
             "fig01-central",
             f"In the central region |h| <= {c.central:g} both experts are used on both scans: "
@@ -211,7 +221,7 @@ def _claims(c: Config, legs: dict, single: float, first_crossing) -> list[Claim]
             ends[key] = (float(leg["Eu_mean"][i]), float(leg["mse_mean"][i]))
     eu_end = [abs(v[0]) for v in ends.values()]
     rel = [abs(v[1] / single - 1) for v in ends.values()]
-    claims.append(
+    out.append(
         Claim(
             "fig01-collapse",
             f"For large |h| (= {c.h_max:g}) the load collapses onto one expert and the MSE rises "
@@ -226,8 +236,8 @@ def _claims(c: Config, legs: dict, single: float, first_crossing) -> list[Claim]
     # (3) hysteresis: the two scans pass E u_hat = +-1/2 at different h
     widths, seed_ok, detail = [], True, {}
     for level in (0.5, -0.5):
-        up_m, up_s = _switches(legs["up"], first_crossing, level)
-        dn_m, dn_s = _switches(legs["down"], first_crossing, level)
+        up_m, up_s = _switches(legs["up"], level)
+        dn_m, dn_s = _switches(legs["down"], level)
         w = up_m - dn_m
         widths.append(w)
         per = np.array(up_s) - np.array(dn_s)
@@ -237,7 +247,7 @@ def _claims(c: Config, legs: dict, single: float, first_crossing) -> list[Claim]
             "h down": dn_m,
             "min width over seeds": float(np.nanmin(per)) if np.isfinite(per).any() else None,
         }
-    claims.append(
+    out.append(
         Claim(
             "fig01-hysteresis",
             "The up and down scans switch at different h (hysteresis): the upward scan reaches "
@@ -250,12 +260,13 @@ def _claims(c: Config, legs: dict, single: float, first_crossing) -> list[Claim]
             holds=bool(min(widths) > 2 * c.h_step and seed_ok),
         )
     )
-    return claims
+    return out
 
 
-def _notes(c: Config, d: dict, single: float) -> str:
-    pos, sw = d["alpha_positive_at_h0"], d["switch_h"]
-    mse0 = float(np.min(d["legs"]["up"]["mse_mean"]))
+def notes(data: dict, config: Config) -> str:
+    d, single = data, data["single_expert_mse"]
+    pos, sw = d["alpha_positive_at_h0"], {k: num(v) for k, v in d["switch_h"].items()}
+    mse0 = float(np.min(floats(d["legs"]["up"]["mse_mean"])))
     return (
         "Settings not in the paper are ours and listed in the config with reasons. "
         f"The best single affine fit has MSE {single:.4f}; in the balanced state the two experts "
@@ -277,12 +288,12 @@ def _notes(c: Config, d: dict, single: float) -> str:
     )
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, THEORY, figure_style, panel_label
 
-    d = result.data
+    d = data
     legs = d["legs"]
     style = {
         "prep": {"color": "0.6", "marker": "", "label": "first descent from h = 0"},

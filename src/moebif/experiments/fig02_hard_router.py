@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Claim, ExperimentResult
+from .base import Claim, floats
 
 ID = "fig02"
 TITLE = "Hard top-1 router (straight-through) under a skew scan, with and without balancing"
@@ -53,7 +53,7 @@ def quick() -> Config:
     return Config(h_step=0.5, steps_per_h=75, warmup_steps=500, seeds=8)
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     from ..nn import (
         AffineExperts,
         HardTop1MoE,
@@ -112,13 +112,21 @@ def run(config: Config, progress=None) -> ExperimentResult:
                 "mse_sd": mse.std(axis=1),
                 "load": u,
             }
-    data_out = {"runs": runs, "member_seeds": seeds}
-    return ExperimentResult(data=data_out, claims=_claims(c, runs), notes=_notes(c, runs))
+    return {"runs": runs, "member_seeds": seeds}
 
 
-def _claims(c: Config, runs: dict) -> list[Claim]:
+def _runs(data: dict) -> dict:
+    """The scans of ``data`` (as saved), numeric series as float arrays."""
+    return {
+        key: {k: (v if k in ("lambda_lb", "direction") else floats(v)) for k, v in r.items()}
+        for key, r in data["runs"].items()
+    }
+
+
+def claims(data: dict, config: Config) -> list[Claim]:
+    c, runs = config, _runs(data)
     lo, hi = min(c.lambdas), max(c.lambdas)
-    claims = []
+    out = []
     # (1) no balancing: saturation toward +-1 and rising MSE at large |h|
     ends, mse_end, mse_mid = {}, [], []
     for name in ("up", "down"):
@@ -129,7 +137,7 @@ def _claims(c: Config, runs: dict) -> list[Claim]:
             mse_end.append(float(r["mse_mean"][i]))
         mid = np.abs(h) <= 0.5 + 1e-9
         mse_mid.append(float(np.mean(r["mse_mean"][mid])))
-    claims.append(
+    out.append(
         Claim(
             "fig02-saturation",
             f"Without balancing (lambda_lb = {lo:g}) the hard load saturates toward +-1 as |h| "
@@ -167,7 +175,7 @@ def _claims(c: Config, runs: dict) -> list[Claim]:
         )
         for n in ("up", "down")
     )
-    claims.append(
+    out.append(
         Claim(
             "fig02-balancing",
             f"lambda_lb = {hi:g} delays saturation and lowers |u_hat| at every |h|",
@@ -181,11 +189,11 @@ def _claims(c: Config, runs: dict) -> list[Claim]:
             holds=bool(worst < 0 and delayed),
         )
     )
-    return claims
+    return out
 
 
-def _notes(c: Config, runs: dict) -> str:
-    r1 = runs[f"{max(c.lambdas):g}/up"]
+def notes(data: dict, config: Config) -> str:
+    r1 = data["runs"][f"{max(config.lambdas):g}/up"]
     return (
         "Settings not in the paper are ours and listed in the config with reasons. The router "
         "has no bias, as in the paper, so at h = 0 the hard boundary is exactly x = 0 and both "
@@ -197,12 +205,12 @@ def _notes(c: Config, runs: dict) -> str:
     )
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, figure_style, panel_label
 
-    runs = result.data["runs"]
+    runs = data["runs"]
     lo = min(config.lambdas)
     with figure_style():
         fig, axs = plt.subplots(3, 1, figsize=(4.6, 6.4), sharex=True, layout="constrained")

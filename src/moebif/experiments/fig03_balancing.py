@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Claim, ExperimentResult
+from .base import Claim, floats
 
 ID = "fig03"
 TITLE = "Load-balancing penalty on the hard top-1 MoE at fixed skew h = 2"
@@ -50,7 +50,7 @@ def quick() -> Config:
     return Config(lambdas=(0.0, 0.01, 0.1, 1.0, 10.0, 30.0, 100.0), steps=600, seeds=8)
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     from ..nn import (
         AffineExperts,
         HardTop1MoE,
@@ -87,7 +87,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
     shape = (len(c.lambdas), c.seeds)
     u = np.abs(final["load"]).reshape(shape)
     mse = final["mse"].reshape(shape)
-    data_out = {
+    return {
         "lambda_lb": np.asarray(c.lambdas),
         "abs_load_mean": u.mean(axis=1),
         "abs_load_sd": u.std(axis=1),
@@ -98,12 +98,12 @@ def run(config: Config, progress=None) -> ExperimentResult:
         "abs_load_history_mean": np.array([hh.reshape(shape).mean(axis=1) for hh in history]),
         "member_seeds": seeds,
     }
-    return ExperimentResult(data=data_out, claims=_claims(c, data_out), notes=_notes(c, data_out))
 
 
-def _claims(c: Config, d: dict) -> list[Claim]:
-    lam = np.asarray(d["lambda_lb"])
-    u, mse = np.asarray(d["abs_load_mean"]), np.asarray(d["mse_mean"])
+def claims(data: dict, config: Config) -> list[Claim]:
+    c, d = config, data
+    lam = floats(d["lambda_lb"])
+    u, mse = floats(d["abs_load_mean"]), floats(d["mse_mean"])
     small = lam <= c.small
     large = lam >= c.large
     i0 = int(np.argmin(lam))
@@ -132,9 +132,10 @@ def _claims(c: Config, d: dict) -> list[Claim]:
     ]
 
 
-def _notes(c: Config, d: dict) -> str:
-    lam = np.asarray(d["lambda_lb"])
-    u = np.asarray(d["abs_load_mean"])
+def notes(data: dict, config: Config) -> str:
+    d = data
+    lam = floats(d["lambda_lb"])
+    u = floats(d["abs_load_mean"])
     below = lam[u < 0.25]
     return (
         "Settings not in the paper are ours (config, with reasons). Without balancing the final "
@@ -151,12 +152,12 @@ def _notes(c: Config, d: dict) -> str:
     )
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, figure_style
 
-    d = result.data
+    d = data
     lam = np.asarray(d["lambda_lb"], dtype=float)
     pos = lam[lam > 0]
     zero_at = pos.min() / 4  # lambda_lb = 0 drawn left of the log axis, labelled "0"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Claim, ExperimentResult
+from .base import Claim, floats
 
 ID = "fig04"
 TITLE = "Hard top-1 MoE on digits: test load imbalance and accuracy against the skew h"
@@ -104,7 +104,7 @@ def train_grid(c, h: np.ndarray, lam: np.ndarray, seed: int, progress=None) -> d
     }
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     c = config
     grid = [(h, lb) for lb in c.lambdas for h in c.h_values]
     h = np.repeat([g[0] for g in grid], c.inits).astype(float)
@@ -126,8 +126,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
             "abs_load": u,
             "accuracy": acc,
         }
-    data_out = {"curves": curves, "member_seeds": res["member_seeds"]}
-    return ExperimentResult(data=data_out, claims=_claims(c, curves), notes=_notes(c, curves))
+    return {"curves": curves, "member_seeds": res["member_seeds"]}
 
 
 def _spearman(x, y) -> float:
@@ -136,13 +135,14 @@ def _spearman(x, y) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def _claims(c: Config, curves: dict) -> list[Claim]:
+def claims(data: dict, config: Config) -> list[Claim]:
+    c, curves = config, data["curves"]
     lo, hi = min(c.lambdas), max(c.lambdas)
     r0, r1 = curves[f"{lo:g}"], curves[f"{hi:g}"]
     h = np.asarray(c.h_values)
     i0, imax = int(np.argmin(np.abs(h))), int(np.argmax(h))
-    u0, a0 = np.asarray(r0["abs_load_mean"]), np.asarray(r0["accuracy_mean"])
-    u1, a1 = np.asarray(r1["abs_load_mean"]), np.asarray(r1["accuracy_mean"])
+    u0, a0 = floats(r0["abs_load_mean"]), floats(r0["accuracy_mean"])
+    u1, a1 = floats(r1["abs_load_mean"]), floats(r1["accuracy_mean"])
     rho = _spearman(h, u0)
     drop = float(a0[i0] - a0[imax])
     dev1 = float(np.max(np.abs(a1 - a1[i0])))
@@ -182,8 +182,9 @@ def _claims(c: Config, curves: dict) -> list[Claim]:
     ]
 
 
-def _notes(c: Config, curves: dict) -> str:
-    r0 = curves[f"{min(c.lambdas):g}"]
+def notes(data: dict, config: Config) -> str:
+    c = config
+    r0 = data["curves"][f"{min(c.lambdas):g}"]
     return (
         "Settings not in the paper are ours (config, with reasons). Accuracies are on the "
         f"held-out 30 % split (540 images: one image is 0.19 points); {c.inits} initialisations "
@@ -197,12 +198,12 @@ def _notes(c: Config, curves: dict) -> str:
     )
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, figure_style, panel_label
 
-    curves = result.data["curves"]
+    curves = data["curves"]
     lo = min(config.lambdas)
     with figure_style():
         fig, axs = plt.subplots(2, 1, figsize=(4.4, 4.8), sharex=True, layout="constrained")

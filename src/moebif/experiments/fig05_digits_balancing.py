@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Claim, ExperimentResult
+from .base import Claim, floats
 from .fig04_digits import train_grid
 
 ID = "fig05"
@@ -44,6 +44,12 @@ class Config:
     split_seed: int = 0
     # claims: "large" penalty lambda_lb >= large
     large: float = 1.0
+    # fig05-load-unbalanced: "noticeable imbalance" (the paper) read as the mean |u_hat| at
+    # lambda_lb = 0 at least this many times the mean at lambda_lb >= large, with a bootstrap
+    # interval (over inits) that excludes 1
+    imbalance_ratio: float = 3.0
+    bootstrap: int = 2000
+    bootstrap_level: float = 0.95
     threads: int = 1
     seed: int = 5
 
@@ -52,7 +58,7 @@ def quick() -> Config:
     return Config(lambdas=(0.0, 0.1, 1.0, 3.0, 10.0), steps=600, inits=12)
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     c = config
     n = len(c.lambdas)
     # members: every lambda_lb at h, then the unskewed reference (h = 0, lambda_lb = 0)
@@ -62,7 +68,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
     u = res["abs_load"][: n * c.inits].reshape(n, c.inits)
     acc = res["accuracy"][: n * c.inits].reshape(n, c.inits)
     ref = res["accuracy"][n * c.inits :]
-    data_out = {
+    return {
         "lambda_lb": np.asarray(c.lambdas),
         "abs_load_mean": u.mean(axis=1),
         "abs_load_sd": u.std(axis=1),
@@ -75,26 +81,37 @@ def run(config: Config, progress=None) -> ExperimentResult:
         "reference_abs_load_mean": float(res["abs_load"][n * c.inits :].mean()),
         "member_seeds": res["member_seeds"],
     }
-    return ExperimentResult(data=data_out, claims=_claims(c, data_out), notes=_notes(c, data_out))
 
 
-def _claims(c: Config, d: dict) -> list[Claim]:
-    lam = np.asarray(d["lambda_lb"])
-    u, acc = np.asarray(d["abs_load_mean"]), np.asarray(d["accuracy_mean"])
+def claims(data: dict, config: Config) -> list[Claim]:
+    c, d = config, data
+    lam = floats(d["lambda_lb"])
+    u, acc = floats(d["abs_load_mean"]), floats(d["accuracy_mean"])
     i0 = int(np.argmin(lam))
     large = lam >= c.large
     ref = d["reference_accuracy_mean"]
     acc_large = float(acc[large].mean())
+    u_all = floats(d["abs_load"])  # (lambda_lb, init)
+    ratio, interval = _imbalance_ratio(u_all, i0, large, c)
     return [
         Claim(
             "fig05-load-unbalanced",
-            f"At h = {c.h:g} without balancing the load is noticeably imbalanced: |u_hat| > 0.6 "
-            "at lambda_lb = 0",
-            predicted="> 0.6",
-            measured=float(u[i0]),
-            tolerance=f"mean over {c.inits} inits (standard error "
-            f"{float(np.asarray(d['abs_load'])[i0].std() / np.sqrt(c.inits)):.3f})",
-            holds=bool(u[i0] > 0.6),
+            f"At h = {c.h:g} the load is clearly more imbalanced without balancing than with a "
+            f"large penalty: the mean |u_hat| at lambda_lb = 0 is at least {c.imbalance_ratio:g}x "
+            f"the mean at lambda_lb >= {c.large:g} (the paper: a noticeable imbalance at "
+            "lambda_lb = 0 turning into nearly balanced usage as lambda_lb grows)",
+            predicted=f">= {c.imbalance_ratio:g}, bootstrap interval above 1",
+            measured={
+                "ratio": ratio,
+                f"{c.bootstrap_level:.0%} bootstrap interval": interval,
+                "|u_hat| at lambda_lb = 0": float(u[i0]),
+                f"|u_hat| at lambda_lb >= {c.large:g}": float(u_all[large].mean()),
+            },
+            tolerance=f"means over {c.inits} inits a point; {c.bootstrap} bootstrap resamples "
+            "of the inits at every lambda_lb. Earlier versions required |u_hat| > 0.6 at "
+            "lambda_lb = 0: that threshold was ours, not the paper's "
+            f"(measured {float(u[i0]):.3f})",
+            holds=bool(ratio >= c.imbalance_ratio and interval[0] > 1.0),
         ),
         Claim(
             "fig05-load-balanced",
@@ -124,36 +141,56 @@ def _claims(c: Config, d: dict) -> list[Claim]:
     ]
 
 
-def _notes(c: Config, d: dict) -> str:
+def _imbalance_ratio(u: np.ndarray, i0: int, large: np.ndarray, c: Config):
+    """Mean |u_hat| at lambda_lb = 0 over the mean at lambda_lb >= large (pooled inits), and its
+    percentile bootstrap interval: the inits of every lambda_lb resampled independently."""
+    ratio = float(u[i0].mean() / u[large].mean())
+    rng = np.random.default_rng(np.random.SeedSequence([c.seed, 5]))
+    n = u.shape[1]
+    idx0 = rng.integers(0, n, size=(c.bootstrap, n))
+    idx = rng.integers(0, n, size=(c.bootstrap, int(large.sum()), n))
+    top = u[i0][idx0].mean(axis=1)
+    bottom = np.take_along_axis(u[large][None, :, :], idx, axis=2).mean(axis=(1, 2))
+    q = (1.0 - c.bootstrap_level) / 2.0
+    lo, hi = np.quantile(top / bottom, [q, 1.0 - q])
+    return ratio, [float(lo), float(hi)]
+
+
+def notes(data: dict, config: Config) -> str:
+    c, d = config, data
     i0 = int(np.argmin(d["lambda_lb"]))
-    u0 = np.asarray(d["abs_load"])[i0]
+    u0 = floats(d["abs_load"])[i0]
     return (
         "Settings not in the paper are ours (config, with reasons; model and optimiser as fig04). "
         f"At h = {c.h:g} and lambda_lb = 0 the mean |u_hat| is {float(u0.mean()):.2f}, and it "
         f"varies widely between initialisations ({float(u0.min()):.2f} to "
         f"{float(u0.max()):.2f}): the unbalanced router is only partly collapsed at this skew. "
-        "Over five base seeds (5, 6, 7, 11, 12) the 20-init mean was 0.517, 0.599, 0.586, 0.598 "
-        "and 0.524, so the "
-        "expected value sits just below the 0.6 of the claim rather than clearly above it. We "
-        "found no reasonable setting that moves it clearly above 0.6 (tried: T = 0.5, 1, 2; "
+        "The paper calls this a noticeable imbalance that turns into nearly balanced usage as "
+        "lambda_lb grows; the claim fig05-load-unbalanced states exactly that, as a ratio of the "
+        f"mean |u_hat| at lambda_lb = 0 to the mean at lambda_lb >= {c.large:g}, with a bootstrap "
+        "interval over the inits. Earlier versions of this reproduction required instead "
+        "|u_hat| > 0.6 at lambda_lb = 0. That threshold was our own number, not the paper's. Here "
+        f"the mean is {float(u0.mean()):.3f} ({'above' if u0.mean() > 0.6 else 'below'} 0.6), "
+        "and it is below 0.6 at most seeds: over five base seeds (5, 6, "
+        "7, 11, 12) the 20-init mean was 0.517, 0.599, 0.586, 0.598 and 0.524. No reasonable "
+        "setting moved it clearly above 0.6 (tried: T = 0.5, 1, 2; "
         "lr 0.02-0.1 with and without momentum; batch 64 and 128; 500-2000 steps; router "
         "initialised as nn.Linear, scaled by 0.3, or at zero: 0.50-0.64 with 10 inits each; "
         "Adam with an L2 penalty on the router strong enough to reach 0.7 makes balancing fail "
         "at large h instead); the collapse of fig04 becomes nearly complete (> 0.9) only from "
-        "h ~ 4. The fall to a balanced load (< 0.15) at lambda_lb >= 1 and the recovery of the "
-        "accuracy do reproduce. "
+        "h ~ 4. "
         f"The unskewed reference reaches {d['reference_accuracy_mean']:.1f} % "
         f"(sd {d['reference_accuracy_sd']:.1f} over initialisations). As in the paper, the "
         "accuracy need not be monotone in lambda_lb point by point; its trend is."
     )
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, THEORY, figure_style, panel_label
 
-    d = result.data
+    d = data
     lam = np.asarray(d["lambda_lb"], dtype=float)
     pos = lam[lam > 0]
     zero_at = pos.min() / 4  # lambda_lb = 0 drawn left of the log axis, labelled "0"

@@ -23,7 +23,7 @@ import numpy as np
 from ..model.meanfield import solve_meanfield
 from ..params import RouterParams
 from ..sim.router import simulate_batch_router, stationary_spread
-from .base import Claim, ExperimentResult
+from .base import Claim
 
 ID = "fig06"
 TITLE = "Batch router vs the mean-field ODE: transient, stationary spread, eta -> 0 limit"
@@ -194,9 +194,10 @@ def _convergence(cfg: Config, p: RouterParams, progress) -> dict:
     }
 
 
-def _claims(cfg: Config, data: dict) -> list[Claim]:
+def claims(data: dict, config: Config) -> list[Claim]:
+    cfg = config
     tr, st, cv = data["transient"], data["stationary"], data["convergence"]
-    claims = [
+    out = [
         Claim(
             "fig06-meanfield",
             f"The mean of u_hat over {cfg.runs} runs of the batch router (a={cfg.a:g}, "
@@ -211,7 +212,7 @@ def _claims(cfg: Config, data: dict) -> list[Claim]:
     ]
     rel_u = st["measured_u_hat_std"] / st["predicted_u_hat_std"] - 1.0
     rel_y = st["measured_y_std"] / st["predicted_y_std"] - 1.0
-    claims.append(
+    out.append(
         Claim(
             "fig06-spread",
             "Around the stable state the stationary spread of the batch router matches the "
@@ -233,7 +234,7 @@ def _claims(cfg: Config, data: dict) -> list[Claim]:
     weak, strong = np.array(cv["weak_error"]), np.array(cv["strong_error"])
     mono_w = bool(np.all(np.diff(weak) < 0))
     mono_s = bool(np.all(np.diff(strong) < 0))
-    claims.append(
+    out.append(
         Claim(
             "prop3.1",
             "Mean-field limit (Prop. 3.1): as eta -> 0 the batch router approaches the ODE on a "
@@ -254,10 +255,10 @@ def _claims(cfg: Config, data: dict) -> list[Claim]:
             holds=mono_w and mono_s and weak[-1] < weak[0] / 2,
         )
     )
-    return claims
+    return out
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     cfg = config
     p = RouterParams(a=cfg.a, gamma=cfg.gamma, T=cfg.T, h=cfg.h)
     # work units: the transient (4), the stationary run (4), one per eta of the eta scan
@@ -271,18 +272,17 @@ def run(config: Config, progress=None) -> ExperimentResult:
     stationary = _stationary(cfg, p)
     report(8)
     convergence = _convergence(cfg, p, lambda d, n: report(8 + d))
-    data = {"transient": transient, "stationary": stationary, "convergence": convergence}
-    return ExperimentResult(data=data, claims=_claims(cfg, data))
+    return {"transient": transient, "stationary": stationary, "convergence": convergence}
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
     from ..style import COLORS, THEORY, figure_style, panel_label
 
     cfg = config
-    tr, st, cv = (result.data[k] for k in ("transient", "stationary", "convergence"))
+    tr, st, cv = (data[k] for k in ("transient", "stationary", "convergence"))
     with figure_style():
         fig = plt.figure(figsize=(7.0, 5.4), layout="constrained")
         top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.05])

@@ -16,7 +16,7 @@ from ..model import two_expert as th
 from ..params import RouterParams
 from ..sim.hysteresis import sweep_hysteresis
 from . import _hysteresis as hy
-from .base import Claim, ExperimentResult
+from .base import Claim, num
 
 ID = "fig07"
 TITLE = "Hysteresis of the empirical load under a slow skew sweep"
@@ -43,7 +43,7 @@ def quick() -> Config:
     return Config(display_rate=0.005, rates=hy.QUICK_RATES, runs=8)
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     c = config
     p = RouterParams(a=c.a, gamma=c.gamma, T=c.T)
     loop = sweep_hysteresis(
@@ -55,6 +55,10 @@ def run(config: Config, progress=None) -> ExperimentResult:
     if progress:
         progress(2, 2)
     H = th.hysteresis_halfwidth(c.a, c.gamma, c.T)
+    # history dependence at h = 0, read on the full loop: the load on the way up and down
+    up0 = float(np.interp(0.0, loop.h[loop.upward], loop.u_mean[loop.upward]))
+    dn = ~loop.upward
+    dn0 = float(np.interp(0.0, loop.h[dn][::-1], loop.u_mean[dn][::-1]))
     # thin the loop to ~2000 points per leg for the data file and the figure
     k = max(1, loop.h.size // 4000)
     data = {
@@ -69,12 +73,19 @@ def run(config: Config, progress=None) -> ExperimentResult:
         },
         "rates": point,
         "H": H,
+        "u_at_h0": {"up": up0, "down": dn0},
     }
-    claims = []
+    return data
+
+
+def claims(data: dict, config: Config) -> list[Claim]:
+    c, point, H = config, data["rates"], data["H"]
+    p = RouterParams(a=c.a, gamma=c.gamma, T=c.T)
+    out = []
     for key, sign, name in (("up_extrapolated", 1, "up"), ("down_extrapolated", -1, "down")):
-        measured = point[key]
+        measured = num(point[key])
         rel = abs(measured - sign * H) / H
-        claims.append(
+        out.append(
             Claim(
                 f"fig07-switch-{name}",
                 f"Switching threshold of the {'upward' if sign > 0 else 'downward'} sweep at "
@@ -87,11 +98,9 @@ def run(config: Config, progress=None) -> ExperimentResult:
             )
         )
     # history dependence at h = 0: lower branch on the way up, upper branch on the way down
-    up0 = float(np.interp(0.0, loop.h[loop.upward], loop.u_mean[loop.upward]))
-    dn = ~loop.upward
-    dn0 = float(np.interp(0.0, loop.h[dn][::-1], loop.u_mean[dn][::-1]))
+    up0, dn0 = data["u_at_h0"]["up"], data["u_at_h0"]["down"]
     u_star = th.equilibria(p)[-1].u
-    claims.append(
+    out.append(
         Claim(
             "fig07-bistable",
             "At the same h = 0 the load depends on history: u_hat on the lower "
@@ -102,15 +111,15 @@ def run(config: Config, progress=None) -> ExperimentResult:
             holds=abs(up0 + u_star) <= 0.05 and abs(dn0 - u_star) <= 0.05,
         )
     )
-    return ExperimentResult(data=data, claims=claims)
+    return out
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, THEORY, figure_style, panel_label
 
-    d = result.data
+    d = data
     c = config
     lp = d["loop"]
     h, u, s, up = (np.asarray(lp[k]) for k in ("h", "u_mean", "u_std", "upward"))

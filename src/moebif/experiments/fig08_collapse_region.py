@@ -33,7 +33,7 @@ import numpy as np
 from ..model import two_expert as th
 from ..params import RouterParams
 from ..sim.router import simulate_batch_router
-from .base import Claim, ExperimentResult
+from .base import Claim, floats
 
 ID = "fig08"
 TITLE = "Collapse region in the (T, gamma) plane at h = 0 against the threshold a = 2 gamma T"
@@ -120,7 +120,7 @@ def meanfield_collapse(kappa: np.ndarray) -> np.ndarray:
     return out
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     cfg = config
     Ts, gammas = _grid(cfg.T_range, cfg.T_points), _grid(cfg.gamma_range, cfg.gamma_points)
     final = np.empty((gammas.size, Ts.size))
@@ -140,7 +140,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
     disagree = outside & (collapsed != predicted)
     n_out = int(outside.sum())
     agreement = float(1.0 - disagree.sum() / n_out)
-    data = {
+    return {
         "T": Ts,
         "gamma": gammas,
         "kappa": kappa,
@@ -155,7 +155,16 @@ def run(config: Config, progress=None) -> ExperimentResult:
         "t_end": cfg.horizon_gamma / gammas,
         "steps_per_cell": round(cfg.horizon_gamma / cfg.eta_gamma),
     }
-    claims = [
+
+
+def claims(data: dict, config: Config) -> list[Claim]:
+    cfg = config
+    kappa = floats(data["kappa"])
+    outside = np.asarray(data["outside_band"], dtype=bool)
+    disagree = np.asarray(data["disagree"], dtype=bool)
+    n_out = int(outside.sum())
+    agreement = data["agreement"]
+    return [
         Claim(
             "fig08-threshold",
             f"At h = 0, a = {cfg.a:g} the batch router collapses (final mean |u_hat| > "
@@ -174,7 +183,6 @@ def run(config: Config, progress=None) -> ExperimentResult:
             holds=agreement >= cfg.min_agreement,
         )
     ]
-    return ExperimentResult(data=data, claims=claims)
 
 
 def _edges(centres: np.ndarray) -> np.ndarray:
@@ -184,14 +192,14 @@ def _edges(centres: np.ndarray) -> np.ndarray:
     return np.exp(np.concatenate([[2 * lc[0] - mid[0]], mid, [2 * lc[-1] - mid[-1]]]))
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
     from ..style import COLORS, THEORY, figure_style, panel_label
 
     cfg = config
-    d = result.data
+    d = data
     Ts, gammas = np.asarray(d["T"]), np.asarray(d["gamma"])
     final, kappa = np.asarray(d["final_abs_u_mean"]), np.asarray(d["kappa"])
     disagree, outside = np.asarray(d["disagree"], bool), np.asarray(d["outside_band"], bool)

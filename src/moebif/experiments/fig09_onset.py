@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Claim, ExperimentResult
+from .base import Claim, floats, num
 from .fig08_collapse_region import final_abs_u
 
 ID = "fig09"
@@ -89,7 +89,7 @@ def onset(T: np.ndarray, m: np.ndarray, level: float) -> float:
     return math.nan
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     cfg = config
     gammas = np.asarray(cfg.gammas, dtype=float)
     x = np.asarray(cfg.T_over_Tc, dtype=float)
@@ -120,7 +120,7 @@ def run(config: Config, progress=None) -> ExperimentResult:
         else math.nan
     )
 
-    data = {
+    return {
         "gamma": gammas,
         "Tc": Tc,
         "T_over_Tc": x,
@@ -134,8 +134,16 @@ def run(config: Config, progress=None) -> ExperimentResult:
         "eta": cfg.eta_gamma / gammas,
         "t_end": cfg.horizon_gamma / gammas,
     }
+
+
+def claims(data: dict, config: Config) -> list[Claim]:
+    cfg = config
+    gammas, Tc = floats(data["gamma"]), floats(data["Tc"])
+    T_on, T_on_sd = floats(data["T_onset"]), floats(data["T_onset_sd"])
+    ratio, exponent = floats(data["ratio"]), num(data["exponent"])
+    finite = np.isfinite(T_on)
     ok_ratio = bool(np.all(finite) and np.all((ratio >= cfg.ratio_min) & (ratio < 1.0)))
-    claims = [
+    return [
         Claim(
             "fig09-onset",
             f"At a = {cfg.a:g}, h = 0 the finite-time onset of collapse (final mean |u_hat| = "
@@ -156,16 +164,15 @@ def run(config: Config, progress=None) -> ExperimentResult:
             holds=bool(abs(exponent + 1.0) <= cfg.exponent_tol),
         ),
     ]
-    return ExperimentResult(data=data, claims=claims)
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, THEORY, figure_style, panel_label
 
     cfg = config
-    d = result.data
+    d = data
     gammas, Tc = np.asarray(d["gamma"]), np.asarray(d["Tc"])
     x, mean, se = (np.asarray(d[k]) for k in ("T_over_Tc", "final_abs_u_mean", "final_abs_u_se"))
     T_on, T_sd, ratio = (np.asarray(d[k], dtype=float) for k in ("T_onset", "T_onset_sd", "ratio"))

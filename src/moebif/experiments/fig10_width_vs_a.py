@@ -10,7 +10,7 @@ import numpy as np
 from ..model import two_expert as th
 from ..params import RouterParams
 from . import _hysteresis as hy
-from .base import Claim, ExperimentResult
+from .base import Claim, num
 
 ID = "fig10"
 TITLE = "Hysteresis width vs feedback strength"
@@ -36,7 +36,7 @@ def quick() -> Config:
     return Config(a_values=(2.5, 3.0, 4.0, 6.0), rates=hy.QUICK_RATES)
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     c = config
     points = []
     for i, a in enumerate(c.a_values):
@@ -46,26 +46,34 @@ def run(config: Config, progress=None) -> ExperimentResult:
         if progress:
             progress(i + 1, len(c.a_values))
     a_th = np.linspace(2 * c.gamma * c.T, max(c.a_values) * 1.05, 300)
-    data = {
+    return {
         "points": points,
         "a_theory": a_th,
         "width_theory": 2 * th.hysteresis_halfwidth(a_th, c.gamma, c.T),
     }
+
+
+def _width(p: dict) -> float:
+    return num(p["width_extrapolated"])
+
+
+def claims(data: dict, config: Config) -> list[Claim]:
+    c, points = config, data["points"]
     checked = [p for p in points if p["a"] >= c.claim_a_min]
-    rel = [abs(p["width_extrapolated"] / p["predicted_width"] - 1) for p in checked]
-    claims = [
+    rel = [abs(_width(p) / p["predicted_width"] - 1) for p in checked]
+    out = [
         Claim(
             "fig10-width",
             f"Hysteresis width equals 2H(a) (eq. 18) for every a >= "
             f"{c.claim_a_min:g} scanned (rate -> 0 extrapolation)",
             predicted={f"a={p['a']:g}": p["predicted_width"] for p in checked},
-            measured={f"a={p['a']:g}": p["width_extrapolated"] for p in checked},
+            measured={f"a={p['a']:g}": _width(p) for p in checked},
             tolerance=f"relative error <= {c.tolerance:.0%} each (worst {max(rel):.2%})",
             holds=max(rel) <= c.tolerance,
         )
     ]
-    widths = [p["width_extrapolated"] for p in points]
-    claims.append(
+    widths = [_width(p) for p in points]
+    out.append(
         Claim(
             "fig10-growth",
             "The loop width grows with the positive feedback a",
@@ -75,28 +83,31 @@ def run(config: Config, progress=None) -> ExperimentResult:
             holds=bool(np.all(np.diff(widths) > 0)),
         )
     )
-    near = [p for p in points if p["a"] < c.claim_a_min]
-    notes = ""
+    return out
+
+
+def notes(data: dict, config: Config) -> str:
+    near = [p for p in data["points"] if p["a"] < config.claim_a_min]
+    text = ""
     if near:
-        notes = (
+        text = (
             "Closer to the cusp ("
             + ", ".join(
-                f"a = {p['a']:g}: {p['width_extrapolated'] / p['predicted_width'] - 1:+.1%}"
-                for p in near
+                f"a = {p['a']:g}: {_width(p) / p['predicted_width'] - 1:+.1%}" for p in near
             )
             + ") the finite batch lets the router escape over the shallow "
             "barrier before the fold, and the lag is not yet in its rate^(2/3) regime, so the "
             "extrapolated width is less accurate; it is shown, not claimed."
         )
-    return ExperimentResult(data=data, claims=claims, notes=notes)
+    return text
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, figure_style, panel_label
 
-    d = result.data
+    d = data
     c = config
     pts = d["points"]
     with figure_style():
@@ -115,7 +126,7 @@ def plot(result: ExperimentResult, config: Config):
         panel_label(axs[0], "a")
         ax = axs[1]
         a = np.array([p["a"] for p in pts])
-        rel = np.array([p["width_extrapolated"] / p["predicted_width"] - 1 for p in pts])
+        rel = np.array([_width(p) / p["predicted_width"] - 1 for p in pts])
         ax.axhspan(
             -c.tolerance,
             c.tolerance,

@@ -13,7 +13,7 @@ import numpy as np
 from ..model import two_expert as th
 from ..params import RouterParams
 from . import _hysteresis as hy
-from .base import Claim, ExperimentResult
+from .base import Claim, num
 
 ID = "fig11"
 TITLE = "Suppression of hysteresis by negative load feedback"
@@ -39,7 +39,7 @@ def quick() -> Config:
     return Config(rho_values=(0.0, 1.0, 1.5, 2.0, 3.0), rates=hy.QUICK_RATES)
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     c = config
     p = RouterParams(a=c.a, gamma=c.gamma, T=c.T)
     points = []
@@ -49,17 +49,21 @@ def run(config: Config, progress=None) -> ExperimentResult:
             progress(i + 1, len(c.rho_values))
     rho_th = np.linspace(0, max(c.rho_values) * 1.05, 300)
     w_th = 2 * th.hysteresis_halfwidth(np.maximum(c.a - rho_th, 0.0), c.gamma, c.T)
-    data = {"points": points, "rho_theory": rho_th, "width_theory": w_th}
+    return {"points": points, "rho_theory": rho_th, "width_theory": w_th}
+
+
+def claims(data: dict, config: Config) -> list[Claim]:
+    c, points = config, data["points"]
     gT = c.gamma * c.T
     strong = [q for q in points if c.a - q["rho"] >= 2.5 * gT]
-    rel = [abs(q["width_extrapolated"] / q["predicted_width"] - 1) for q in strong]
+    rel = [abs(num(q["width_extrapolated"]) / q["predicted_width"] - 1) for q in strong]
     closed = [q for q in points if c.a - q["rho"] <= 2 * gT]
-    claims = [
+    return [
         Claim(
             "fig11-width",
             "Loop width follows 2H(a - rho) where a - rho >= 2.5 gamma T",
             predicted={f"rho={q['rho']:g}": q["predicted_width"] for q in strong},
-            measured={f"rho={q['rho']:g}": q["width_extrapolated"] for q in strong},
+            measured={f"rho={q['rho']:g}": num(q["width_extrapolated"]) for q in strong},
             tolerance=f"relative error <= {c.tolerance:.0%} each (worst {max(rel):.2%})",
             holds=max(rel) <= c.tolerance,
         ),
@@ -67,20 +71,19 @@ def run(config: Config, progress=None) -> ExperimentResult:
             "fig11-closed",
             "Hysteresis disappears when a - rho <= 2 gamma T",
             predicted={f"rho={q['rho']:g}": 0.0 for q in closed},
-            measured={f"rho={q['rho']:g}": q["width_extrapolated"] for q in closed},
+            measured={f"rho={q['rho']:g}": num(q["width_extrapolated"]) for q in closed},
             tolerance=f"|rate -> 0 width| < {c.closed_below:g}",
-            holds=all(abs(q["width_extrapolated"]) < c.closed_below for q in closed),
+            holds=all(abs(num(q["width_extrapolated"])) < c.closed_below for q in closed),
         ),
     ]
-    return ExperimentResult(data=data, claims=claims)
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, figure_style
 
-    d = result.data
+    d = data
     c = config
     pts = d["points"]
     with figure_style():

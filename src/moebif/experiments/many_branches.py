@@ -27,7 +27,7 @@ from ..model.symmetric import (
     winner_load,
 )
 from ..params import RouterParams
-from .base import Claim, ExperimentResult
+from .base import Claim, num
 
 ID = "nexp-branches"
 TITLE = "Bifurcation diagrams of the N-expert router: metastable balance below N gamma T"
@@ -181,11 +181,13 @@ def _profiles(p: RouterParams) -> list[np.ndarray]:
     return out
 
 
-def _claims(c: Config, table: list[dict]) -> tuple[list[Claim], dict]:
+def _checks(c: Config) -> dict:
+    """The measurements behind the claims: continuation against the closed forms, brute-force
+    Newton, the stability of the m >= 2 branches, the N = 2 fold curve. JSON-ready."""
     from ..model import two_expert as th
     from ..model.continuation import continue_equilibria, continue_folds
 
-    claims, data = [], {}
+    data: dict = {}
     # 1. fold of the m = 1 branch by continuation vs the closed form; stability along it
     worst_fold, worst_g, mismatch, bp_ok, rows = 0.0, 0.0, 0, True, []
     for n in c.continuation_experts:
@@ -225,40 +227,10 @@ def _claims(c: Config, table: list[dict]) -> tuple[list[Claim], dict]:
             }
         )
     data["continuation"] = rows
-    claims.append(
-        Claim(
-            "nexp-fold-continuation",
-            "The saddle-node of the one-winner branch found by pseudo-arclength continuation of "
-            "(8) equals the closed form a_SN = gamma T min_d g_1(d), N = "
-            + ", ".join(str(n) for n in c.continuation_experts),
-            predicted=[r["fold_closed_form"] for r in rows],
-            measured=[r["fold_continuation"] for r in rows],
-            tolerance="relative error <= 1e-9",
-            holds=worst_fold <= 1e-9,
-        )
-    )
-    claims.append(
-        Claim(
-            "nexp-branch-formula",
-            "Every continued equilibrium lies on a / (gamma T) = d (m e^d + N - m) / (e^d - 1), "
-            "and its stability (full Jacobian eigenvalues) equals the closed-form one",
-            predicted={"relative_residual": 0.0, "stability_mismatches": 0},
-            measured={"relative_residual": worst_g, "stability_mismatches": mismatch},
-            tolerance="residual <= 1e-10, no mismatch",
-            holds=worst_g <= 1e-10 and mismatch == 0,
-        )
-    )
-    claims.append(
-        Claim(
-            "nexp-branch-point",
-            "Continuation detects the branch point where the one-winner branch crosses the uniform "
-            "state, at a = N gamma T, with N - 1 eigenvalues crossing (the S_N-symmetric kernel)",
-            predicted="one branch point at N gamma T, multiplicity N - 1",
-            measured="as predicted" if bp_ok else "not as predicted",
-            tolerance="location within 1e-6 N",
-            holds=bool(bp_ok),
-        )
-    )
+    data["fold_worst_relative_error"] = worst_fold
+    data["branch_relative_residual"] = worst_g
+    data["stability_mismatches"] = mismatch
+    data["branch_point_as_predicted"] = bool(bp_ok)
 
     # 2. brute-force Newton: no equilibria besides the symmetric ones
     rng = np.random.default_rng(c.seed)
@@ -283,53 +255,19 @@ def _claims(c: Config, table: list[dict]) -> tuple[list[Claim], dict]:
             missing_stable += len(stable_idx - seen)
             nrows.append({"n": n, "a": a, "predicted": len(pred), "distinct_found": len(seen)})
     data["newton"] = nrows
-    claims.append(
-        Claim(
-            "nexp-newton-complete",
-            "Brute-force Newton from random starts finds no equilibrium of (8) outside the "
-            "symmetric m-winner families, and finds every stable one",
-            predicted={"equilibria_outside_families": 0, "stable_missed": 0},
-            measured={
-                "equilibria_outside_families": extra,
-                "stable_missed": missing_stable,
-                "converged_starts": n_found,
-            },
-            tolerance="exact counts",
-            holds=extra == 0 and missing_stable == 0,
-        )
-    )
+    data["newton_totals"] = {
+        "equilibria_outside_families": extra,
+        "stable_missed": missing_stable,
+        "converged_starts": n_found,
+    }
 
-    # 3. only the one-winner branch has stable states
+    # 3. only the one-winner branch has stable states: the m >= 2 branches with stable points
     others = {}
     for n in c.experts:
         if n > 2:
             ons = stable_onsets(n)
             others[n] = [m for m, v in ons.items() if m != 1 and math.isfinite(v)]
-    claims.append(
-        Claim(
-            "nexp-only-one-winner-stable",
-            "Only the one-winner branch (m = 1) has stable points: branches with m >= 2 winners "
-            "are unstable within the winners (eigenvalue gamma (d e^d / (e^d - 1) - 1) > 0)",
-            predicted=[],
-            measured=sorted({m for v in others.values() for m in v}),
-            tolerance="no stable point on any m >= 2 branch",
-            holds=all(not v for v in others.values()),
-        )
-    )
-
-    # 4. a_SN < N gamma T for N >= 3, = 2 gamma T (pitchfork) for N = 2
-    below = all(r["collapse_a"] < r["critical_a"] for r in table if r["n"] >= 3)
-    claims.append(
-        Claim(
-            "nexp-collapse-below-linear",
-            "For N >= 3 the stable collapsed state exists from a_SN < N gamma T: the balanced "
-            "router is only metastable for a_SN <= a < N gamma T",
-            predicted={r["n"]: r["critical_a"] for r in table},
-            measured={r["n"]: r["collapse_a"] for r in table},
-            tolerance="a_SN < N gamma T for every N >= 3",
-            holds=below,
-        )
-    )
+    data["stable_other_branches"] = others
 
     # 5. N = 2: the paper's pitchfork; fold curve (16) by two-parameter continuation
     d = np.linspace(0.01, 8, 200)
@@ -344,7 +282,84 @@ def _claims(c: Config, table: list[dict]) -> tuple[list[Claim], dict]:
     H = np.array([th.hysteresis_halfwidth(a, c.gamma, c.T) for a in fc.p2])
     fold_err = float(np.max(np.abs(np.abs(fc.p1) - H) / (H + c.gamma * c.T)))
     data["two_expert_fold_curve"] = {"a": fc.p2, "h": fc.p1, "H": H}
-    claims.append(
+    data["two_expert"] = {
+        "branch_residual": pitch,
+        "fold_curve_error": fold_err,
+        "fold_points": int(fc.p1.size),
+    }
+    return data
+
+
+def claims(data: dict, config: Config) -> list[Claim]:
+    c, ck, table = config, data["checks"], data["table"]
+    rows = ck["continuation"]
+    worst_fold = num(ck["fold_worst_relative_error"])
+    worst_g, mismatch = num(ck["branch_relative_residual"]), ck["stability_mismatches"]
+    nt, two = ck["newton_totals"], ck["two_expert"]
+    others = ck["stable_other_branches"]
+    pitch, fold_err = two["branch_residual"], two["fold_curve_error"]
+    out = [
+        Claim(
+            "nexp-fold-continuation",
+            "The saddle-node of the one-winner branch found by pseudo-arclength continuation of "
+            "(8) equals the closed form a_SN = gamma T min_d g_1(d), N = "
+            + ", ".join(str(n) for n in c.continuation_experts),
+            predicted=[r["fold_closed_form"] for r in rows],
+            measured=[r["fold_continuation"] for r in rows],
+            tolerance="relative error <= 1e-9",
+            holds=worst_fold <= 1e-9,
+        ),
+        Claim(
+            "nexp-branch-formula",
+            "Every continued equilibrium lies on a / (gamma T) = d (m e^d + N - m) / (e^d - 1), "
+            "and its stability (full Jacobian eigenvalues) equals the closed-form one",
+            predicted={"relative_residual": 0.0, "stability_mismatches": 0},
+            measured={"relative_residual": worst_g, "stability_mismatches": mismatch},
+            tolerance="residual <= 1e-10, no mismatch",
+            holds=worst_g <= 1e-10 and mismatch == 0,
+        ),
+        Claim(
+            "nexp-branch-point",
+            "Continuation detects the branch point where the one-winner branch crosses the uniform "
+            "state, at a = N gamma T, with N - 1 eigenvalues crossing (the S_N-symmetric kernel)",
+            predicted="one branch point at N gamma T, multiplicity N - 1",
+            measured="as predicted" if ck["branch_point_as_predicted"] else "not as predicted",
+            tolerance="location within 1e-6 N",
+            holds=bool(ck["branch_point_as_predicted"]),
+        ),
+        Claim(
+            "nexp-newton-complete",
+            "Brute-force Newton from random starts finds no equilibrium of (8) outside the "
+            "symmetric m-winner families, and finds every stable one",
+            predicted={"equilibria_outside_families": 0, "stable_missed": 0},
+            measured=dict(nt),
+            tolerance="exact counts",
+            holds=nt["equilibria_outside_families"] == 0 and nt["stable_missed"] == 0,
+        ),
+        Claim(
+            "nexp-only-one-winner-stable",
+            "Only the one-winner branch (m = 1) has stable points: branches with m >= 2 winners "
+            "are unstable within the winners (eigenvalue gamma (d e^d / (e^d - 1) - 1) > 0)",
+            predicted=[],
+            measured=sorted({m for v in others.values() for m in v}),
+            tolerance="no stable point on any m >= 2 branch",
+            holds=all(not v for v in others.values()),
+        ),
+    ]
+    # a_SN < N gamma T for N >= 3, = 2 gamma T (pitchfork) for N = 2
+    below = all(r["collapse_a"] < r["critical_a"] for r in table if r["n"] >= 3)
+    out.append(
+        Claim(
+            "nexp-collapse-below-linear",
+            "For N >= 3 the stable collapsed state exists from a_SN < N gamma T: the balanced "
+            "router is only metastable for a_SN <= a < N gamma T",
+            predicted={r["n"]: r["critical_a"] for r in table},
+            measured={r["n"]: r["collapse_a"] for r in table},
+            tolerance="a_SN < N gamma T for every N >= 3",
+            holds=below,
+        )
+    )
+    out.append(
         Claim(
             "nexp-n2-pitchfork",
             "N = 2: the one-winner branch is the paper's pitchfork a / (gamma T) = d coth(d / 2) "
@@ -355,7 +370,7 @@ def _claims(c: Config, table: list[dict]) -> tuple[list[Claim], dict]:
                 "a_SN": table[0]["collapse_a"],
                 "branch_residual": pitch,
                 "fold_curve_error": fold_err,
-                "fold_points": int(fc.p1.size),
+                "fold_points": two["fold_points"],
             },
             tolerance="branch residual and fold-curve error <= 1e-9",
             holds=pitch <= 1e-9
@@ -363,10 +378,10 @@ def _claims(c: Config, table: list[dict]) -> tuple[list[Claim], dict]:
             and table[0]["collapse_a"] == 2 * c.gamma * c.T,
         )
     )
-    return claims, data
+    return out
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     c = config
     diagrams = []
     for i, n in enumerate(c.experts):
@@ -387,24 +402,23 @@ def run(config: Config, progress=None) -> ExperimentResult:
                 "max_load_at_fold": winner_load(n, 1, d_sn) if n > 2 else 0.5,
             }
         )
-    claims, checks = _claims(c, table)
+    checks = _checks(c)
     if progress:
         progress(len(c.experts) + 1, len(c.experts) + 1)
-    data = {
+    return {
         "diagrams": diagrams,
         "table": table,
         "checks": checks,
         "units": "a in units of gamma T",
     }
-    return ExperimentResult(data=data, claims=claims)
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..style import COLORS, figure_style, panel_label
 
-    dgs = result.data["diagrams"]
+    dgs = data["diagrams"]
     with figure_style():
         ncol = 3
         nrow = -(-len(dgs) // ncol)

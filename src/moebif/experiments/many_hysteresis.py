@@ -19,7 +19,7 @@ import numpy as np
 
 from ..model.thresholds import thresholds
 from ..params import RouterParams
-from .base import Claim, ExperimentResult
+from .base import Claim, floats, num
 
 ID = "nexp-hysteresis"
 TITLE = "Collapse near N gamma T, recovery only at a_SN: hysteresis in the feedback a"
@@ -80,14 +80,14 @@ def _theory(n: int, k: int, gamma: float, T: float) -> dict:
     }
 
 
-def run(config: Config, progress=None) -> ExperimentResult:
+def run(config: Config, progress=None) -> dict:
     from scipy.optimize import OptimizeWarning
 
     from ..sim.hysteresis import fit_rate_law, sweep_feedback
 
     c = config
     p = RouterParams(a=1.0, gamma=c.gamma, T=c.T, n_experts=c.n_experts)
-    cases, claims = [], []
+    cases = []
     total = len(c.cases) * len(c.rates)
     done = 0
     for ci, (k, batch) in enumerate(c.cases):
@@ -147,55 +147,64 @@ def run(config: Config, progress=None) -> ExperimentResult:
                 },
             }
         )
+    return {"cases": cases, "n_experts": c.n_experts, "eta": c.eta, "runs": c.runs}
+
+
+def claims(data: dict, config: Config) -> list[Claim]:
+    c, out = config, []
+    for cs in data["cases"]:
+        k, batch = cs["top_k"], cs["batch"]
+        rates, ups = floats(cs["rates"]), floats(cs["a_switch_up"])
+        downs = floats(cs["a_switch_down"])
+        limit = num(cs["down_fit"]["limit"])
         name = "top-1" if k == 1 else f"top-{k}"
-        rel = abs(fit.limit - th["a_sn"]) / th["a_sn"]
-        claims.append(
+        rel = abs(limit - cs["a_sn"]) / cs["a_sn"]
+        out.append(
             Claim(
                 f"nexp-hysteresis-recovery-top{k}",
                 f"N = {c.n_experts}, {name}, B = {batch}: on the way down the collapsed router "
                 "recovers balance only at the saddle-node a_SN (rate -> 0 extrapolation of the "
                 "recovery point), far below the linear threshold",
-                predicted=th["a_sn"],
-                measured=fit.limit,
+                predicted=cs["a_sn"],
+                measured=limit,
                 tolerance=f"relative error <= {c.tolerance_down:.0%} (measured {rel:.2%})",
                 holds=rel <= c.tolerance_down,
             )
         )
-        rel_up = abs(ups[-1] - th["a_lin"]) / th["a_lin"]
+        rel_up = abs(ups[-1] - cs["a_lin"]) / cs["a_lin"]
         hyst = bool(np.all(ups > downs))
-        claims.append(
+        out.append(
             Claim(
                 f"nexp-hysteresis-collapse-top{k}",
                 f"N = {c.n_experts}, {name}: on the way up a balanced start collapses near the "
                 f"linear threshold (slowest ramp, rate {rates[-1]:g}); the loop is open at every "
                 "rate (collapse above recovery)",
-                predicted=th["a_lin"],
+                predicted=cs["a_lin"],
                 measured=float(ups[-1]),
                 tolerance=f"relative distance <= {c.tolerance_up:.0%} (measured {rel_up:.2%}) "
                 "and a_up > a_down at every rate",
                 holds=rel_up <= c.tolerance_up and hyst,
             )
         )
-    notes = (
+    return out
+
+
+def notes(data: dict, config: Config) -> str:
+    return (
         "Up-switches drift below the linear threshold as the ramp slows: the balanced "
         "state is metastable there and batch noise triggers the collapse (see "
         "nexp-metastable)."
     )
-    return ExperimentResult(
-        data={"cases": cases, "n_experts": c.n_experts, "eta": c.eta, "runs": c.runs},
-        claims=claims,
-        notes=notes,
-    )
 
 
-def plot(result: ExperimentResult, config: Config):
+def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
 
     from ..model.diagram import branch_diagram
     from ..style import COLORS, THEORY, figure_style, panel_label
 
     c = config
-    cases = result.data["cases"]
+    cases = data["cases"]
     with figure_style():
         fig, axs = plt.subplots(1, len(cases) + 1, figsize=(7.2, 2.9), layout="constrained")
         for ax, cs, lab in zip(axs, cases, "abc", strict=False):

@@ -11,7 +11,14 @@ from .._io import atomic_write_text
 from .._version import __version__
 from . import REGISTRY
 
-__all__ = ["claims_table", "format_value", "write_report"]
+__all__ = [
+    "claims_table",
+    "claims_title",
+    "format_spread",
+    "format_value",
+    "write_report",
+    "write_seeds_report",
+]
 
 
 def format_value(v, digits: int = 4) -> str:
@@ -31,26 +38,79 @@ def format_value(v, digits: int = 4) -> str:
     return "—" if v is None else str(v)
 
 
+def _is_stat(v) -> bool:
+    return isinstance(v, dict) and {"min", "max", "mean", "sd"} <= set(v)
+
+
+def format_spread(v, digits: int = 3) -> str:
+    """Compact text for the spread of a measured value over seeds (see
+    :func:`moebif.experiments.runner.aggregate_claims`): each number as ``min…max``."""
+    if _is_stat(v):
+        lo, hi = format_value(v["min"], digits), format_value(v["max"], digits)
+        text = lo if lo == hi else f"{lo}…{hi}"
+        return text + (f" ({v['missing']} NaN)" if v.get("missing") else "")
+    if isinstance(v, dict) and set(v) == {"values"}:
+        return "{" + ", ".join(format_value(x, digits) for x in v["values"]) + "}"
+    if isinstance(v, list):
+        if len(v) > 4:
+            return "[" + ", ".join(format_spread(x, digits) for x in v[:2]) + f", … ({len(v)})]"
+        return "[" + ", ".join(format_spread(x, digits) for x in v) + "]"
+    if isinstance(v, dict):
+        return "; ".join(f"{k}={format_spread(x, digits)}" for k, x in v.items())
+    return format_value(v, digits)
+
+
+def _is_multi(claims: list[dict]) -> bool:
+    return bool(claims) and all("fraction_holding" in c for c in claims)
+
+
+def _counts(claims: list[dict]) -> tuple[int, int, int]:
+    """(hold, fragile, do not hold) among the claims."""
+    fragile = sum(bool(c.get("fragile")) for c in claims)
+    ok = sum(bool(c["holds"]) for c in claims)
+    return ok, fragile, len(claims) - ok - fragile
+
+
+def claims_title(claims: list[dict]) -> str:
+    ok, fragile, bad = _counts(claims)
+    if not _is_multi(claims):
+        return f"claims: {ok}/{len(claims)} hold"
+    n = max((len(c["holds_at"]) for c in claims), default=0)
+    return f"claims: {ok}/{len(claims)} hold at all {n} seeds, {fragile} fragile, {bad} do not hold"
+
+
 def claims_table(claims: list[dict]):
-    """A rich Table of the claims (for the terminal)."""
+    """A rich Table of the claims (for the terminal). For a run at several seeds: the spread of
+    the measured values over the seeds, the number of seeds at which each claim holds, and
+    whether it holds at every seed, is fragile (some seeds) or does not hold (none)."""
     from rich.table import Table
 
-    n_ok = sum(c["holds"] for c in claims)
-    t = Table(title=f"claims: {n_ok}/{len(claims)} hold", show_lines=False)
-    for col, kw in (
-        ("id", {"no_wrap": True}),
-        ("predicted", {"max_width": 36}),
-        ("measured", {"max_width": 36}),
-        ("holds", {}),
-    ):
+    multi = _is_multi(claims)
+    t = Table(title=claims_title(claims), show_lines=False)
+    cols = [("id", {"no_wrap": True}), ("predicted", {"max_width": 36})]
+    cols.append(("measured (min…max over seeds)" if multi else "measured", {"max_width": 40}))
+    if multi:
+        cols.append(("seeds", {"no_wrap": True}))
+    cols.append(("holds", {"no_wrap": True}))
+    for col, kw in cols:
         t.add_column(col, **kw)
     for c in claims:
-        t.add_row(
-            c["id"],
-            format_value(c["predicted"]),
-            format_value(c["measured"]),
-            "[green]yes[/green]" if c["holds"] else "[bold red]NO[/bold red]",
-        )
+        row = [c["id"], format_value(c["predicted"])]
+        if multi:
+            n_ok, n = sum(c["holds_at"]), len(c["holds_at"])
+            row += [format_spread(c["spread"]), f"{n_ok}/{n}"]
+            if c["holds"]:
+                row.append("[green]yes[/green]")
+            elif c.get("fragile"):
+                row.append("[bold yellow]FRAGILE[/bold yellow]")
+            else:
+                row.append("[bold red]NO[/bold red]")
+        else:
+            row += [
+                format_value(c["measured"]),
+                "[green]yes[/green]" if c["holds"] else "[bold red]NO[/bold red]",
+            ]
+        t.add_row(*row)
     return t
 
 
@@ -63,26 +123,74 @@ table{border-collapse:collapse;width:100%;font-size:.86em}
 th,td{border:1px solid #d5d9de;padding:.3em .5em;vertical-align:top;text-align:left}
 th{background:#f1f3f5} tr.ok td.holds{background:#d8f3dc;color:#1b5e20;font-weight:600}
 tr.fail td.holds{background:#ffd6d6;color:#a4161a;font-weight:700}
+tr.fragile td.holds{background:#fff3bf;color:#7a4d00;font-weight:700}
+td.seed-ok{color:#1b5e20} td.seed-fail{background:#ffd6d6;color:#a4161a;font-weight:700}
 .summary{font-size:1.05em;margin:.6em 0 1em} .muted{color:#667} img{max-width:100%;height:auto}
 details{margin:.5em 0} pre{background:#f6f8fa;padding:.6em;overflow:auto;font-size:.8em}
 """
 
+_RESULT = {"ok": "holds", "fragile": "fragile", "fail": "does not hold"}
 
-def write_report(out: Path, *, quick: bool = False) -> Path:
-    """Write ``out/report.html`` from the experiment folders present in ``out``."""
-    out = Path(out)
-    sections, claims = [], []
+
+def _status(c: dict) -> str:
+    return "ok" if c["holds"] else ("fragile" if c.get("fragile") else "fail")
+
+
+def _sections(folder: Path) -> list[tuple[str, dict, list[dict], str]]:
+    """(id, config.json, claims, base64 PNG) of every finished experiment in ``folder``."""
+    out = []
     for exp_id in REGISTRY:
-        d = out / exp_id
+        d = folder / exp_id
         try:
             meta = json.loads((d / "config.json").read_text())
             exp_claims = json.loads((d / "claims.json").read_text())
             png = (d / "figure.png").read_bytes()
         except (OSError, ValueError):
             continue
-        claims.extend(exp_claims)
-        sections.append((exp_id, meta, exp_claims, base64.b64encode(png).decode("ascii")))
+        out.append((exp_id, meta, exp_claims, base64.b64encode(png).decode("ascii")))
+    return out
 
+
+def _document(body: list[str]) -> str:
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>moebif reproduction report</title><style>{_CSS}</style></head><body>"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )
+
+
+def _header(quick: bool, extra: str = "") -> list[str]:
+    return [
+        "<h1>moebif: reproduction of Kiselev (2026)</h1>",
+        '<p class="muted">A Minimal Bifurcation Model of Load Imbalance in a Softmax '
+        f"Mixture-of-Experts Router (arXiv 2605.29121). moebif {html.escape(__version__)}"
+        f"{' — quick variant' if quick else ''}{extra}.</p>",
+    ]
+
+
+def _section_head(exp_id: str, meta: dict, png: str, summary: str) -> list[str]:
+    body = [
+        f'<h2 id="{exp_id}">{html.escape(exp_id)}: {html.escape(meta["title"])}</h2>',
+        f'<p class="muted">Paper: {html.escape(meta["paper"])}. {summary}</p>',
+        f'<img alt="{exp_id} figure" src="data:image/png;base64,{png}">',
+    ]
+    if meta.get("notes"):
+        body.append(f"<p>{html.escape(meta['notes'])}</p>")
+    return body
+
+
+def _config_details(meta: dict) -> str:
+    cfg_text = html.escape(json.dumps(meta["config"], indent=1))
+    return f"<details><summary>configuration</summary><pre>{cfg_text}</pre></details>"
+
+
+def write_report(out: Path, *, quick: bool = False) -> Path:
+    """Write ``out/report.html`` from the experiment folders present in ``out``."""
+    out = Path(out)
+    sections = _sections(out)
+    claims = [c for _, _, exp_claims, _ in sections for c in exp_claims]
     n_ok = sum(c["holds"] for c in claims)
     rows = []
     for c in claims:
@@ -93,13 +201,10 @@ def write_report(out: Path, *, quick: bool = False) -> Path:
             f"<td>{html.escape(format_value(c['predicted']))}</td>"
             f"<td>{html.escape(format_value(c['measured']))}</td>"
             f"<td>{html.escape(c['tolerance'])}</td>"
-            f'<td class="holds">{"holds" if c["holds"] else "does not hold"}</td></tr>'
+            f'<td class="holds">{_RESULT[cls]}</td></tr>'
         )
     body = [
-        "<h1>moebif: reproduction of Kiselev (2026)</h1>",
-        '<p class="muted">A Minimal Bifurcation Model of Load Imbalance in a Softmax '
-        f"Mixture-of-Experts Router (arXiv 2605.29121). moebif {html.escape(__version__)}"
-        f"{' — quick variant' if quick else ''}.</p>",
+        *_header(quick),
         f'<p class="summary"><b>{n_ok} of {len(claims)} claims hold.</b></p>',
         "<table><tr><th>id</th><th>statement</th><th>predicted</th><th>measured</th>"
         "<th>tolerance</th><th>result</th></tr>",
@@ -108,15 +213,14 @@ def write_report(out: Path, *, quick: bool = False) -> Path:
     ]
     for exp_id, meta, exp_claims, png in sections:
         ok = sum(c["holds"] for c in exp_claims)
-        body += [
-            f'<h2 id="{exp_id}">{html.escape(exp_id)}: {html.escape(meta["title"])}</h2>',
-            f'<p class="muted">Paper: {html.escape(meta["paper"])}. Run time '
-            f"{meta['seconds']:.1f} s{' (quick variant)' if meta.get('quick') else ''}; "
-            f"{ok}/{len(exp_claims)} claims hold.</p>",
-            f'<img alt="{exp_id} figure" src="data:image/png;base64,{png}">',
-        ]
-        if meta.get("notes"):
-            body.append(f"<p>{html.escape(meta['notes'])}</p>")
+        seed = f"seed {meta['seed']}; " if meta.get("seed") is not None else ""
+        body += _section_head(
+            exp_id,
+            meta,
+            png,
+            f"Run time {meta['seconds']:.1f} s{' (quick variant)' if meta.get('quick') else ''}"
+            f"; {seed}{ok}/{len(exp_claims)} claims hold.",
+        )
         body.append("<ul>")
         for c in exp_claims:
             mark = "✔" if c["holds"] else "✘"
@@ -124,15 +228,73 @@ def write_report(out: Path, *, quick: bool = False) -> Path:
                 f"<li>{mark} <b>{html.escape(c['id'])}</b>: {html.escape(c['statement'])}</li>"
             )
         body.append("</ul>")
-        cfg_text = html.escape(json.dumps(meta["config"], indent=1))
-        body.append(f"<details><summary>configuration</summary><pre>{cfg_text}</pre></details>")
-    doc = (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>moebif reproduction report</title><style>{_CSS}</style></head><body>"
-        + "\n".join(body)
-        + "</body></html>\n"
-    )
+        body.append(_config_details(meta))
     path = out / "report.html"
-    atomic_write_text(path, doc)
+    atomic_write_text(path, _document(body))
+    return path
+
+
+def write_seeds_report(out: Path, claims: list[dict], *, n_seeds: int, quick: bool) -> Path:
+    """Write ``out/report.html`` of a run at ``n_seeds`` seeds from its aggregated ``claims``
+    (:func:`moebif.experiments.runner.aggregate_claims`): every claim with the spread of its
+    measured values and the seeds at which it holds; fragile claims (some seeds) are marked.
+    Figures and notes are those of seed 0 (``out/seed-0``)."""
+    out = Path(out)
+    ok, fragile, bad = _counts(claims)
+    rows = []
+    for c in claims:
+        cls = _status(c)
+        n_ok, n = sum(c["holds_at"]), len(c["holds_at"])
+        rows.append(
+            f'<tr class="{cls}"><td>{html.escape(c["id"])}</td>'
+            f"<td>{html.escape(c['statement'])}</td>"
+            f"<td>{html.escape(format_value(c['predicted']))}</td>"
+            f"<td>{html.escape(format_spread(c['spread']))}</td>"
+            f"<td>{html.escape(c['tolerance'])}</td>"
+            f"<td>{n_ok}/{n}</td>"
+            f'<td class="holds">{_RESULT[cls]}</td></tr>'
+        )
+    body = [
+        *_header(quick, f" — {n_seeds} seeds"),
+        f'<p class="summary"><b>{ok} of {len(claims)} claims hold at every seed; {fragile} '
+        f"fragile (hold at some seeds only); {bad} do not hold.</b> A claim counts as holding "
+        "only if it holds at every seed. Measured values: min…max over the seeds.</p>",
+        "<table><tr><th>id</th><th>statement</th><th>predicted</th><th>measured (min…max)</th>"
+        "<th>tolerance (seed 0)</th><th>seeds holding</th><th>result</th></tr>",
+        *rows,
+        "</table>",
+    ]
+    by_exp: dict[str, list[dict]] = {}
+    for c in claims:
+        by_exp.setdefault(c["experiment"], []).append(c)
+    for exp_id, meta, _, png in _sections(out / "seed-0"):
+        exp_claims = by_exp.get(exp_id, [])
+        e_ok, e_fr, _ = _counts(exp_claims)
+        seeds = next((c["seeds"] for c in exp_claims), [])
+        body += _section_head(
+            exp_id,
+            meta,
+            png,
+            f"{'Quick variant; ' if meta.get('quick') else ''}seeds "
+            f"{', '.join(str(x) for x in seeds)} (figure and notes: seed {meta.get('seed')}); "
+            f"{e_ok}/{len(exp_claims)} claims hold at every seed, {e_fr} fragile.",
+        )
+        head = "".join(f"<th>seed {x}</th>" for x in seeds)
+        body.append(f"<table><tr><th>claim</th>{head}<th>result</th></tr>")
+        for c in exp_claims:
+            cells = "".join(
+                f'<td class="{"seed-ok" if h else "seed-fail"}" '
+                f'title="{html.escape(format_value(m))}">{"✔" if h else "✘"} '
+                f"{html.escape(format_value(m, 3))}</td>"
+                for h, m in zip(c["holds_at"], c["measured"], strict=True)
+            )
+            cls = _status(c)
+            body.append(
+                f'<tr class="{cls}"><td><b>{html.escape(c["id"])}</b></td>{cells}'
+                f'<td class="holds">{_RESULT[cls]}</td></tr>'
+            )
+        body.append("</table>")
+        body.append(_config_details(meta))
+    path = out / "report.html"
+    atomic_write_text(path, _document(body))
     return path
