@@ -1,8 +1,8 @@
 """The ``moebif`` command: parses, validates, calls the library, prints.
 
 One module per command group (``theory``, ``simulate``, ``branches``, ``diagnose``,
-``reproduce``, ``sweep``, ``explore``, ``advise``); each registers its commands on the app of :mod:`._common` and
-imports nothing from the others. Heavy modules (numba kernels, matplotlib, torch) are imported
+``reproduce``, ``sweep``, ``explore``, ``advise``); each registers its commands on the app of
+:mod:`._common` and imports nothing from the others. Heavy modules (numba kernels, matplotlib, torch) are imported
 inside the commands that need them.
 """
 
