@@ -2,8 +2,8 @@
 
 One module per command group (``theory``, ``simulate``, ``branches``, ``diagnose``,
 ``reproduce``, ``sweep``, ``explore``, ``advise``); each registers its commands on the app of
-:mod:`._common` and imports nothing from the others. Heavy modules (numba kernels, matplotlib, torch) are imported
-inside the commands that need them.
+:mod:`._common` and imports nothing from the others. Heavy modules (numba kernels, matplotlib,
+torch) are imported inside the commands that need them.
 """
 
 from __future__ import annotations

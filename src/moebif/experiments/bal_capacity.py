@@ -116,9 +116,7 @@ def run(config: Config, progress=None) -> dict:
     bounds = []
     for j, cf in enumerate(c.boundary_cfs):
         spec = BalancerSpec(capacity=cf)
-        th = balanced_thresholds(
-            spec, n, k, c.gamma, c.T, batch=c.batch, winners=(1, 2)
-        )
+        th = balanced_thresholds(spec, n, k, c.gamma, c.T, batch=c.batch, winners=(1, 2))
         th_inf = balanced_thresholds(spec, n, k, c.gamma, c.T, winners=(1, 2))
         a_vals = th.collapse * np.asarray(c.factors)
         p = RouterParams(a=float(a_vals[0]), gamma=c.gamma, T=c.T, n_experts=n)

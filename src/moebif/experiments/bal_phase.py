@@ -96,9 +96,7 @@ def run(config: Config, progress=None) -> dict:
         for si, (scheme, strengths) in enumerate(schemes.items()):
             rows = []
             for j, s in enumerate(strengths):
-                th = balanced_thresholds(
-                    _spec(scheme, s), n, k, c.gamma, c.T, winners=_winners(n)
-                )
+                th = balanced_thresholds(_spec(scheme, s), n, k, c.gamma, c.T, winners=_winners(n))
                 a_vals = th.collapse * np.asarray(c.factors)
                 p = RouterParams(a=float(a_vals[0]), gamma=c.gamma, T=c.T, n_experts=n)
                 sim = dict(
@@ -142,9 +140,7 @@ def run(config: Config, progress=None) -> dict:
                     progress(done, total)
             grid = np.geomspace(min(strengths) / 3, max(strengths) * 2, c.curve_points)
             curve = [
-                balanced_thresholds(
-                    _spec(scheme, s), n, k, c.gamma, c.T, winners=_winners(n)
-                )
+                balanced_thresholds(_spec(scheme, s), n, k, c.gamma, c.T, winners=_winners(n))
                 for s in grid
             ]
             entry["schemes"][scheme] = {
