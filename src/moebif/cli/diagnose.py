@@ -27,8 +27,14 @@ def diagnose(
     ],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("diagnose"),
     window: Annotated[
-        str, typer.Option("--window", help="Fitting window in steps, or 'auto'.")
-    ] = "auto",
+        str,
+        typer.Option(
+            "--window",
+            help="Fitting window: 'online' (the monitor's own automatic window, as "
+            "RouterMonitor uses during training: the same alarms), 'auto' (chosen from the "
+            "whole log), or a number of steps.",
+        ),
+    ] = "online",
     top_k: Annotated[
         int | None,
         typer.Option(
@@ -54,11 +60,13 @@ def diagnose(
     from ..monitor.plot import diagnose_figure
     from ..monitor.window import auto_window
 
-    if window != "auto":
+    if window not in ("auto", "online"):
         try:
             w = int(window)
         except ValueError:
-            raise CLIError("--window", f"must be an integer or 'auto', got {window!r}") from None
+            raise CLIError(
+                "--window", f"must be an integer, 'online' or 'auto', got {window!r}"
+            ) from None
         if w < 32:
             raise CLIError("--window", f"must be >= 32 steps, got {w}")
     if top_k is not None and top_k < 1:
@@ -76,7 +84,9 @@ def diagnose(
     for lay, k, k_from in layers:
         name, counts, n = lay.name, lay.counts, lay.n_experts
         rec = None
-        if window == "auto":
+        if window == "online":
+            w, eg = None, None
+        elif window == "auto":
             w, eg, rec = auto_window(counts, n, k)
         else:
             w, eg = min(int(window), counts.shape[0]), None
@@ -86,6 +96,7 @@ def diagnose(
         mon.update_many(counts, lay.importance)
         summ = mon.summary()
         summ["window_auto"] = window == "auto"
+        summ["window_rule"] = window if window in ("auto", "online") else "fixed"
         summ["window_recommended"] = rec
         summ["top_k_from"] = k_from
         summ["importance_recorded"] = lay.importance is not None

@@ -277,8 +277,9 @@ class LayerMonitor:
       units of ``1 / eta gamma_hat``.
     - ``excursion``, ``collapsed``: rise of the filtered max-load excess above that of the
       router's own stable profile (the reference) for ``collapse-in-progress`` and
-      ``collapsed``; before a reference exists (warming up) the absolute levels
-      ``max(excursion, 0.6)`` and ``max(collapsed, 0.9)`` apply.
+      ``collapsed``; before a reference exists (warming up) nothing fires while the profile
+      still moves, and a settled profile is alarmed only at the absolute levels
+      ``max(excursion, 0.6)`` and ``max(collapsed, 0.9)``.
     - ``dwell``: steps the loads must stay back at a stable profile for ``recovered``, and the
       span over which stationarity is judged (default ``clip(20 / eta gamma, 32, window / 2)``).
     - ``warmup``: at least this many steps before a reference profile is taken (default 64);
@@ -528,7 +529,9 @@ class LayerMonitor:
         nd = self._nd
         self._recent = np.vstack([self._recent, bm])[-2 * nd :]
         out = self._check_profile(bm, bc)
-        if self._since_refit >= self.refit and self._nblocks >= max(self._cap // 2, 32):
+        # the automatic window fits what it has while it grows (short windows are marked so)
+        need = 32 if self._auto else max(self._cap // 2, 32)
+        if self._since_refit >= self.refit and self._nblocks >= need:
             self._since_refit = 0
             out += self._refit()
         elif self._since_refit >= self.refit and self._feedback is not None:
@@ -588,13 +591,17 @@ class LayerMonitor:
         dm = self._dwell_means()
         warming = self._ref is None
         if warming:
-            # the initial transient is no alarm; only an absolute collapse is
-            rise = ex
+            # the initial transient is no alarm (a random-init router on real text can start far
+            # from balance and move a long way); only a settled, absolutely concentrated profile
+            # is: it never had a balanced state to leave
             lvl_in, lvl_col = max(self.excursion, 0.6), max(self.collapsed, 0.9)
-            if dm is not None and self.step >= (self.warmup or 64) and self._stationary(dm[1:]):
-                if self._excess(dm[0]) < 0.6:  # a collapsed profile is no reference
-                    self._ref = dm[0].copy()
-                    self._ref_ex = self._excess(self._ref)
+            settled = (
+                dm is not None and self.step >= (self.warmup or 64) and self._stationary(dm[1:])
+            )
+            rise = ex if settled else -math.inf
+            if settled and self._excess(dm[0]) < 0.6:  # a collapsed profile is no reference
+                self._ref = dm[0].copy()
+                self._ref_ex = self._excess(self._ref)
         else:
             rise = ex - self._ref_ex
             lvl_in, lvl_col = self.excursion, self.collapsed
@@ -608,7 +615,7 @@ class LayerMonitor:
             self._noise2 += (rise * rise - self._noise2) / min(self._noise_n + 1, 64)
             self._noise_n += 1
         noise = 4.0 * math.sqrt(self._noise2) if self._noise_n >= 8 else 0.0
-        self.block_record.append((self.step, rise, gap))
+        self.block_record.append((self.step, rise if math.isfinite(rise) else math.nan, gap))
         in_meta = math.isfinite(self._d_s) and f["metastable"]
         past_saddle = in_meta and gap > self._d_commit
         runaway = rise >= max(lvl_in, noise)
@@ -771,7 +778,8 @@ class LayerMonitor:
             uniform = float(np.abs(profile * n - 1.0).max()) <= 1e-9
             if n >= 3 and k == 1 and uniform and rf.kappa_hi >= ksn and fit is not None:
                 rf._esc_args = (ksn, rf.eta_gamma, fit.b_eff, n)
-        rf.window_units = nb * self.block * self._eg
+        span = nb * self.block  # steps fitted (before the automatic window merges blocks)
+        rf.window_units = span * self._eg
         if self._auto and self._eg_known:
             self._adapt_window()
         short = rf.source == "loads" and not (
@@ -783,7 +791,7 @@ class LayerMonitor:
                 (f"the window spans {rf.window_units:.0f} < {self.min_units:g} relaxation units"),
             )
         # a window that overlaps a collapse alarm is not about the balanced state
-        excursion = self.step - nb * self.block < self._excursion_step
+        excursion = self.step - span < self._excursion_step
         if excursion:
             rf.regime, rf.reason = "excursion", "the window overlaps a collapse alarm"
         if self._ref is None and rf.regime not in ("excursion",):

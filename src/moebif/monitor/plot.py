@@ -54,9 +54,9 @@ def diagnose_figure(results, path_stem) -> list[str]:
             fits = mon.fits
             if fits:
                 fs = np.array([steps[min(f.step, len(steps)) - 1] for f in fits])
-                k = np.array([f.fit.kappa for f in fits])
-                lo = np.array([f.fit.kappa_lo for f in fits])
-                hi = np.array([f.fit.kappa_hi for f in fits])
+                k = np.array([f.kappa for f in fits], dtype=float)
+                lo = np.array([f.kappa_lo for f in fits], dtype=float)
+                hi = np.array([f.kappa_hi for f in fits], dtype=float)
                 ok = np.array(
                     [f.regime not in ("unresolved", "short-window", "excursion") for f in fits]
                 )
