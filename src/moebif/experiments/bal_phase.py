@@ -235,7 +235,7 @@ def plot(data: dict, config: Config):
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
 
-    from ..style import COLORS, THEORY, figure_style, panel_label
+    from ..style import COLORS, THEORY, figure_style
 
     cases = data["cases"]
     ncol = len(cases) + 1
@@ -294,12 +294,11 @@ def plot(data: dict, config: Config):
             w["aux_strength"],
             w["rho_equivalent"],
             **THEORY,
-            label="linear feedback ρ = α (its near-balance value)",
+            label="linear feedback ρ = α",
         )
         ax.plot(np.asarray(w["zloss_strength"]), w["zloss"], color=COLORS[2], label="z-loss (c)")
         ax.set(xlabel="strength", ylabel="hysteresis width 2H", title=f"N = 2, a = {w['a']:g}")
-        ax.legend(fontsize=5.8)
-        panel_label(ax, "w")
+        ax.legend(fontsize=5.8, loc="upper right")
         axs[1, -1].axis("off")
         if sc is not None:
             cb = fig.colorbar(sc, ax=axs[1, -1], fraction=0.6, location="left")
