@@ -35,7 +35,7 @@ class Config:
     T: float = 1.0
     # strengths of each scheme (coefficients at the router's step, lr = eta): around the values
     # where the collapse threshold moves by 10-100%; the stacks' defaults (1e-3 .. 1e-2) move it
-    # by < 1% (see docs/balancing.md)
+    # by 0.04-3% (see docs/balancing.md)
     aux_strengths: tuple = (0.3, 1.0, 3.0)
     zloss_strengths: tuple = (0.1, 0.3, 1.0)
     factors: tuple = (0.85, 0.92, 0.96, 1.0, 1.04, 1.08, 1.15)  # a / collapse_a
