@@ -198,7 +198,16 @@ def claims(data: dict, config: Config) -> list[Claim]:
                     predicted=[r["collapse_a"] for r in d["rows"]],
                     measured=[r["a50"] for r in d["rows"]],
                     tolerance=f"relative error <= {c.tolerance:.0%} at every strength (worst "
-                    f"{worst:.1%})"
+                    f"{worst:.1%}"
+                    + (
+                        ""
+                        if all(x is not None for x in rel)
+                        else "; no crossing of P = 1/2 at strength "
+                        + ", ".join(
+                            f"{r['strength']:g}" for r in d["rows"] if r["rel_error"] is None
+                        )
+                    )
+                    + ")"
                     if math.isfinite(worst)
                     else "no crossing found",
                     holds=bool(ok),
