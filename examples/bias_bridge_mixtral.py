@@ -2,7 +2,7 @@
 against the relay-controller prediction (docs/balancing.md, "Bridge to a real model").
 
 Run: ``python examples/bias_bridge_mixtral.py [--rates 0.01,0.02] [--h 1] [--steps 150]
-[--json OUT.json]`` (about 15 s a rate on one core; needs the torch and hf extras).
+[--json OUT.json] [--plot STEM]`` (about 15 s a rate on one core; needs the torch and hf extras).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import sys
 
 from moebif._io import atomic_write_text
-from moebif.experiments.bal_bridge import run_bridge
+from moebif.experiments.bal_bridge import plot_bridge, run_bridge
 
 
 def main(argv=None) -> int:
@@ -23,6 +23,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, metavar="PATH")
+    ap.add_argument("--plot", default=None, metavar="STEM", help="write STEM.png and STEM.svg")
     a = ap.parse_args(argv)
     try:
         rates = tuple(float(x) for x in a.rates.split(","))
@@ -41,6 +42,13 @@ def main(argv=None) -> int:
         )
     if a.json:
         atomic_write_text(a.json, json.dumps(res) + "\n")
+    if a.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from moebif.style import save_figure
+
+        save_figure(plot_bridge(res), a.plot)
     return 0
 
 

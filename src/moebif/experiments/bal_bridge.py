@@ -138,3 +138,44 @@ def run_bridge(
             }
         )
     return out
+
+
+def plot_bridge(res: dict):
+    """The gap ``g`` after the skew against the predicted ramp band and ``-h``, and expert 0's
+    load, per rate: a matplotlib Figure."""
+    import matplotlib.pyplot as plt
+
+    from ..style import COLORS, THEORY, figure_style, panel_label
+
+    h, w = res["h"], res["warmup"]
+    with figure_style():
+        fig, axs = plt.subplots(1, 2, figsize=(7.0, 2.8), layout="constrained")
+        for i, r in enumerate(res["runs"]):
+            g = np.asarray(r["gap"])
+            t = np.arange(g.size) - w + 1
+            c = COLORS[i % len(COLORS)]
+            rel = g - (g[w - 1] if w > 0 else 0.0)
+            axs[0].plot(t[w:], rel[w:], color=c, lw=1.2, label=f"u = {r['u']:g}")
+            tt = np.arange(0, g.size - w + 1)
+            axs[0].fill_between(
+                tt,
+                np.maximum(-2 * r["u"] * tt, -h),
+                np.maximum(-r["u"] * tt, -h),
+                color=c,
+                alpha=0.15,
+                lw=0,
+            )
+            load = np.convolve(r["load0"], np.ones(5) / 5, mode="same")
+            axs[1].plot(t, load, color=c, lw=1.0, label=f"u = {r['u']:g}")
+        axs[0].axhline(-h, **THEORY, label="−h (absorbed)")
+        axs[0].set(xlabel="steps after the skew", ylabel="β₀ − mean β_j (logits)")
+        axs[0].legend(fontsize=6)
+        axs[0].set_title("bias gap: ramp −u..−2u a step (bands)", fontsize=8)
+        panel_label(axs[0], "a")
+        axs[1].axhline(res["runs"][0]["balanced_load"], **THEORY, label="1/N")
+        axs[1].axvline(0, color="0.5", lw=0.8, ls=":")
+        axs[1].set(xlabel="steps after the skew", ylabel="load of expert 0 (5-step mean)")
+        axs[1].legend(fontsize=6)
+        axs[1].set_title(f"tiny Mixtral, stdlib text, h = {h:g}", fontsize=8)
+        panel_label(axs[1], "b")
+    return fig
