@@ -115,3 +115,35 @@ def test_post_needs_the_explorer_header_and_jobs_must_exist(client):
     assert client.post("/api/trajectories/t999/cancel", headers=POST).status_code == 404
     r = client.get("/api/trajectories")  # only POST starts a job
     assert r.status_code == 405 and r.json()["error"]
+
+
+def test_stack_balancer_views_and_trajectory(client, get_views):
+    """The Megatron aux loss in the explorer: its views are the near-balance router
+    (a_eff = a - alpha/T), its trajectory is the stochastic router with the scheme itself."""
+    a, T, alpha = 3.5, 0.8, 0.4
+    bal = get_views(a=a, T=T, h=0.1, balancer="aux-megatron", strength=alpha, N=8)
+    ref = get_views(a=a - alpha / T, T=T, h=0.1, strength=0, N=8)
+    assert bal["views"]["state"]["equilibria"] == ref["views"]["state"]["equilibria"]
+    assert bal["point"]["a_eff"] == pytest.approx(a - alpha / T, rel=1e-12)
+    q = {"a": a, "T": T, "h": 0.08, "y0": 0.2, "balancer": "aux-megatron", "strength": alpha}
+    q |= {"batch": 256, "eta": 0.01, "steps": 400, "runs": 4, "seed": 3}
+    r = client.post("/api/trajectories", params=q, headers=POST)
+    assert r.status_code == 202, r.text
+    s = _wait(client, r.json()["id"])
+    assert s["state"] == "done", s
+    p = RouterParams(a=a, gamma=1.0, T=T, h=0.08)
+    want = moebif.simulate_batch_router(
+        p,
+        batch=256,
+        eta=0.01,
+        steps=400,
+        runs=4,
+        seed=3,
+        y0=0.2,
+        record_every=s["settings"]["record_every"],
+        balancer=f"aux-megatron:{alpha}",
+    )
+    np.testing.assert_array_equal(s["result"]["u_mean"], want.u_mean)
+    # a strength beyond a's near-balance equivalent is a clear error naming the strength
+    r = client.get("/api/views", params={"a": 0.2, "balancer": "aux-megatron", "strength": 4})
+    assert r.status_code == 400 and "strength" in r.text

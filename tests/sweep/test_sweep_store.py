@@ -278,3 +278,35 @@ def test_killed_cli_sweep_loses_only_chunks_in_flight(tmp_path, heavy_doc, capsy
     ref = run_sweep(parse_spec(heavy_doc), tmp_path / "ref.zarr", executor=InProcess(threads=1))
     assert ref.tasks == 12
     assert _values(store).identical(_values(tmp_path / "ref.zarr"))
+
+
+def test_balancer_strength_axis_is_the_balanced_router(tmp_path):
+    """A spec names a balancer and sweeps its strength: each cell is the balanced router at
+    that multiple of it (same seed, same numbers); a selection scheme is refused."""
+    from moebif.model.balancers import parse_balancers
+    from moebif.sim.topk_router import simulate_topk_router
+
+    doc = {
+        "study": {"simulator": "topk_router"},
+        "params": {"a": 6.0, "n_experts": 8, "batch": 256, "eta": 0.02, "steps": 1500},
+        "axes": {"strength": [0.0, 3.0]},
+        "run": {"replicas": 4, "seed": 5, "quantities": ["max_load", "collapsed"]},
+    }
+    doc["params"]["balancer"] = "aux:1"
+    spec = parse_spec(doc)
+    run_sweep(spec, tmp_path / "b.zarr", executor=InProcess(threads=1))
+    ds = _values(tmp_path / "b.zarr")
+    p = moebif.RouterParams(a=6.0, gamma=1.0, T=1.0, n_experts=8)
+    for i, s in enumerate([0.0, 3.0]):
+        common = dict(batch=256, eta=0.02, steps=1500, runs=4, seed=cell_seed(5, i))
+        bal = parse_balancers("aux:1").scaled(s)
+        run = simulate_topk_router(p, record_every=None, balancer=bal, **common)
+        want = moebif.inclusion_probabilities(run.scores[0], 1.0, 1).max()
+        assert float(ds["max_load"].isel(strength=i, replica=0)) == want
+    # a = 6 lies in the metastable window of 8 experts; with aux:3 (collapse_a 6.4) no replica
+    # collapses
+    assert not bool(ds["collapsed"].isel(strength=1).any())
+    # a selection scheme is refused, naming the key
+    doc["params"]["balancer"] = "bias:1e-3"
+    with pytest.raises(Exception, match="balancer"):
+        parse_spec(doc)

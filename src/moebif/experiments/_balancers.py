@@ -12,6 +12,34 @@ from ..model.field import softmax
 from ..params import RouterParams
 
 
+def pulse_drive(params, spec, top_k, batch, a, winners, gap) -> float:
+    """Drift of the skew pulse on the winners: ``gamma T (gap + 3)``, plus the largest restoring
+    drift of the scheme's field terms on the winner-loser gap along the path ``r = T d 1_W``,
+    ``0 <= d <= gap + 3``, at the smallest ``a`` (a strong aux loss pushes back hard at
+    intermediate gaps, more so for many experts, and a pulse that does not beat it never reaches
+    the collapsed basin). Pushing past the collapsed state is harmless: without a stable one
+    the router returns, with one it relaxes onto it."""
+    from ..model.balancers import field_terms, parse_balancers
+    from ..model.field import VectorField
+
+    if isinstance(spec, str):
+        spec = parse_balancers(spec)
+    base = params.gamma * params.T * (max(gap, 1.0) + 3.0)
+    terms = field_terms(spec, batch=batch) if spec is not None else ()
+    if not terms:
+        return base
+    n = params.n_experts
+    f = VectorField.of(params.replace(a=float(a)), top_k=top_k, b=np.zeros(n), terms=terms)
+    bare = VectorField.of(params.replace(a=float(a)), top_k=top_k, b=np.zeros(n))
+    push = 0.0
+    for d in np.linspace(0.0, max(gap, 1.0) + 3.0, 41):
+        r = np.zeros(n)
+        r[:winners] = params.T * d
+        g = f(r) - bare(r)  # the terms' drift alone
+        push = max(push, float(np.mean(g[winners:]) - np.mean(g[:winners])))
+    return base + 1.5 * push
+
+
 def pulse_collapse(
     params: RouterParams,
     spec,
@@ -29,7 +57,7 @@ def pulse_collapse(
     strength=None,
 ) -> np.ndarray:
     """``P(collapsed)`` at each ``a`` of ``a_values`` after a skew pulse: ``reps`` replicas
-    each start at the uniform state, get a drift ``hp = gamma T (gap + 3)`` on ``winners``
+    each start at the uniform state, get a drift ``hp`` (:func:`pulse_drive`) on ``winners``
     experts for ``pulse_time``, then relax for ``relax_time`` (ODE time). A replica counts as
     collapsed when its winners' mean score exceeds the mean by half of ``gap`` (the score gap
     of the collapsed state at the fold) times ``T (N - m) / N``."""
@@ -39,7 +67,7 @@ def pulse_collapse(
     a_rep = np.repeat(np.asarray(a_values, dtype=float), reps)
     n_p = max(1, round(pulse_time / eta))
     n_r = max(1, round(relax_time / eta))
-    hp = params.gamma * params.T * (max(gap, 1.0) + 3.0)
+    hp = pulse_drive(params, spec, top_k, batch, min(a_values), winners, gap)
     sched = np.zeros(n_p + n_r)
     sched[:n_p] = hp
     e = np.zeros(n)

@@ -267,22 +267,26 @@ def claims(data: dict, config: Config) -> list[Claim]:
         for r in rows
     ]
     lin = [r["capture_linear"] / r["capture_issue"] for r in rows]
-    small = rows[0]
-    rr = _rel(ratio[0], lin[0])
+    nonlin = [r["capture_predicted"] / r["capture_issue"] for r in rows]
+    worst = min((x / y for x, y in zip(ratio, lin, strict=True) if math.isfinite(x)), default=0.0)
+    ok = all(math.isfinite(x) for x in ratio) and worst >= 1.0 - c.tolerance
     out.append(
         Claim(
             "bal-bias-capture-correction",
             "The issue's capture region |s| < u/lambda (here U/lambda) underestimates the radius: "
             "the bias also enters the forgetting term, s' = lambda s + (h + gamma b) - U sign s, "
-            "and "
-            "the linear closed loop captures iff s0 < (U/lambda)(1 + gamma/lambda); measured at "
-            "the "
-            f"smallest u ({small['u']:g}), where the linearisation holds",
-            predicted={"1 + gamma/lambda": lin[0], "issue": 1.0},
+            "so the linear closed loop already captures up to (U/lambda)(1 + gamma/lambda), and "
+            "the tanh saturation of the reinforcement widens it further at finite u (the linear "
+            "factor is the u -> 0 limit of the mean field)",
+            predicted={
+                "ratio >= 1 + gamma/lambda": lin[0],
+                "mean-field ratio": nonlin,
+                "issue": 1.0,
+            },
             measured={"capture / (U/lambda)": ratio},
-            tolerance=f"within {c.tolerance:.0%} of 1 + gamma/lambda (off by {rr:.1%}); "
-            "the issue's ratio 1 does not hold",
-            holds=rr <= c.tolerance,
+            tolerance=f"every measured ratio >= (1 - {c.tolerance:.0%}) (1 + gamma/lambda) "
+            f"(smallest: {worst:.2f} x 1 + gamma/lambda); the issue's ratio 1 does not hold",
+            holds=bool(ok),
         )
     )
     rs = [_rel(r["skew_measured"], r["skew_predicted"]) for r in rows]

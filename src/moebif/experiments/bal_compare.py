@@ -268,7 +268,9 @@ def plot(data: dict, config: Config):
 
     sweeps = data["sweeps"]
     names = list(sweeps)
-    colors = {n: COLORS[i % len(COLORS)] for i, n in enumerate(names)}
+    # one colour a scheme (the house palette, then tab10 when there are more schemes than it has)
+    palette = list(COLORS) if len(names) <= len(COLORS) else list(plt.cm.tab10.colors)
+    colors = {n: palette[i % len(palette)] for i, n in enumerate(names)}
     markers = dict(zip(names, "osD^v<>ph*", strict=False))
     with figure_style():
         fig, axs = plt.subplots(

@@ -1,10 +1,17 @@
 """Balancers of the explorer: a small registry of schemes, each mapping its strength to the
 mean-field router the balanced router behaves as.
 
-Today there is one scheme, the paper's negative load feedback (sec. 8.7, SPEC section 1):
+Registered: the paper's negative load feedback (sec. 8.7, SPEC section 1):
 ``r_i <- r_i + eta (a l_i - rho (l_i - 1/N) - gamma r_i + b_i)``, whose loads evolve as the
 unbalanced router's with ``a_eff = a - rho``; the hysteresis disappears when
-``a - rho <= 2 gamma T``.
+``a - rho <= 2 gamma T``. And the smooth schemes of the stacks whose effect near balance is a
+load feedback (:func:`moebif.model.balancer_theory.effective_parameters`): the Switch aux loss
+in Megatron's / OLMo-core's normalisation (``rho_eff = alpha / T`` for every N and k) and the
+importance loss (top-1: ``rho_eff = 2 w / T``). Their views are those of the near-balance
+equivalent router; far from balance the schemes differ from a linear feedback (their gradient
+vanishes on a saturated collapsed branch), which ``moebif advise`` and docs/balancing.md
+quantify. Their trajectories are the stochastic router with the scheme itself
+(``simulate_batch_router(..., balancer=...)``), so the page shows both.
 
 Adding a scheme is a few lines: build a :class:`Balancer` and :func:`register` it. Every view of
 the explorer (equilibria, fold curve, bifurcation and branch diagrams, mean-field curve) is
@@ -111,6 +118,24 @@ def _feedback_effective(p: RouterParams, rho: float) -> RouterParams:
     return p.replace(a=max(a_eff, 0.0))
 
 
+def _rho_scheme(rho_of) -> tuple:
+    """``effective`` and ``user_a`` of a scheme acting near balance as ``rho = rho_of(s, p)``."""
+
+    def effective(p: RouterParams, s: float) -> RouterParams:
+        rho = rho_of(s, p)
+        if rho > p.a and not math.isclose(rho, p.a, abs_tol=1e-12):
+            raise ParameterError(
+                "strength",
+                f"its near-balance feedback rho = {rho:g} must be <= a = {p.a:g} (a_eff >= 0)",
+            )
+        return p.replace(a=max(p.a - rho, 0.0))
+
+    def user_a(a_eff, p: RouterParams, s: float):
+        return np.asarray(a_eff, dtype=float) + rho_of(s, p)
+
+    return effective, user_a
+
+
 register(
     Balancer(
         name="feedback",
@@ -121,5 +146,34 @@ register(
         user_a=lambda a_eff, p, rho: np.asarray(a_eff, dtype=float) + rho,
         simulate=lambda rho: {"rho": rho},
         command=lambda rho: f"a_eff = a - rho, rho = {rho:g}" if rho else "",
+    )
+)
+
+
+_aux_eff, _aux_user_a = _rho_scheme(lambda s, p: s / p.T)
+register(
+    Balancer(
+        name="aux-megatron",
+        label="Switch aux loss, Megatron N/k Σ f P (near balance ρ = α/T)",
+        strength_label="alpha",
+        strength_max=5.0,
+        effective=_aux_eff,
+        user_a=_aux_user_a,
+        simulate=lambda s: {"balancer": f"aux-megatron:{s:.17g}"} if s > 0 else {},
+        command=lambda s: f"near balance a_eff = a - alpha/T, alpha = {s:g}" if s else "",
+    )
+)
+
+_imp_eff, _imp_user_a = _rho_scheme(lambda s, p: 2.0 * s / p.T)
+register(
+    Balancer(
+        name="importance",
+        label="importance loss w N Σ (P − 1/N)² (top-1, near balance ρ = 2w/T)",
+        strength_label="w",
+        strength_max=2.5,
+        effective=_imp_eff,
+        user_a=_imp_user_a,
+        simulate=lambda s: {"balancer": f"importance:{s:.17g}"} if s > 0 else {},
+        command=lambda s: f"near balance a_eff = a - 2 w/T, w = {s:g}" if s else "",
     )
 )

@@ -68,7 +68,12 @@ def check_settings(pt: Point, *, batch, eta, steps, runs, seed) -> dict:
         raise ParameterError(
             "balancer", f"{pt.balancer.name!r} is not implemented in the stochastic router yet"
         )
-    extra = pt.balancer.simulate(pt.strength)
+    extra = dict(pt.balancer.simulate(pt.strength))
+    spec = extra.pop("balancer", None)
+    if spec is not None:  # the balancing schemes of the stacks (moebif.model.balancers)
+        from ..model.balancers import parse_balancers
+
+        parse_balancers(spec)
     simulate_batch_router_reference(
         pt.params, batch=batch, eta=eta, steps=1, runs=1, seed=seed, y0=pt.y0, **extra
     )

@@ -202,6 +202,43 @@ def _router_boundaries(v: dict, k: int, varying) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------
+BALANCER_PARAMS = {
+    "balancer": Param(
+        str,
+        "",
+        "balancing schemes in the --balancer syntax (docs/balancing.md); in a sweep the gradient "
+        "schemes (aux, aux-megatron, aux-olmo, aux-deepspeed, zloss, importance; sgd or adam, "
+        "lr), whose final loads are those of the final scores",
+    ),
+    "strength": Param(
+        float,
+        1.0,
+        "multiplier of every strength of `balancer` (an axis over it is a phase diagram)",
+        ge=0,
+    ),
+}
+
+
+def _balancer_spec(v: dict):
+    """The cell's balancer (``None``: none): ``balancer`` scaled by ``strength``;
+    :class:`ParameterError` naming ``balancer`` for what a sweep cannot record honestly."""
+    text = v.get("balancer") or ""
+    if not text.strip():
+        return None
+    from ..model.balancers import parse_balancers
+
+    spec = parse_balancers(text)
+    if spec.selection != "softmax" or spec.capacity > 0:
+        raise ParameterError(
+            "balancer",
+            f"{text!r}: a sweep records the loads of the final scores, which a selection scheme "
+            "(bias, quantile, sinkhorn, expert-choice, capacity, noisy, jitter) does not follow; "
+            "use the gradient schemes (aux*, zloss, importance)",
+        )
+    spec = spec.scaled(v.get("strength", 1.0))
+    return None if spec.is_null else spec
+
+
 # simulators
 
 
@@ -217,6 +254,7 @@ class BatchRouter(Study):
         "rho": Param(float, 0.0, "negative load feedback (sec. 8.7)", ge=0),
         "y0": Param(float, 0.0, "initial y = r1 - r2 (N experts: r = (y0/2, -y0/2, 0, ...))"),
         "collapse_excess": COLLAPSE_EXCESS,
+        **BALANCER_PARAMS,
     }
     quantities = {
         **LOAD_QUANTITIES,
@@ -232,6 +270,7 @@ class BatchRouter(Study):
     def check(self, v):
         _router_params(v)
         _check_eta(v)
+        _balancer_spec(v)
 
     def run(self, v, *, replicas, seed, quantities, threads):
         from ..model.meanfield import softmax
@@ -251,6 +290,7 @@ class BatchRouter(Study):
             record_every=steps,
             record_scores=True,
             threads=threads,
+            balancer=_balancer_spec(v),
             **self.call_options(v),
         )
         last = sim.scores[:, -1]
@@ -292,6 +332,7 @@ class TopKRouter(Study):
             optional=True,
         ),
         "collapse_excess": COLLAPSE_EXCESS,
+        **BALANCER_PARAMS,
     }
     quantities = {
         **LOAD_QUANTITIES,
@@ -313,6 +354,8 @@ class TopKRouter(Study):
         _check_eta(v)
         if v["top_k"] >= v["n_experts"]:
             raise ParameterError("top_k", f"must be < n_experts = {v['n_experts']}")
+        if _balancer_spec(v) is not None and v.get("stop_gap"):
+            raise ParameterError("stop_gap", "is not supported with a balancer")
 
     def run(self, v, *, replicas, seed, quantities, threads):
         from ..model.inclusion import inclusion_probabilities
@@ -332,6 +375,7 @@ class TopKRouter(Study):
             record_every=None,
             stop_gap=v["stop_gap"],
             threads=threads,
+            balancer=_balancer_spec(v),
             **self.call_options(v),
         )
         out = {}

@@ -160,13 +160,11 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
     p = np.empty(n)
     g = np.empty(n)
     dlt = np.empty(n)
-    served = np.empty(n)
     drive = np.empty(n)
     xbuf = np.empty(n)
     zlog = np.empty(n)
+    zeros = np.zeros(n)
     best = np.empty(k, dtype=np.int64)
-    ncount = np.empty(n, dtype=np.int64)
-    nfirst = np.empty(n, dtype=np.int64)
     mode = int(bal[BAL_MODE])
     has_grad = bal[BAL_GRAD] > 0.0
     adam = bal[BAL_ADAM] > 0.0
@@ -189,8 +187,8 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
         for m in range(n):
             drive[m] = b[m] + hn * e[m]
         if adam and update:
-            c1 = 1.0 - b1 ** (step + 1)
-            c2 = 1.0 - b2 ** (step + 1)
+            c1 = 1.0 / (1.0 - b1 ** (step + 1))
+            c2 = 1.0 / (1.0 - b2 ** (step + 1))
         else:
             c1 = c2 = 1.0
         for i in range(hi - lo):
@@ -198,20 +196,17 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
             bi = bs[i]
             sc = s_rep[lo + i]
             an = a_rep[lo + i]
-            # 1. selection
+            # 1. selection (softmax: the scores themselves, no copy)
+            zs = ri
             zmax = 0.0
             if mode == 1:
+                zs = zsel
                 for m in range(n):
                     zsel[m] = ri[m] + bi[m]
             elif mode == 2:
+                zs = zsel
                 for m in range(n):
                     zsel[m] = ri[m] - T * bi[m]
-            elif mode == 3:
-                for m in range(n):
-                    zsel[m] = 0.0
-            else:
-                for m in range(n):
-                    zsel[m] = ri[m]
             if mode == 4:
                 cap_ec = math.ceil(bal[BAL_EC] * sc * k * batch * inv_n - 1e-12)
                 cap_ec = min(cap_ec, batch)
@@ -220,7 +215,7 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
                     first[m] = 0
             elif mode == 5:
                 for m in range(n):
-                    zlog[m] = zsel[m] * inv_t
+                    zlog[m] = zs[m] * inv_t
                 _noisy_counts(
                     sts,
                     i,
@@ -229,35 +224,23 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
                     k,
                     bal[BAL_SIGMA] * sc,
                     min(bal[BAL_JITTER] * sc, 0.999),
-                    ncount,
-                    nfirst,
+                    counts,
+                    first,
                     xbuf,
                     best,
                 )
+            elif mode == 3:
+                # Sinkhorn in the score model: the selection ignores the scores
                 for m in range(n):
-                    counts[m] = ncount[m]
-                    first[m] = nfirst[m]
+                    w[m] = 1.0
+                topk_counts(sts, i, zeros, batch, k, inv_t, work)
             else:
-                zmax = zsel[0]
+                zmax = zs[0]
                 for m in range(1, n):
-                    zmax = max(zmax, zsel[m])
+                    zmax = max(zmax, zs[m])
                 for m in range(n):
-                    w[m] = math.exp((zsel[m] - zmax) * inv_t)
-                topk_counts(sts, i, zsel, batch, k, inv_t, work)
-            # 2. capacity
-            cap = bal[BAL_CAP] * sc
-            dropped = 0.0
-            if cap > 0.0:
-                cmax = math.ceil(cap * k * batch * inv_n - 1e-12)
-                for m in range(n):
-                    c = counts[m]
-                    if c > cmax:
-                        dropped += c - cmax
-                        c = cmax
-                    served[m] = c
-            else:
-                for m in range(n):
-                    served[m] = counts[m]
+                    w[m] = math.exp((zs[m] - zmax) * inv_t)
+                topk_counts(sts, i, zs, batch, k, inv_t, work)
             # 3. gradient schemes
             if has_grad and update:
                 if mode == 0:
@@ -265,8 +248,10 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
                     rmax = zmax
                     tot = 0.0
                     for m in range(n):
-                        p[m] = w[m]
                         tot += w[m]
+                    inv_tot = 1.0 / tot
+                    for m in range(n):
+                        p[m] = w[m] * inv_tot
                 else:
                     rmax = ri[0]
                     for m in range(1, n):
@@ -275,46 +260,49 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
                     for m in range(n):
                         p[m] = math.exp((ri[m] - rmax) * inv_t)
                         tot += p[m]
-                lse = rmax * inv_t + math.log(tot)
-                for m in range(n):
-                    p[m] /= tot
-                aux = bal[BAL_AUX] * sc
-                if aux > 0.0:
-                    s_fp = 0.0
                     for m in range(n):
-                        fm = (first[m] if bal[BAL_AUX_FIRST] > 0.0 else counts[m]) / batch
+                        p[m] /= tot
+                aux = bal[BAL_AUX] * sc * inv_t
+                zc = 2.0 * bal[BAL_Z] * sc * inv_t
+                wi = 2.0 * bal[BAL_IMP] * sc * n * inv_t
+                s_fp = 0.0
+                s_pv = 0.0
+                if aux > 0.0:
+                    use_first = bal[BAL_AUX_FIRST] > 0.0
+                    for m in range(n):
+                        fm = (first[m] if use_first else counts[m]) / batch
                         g[m] = fm
                         s_fp += fm * p[m]
-                    for m in range(n):
-                        g[m] = aux * inv_t * p[m] * (g[m] - s_fp)
-                else:
-                    for m in range(n):
-                        g[m] = 0.0
-                zc = bal[BAL_Z] * sc
-                if zc > 0.0:
-                    for m in range(n):
-                        g[m] += 2.0 * zc * inv_t * lse * p[m]
-                wi = bal[BAL_IMP] * sc
                 if wi > 0.0:
-                    s_pv = 0.0
                     for m in range(n):
                         s_pv += p[m] * (p[m] - inv_n)
-                    for m in range(n):
-                        g[m] += 2.0 * wi * n * inv_t * p[m] * ((p[m] - inv_n) - s_pv)
-                if adam:
-                    mi = ms[i]
-                    vi = vs[i]
-                    for m in range(n):
-                        mi[m] = b1 * mi[m] + (1.0 - b1) * g[m]
-                        vi[m] = b2 * vi[m] + (1.0 - b2) * (g[m] * g[m] + floor2)
-                        dlt[m] = -lr * (mi[m] / c1) / (math.sqrt(vi[m] / c2) + aeps)
-                else:
-                    for m in range(n):
-                        dlt[m] = -lr * g[m]
-            # records (snapshots: the batch of this step and the state it was drawn from)
-            if rec_now:
+                zl = zc * (rmax * inv_t + math.log(tot)) if zc > 0.0 else 0.0
                 for m in range(n):
-                    lm = served[m] * inv_kb if k > 1 else served[m] / batch
+                    gm = zl * p[m]
+                    if aux > 0.0:
+                        gm += aux * p[m] * (g[m] - s_fp)
+                    if wi > 0.0:
+                        gm += wi * p[m] * ((p[m] - inv_n) - s_pv)
+                    if adam:
+                        mm = b1 * ms[i, m] + (1.0 - b1) * gm
+                        vv = b2 * vs[i, m] + (1.0 - b2) * (gm * gm + floor2)
+                        ms[i, m] = mm
+                        vs[i, m] = vv
+                        dlt[m] = -lr * (mm * c1) / (math.sqrt(vv * c2) + aeps)
+                    else:
+                        dlt[m] = -lr * gm
+            # 2 and 4: capacity, records (snapshots: the batch of this step and the state it
+            # was drawn from), the router update, in one pass
+            cap = bal[BAL_CAP] * sc
+            cmax = math.ceil(cap * k * batch * inv_n - 1e-12) if cap > 0.0 else batch + 1
+            dropped = 0.0
+            for m in range(n):
+                c = counts[m]
+                if c > cmax:
+                    dropped += c - cmax
+                    c = cmax
+                lm = c * inv_kb if k > 1 else c / batch
+                if rec_now:
                     sm = counts[m] * inv_kb if k > 1 else counts[m] / batch
                     if snapshot:
                         l_out[lo + i, j, m] = lm
@@ -326,36 +314,33 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
                     else:
                         l_out[lo + i, j, m] += lm * inv_rec
                         sel_out[lo + i, j, m] += sm * inv_rec
+                if update:
+                    ri[m] = decay * ri[m] + eta * (an * lm - rho * (lm - inv_n) + drive[m])
+                    if has_grad:
+                        ri[m] += dlt[m]
+                        rbs[i, m] = decay * rbs[i, m] + dlt[m]
+            if rec_now:
                 if snapshot:
                     drop_out[lo + i, j] = dropped * inv_kb
                 else:
                     drop_out[lo + i, j] += dropped * inv_kb * inv_rec
             if not update:
                 continue
-            # 4. the router update
-            for m in range(n):
-                lm = served[m] * inv_kb if k > 1 else served[m] / batch
-                ri[m] = decay * ri[m] + eta * (an * lm - rho * (lm - inv_n) + drive[m])
-            if has_grad:
-                for m in range(n):
-                    ri[m] += dlt[m]
-                    rbs[i, m] = decay * rbs[i, m] + dlt[m]
             # 5. selection biases
             if mode == 1:
                 u = bal[BAL_U] * sc
-                mean_c = 0.0
-                for m in range(n):
-                    mean_c += counts[m]
-                mean_c *= inv_n
+                # the counts of a batch sum to k B: their mean is k B / N
+                mean_c = k * batch * inv_n
                 dsum = 0.0
                 for m in range(n):
                     diff = mean_c - counts[m]
                     dm = u if diff > 0.0 else (-u if diff < 0.0 else 0.0)
-                    dlt[m] = dm
+                    bi[m] += dm
                     dsum += dm
-                centre = dsum * inv_n if bal[BAL_CENTRED] > 0.0 else 0.0
-                for m in range(n):
-                    bi[m] += dlt[m] - centre
+                if bal[BAL_CENTRED] > 0.0:
+                    centre = dsum * inv_n
+                    for m in range(n):
+                        bi[m] -= centre
             elif mode == 2:
                 ema = bal[BAL_EMA]
                 zbar = 0.0
