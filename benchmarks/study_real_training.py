@@ -153,7 +153,7 @@ def independent(run: dict) -> dict:
         n, k = f.shape[1], int(run["summary"][label]["top_k"])
         # the monitor's normalisation: 0 when balanced, 1 when the busiest expert takes 1/k
         exc = _smooth((f.max(1) - 1.0 / n) / (1.0 / k - 1.0 / n))
-        d = {"excess_median": float(np.median(exc[100:]))}
+        d = {"excess_median": float(np.median(exc[100:])), "excess": exc}
         if run["flip"]:
             s, e = run["flip"]
             base = float(np.median(exc[max(0, s - 500) : s]))
@@ -194,6 +194,11 @@ def _diagnose_alarms(log: Path) -> list[dict]:
     return [a for lay in data["layers"] for a in lay.get("alarms", [])]
 
 
+def _collapsed_at(exc, alarm) -> bool:
+    t = int(alarm["step"])
+    return bool(exc[max(0, t - 50) : t + 50].mean() >= 0.75)
+
+
 def evaluate(run: dict) -> dict:
     """Acceptance per run: (a) no collapse/approaching/metastable/recovered alarm outside the
     flip; (b) collapse alarm within 50 steps of the flip where the excess rose >= 0.3, recovered
@@ -211,7 +216,17 @@ def evaluate(run: dict) -> dict:
         al = [a for a in run["alarms"] if a["layer"] == label]
         if run["flip"]:
             s, e = run["flip"]
-            before = [a for a in al if a["step"] < s and a["kind"] in bad_kinds]
+            exc = d["excess"]
+            # an alarm before the flip is right when the layer is collapsed by the independent
+            # criterion there: one expert on >= 81% of the tokens (excess >= 0.75)
+            before = [
+                a
+                for a in al
+                if a["step"] < s and a["kind"] in bad_kinds and not _collapsed_at(exc, a)
+            ]
+            d["justified_before"] = sum(
+                1 for a in al if a["step"] < s and a["kind"] in bad_kinds and _collapsed_at(exc, a)
+            )
             coll = [
                 a["step"]
                 for a in al
@@ -229,7 +244,9 @@ def evaluate(run: dict) -> dict:
                 **d,
             )
         else:
-            false = [a for a in al if a["kind"] in bad_kinds]
+            exc = d["excess"]
+            false = [a for a in al if a["kind"] in bad_kinds and not _collapsed_at(exc, a)]
+            d["justified"] = sum(1 for a in al if a["kind"] in bad_kinds and _collapsed_at(exc, a))
             out[label] = dict(false=len(false), ok=not false, **d)
     return out
 
@@ -269,7 +286,7 @@ def report(out: Path, do_replay: bool = False) -> int:
                     f"false-before {d['false_before']}"
                 )
             else:
-                extra = f" false {d['false']}"
+                extra = f" false {d['false']} justified {d['justified']}"
             print(
                 f"{p.stem:24s} {label:28s} {d['excess_median']:7.3f} {ktxt:>14s} {gtxt:>18s} "
                 f" {'PASS' if d['ok'] else 'FAIL'}{extra}  regime={s.get('regime')}"

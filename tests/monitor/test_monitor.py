@@ -210,7 +210,18 @@ def test_diagnose_auto_window_fits_eta_gamma_before_the_collapse(tmp_path):
     assert rec == recommended_window(N, eg) and w == S // 4 < rec
     write_log(tmp_path / "log.npz", np.arange(S), {"0": counts})
     assert (
-        main(["diagnose", str(tmp_path / "log.npz"), "--out", str(tmp_path / "o"), "--json"]) == 0
+        main(
+            [
+                "diagnose",
+                str(tmp_path / "log.npz"),
+                "--out",
+                str(tmp_path / "o"),
+                "--window",
+                "auto",
+                "--json",
+            ]
+        )
+        == 0
     )
     (layer,) = json.loads((tmp_path / "o" / "diagnose.json").read_text())["layers"]
     assert layer["window"] == w and layer["window_recommended"] == rec

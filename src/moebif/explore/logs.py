@@ -85,20 +85,25 @@ def _finite(x):
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def _run_monitor(source, name, steps, counts, *, top_k, window, block=None) -> MonitorLayer:
+def _run_monitor(
+    source, name, steps, counts, *, top_k, window, block=None, importance=None
+) -> MonitorLayer:
     S, n = counts.shape
     where = f"{source}: layer {name!r}"
     if not 1 <= top_k < n:
         raise LogError(f"{where}: top_k must be in 1..{n - 1} for {n} experts, got {top_k}")
     if S < 64:
         raise LogError(f"{where}: need >= 64 steps, got {S}")
-    w = int(window) if window is not None else max(64, S // 8)
-    w = min(w, S)
+    if window == "online":  # the monitor's automatic window, as diagnose's default uses
+        w, block = None, None
+    else:
+        w = int(window) if window is not None else max(64, S // 8)
+        w = min(w, S)
     try:
         mon = LayerMonitor(n, top_k=top_k, window=w, block=block, name=str(name))
     except ValueError as e:
         raise LogError(f"{where}: {e}") from None
-    mon.update_many(counts)
+    mon.update_many(counts, importance)
 
     def at(step):  # rows fed -> the log's own step numbers
         return int(steps[min(max(int(step), 1), len(steps)) - 1])
@@ -122,7 +127,7 @@ def _run_monitor(source, name, steps, counts, *, top_k, window, block=None) -> M
         n_experts=n,
         top_k=top_k,
         kappa_sn=collapse_ratio(n, top_k),
-        window=w,
+        window=mon.window,
         fits=fits,
         alarms=alarms,
         last_estimate=last,
@@ -168,10 +173,18 @@ def _diagnose_layers(obj: dict, path: Path) -> list[MonitorLayer]:
             if not isinstance(a, dict) or not isinstance(a.get("step"), int) or "kind" not in a:
                 raise LogError(f"{where}, key alarms[{j}]: need an object with step and kind")
         est = s.get("estimate")
-        if raw is not None and name in raw:
-            steps, counts = raw[name]
+        if raw is not None and name in raw.layers:
+            lay = raw.layers[name]
+            steps = lay.steps
             layer = _run_monitor(
-                found, name, steps, counts, top_k=k, window=s.get("window"), block=s.get("block")
+                found,
+                name,
+                steps,
+                lay.counts,
+                top_k=k,
+                window="online" if s.get("window_rule") == "online" else s.get("window"),
+                block=s.get("block"),
+                importance=lay.importance,
             )
             # the alarms are diagnose's own (its threshold and latent-filter prior may differ
             # from the defaults), mapped to the log's step numbers like the fits
@@ -233,8 +246,16 @@ def read_monitor_log(path, *, top_k: int = 1, window: int | None = None) -> Moni
     except (OSError, UnicodeDecodeError) as e:
         raise LogError(f"{path}: cannot be read: {e}") from None
     layers = [
-        _run_monitor(path, name, steps, counts, top_k=top_k, window=window)
-        for name, (steps, counts) in raw.items()
+        _run_monitor(
+            path,
+            name,
+            lay.steps,
+            lay.counts,
+            top_k=lay.top_k or top_k,  # the log's header says k; else the caller's
+            window=window,
+            importance=lay.importance,
+        )
+        for name, lay in raw.layers.items()
     ]
     for layer in layers:
         layer.note = (

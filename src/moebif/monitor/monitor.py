@@ -152,6 +152,11 @@ def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) ->
         return float(tau / eta_gamma)
 
 
+FILTER_STEPS = 10
+MAX_DWELL = 128
+RECOVER = 0.75  # recovered: the rise above the profile before the collapse below this x excursion
+
+
 class _Refit:
     """One refit: its step, the fits behind it and what the monitor concluded. ``kappa`` and
     the relaxation rate are those of the estimator used (``source``: ``"logits"`` for the
@@ -281,7 +286,8 @@ class LayerMonitor:
       still moves, and a settled profile is alarmed only at the absolute levels
       ``max(excursion, 0.6)`` and ``max(collapsed, 0.9)``.
     - ``dwell``: steps the loads must stay back at a stable profile for ``recovered``, and the
-      span over which stationarity is judged (default ``clip(20 / eta gamma, 32, window / 2)``).
+      span over which stationarity is judged (default ``clip(20 / eta gamma, 32, min(window / 2,
+      128))``).
     - ``warmup``: at least this many steps before a reference profile is taken (default 64);
       the reference is taken once the profile is stationary over a dwell.
     - ``dead_warning``: if set, a ``dead-experts`` warning when this fraction of the experts
@@ -402,7 +408,10 @@ class LayerMonitor:
         )
         if self._user_dwell is None:
             dw = int(round(20.0 / self._eg)) if getattr(self, "_eg_known", False) else 64
-            self.dwell = int(min(max(dw, 32, self.block), max(32, self.window // 2)))
+            # at most MAX_DWELL steps: a router back at a stable profile is seen as back
+            # within a few hundred steps however slowly it forgets
+            cap = min(max(32, self.window // 2), max(MAX_DWELL, self.block))
+            self.dwell = int(min(max(dw, 32, self.block), cap))
         else:
             self.dwell = int(self._user_dwell)
         self._nd = max(1, -(-self.dwell // self.block))
@@ -523,8 +532,11 @@ class LayerMonitor:
         self._buf[self._nblocks % self._cap] = bm
         self._nblocks += 1
         self._since_refit += self.block
-        # loads filtered at the router's own rate eta gamma (its latent scores are their EMA)
-        keep = (1.0 - min(self._eg, 1.0)) ** self.block
+        # loads filtered at the router's own rate eta gamma (its latent scores are their EMA),
+        # over at least FILTER_STEPS steps: on real text a single batch's data (one source
+        # file) can put a third of the load on one expert, and a fit of such loads can read a
+        # rate near 1 per step; no runaway is that fast
+        keep = (1.0 - min(self._eg, 1.0 / FILTER_STEPS)) ** self.block
         self._ema = bm.copy() if self._ema is None else keep * self._ema + (1.0 - keep) * bm
         nd = self._nd
         self._recent = np.vstack([self._recent, bm])[-2 * nd :]
@@ -684,7 +696,7 @@ class LayerMonitor:
         mean = dm[0]
         rise = self._excess(mean) - self._excess(pre)
         if (
-            rise >= 0.5 * self.excursion
+            rise >= RECOVER * self.excursion
             or self._dead(mean, pre) > 0
             or not self._stationary(dm[1:])
         ):
