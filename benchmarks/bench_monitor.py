@@ -536,7 +536,9 @@ def overhead(pairs=200, batch=8, seq=64, seed=0, folder=None):
     }
 
 
-def stack(which=("memory", "logsize", "overhead"), json_path=None, *, quick=False) -> int:
+def stack(
+    which=("memory", "logsize", "overhead"), json_path=None, *, quick=False, steps=None, pairs=None
+) -> int:
     """Run the stack measurements, print the table and the checks, write JSON
     (:class:`_report.Report`); 1 if a target is missed. ``quick``: 2,000 steps and 40 pairs (a
     smoke run of the benchmark itself, not the acceptance numbers)."""
@@ -551,7 +553,7 @@ def stack(which=("memory", "logsize", "overhead"), json_path=None, *, quick=Fals
     load0 = os.getloadavg()
     rows = []
     if "memory" in which or "logsize" in which:
-        m = memory_and_log(steps=2_000 if quick else 20_000)
+        m = memory_and_log(steps=steps or (2_000 if quick else 20_000))
         growth = max(m["traced_growth_mb"], m["rss_growth_mb"])
         per_step = 1024 * growth / max(1, m["steps"] - 1)
         rows.append(
@@ -587,7 +589,7 @@ def stack(which=("memory", "logsize", "overhead"), json_path=None, *, quick=Fals
         report.require("rotated log read back by read_log", m["log_read_back"])
         report.data["memory"] = m
     if "overhead" in which:
-        o = overhead(pairs=40 if quick else 200)
+        o = overhead(pairs=pairs or (40 if quick else 200))
         rows.append(
             [
                 "hooks + step() overhead, 4 layers x 16 experts, CPU",
@@ -648,6 +650,8 @@ def main(argv=None) -> int:
         help="which measurements (default: stack, the ones with targets)",
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run of stack")
+    parser.add_argument("--steps", type=int, default=None, help="memory: steps (20000)")
+    parser.add_argument("--pairs", type=int, default=None, help="overhead: step pairs (200)")
     args = arguments(__doc__, argv, parser)
     what = args.what
     if what in ("estimation", "all"):
@@ -665,7 +669,7 @@ def main(argv=None) -> int:
     parts = {"stack": ("memory", "logsize", "overhead"), "all": ("memory", "logsize", "overhead")}
     parts.update({k: (k,) for k in ("memory", "logsize", "overhead")})
     if what in parts:
-        return stack(parts[what], args.json, quick=args.quick)
+        return stack(parts[what], args.json, quick=args.quick, steps=args.steps, pairs=args.pairs)
     return 0
 
 
