@@ -566,6 +566,18 @@ def stack(
                 "ok" if growth < STACK_TARGETS["memory_mb"] else "NOT MET",
             ]
         )
+        settled = [x for x in m["traced_samples"] if x[0] >= 2000]
+        if len(settled) >= 2:
+            (i0, t0, r0), (i1, t1, r1) = settled[0], settled[-1]
+            rows.append(
+                [
+                    f"  from step {i0} (automatic window settled) to {i1}",
+                    f"traced +{t1 - t0:.2f} MB, RSS +{r1 - r0:.1f} MB (the RSS from the first "
+                    "step includes the first write of each layer's preallocated window ring)",
+                    "(info)",
+                    "",
+                ]
+            )
         rows.append(
             [
                 f"log on disk, cap {m['log_max_bytes'] / 2**20:.0f} MB x {m['log_backups'] + 1}",
