@@ -307,13 +307,13 @@ def test_read_log_never_fails_otherwise_than_log_error(tmp_path, data, suffix, h
 def test_scores_round_trip_and_diagnose_passes_them_to_the_monitor(cli, tmp_path):
     from moebif.monitor import LayerMonitor
 
-    c = _counts(4, 1200, seed=3)
+    c = _counts(4, 640, seed=3)
     rng = np.random.default_rng(1)
     imp = c / c.sum(1, keepdims=True) + rng.normal(0, 0.003, c.shape)
     imp = np.abs(imp) / np.abs(imp).sum(1, keepdims=True)
     sc = np.log(imp) + rng.normal(0, 0.01, c.shape)
     p = tmp_path / "log.jsonl"
-    write_log(p, np.arange(1200), {"x": c}, importance={"x": imp}, scores={"x": sc}, top_k=1)
+    write_log(p, np.arange(640), {"x": c}, importance={"x": imp}, scores={"x": sc}, top_k=1)
     lay = read_log(p).layers["x"]
     assert lay.meta["scores"] is True
     np.testing.assert_array_equal(lay.scores, sc)  # repr: exact
@@ -336,9 +336,9 @@ def test_scores_round_trip_and_diagnose_passes_them_to_the_monitor(cli, tmp_path
 
     # an older log without scores still reads and diagnoses
     q = tmp_path / "old.jsonl"
-    write_log(q, np.arange(1200), {"x": c}, importance={"x": imp}, top_k=1)
+    write_log(q, np.arange(100), {"x": c[:100]}, importance={"x": imp[:100]}, top_k=1)
     assert read_log(q).layers["x"].scores is None
-    r = cli("diagnose", q, "--out", tmp_path / "o2", "--window", 256, "--json")
+    r = cli("diagnose", q, "--out", tmp_path / "o2", "--window", 64, "--json")
     assert r.code == 0 and r.json["layers"][0]["scores_recorded"] is False
 
 
