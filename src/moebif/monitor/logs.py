@@ -696,7 +696,7 @@ class LogWriter:
 
     - ``path``: the log file (created with its folder if needed; appended to if it exists).
     - ``layers``: ``{label: {"n_experts": N, "top_k": k, "router_class": ..., "importance":
-      bool, "probabilities": ...}}`` (the header's ``layers``).
+      bool, "probabilities": ..., "scores": bool}}`` (the header's ``layers``).
     - ``segment``, ``start_step``: of the header written first.
     - ``model_class``: for the header.
     - ``max_bytes``: rotate before a step's lines would take the file past this size (``None``:
