@@ -87,6 +87,7 @@ class Report:
         self.tables: list[dict] = []
         self.checks: list[dict] = []
         self.notes: list[str] = []
+        self.data: dict = {}  # raw measurements, written to the JSON as they are
         self._t0 = time.perf_counter()
         print(title)
 
@@ -165,6 +166,7 @@ class Report:
             "checks": self.checks,
             "tables": self.tables,
             "notes": self.notes,
+            "data": self.data,
             "seconds": time.perf_counter() - self._t0,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": {

@@ -18,6 +18,8 @@ pytest.importorskip("transformers")
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
+from moebif.monitor import read_log  # noqa: E402
+
 STEPS, WINDOW = 64, 32
 
 
@@ -40,11 +42,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         model = tiny_model("mixtral", seed=0).train()
         plain_labels = list(find_routers(model))
         local = {lab: [] for lab in plain_labels}  # what this rank's routers selected
+        logit_sums = {lab: [] for lab in plain_labels}  # and the sums of their logits
 
         def spy(lab):
             def hook(mod, args, out):
                 if mod.training and torch._C._current_graph_task_id() == -1:
                     local[lab][-1] += torch.bincount(out[-1].reshape(-1), minlength=8).numpy()
+                    logit_sums[lab][-1] += out[0].detach().double().reshape(-1, 8).sum(0).numpy()
 
             return hook
 
@@ -58,6 +62,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         for i, x in enumerate(text_batches(STEPS, 2, 32, seed=100 + rank)):
             for lab in local:
                 local[lab].append(np.zeros(8, np.int64))
+                logit_sums[lab].append(np.zeros(8))
             model.router_aux_loss_coef = -1.0 if 20 <= i < 40 else 0.1
             loss = ddp(input_ids=x, labels=x).loss
             opt.zero_grad()
@@ -86,6 +91,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             "plain_labels": plain_labels,
             "counts": {lab: mon.counts(lab).tolist() for lab in mon.routers},
             "local": {lab: np.array(v).tolist() for lab, v in local.items()},
+            "logit_sums": {lab: np.array(v).tolist() for lab, v in logit_sums.items()},
             "alarms": alarms,
             "writer": mon.is_writer,
             "fsdp": fsdp_labels,
@@ -118,6 +124,12 @@ def test_two_ranks_gloo_same_counts_same_alarms_one_log(tmp_path, cli):
         np.testing.assert_array_equal(c0, np.array(r0["local"][lab]) + np.array(r1["local"][lab]))
         assert not np.array_equal(r0["local"][lab], r1["local"][lab])  # the shards differ
         assert (c0.sum(1) == 2 * 2 * 32 * 2).all()
+        # the logged mean logits: over both ranks' tokens (sums and token counts all-reduced)
+        tokens = 2 * 2 * 32
+        want = (np.array(r0["logit_sums"][lab]) + np.array(r1["logit_sums"][lab])) / tokens
+        logged = read_log(tmp_path / "log.jsonl").layers[lab].scores
+        np.testing.assert_allclose(logged, want, rtol=2e-8, atol=1e-9)
+        assert not np.allclose(r0["logit_sums"][lab], r1["logit_sums"][lab])
     assert r0["alarms"] == r1["alarms"] and r0["alarms"]
     assert (r0["writer"], r1["writer"]) == (True, False)
     assert [p.name for p in tmp_path.glob("log.jsonl*")] == ["log.jsonl"]

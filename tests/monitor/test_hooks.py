@@ -40,6 +40,11 @@ def test_counts_and_importance_come_from_the_gate_in_training_only(family, tmp_p
     assert len(routers) == 2
     seen, _ = _spy(routers)
     mon = RouterMonitor(model, log=tmp_path / "log.jsonl", window=32)
+    fed = {}  # what each LayerMonitor.update receives
+    for name, m in mon.monitors.items():
+        m.update = lambda c, imp=None, sc=None, name=name, f=m.update: (
+            fed.setdefault(name, []).append(sc) or f(c, imp, sc)
+        )
     a, b = next(text_batches(1, 4, 16)), next(text_batches(1, 2, 8, seed=5))
     model.train()
     model(input_ids=a)
@@ -67,6 +72,12 @@ def test_counts_and_importance_come_from_the_gate_in_training_only(family, tmp_p
         want = torch.softmax(logits.double(), -1).mean(0).numpy()
         np.testing.assert_allclose(lay.importance[0], want, rtol=2e-5, atol=1e-7)
         assert lay.tokens[0] == 4 * 16 + 2 * 8 and lay.dropped[0] == 0
+        # scores: mean over all tokens of the step of the router's pre-softmax logits, handed to
+        # the monitor and logged (9 digits)
+        assert lay.meta["scores"] is True
+        mean_logits = logits.double().mean(0).numpy()
+        np.testing.assert_allclose(fed[name][0], mean_logits, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(lay.scores[0], mean_logits, rtol=2e-8, atol=1e-9)
 
 
 def test_deepseek_v3_counts_follow_the_corrected_selection_and_sigmoid_importance(tmp_path):
@@ -91,6 +102,9 @@ def test_deepseek_v3_counts_follow_the_corrected_selection_and_sigmoid_importanc
     s = torch.sigmoid(seen[label][0][0].double().reshape(-1, 8))
     want = (s / s.sum(-1, keepdim=True)).mean(0).numpy()  # the scores, normalised per token
     np.testing.assert_allclose(lay.importance[0], want, rtol=2e-5, atol=1e-7)
+    # the logged scores are the mean logits before the sigmoid (and before the correction bias)
+    want = seen[label][0][0].double().reshape(-1, 8).mean(0).numpy()
+    np.testing.assert_allclose(lay.scores[0], want, rtol=2e-8, atol=1e-9)
 
 
 class IndexRouter(nn.Module):

@@ -298,3 +298,74 @@ def test_read_log_never_fails_otherwise_than_log_error(tmp_path, data, suffix, h
         for lay in log.layers.values():
             assert np.isfinite(lay.counts).all() and (lay.counts >= 0).all()
             assert (lay.counts < 1e15).all() and lay.n_experts >= 2
+
+
+# --------------------------------------------------------------------------------------------
+# the mean router logits ("scores")
+
+
+def test_scores_round_trip_and_diagnose_passes_them_to_the_monitor(cli, tmp_path):
+    from moebif.monitor import LayerMonitor
+
+    c = _counts(4, 640, seed=3)
+    rng = np.random.default_rng(1)
+    imp = c / c.sum(1, keepdims=True) + rng.normal(0, 0.003, c.shape)
+    imp = np.abs(imp) / np.abs(imp).sum(1, keepdims=True)
+    sc = np.log(imp) + rng.normal(0, 0.01, c.shape)
+    p = tmp_path / "log.jsonl"
+    write_log(p, np.arange(640), {"x": c}, importance={"x": imp}, scores={"x": sc}, top_k=1)
+    lay = read_log(p).layers["x"]
+    assert lay.meta["scores"] is True
+    np.testing.assert_array_equal(lay.scores, sc)  # repr: exact
+    # LogWriter lines: 9 significant digits
+    line = data_line(0, "x", [1, 2], scores=[0.123456789012, -3.0])
+    assert json.loads(line)["scores"] == [0.123456789, -3.0]
+
+    r = cli("diagnose", p, "--out", tmp_path / "o", "--window", 256, "--json")
+    assert r.code == 0, r.err
+    (got,) = r.json["layers"]
+    assert got["scores_recorded"] is True and got["importance_recorded"] is True
+
+    def direct(scores):
+        m = LayerMonitor(4, top_k=1, window=256, name="x", history=None)
+        m.update_many(lay.counts, lay.importance, scores)
+        return json.loads(json.dumps(m.summary()["estimate"], default=float))
+
+    assert got["estimate"] == direct(lay.scores)
+    assert got["estimate"] != direct(None)  # the scores did change what the monitor measured
+
+    # an older log without scores still reads and diagnoses
+    q = tmp_path / "old.jsonl"
+    write_log(q, np.arange(100), {"x": c[:100]}, importance={"x": imp[:100]}, top_k=1)
+    assert read_log(q).layers["x"].scores is None
+    r = cli("diagnose", q, "--out", tmp_path / "o2", "--window", 64, "--json")
+    assert r.code == 0 and r.json["layers"][0]["scores_recorded"] is False
+
+
+def test_bad_scores_are_one_line_errors(cli, tmp_path):
+    h = {"moebif_log": 2, "layers": {"a": {**_spec(2, 1, True), "scores": True}}}
+    good = '{"step": 0, "layer": "a", "counts": [1, 2], "importance": [0.5, 0.5]'
+    for i, (tail, where) in enumerate(
+        [
+            (', "scores": [1, "x"]}', "scores[1]"),
+            (', "scores": [1, 1e300]}', "scores[1]"),
+            (', "scores": [1]}', "key scores"),
+        ]
+    ):
+        p = tmp_path / f"b{i}.jsonl"
+        p.write_text(json.dumps(h) + "\n" + good + tail + "\n")
+        with pytest.raises(LogError, match=where.replace("[", r"\[")):
+            read_log(p)
+        r = cli("diagnose", p, "--out", tmp_path / "o")
+        assert r.code == 2 and r.err.count("\n") == 1
+    p = tmp_path / "mixed.jsonl"
+    p.write_text(
+        json.dumps(h)
+        + "\n"
+        + good
+        + ', "scores": [0, 1]}\n'
+        + good.replace('"step": 0', '"step": 1')
+        + "}\n"
+    )
+    with pytest.raises(LogError, match="line 3, key scores: missing"):
+        read_log(p)

@@ -45,11 +45,20 @@ def test_state_of_another_shape_is_refused():
 
 
 def test_history_is_capped():
-    c = _counts(steps=12000)
-    mon = LayerMonitor(8, window=512, history=10)
+    # a short window and a small cap: the capped monitor keeps only the last 3 fits and block
+    # records out of more than 3 x 3, identical to the uncapped monitor's, with the same alarms
+    c = _counts(steps=1400)
+    mon = LayerMonitor(8, window=256, history=3)
     mon.update_many(c)
-    full = LayerMonitor(8, window=512, history=None)
+    full = LayerMonitor(8, window=256, history=None)
     full.update_many(c)
-    assert len(mon.fits) == 10 and len(mon.block_record) == 10 and len(full.fits) > 50
-    assert [f.to_dict() for f in mon.fits] == [f.to_dict() for f in list(full.fits)[-10:]]
+    assert len(mon.fits) == 3 and len(mon.block_record) == 3 and len(full.fits) > 9
+    assert len(full.block_record) > 9
+    assert [f.to_dict() for f in mon.fits] == [f.to_dict() for f in list(full.fits)[-3:]]
+    assert list(mon.block_record) == list(full.block_record)[-3:]
     assert [a.to_dict() for a in mon.alarms] == [a.to_dict() for a in full.alarms]
+    # the per-step path caps the same way
+    one = LayerMonitor(8, window=256, history=3)
+    for row in c:
+        one.update(row)
+    assert [f.to_dict() for f in one.fits] == [f.to_dict() for f in mon.fits]

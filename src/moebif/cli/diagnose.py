@@ -93,13 +93,16 @@ def diagnose(
         # the library's tested rule unless the user overrides its level
         rule = {} if threshold is None else {"threshold": threshold}
         mon = LayerMonitor(n, top_k=k, window=w, name=name, eta_gamma=eg, history=None, **rule)
-        mon.update_many(counts, lay.importance)
+        # the mean router logits (log v2 "scores"; absent in older logs) feed the feedback
+        # estimator with the soft importance
+        mon.update_many(counts, lay.importance, lay.scores)
         summ = mon.summary()
         summ["window_auto"] = window == "auto"
         summ["window_rule"] = window if window in ("auto", "online") else "fixed"
         summ["window_recommended"] = rec
         summ["top_k_from"] = k_from
         summ["importance_recorded"] = lay.importance is not None
+        summ["scores_recorded"] = lay.scores is not None
         if lay.dropped is not None and lay.tokens is not None:
             routed = float(np.nansum(counts.sum(axis=1) + lay.dropped))
             summ["dropped_fraction"] = float(np.nansum(lay.dropped)) / routed if routed else 0.0
@@ -220,6 +223,7 @@ def _usable_layers(rlog, top_k: int | None, warnings: list[str]) -> list:
                 steps=lay.steps[keep],
                 counts=lay.counts[keep],
                 importance=None if lay.importance is None else lay.importance[keep],
+                scores=None if lay.scores is None else lay.scores[keep],
                 tokens=None if lay.tokens is None else lay.tokens[keep],
                 dropped=None if lay.dropped is None else lay.dropped[keep],
             )

@@ -26,6 +26,12 @@ routing, PhiMoE's sampled routing and hash routing change the selection):
 - transformers-4 sparse MoE blocks (``gate`` Linear + ``top_k`` + ``num_experts``): top-k of
   ``softmax(gate(x))``, as the block selects.
 
+**Router logits.** With ``importance`` on, the hooks also sum the router's logits (its scores
+before softmax or sigmoid, first N columns) over the step's tokens, with the token count: their
+mean per expert is passed to :meth:`LayerMonitor.update` as ``scores`` (the feedback estimator's
+response variable, :mod:`moebif.monitor.feedback`) and logged as ``"scores"``. A router whose
+output holds probabilities only gives no logits (the header says ``"scores": false``).
+
 Index N (the "skip slot" that transformers' experts accept) and -1 count as ``dropped``; any
 other index outside ``[0, N)`` is an error naming the layer (raised by :meth:`~RouterMonitor.step`:
 the hook itself never reads the device). With the Switch/NLLB capacity masks, assignments beyond
@@ -34,9 +40,10 @@ an expert's capacity count as dropped too.
 **On the device, without host syncs.** Each router adds into a fixed slice of one float64 buffer
 per device (``index_add_`` on a fixed-size slice, one-hot and mask sums; never ``bincount``, whose
 output size is data-dependent): per layer ``[invalid | -1 | e_0..e_{N-1} | skip | invalid |
-importance_0..importance_{N-1}]``. :meth:`~RouterMonitor.step` makes one
-transfer per device (``non_blocking``; on CUDA read at the next :meth:`~RouterMonitor.step`, so
-the host never waits for the GPU) for all layers, optionally every ``sync_every`` steps.
+importance_0..importance_{N-1} | logit sums | tokens with logits]``.
+:meth:`~RouterMonitor.step` makes one transfer per device (``non_blocking``; on CUDA read at the
+next :meth:`~RouterMonitor.step`, so the host never waits for the GPU) for all layers, optionally
+every ``sync_every`` steps.
 
 **Distributed.** With ``torch.distributed`` initialised, the buffer is summed over ``group``
 (default: the world) with one ``all_reduce`` per transfer before any monitor sees it: every rank
@@ -287,12 +294,14 @@ class _Route:
         self.buf = None
 
     def spec(self, importance: bool) -> dict:
+        imp = bool(importance and self.scores is not None)
         return {
             "n_experts": self.n,
             "top_k": self.k,
             "router_class": self.router_class,
-            "importance": bool(importance and self.scores is not None),
+            "importance": imp,
             "probabilities": self.scores,
+            "scores": imp and not self.probabilities,
         }
 
 
@@ -366,10 +375,16 @@ def _in_backward() -> bool:
 
 
 # a router's slice of the device buffer: [invalid < -1 | -1 | e_0 .. e_{N-1} | skip slot N |
-# invalid > N | importance_0 .. importance_{N-1}]: 2N + 4 values. Every selected index (or mask
-# entry, or unassigned slot of a mask) lands in one of the first N + 4, so their sum is k x the
-# tokens routed; the importance rows sum to 1, so their sum is the tokens scored.
+# invalid > N | importance_0 .. importance_{N-1} | logit sum_0 .. logit sum_{N-1} | tokens with
+# logits]: 3N + 5 values. Every selected index (or mask entry, or unassigned slot of a mask)
+# lands in one of the first N + 4, so their sum is k x the tokens routed; the importance rows sum
+# to 1, so their sum is the tokens scored; the logits are summed with their token count, so
+# ranks add up (all-reduce) before the mean is taken.
 _WIDTH = 4
+
+
+def _seg_size(n: int) -> int:
+    return 3 * n + _WIDTH + 1
 
 
 def _ones(seg: torch.Tensor, numel: int) -> torch.Tensor:
@@ -403,7 +418,22 @@ def _add_mask(seg: torch.Tensor, mask: torch.Tensor, n: int, k: int, *, dispatch
 
 def _add_importance(seg: torch.Tensor, p: torch.Tensor, n: int) -> None:
     """Add per-token probabilities ``(T, N)`` (rows sum to 1) into the importance slots."""
-    seg[n + _WIDTH :] += p.sum(0)
+    seg[n + _WIDTH : 2 * n + _WIDTH] += p.sum(0)
+
+
+def _add_logits(seg: torch.Tensor, logits: torch.Tensor, n: int) -> None:
+    """Add per-token router logits ``(T, N)`` (summed in float64) and their token count."""
+    seg[2 * n + _WIDTH : 3 * n + _WIDTH] += logits.sum(0, dtype=seg.dtype)
+    seg[3 * n + _WIDTH] += logits.shape[0]
+
+
+def _logits(route: _Route, scores: torch.Tensor) -> torch.Tensor | None:
+    """The router's pre-softmax (pre-sigmoid) logits ``(T, N)`` from its score output, or
+    ``None`` when that output is probabilities already."""
+    if route.probabilities:
+        return None
+    s = scores.detach()
+    return s.reshape(-1, s.shape[-1])[:, : route.n]
 
 
 def _probabilities(route: _Route, scores: torch.Tensor) -> torch.Tensor:
@@ -508,7 +538,8 @@ class RouterMonitor:
       0: none); also passed to each :class:`~moebif.monitor.LayerMonitor` (its fits and block
       records) unless given in ``monitor_options``. Memory is then bounded whatever the run
       length.
-    - ``importance``: record the router's soft importance when its output has the scores.
+    - ``importance``: record the router's soft importance and its mean logits when its output
+      has the scores.
     - ``sync_every``: steps between transfers of the counts to the host (and between the
       monitors' updates: alarms arrive up to ``sync_every - 1`` steps late).
     - ``group``: the ``torch.distributed`` process group the counts are summed over (default:
@@ -591,10 +622,10 @@ class RouterMonitor:
             off = 0
             for r in rs:
                 r.offset = off
-                off += 2 * r.n + _WIDTH
+                off += _seg_size(r.n)
             self._bufs[dev] = torch.zeros(off, dtype=torch.float64, device=dev)
             for r in rs:
-                r.buf = self._bufs[dev][r.offset : r.offset + 2 * r.n + _WIDTH]
+                r.buf = self._bufs[dev][r.offset : r.offset + _seg_size(r.n)]
             if self.sync_every > 1:
                 self._ring[dev] = torch.zeros(
                     (self.sync_every, off), dtype=torch.float64, device=dev
@@ -730,6 +761,7 @@ class RouterMonitor:
                 _add_indices(seg, torch.topk(p, k, dim=-1).indices, n)
                 if self.importance:
                     _add_importance(seg, p.reshape(-1, n), n)
+                    _add_logits(seg, output.detach().reshape(-1, n), n)
                 return
             if route.selection == "doge":  # (hidden, router_logits (2, T, keys))
                 route.via_dispatch = True
@@ -737,6 +769,9 @@ class RouterMonitor:
                     logits = _tensors(output)[-1].detach().float()
                     px, py = torch.softmax(logits[0], -1), torch.softmax(logits[1], -1)
                     _add_importance(seg, (px[:, :, None] * py[:, None, :]).reshape(-1, n), n)
+                    # expert i * keys + j has the logit x_i + y_j (its probability px_i py_j)
+                    lx, ly = logits[0].double(), logits[1].double()
+                    _add_logits(seg, (lx[:, :, None] + ly[:, None, :]).reshape(-1, n), n)
                 return
             kind, sel = _select(route, output)
             if kind in (None, "topk") and route.dispatch is not None and route.indices is None:
@@ -763,6 +798,8 @@ class RouterMonitor:
                     scores = _first_scores(_tensors(output), n)
                 if scores is not None:
                     _add_importance(seg, _probabilities(route, scores), n)
+                    if (lg := _logits(route, scores)) is not None:
+                        _add_logits(seg, lg, n)
 
     # ----------------------------------------------------------------------------------------
     # stepping
@@ -832,7 +869,7 @@ class RouterMonitor:
         for dev, rs in self._layout.items():
             row = rows[dev]
             for r in rs:
-                seg = row[r.offset : r.offset + 2 * r.n + _WIDTH]
+                seg = row[r.offset : r.offset + _seg_size(r.n)]
                 n = r.n
                 assigned = seg[: n + 4].sum()
                 if assigned <= 0:
@@ -845,19 +882,22 @@ class RouterMonitor:
                         "not an expert)"
                     )
                 counts = np.rint(seg[2 : n + 2]).astype(np.int64)
-                imp = None
+                imp = sc = None
                 if self.importance and r.scores is not None:
-                    scored = seg[n + _WIDTH :].sum()
-                    imp = seg[n + _WIDTH :] / scored if scored > 0 else None
+                    scored = seg[n + _WIDTH : 2 * n + _WIDTH].sum()
+                    imp = seg[n + _WIDTH : 2 * n + _WIDTH] / scored if scored > 0 else None
+                    with_logits = seg[3 * n + _WIDTH]
+                    if with_logits > 0 and imp is not None:
+                        sc = seg[2 * n + _WIDTH : 3 * n + _WIDTH] / with_logits
                 tokens = int(round(assigned / r.k))
                 dropped = int(round(seg[1] + seg[n + 2]))
-                layers.append((r, counts, imp, tokens, dropped))
+                layers.append((r, counts, imp, sc, tokens, dropped))
         if not layers:
             return []
         s = self.step_index
         out: list[Alarm] = []
-        for r, counts, imp, _, _ in layers:
-            out += self.monitors[r.label].update(counts, imp)
+        for r, counts, imp, sc, _, _ in layers:
+            out += self.monitors[r.label].update(counts, imp, sc)
         if self.history != 0:
             self._hist_steps.append(s)
             for r, counts, *_ in layers:
@@ -875,8 +915,9 @@ class RouterMonitor:
                     None if imp is None else imp.tolist(),
                     tokens,
                     dropped,
+                    scores=None if sc is None else sc.tolist(),
                 )
-                for r, counts, imp, tokens, dropped in layers
+                for r, counts, imp, sc, tokens, dropped in layers
             ]
             self._writer.write_step(s, lines)
         self.step_index += 1

@@ -8,12 +8,13 @@ a header object::
      "created": "2026-05-01T12:00:00+00:00", "model_class": "MixtralForCausalLM",
      "layers": {"model.layers.0.mlp.gate": {"n_experts": 8, "top_k": 2,
                 "router_class": "MixtralTopKRouter", "importance": true,
-                "probabilities": "softmax"}, ...}}
+                "probabilities": "softmax", "scores": true}, ...}}
 
 then one data line per step and layer::
 
     {"step": 12, "layer": "model.layers.0.mlp.gate", "counts": [c0, ..., c{N-1}],
-     "importance": [p0, ..., p{N-1}], "tokens": 512, "dropped": 0}
+     "importance": [p0, ..., p{N-1}], "tokens": 512, "dropped": 0,
+     "scores": [s0, ..., s{N-1}]}
 
 ``counts`` are the expert assignments of the step (summed over micro-batches); ``importance``
 (when the header says ``"importance": true``) is the router's soft importance of the step, the
@@ -21,7 +22,10 @@ token-weighted mean over the step's tokens of the per-token selection probabilit
 experts (``"probabilities"`` says how they were formed: ``"softmax"`` of the logits, or the
 ``"sigmoid"`` (or other) scores normalised to sum 1 per token), so it sums to 1; ``tokens`` is the
 number of tokens routed, ``dropped`` the assignments that went to no expert (the skip slot N, the
-index -1, or beyond an expert's capacity). Layers may have different N.
+index -1, or beyond an expert's capacity). ``scores`` (when the header says ``"scores": true``;
+optional, absent in older logs) are the mean over the step's tokens of the router's logits
+before softmax / sigmoid, per expert (9 significant digits): the feedback estimator's response
+variable (:mod:`moebif.monitor.feedback`). Layers may have different N.
 
 *Segments.* A resumed run appends a new header with ``segment`` one higher and ``start_step`` the
 first step it logs; its lines replace those of earlier segments from ``start_step`` on (a run
@@ -99,6 +103,7 @@ class LayerLog:
     - ``steps``: ``(S,)`` int64, increasing; ``counts``: ``(S, N)`` float (expert assignments).
     - ``importance``: ``(S, N)`` soft importance (rows sum to 1) or ``None`` (not recorded).
     - ``tokens``, ``dropped``: ``(S,)`` float (NaN where a line did not carry them) or ``None``.
+    - ``scores``: ``(S, N)`` mean router logits per step or ``None`` (not recorded).
     - ``meta``: the header entry of the layer (``router_class``, ``probabilities``, ...).
     """
 
@@ -111,6 +116,7 @@ class LayerLog:
     tokens: np.ndarray | None = None
     dropped: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    scores: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -258,18 +264,12 @@ def _step(v, where: str) -> int:
 class _Layer:
     """Rows of one layer while reading."""
 
-    __slots__ = ("n", "steps", "counts", "imp", "tokens", "dropped", "lines", "meta", "k")
+    __slots__ = ("n", "steps", "counts", "imp", "sc", "tokens", "dropped", "lines", "meta", "k")
 
     def __init__(self, n: int | None, k=None, meta=None):
         self.n, self.k, self.meta = n, k, dict(meta or {})
-        self.steps, self.counts, self.imp, self.tokens, self.dropped, self.lines = (
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-        )
+        self.steps, self.counts, self.imp, self.sc = [], [], [], []
+        self.tokens, self.dropped, self.lines = [], [], []
 
     def truncate(self, start: int) -> int:
         """Drop rows with step >= start (superseded by a later segment); returns how many."""
@@ -277,7 +277,15 @@ class _Layer:
         while keep and self.steps[keep - 1] >= start:
             keep -= 1
         dropped = len(self.steps) - keep
-        for lst in (self.steps, self.counts, self.imp, self.tokens, self.dropped, self.lines):
+        for lst in (
+            self.steps,
+            self.counts,
+            self.imp,
+            self.sc,
+            self.tokens,
+            self.dropped,
+            self.lines,
+        ):
             del lst[keep:]
         return dropped
 
@@ -309,9 +317,10 @@ def _check_header(obj: dict, where: str) -> dict:
         k = spec.get("top_k")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n):
             raise LogError(f"{at}.top_k: need an integer in 1..{n - 1} or null, got {k!r}")
-        imp = spec.get("importance", False)
-        if not isinstance(imp, bool):
-            raise LogError(f"{at}.importance: need true or false, got {imp!r}")
+        for key in ("importance", "scores"):
+            v = spec.get(key, False)
+            if not isinstance(v, bool):
+                raise LogError(f"{at}.{key}: need true or false, got {v!r}")
     return obj
 
 
@@ -401,9 +410,13 @@ def _read_jsonl(given: str, files: list[Path]) -> RouterLog:
             imp = obj.get("importance")
             if imp is not None:
                 imp = _importance(imp, lay.n, f"{where}, key importance")
+            sc = obj.get("scores")
+            if sc is not None:
+                sc = _scores(sc, lay.n, f"{where}, key scores")
             lay.steps.append(step)
             lay.counts.append(vals)
             lay.imp.append(imp)
+            lay.sc.append(sc)
             lay.tokens.append(_opt(obj.get("tokens"), f"{where}, key tokens"))
             lay.dropped.append(_opt(obj.get("dropped"), f"{where}, key dropped"))
             lay.lines.append(i)
@@ -436,6 +449,20 @@ def _importance(v, n: int, where: str) -> list[float]:
     return [x / s for x in out]
 
 
+MAX_LOGIT = 1e6
+
+
+def _scores(v, n: int, where: str) -> list[float]:
+    if not isinstance(v, list) or len(v) != n:
+        raise LogError(f"{where}: need a list of {n} numbers")
+    for j, x in enumerate(v):
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            raise LogError(f"{where}[{j}]: not a number: {x!r}")
+        if not (math.isfinite(x) and abs(x) < MAX_LOGIT):
+            raise LogError(f"{where}[{j}]: a mean logit must be finite and below 1e6, got {x!r}")
+    return [float(x) for x in v]
+
+
 def _opt(v, where: str) -> float:
     if v is None:
         return math.nan
@@ -456,6 +483,15 @@ def _finish(given, files, fmt, header, segments, layers, warnings) -> RouterLog:
                     f"layer {label!r} have it"
                 )
             imp = np.asarray(lay.imp, dtype=float)
+        sc = None
+        if any(x is not None for x in lay.sc):
+            if any(x is None for x in lay.sc):
+                miss = lay.lines[next(j for j, x in enumerate(lay.sc) if x is None)]
+                raise LogError(
+                    f"{files[-1]}: line {miss}, key scores: missing while other lines of "
+                    f"layer {label!r} have it"
+                )
+            sc = np.asarray(lay.sc, dtype=float)
         tokens = np.asarray(lay.tokens, dtype=float)
         dropped = np.asarray(lay.dropped, dtype=float)
         out[label] = LayerLog(
@@ -468,6 +504,7 @@ def _finish(given, files, fmt, header, segments, layers, warnings) -> RouterLog:
             tokens=None if np.isnan(tokens).all() else tokens,
             dropped=None if np.isnan(dropped).all() else dropped,
             meta=lay.meta,
+            scores=sc,
         )
     if not out:
         raise LogError(f"{files[-1]}: no data rows")
@@ -613,9 +650,15 @@ def _read_numpy(given: str, path: Path) -> RouterLog:
 _FMT6 = "{:.6g}".format
 
 
-def data_line(step: int, layer: str, counts, importance=None, tokens=None, dropped=None) -> str:
+_FMT9 = "{:.9g}".format
+
+
+def data_line(
+    step: int, layer: str, counts, importance=None, tokens=None, dropped=None, *, scores=None
+) -> str:
     """One JSONL data line (with its newline). ``counts``: ints; ``importance``: floats summing
-    to 1 (written with 6 significant digits)."""
+    to 1 (written with 6 significant digits); ``scores``: the mean router logits (9 digits: the
+    feedback estimator reads small shocks on top of their mean)."""
     parts = [f'{{"step": {int(step)}, "layer": {json.dumps(layer)}, "counts": [']
     parts.append(", ".join(map(str, map(int, counts))))
     parts.append("]")
@@ -625,6 +668,8 @@ def data_line(step: int, layer: str, counts, importance=None, tokens=None, dropp
         parts.append(f', "tokens": {int(tokens)}')
     if dropped is not None:
         parts.append(f', "dropped": {int(dropped)}')
+    if scores is not None:
+        parts.append(', "scores": [' + ", ".join(map(_FMT9, scores)) + "]")
     parts.append("}\n")
     return "".join(parts)
 
@@ -651,7 +696,7 @@ class LogWriter:
 
     - ``path``: the log file (created with its folder if needed; appended to if it exists).
     - ``layers``: ``{label: {"n_experts": N, "top_k": k, "router_class": ..., "importance":
-      bool, "probabilities": ...}}`` (the header's ``layers``).
+      bool, "probabilities": ..., "scores": bool}}`` (the header's ``layers``).
     - ``segment``, ``start_step``: of the header written first.
     - ``model_class``: for the header.
     - ``max_bytes``: rotate before a step's lines would take the file past this size (``None``:
@@ -752,13 +797,15 @@ def write_log(
     counts_by_layer: dict,
     *,
     importance: dict | None = None,
+    scores: dict | None = None,
     top_k: int | dict | None = None,
     model_class: str = "",
 ) -> None:
     """Write ``{layer: counts (S, N)}`` at ``steps`` (S,) as CSV, JSONL or NPZ (by suffix),
     atomically. JSONL gets a format-2 header (``top_k``: one k for all layers or ``{layer: k}``;
-    ``None``: unknown) and, with ``importance`` ``{layer: (S, N)}``, the importance per line.
-    Layers may have different N (not in NPZ)."""
+    ``None``: unknown) and, with ``importance`` ``{layer: (S, N)}``, the importance per line
+    (with ``scores`` ``{layer: (S, N)}``, the mean router logits). Layers may have different N
+    (not in NPZ)."""
     from .._io import atomic_write_bytes, atomic_write_text
 
     path = Path(path)
@@ -793,6 +840,7 @@ def write_log(
         return
     ks = top_k if isinstance(top_k, dict) else dict.fromkeys(labels, top_k)
     imps = {} if importance is None else {str(k): np.asarray(v) for k, v in importance.items()}
+    scs = {} if scores is None else {str(k): np.asarray(v) for k, v in scores.items()}
     spec = {
         k: {
             "n_experts": int(arrays[k].shape[-1]),
@@ -800,6 +848,7 @@ def write_log(
             "router_class": "",
             "importance": k in imps,
             "probabilities": "softmax" if k in imps else None,
+            "scores": k in scs,
         }
         for k in labels
     }
@@ -814,5 +863,7 @@ def write_log(
             line = f'{{"step": {int(s)}, "layer": {json.dumps(k)}, "counts": {vals}'
             if k in imps:
                 line += ', "importance": [' + ", ".join(map(repr, map(float, imps[k][i]))) + "]"
+            if k in scs:
+                line += ', "scores": [' + ", ".join(map(repr, map(float, scs[k][i]))) + "]"
             text.append(line + "}\n")
     atomic_write_text(path, "".join(text))
