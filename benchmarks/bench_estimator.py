@@ -279,6 +279,13 @@ def _row(r, keys):
     return [("yes" if r[k] else "NO") if k == "ok" else r[k] for k in keys]
 
 
+def _section(report, name, title, columns, keys, rows) -> None:
+    """One table of cells, and the check that every cell met its targets."""
+    report.table(f"{name}: {title}", columns, [_row(r, keys) for r in rows])
+    n_ok = sum(r["ok"] for r in rows)
+    report.require(f"{name}: every cell on target ({n_ok}/{len(rows)})", n_ok == len(rows))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", nargs="?", default="all", choices=("loads", "logits", "all"))
@@ -295,28 +302,24 @@ def main(argv=None) -> int:
         json_path=a.json,
     )
     if a.what in ("loads", "all"):
-        rows = loads_table(a.runs, a.quick)
-        report.table(
-            "loads: Whittle fit at the recommended window (targets: median|err| <= 0.03, "
-            "robust sd <= 0.05, false metastable <= runs/24)",
+        _section(
+            report,
+            "loads",
+            "Whittle fit at the recommended window (targets: median|err| <= 0.03, robust sd "
+            "<= 0.05, false metastable <= runs/24)",
             LOADS_COLUMNS,
-            [_row(r, LOADS_KEYS) for r in rows],
-        )
-        report.require(
-            f"loads: every cell on target ({sum(r['ok'] for r in rows)}/{len(rows)})",
-            all(r["ok"] for r in rows),
+            LOADS_KEYS,
+            loads_table(a.runs, a.quick),
         )
     if a.what in ("logits", "all"):
-        rows = logits_table(max(4, a.runs // 2))
-        report.table(
-            "logits: feedback from the router's logits (targets: g rel err <= 0.05, "
-            "median|kappa err| <= 0.05)",
+        _section(
+            report,
+            "logits",
+            "feedback from the router's logits (targets: g rel err <= 0.05, median|kappa err| "
+            "<= 0.05)",
             LOGITS_COLUMNS,
-            [_row(r, LOGITS_KEYS) for r in rows],
-        )
-        report.require(
-            f"logits: every cell on target ({sum(r['ok'] for r in rows)}/{len(rows)})",
-            all(r["ok"] for r in rows),
+            LOGITS_KEYS,
+            logits_table(max(4, a.runs // 2)),
         )
     return report.finish()
 
