@@ -16,16 +16,18 @@ import pytest
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
 TEXT = README.read_text()
+# other pages whose pycon examples are executed too
+PAGES = [README, ROOT / "docs" / "api.md"]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 # pages written on other branches at the same time; merged together with this one
 PENDING = {"docs/balancing.md", "docs/real-training.md"}
 
 
-def _blocks(lang: str) -> list[tuple[int, str]]:
+def _blocks(lang: str, text: str = TEXT) -> list[tuple[int, str]]:
     """``(line number, body)`` of every fenced block of language ``lang``."""
     out = []
-    for m in re.finditer(rf"^```{lang}\n(.*?)^```", TEXT, flags=re.M | re.S):
-        out.append((TEXT[: m.start()].count("\n") + 2, m.group(1)))
+    for m in re.finditer(rf"^```{lang}\n(.*?)^```", text, flags=re.M | re.S):
+        out.append((text[: m.start()].count("\n") + 2, m.group(1)))
     return out
 
 
@@ -48,15 +50,18 @@ def test_readme_has_examples():
     assert len(_blocks("pycon")) >= 2 and len(_blocks("console")) >= 2
 
 
-def test_python_examples(tmp_path, monkeypatch):
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_python_examples(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     parser, runner = doctest.DocTestParser(), doctest.DocTestRunner(optionflags=FLAGS)
     globs: dict = {}
-    for line, body in _blocks("pycon"):
-        test = parser.get_doctest(body, globs, f"README.md:{line}", str(README), line)
+    blocks = _blocks("pycon", page.read_text())
+    assert blocks, f"{page.name} has no Python example"
+    for line, body in blocks:
+        test = parser.get_doctest(body, globs, f"{page.name}:{line}", str(page), line)
         result = runner.run(test, clear_globs=False)
         globs = test.globs  # the next block sees this one's names
-        assert result.failed == 0, f"README.md line {line}: a Python example's output differs"
+        assert result.failed == 0, f"{page.name} line {line}: a Python example's output differs"
 
 
 @pytest.mark.parametrize(
