@@ -18,6 +18,8 @@ README = ROOT / "README.md"
 TEXT = README.read_text()
 # other pages whose pycon examples are executed too
 PAGES = [README, ROOT / "docs" / "api.md"]
+# the docs pages whose commands and options are checked too
+OWN_DOCS = [ROOT / "docs" / n for n in ("api.md", "architecture.md", "reproduction.md")]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 # pages written on other branches at the same time; merged together with this one
 PENDING = {"docs/balancing.md", "docs/real-training.md"}
@@ -88,10 +90,13 @@ def test_links_point_at_files():
         assert (ROOT / target).exists(), f"README.md links to a missing file: {target}"
 
 
-def test_named_commands_and_options_exist(cli):
-    """Every ``moebif CMD --option`` written in the README is a real command and option."""
-    for cmd, rest in re.findall(r"`moebif ([a-z][a-z-]*)([^`]*)`", TEXT):
+@pytest.mark.parametrize("page", [README, *OWN_DOCS], ids=lambda p: p.name)
+def test_named_commands_and_options_exist(page, cli):
+    """Every ``moebif CMD --option`` written in a page is a real command and option."""
+    named = re.findall(r"`moebif ([a-z][a-z-]*)([^`]*)`", page.read_text())
+    assert page is not README or len(named) >= 10
+    for cmd, rest in named:
         r = cli(cmd, "--help")
-        assert r.code == 0, f"README.md names an unknown command: moebif {cmd}"
+        assert r.code == 0, f"{page.name} names an unknown command: moebif {cmd}"
         for opt in re.findall(r"(--[a-z][a-z0-9-]*)", rest):
-            assert opt in r.out, f"README.md: `moebif {cmd}` has no option {opt}"
+            assert opt in r.out, f"{page.name}: `moebif {cmd}` has no option {opt}"
