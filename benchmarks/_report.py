@@ -111,20 +111,25 @@ class Report:
             }
         )
 
-    def check(self, label: str, value: float, target: float, *, at_least: bool = True) -> bool:
+    def check(
+        self, label: str, value: float, target: float, *, at_least: bool = True, unit: str = "x"
+    ) -> bool:
         """A promised ratio: ``value >= target`` (or ``<=`` with ``at_least=False``). A value
-        that could not be measured (NaN) does not meet its target."""
+        that could not be measured (NaN) does not meet its target. ``unit``: how the value is
+        printed (a ratio, ``"x"``, by default; e.g. ``" ms"`` for a latency, then also in the
+        JSON)."""
         ok = bool(value >= target) if at_least else bool(value <= target)
         ok = ok and math.isfinite(value)
-        self.checks.append(
-            {
-                "label": label,
-                "value": float(value),
-                "target": float(target),
-                "comparison": ">=" if at_least else "<=",
-                "ok": ok,
-            }
-        )
+        entry = {
+            "label": label,
+            "value": float(value),
+            "target": float(target),
+            "comparison": ">=" if at_least else "<=",
+            "ok": ok,
+        }
+        if unit != "x":
+            entry["unit"] = unit
+        self.checks.append(entry)
         return ok
 
     def require(self, label: str, ok: bool) -> bool:
@@ -153,9 +158,10 @@ class Report:
                     )
                     continue
                 verdict = "ok" if c["ok"] else "BELOW TARGET"
+                unit = c.get("unit", "x")
                 print(
-                    f"{c['label']:<{width}}  {c['value']:>9.2f}x   target {c['comparison']} "
-                    f"{c['target']:g}x   {verdict}"
+                    f"{c['label']:<{width}}  {c['value']:>9.2f}{unit}   target {c['comparison']} "
+                    f"{c['target']:g}{unit}   {verdict}"
                 )
         failed = [c["label"] for c in self.checks if not c["ok"]]
         doc = {

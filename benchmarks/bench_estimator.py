@@ -17,20 +17,21 @@ on the top-1 router with its scores recorded: ``g = eta a / T`` and kappa, with 
 the 95% intervals.
 
 Simulated logs: gamma = T = 1, eta = 0.01 (one unit of 1/(eta gamma) is 100 steps), B = 512,
-fixed seeds. Exit code 1 if a target is missed; the table is also written as JSON.
+fixed seeds. Prints the tables, writes them as JSON (default ``bench-results/estimator.json``,
+``--json PATH``), exits 1 if a target is missed. ``--quick``: N = 4 and 8 only (and with
+``--runs`` small, a check that it works).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
+from _report import Report, arguments
 
 from moebif import RouterParams, simulate_batch_router, simulate_topk_router
 from moebif.model.field import softmax
@@ -40,6 +41,7 @@ from moebif.model.heterogeneous import (
     feedback_for_kappa,
     state_of_profile,
 )
+from moebif.model.inclusion import inclusion_probabilities
 from moebif.model.thresholds import thresholds
 from moebif.monitor import LayerMonitor, default_block, fit_whittle, recommended_window
 from moebif.monitor.feedback import FeedbackStats, fit_feedback
@@ -49,9 +51,8 @@ ETA, B = 0.01, 512
 
 
 def _loads(z, k):
-    from moebif.model.heterogeneous import _loads as loads
-
-    return loads(z, k)
+    """The loads of scores ``z`` (units T): the inclusion probabilities over k."""
+    return softmax(z, 1.0) if k == 1 else inclusion_probabilities(z, 1.0, k) / k
 
 
 def drifts(n: int, k: int, kappa: float, seed: int) -> tuple[np.ndarray, float]:
@@ -60,11 +61,13 @@ def drifts(n: int, k: int, kappa: float, seed: int) -> tuple[np.ndarray, float]:
     rng = np.random.default_rng(seed)
     beta = rng.normal(size=n)
     beta -= beta.mean()
-    for sd in (0.6, 0.3, 0.15):
+    sd = 0.6
+    while sd >= 0.01:  # near the fold of the balanced branch only a small spread reaches kappa
         A = feedback_for_kappa(sd * beta, kappa, k)
         if math.isfinite(A):
             return sd * beta, A
-    raise RuntimeError("no drift spread reaches this kappa")
+        sd /= 2
+    raise RuntimeError(f"no drift spread (down to sd 0.01) reaches kappa = {kappa}")
 
 
 def cell(n, k, kappa, hetero, runs, seed, units_factor=1.0):
@@ -220,24 +223,105 @@ def logits_table(runs=12):
     return rows
 
 
+LOADS_COLUMNS = [
+    ("N", ">3"),
+    ("k", ">2"),
+    ("profile", "<13"),
+    ("kappa", ">6.3f"),
+    ("max load", ">8.3f"),
+    ("window u", ">8.0f"),
+    ("runs", ">4"),
+    ("escaped", ">7"),
+    ("median|err|", ">11.3f"),
+    ("robust sd", ">9.3f"),
+    ("false meta", ">10"),
+    ("ok", ">3"),
+]
+LOADS_KEYS = [
+    "N",
+    "top_k",
+    "profile",
+    "kappa",
+    "max_load",
+    "window_units",
+    "runs",
+    "escaped",
+    "median_abs_err",
+    "robust_sd",
+    "false_metastable",
+    "ok",
+]
+LOGITS_COLUMNS = [
+    ("N", ">3"),
+    ("profile", "<13"),
+    ("kappa", ">6.3f"),
+    ("g true", ">8.4f"),
+    ("g median", ">8.4f"),
+    ("g rel err", ">9.3f"),
+    ("median|kappa err|", ">17.3f"),
+    ("95% coverage g", ">14.2f"),
+    ("ok", ">3"),
+]
+LOGITS_KEYS = [
+    "N",
+    "profile",
+    "kappa",
+    "g_true",
+    "g_median",
+    "g_rel_err",
+    "kappa_median_abs_err",
+    "g_coverage",
+    "ok",
+]
+
+
+def _row(r, keys):
+    return [("yes" if r[k] else "NO") if k == "ok" else r[k] for k in keys]
+
+
+def _section(report, name, title, columns, keys, rows) -> None:
+    """One table of cells, and the check that every cell met its targets."""
+    report.table(f"{name}: {title}", columns, [_row(r, keys) for r in rows])
+    n_ok = sum(r["ok"] for r in rows)
+    report.require(f"{name}: every cell on target ({n_ok}/{len(rows)})", n_ok == len(rows))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", nargs="?", default="all", choices=("loads", "logits", "all"))
     ap.add_argument("--runs", type=int, default=24)
     ap.add_argument("--quick", action="store_true", help="N = 4 and 8 only")
-    ap.add_argument("--json", type=Path, default=Path("bench-results/bench_estimator.json"))
-    a = ap.parse_args(argv)
+    a = arguments(__doc__, argv, ap)
+    if a.runs < 2:
+        ap.error("--runs: must be >= 2")
     warnings.simplefilter("ignore", RuntimeWarning)
-    out = {}
+    report = Report(
+        "estimator",
+        f"monitor estimators on simulated logs (gamma = T = 1, eta = {ETA}, B = {B}); "
+        f"{a.runs} runs a cell{' (quick: N = 4, 8)' if a.quick else ''}",
+        json_path=a.json,
+    )
     if a.what in ("loads", "all"):
-        out["loads"] = loads_table(a.runs, a.quick)
+        _section(
+            report,
+            "loads",
+            "Whittle fit at the recommended window (targets: median|err| <= 0.03, robust sd "
+            "<= 0.05, false metastable <= runs/24)",
+            LOADS_COLUMNS,
+            LOADS_KEYS,
+            loads_table(a.runs, a.quick),
+        )
     if a.what in ("logits", "all"):
-        out["logits"] = logits_table(max(4, a.runs // 2))
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(out, indent=1))
-    ok = all(r["ok"] for rows in out.values() for r in rows)
-    print(f"wrote {a.json}; {'all targets met' if ok else 'SOME TARGETS MISSED'}")
-    return 0 if ok else 1
+        _section(
+            report,
+            "logits",
+            "feedback from the router's logits (targets: g rel err <= 0.05, median|kappa err| "
+            "<= 0.05)",
+            LOGITS_COLUMNS,
+            LOGITS_KEYS,
+            logits_table(max(4, a.runs // 2)),
+        )
+    return report.finish()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Responsiveness of ``moebif explore`` in a real browser (issue 16).
 
-    python benchmarks/bench_explore.py [--json FILE] [--repeat R]
+    python benchmarks/bench_explore.py [--json FILE] [--repeat R] [--quick]
 
 Serves the explorer on the loopback, drives Debian's Chromium through Playwright (no browser
 download) and changes one slider at a time, as a user does: each change fires the slider's
@@ -12,22 +12,22 @@ server's own compute time is read from its reply.
 Targets (issue 16): median < 150 ms and 95th percentile < 400 ms over the slider changes of
 a, gamma, T, h, rho and N (top-1). Switching to a top-k (k > 1) N-expert diagram for the first
 time computes its branches (~1 s); that is shown on its own line and not in the target. Prints a
-table, writes JSON (default ``bench-results/explore.json``), exits 1 below target. The machine
-load (1-minute load average) is printed before and after: timings taken while other jobs run
-are not to be trusted.
+table, writes JSON (default ``bench-results/explore.json``), exits 1 below target (2 when no
+browser can run). ``--quick``: every fourth value of each sweep (a check that it works). The
+machine load (1-minute load average) is printed before and after: timings taken while other jobs
+run are not to be trusted.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _report import Report, arguments
 
 TARGET_MEDIAN_MS = 150.0
 TARGET_P95_MS = 400.0
@@ -49,10 +49,12 @@ def _load() -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, default=Path("bench-results/explore.json"))
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--repeat", type=int, default=1, help="times each sweep is run")
-    args = ap.parse_args(argv)
+    ap.add_argument("--quick", action="store_true", help="every fourth slider value")
+    args = arguments(__doc__, argv, ap)
+    if args.repeat < 1:
+        ap.error("--repeat: must be >= 1")
 
     try:
         from playwright.sync_api import sync_playwright
@@ -75,6 +77,7 @@ def main(argv=None) -> int:
         wait_rendered(page, 1, timeout=60)
         drag_slider_latencies(page, "a", np.linspace(2.9, 3.1, 5))  # warm-up, not counted
         for key, values in SWEEPS:
+            values = values[::4] if args.quick else values
             res = []
             for _ in range(args.repeat):
                 res += drag_slider_latencies(page, key, values)
@@ -107,52 +110,37 @@ def main(argv=None) -> int:
     load1 = _load()
 
     median, p95 = statistics.median(every), float(np.percentile(every, 95))
-    ok = median < TARGET_MEDIAN_MS and p95 < TARGET_P95_MS
-    print(
+    report = Report(
+        "explore",
         f"moebif explore: slider change -> redrawn theory views, in headless Chromium "
         f"({chromium_path()}), {os.cpu_count()} cores; load average {load0:.2f} before, "
-        f"{load1:.2f} after"
+        f"{load1:.2f} after",
+        json_path=args.json,
     )
-    head = (
-        f"{'slider':<10} {'changes':>7} {'median ms':>10} {'p95 ms':>8} {'max ms':>8} "
-        f"{'server ms':>10}"
+    cols = [
+        ("slider", "<10"),
+        ("changes", ">7"),
+        ("median ms", ">10.1f"),
+        ("p95 ms", ">8.1f"),
+        ("max ms", ">8.1f"),
+        ("server ms", ">10.1f"),
+    ]
+    table = [[r[c] for c in ("slider", "changes", "median_ms", "p95_ms", "max_ms")] for r in rows]
+    table = [[*t, r["server_median_ms"]] for t, r in zip(table, rows, strict=True)]
+    table.append(["all", len(every), median, p95, max(every), None])
+    report.table("", cols, table)
+    report.table(
+        "k = 1 -> 2 at N = 8 (top-k branches computed on first visit; not in the target)",
+        [("visit", "<8"), ("ms", ">8.0f"), ("server ms", ">10.0f")],
+        [["first", topk["first_ms"], topk["first_server_ms"]], ["cached", topk["cached_ms"], None]],
     )
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(
-            f"{r['slider']:<10} {r['changes']:>7} {r['median_ms']:>10.1f} {r['p95_ms']:>8.1f} "
-            f"{r['max_ms']:>8.1f} {r['server_median_ms']:>10.1f}"
-        )
-    print("-" * len(head))
-    print(f"{'all':<10} {len(every):>7} {median:>10.1f} {p95:>8.1f} {max(every):>8.1f}")
-    print(
-        f"k = 1 -> 2 at N = 8 (top-k branches computed on first visit, not in the target): "
-        f"{topk['first_ms']:.0f} ms first (server {topk['first_server_ms']:.0f} ms), "
-        f"{topk['cached_ms']:.0f} ms cached"
-    )
-    verdict = "ok" if ok else "BELOW TARGET"
-    print(
-        f"median {median:.1f} ms (target < {TARGET_MEDIAN_MS:g}), p95 {p95:.1f} ms "
-        f"(target < {TARGET_P95_MS:g}): {verdict}"
-    )
+    report.check("median latency", median, TARGET_MEDIAN_MS, at_least=False, unit=" ms")
+    report.check("95th percentile latency", p95, TARGET_P95_MS, at_least=False, unit=" ms")
+    if args.quick:
+        report.note("quick mode: every fourth slider value")
     if max(load0, load1) > 1.5:
-        print("note: other jobs were running (load average > 1.5): these timings are inflated")
-    out = {
-        "target": {"median_ms": TARGET_MEDIAN_MS, "p95_ms": TARGET_P95_MS},
-        "median_ms": median,
-        "p95_ms": p95,
-        "ok": ok,
-        "sliders": rows,
-        "top_k_first_visit": topk,
-        "load_average": [load0, load1],
-        "cores": os.cpu_count(),
-        "chromium": chromium_path(),
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json}")
-    return 0 if ok else 1
+        report.note("other jobs were running (load average > 1.5): these timings are inflated")
+    return report.finish()
 
 
 if __name__ == "__main__":

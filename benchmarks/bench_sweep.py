@@ -15,15 +15,16 @@ values bit for bit.
 
 Targets: 2 Dask workers against 1 at least 1.8x; Dask within 10% of the local processes at
 the same worker count (Dask time <= 1.1x). Prints a table, writes
-``bench-results/bench_sweep.json``, exits 1 below target. Run on a quiet machine: other jobs on
-the cores show up directly in these ratios. Run: ``python benchmarks/bench_sweep.py [WORK]``.
+``bench-results/sweep.json`` (``--json PATH``), exits 1 below target. Run on a quiet machine:
+other jobs on the cores show up directly in these ratios (the load average is printed). Run:
+``python benchmarks/bench_sweep.py [--work SECONDS] [--quick] [--json PATH]``; ``--quick`` sizes
+the workload to 6 s (checks that it works; its ratios are dominated by start-up costs).
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 import xarray as xr
+from _report import Report, arguments
 
 from moebif.sweep import DaskExecutor, LocalProcesses, parse_spec, run_sweep
 
@@ -69,9 +71,16 @@ def _time(spec, executor, store: Path) -> float:
     return seconds
 
 
-def main() -> int:
-    work = float(sys.argv[1]) if len(sys.argv) > 1 else WORK
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--work", type=float, default=WORK, help="core-seconds of work")
+    parser.add_argument("--quick", action="store_true", help="a 6 s workload")
+    args = arguments(__doc__, argv, parser)
+    work = 6.0 if args.quick else args.work
+    if not work > 0:
+        parser.error("--work: must be > 0")
     spec = _spec(work)
+    load0 = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     rows = {}
     try:
@@ -87,48 +96,32 @@ def main() -> int:
         identical = all(s.identical(stores[0]) for s in stores[1:])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    load1 = os.getloadavg()[0]
 
     d1, d2, p2 = (rows[k][1] for k in ("dask, 1 worker", "dask, 2 workers", "local processes, 2"))
-    checks = {"dask 2 / dask 1": d1 / d2, "processes / dask (2 workers)": p2 / d2}
     chunks = spec.chunks()
     tasks = -(-CELLS[0] // chunks[0]) * -(-CELLS[1] // chunks[1])
-    print(
+    report = Report(
+        "sweep",
         f"sweep benchmark: {spec.n_cells} cells x {REPLICAS} replicas x {spec.params['steps']} "
         f"steps (two experts, B=512), {tasks} tasks of {chunks} cells; estimated "
-        f"{spec.cell_cost().sum():.0f} core-seconds; {os.cpu_count()} cores, "
-        f"python {platform.python_version()}"
+        f"{spec.cell_cost().sum():.0f} core-seconds; {os.cpu_count()} cores; load average "
+        f"{load0:.2f} before, {load1:.2f} after",
+        json_path=args.json,
     )
-    header = f"{'executor':<22} {'workers':>7} {'seconds':>9} {'speed-up vs dask 1':>19}"
-    print(header)
-    print("-" * len(header))
-    for name, (workers, sec) in rows.items():
-        print(f"{name:<22} {workers:>7} {sec:>9.2f} {d1 / sec:>18.2f}x")
-    print("-" * len(header))
-    ok = identical
-    for label, value in checks.items():
-        target = TARGETS[label]
-        good = value >= target
-        ok &= good
-        verdict = "ok" if good else "BELOW TARGET"
-        print(f"{label:<32} {value:>6.3f}x   target >= {target:.3f}x   {verdict}")
-    print(f"stores identical bit for bit: {identical}")
-    out = Path("bench-results")
-    out.mkdir(exist_ok=True)
-    record = {
-        "benchmark": "sweep",
-        "work_estimate_seconds": float(spec.cell_cost().sum()),
-        "cells": spec.n_cells,
-        "tasks": tasks,
-        "seconds": {k: v[1] for k, v in rows.items()},
-        "ratios": checks,
-        "targets": TARGETS,
-        "identical": identical,
-        "ok": bool(ok),
-        "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg(),
-    }
-    (out / "bench_sweep.json").write_text(json.dumps(record, indent=2) + "\n")
-    return 0 if ok else 1
+    report.table(
+        "",
+        [("executor", "<22"), ("workers", ">7"), ("seconds", ">9.2f"), ("vs dask 1", ">10.2f")],
+        [[name, workers, sec, d1 / sec] for name, (workers, sec) in rows.items()],
+    )
+    report.check("dask 2 / dask 1", d1 / d2, TARGETS["dask 2 / dask 1"])
+    report.check("processes / dask (2 workers)", p2 / d2, TARGETS["processes / dask (2 workers)"])
+    report.require("stores identical bit for bit", identical)
+    if args.quick:
+        report.note("quick mode: a 6 s workload, its ratios are dominated by start-up costs")
+    if max(load0, load1) > 1.5:
+        report.note("other jobs were running (load average > 1.5): these ratios are unreliable")
+    return report.finish()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
 """moebif.torch.RouterMonitor on the router layouts of transformers 4.x and 5.x.
 
-The 4.x layouts are mocked here (CI runs transformers 5); ``test_real_transformers4`` runs them
-on real tiny transformers-4 models and is skipped unless transformers 4 is installed.
+The package needs transformers 5 (``pyproject.toml``), so no environment of ours has
+transformers 4: its layouts are replayed here by hand-built modules that return what the 4.x
+modules return (a sparse MoE block whose ``gate`` Linear gives the logits and whose forward
+selects top-k of their softmax, as Mixtral, Qwen2/3-MoE and OLMoE do in 4.x; Qwen2-MoE's
+one-output ``shared_expert_gate`` beside it; a DeepSeek-V3 router returning ``(indices,
+weights)`` chosen with a correction bias; Llama-4's ``(scores, logits)``). The counts are
+checked against the selections the modules themselves made.
 """
 
 from __future__ import annotations
@@ -45,6 +50,22 @@ class SparseMoeBlock(nn.Module):
                 w = routing_weights[tok, slot, None].to(x.dtype)
                 out.index_add_(0, tok, self.experts[e](x[tok]) * w)
         return out.reshape(shape), router_logits
+
+
+class SharedExpertMoeBlock(SparseMoeBlock):
+    """A transformers-4 Qwen2-MoE block: the sparse block plus a shared expert weighted by a
+    one-output ``shared_expert_gate`` Linear (which scores no expert)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared_expert = nn.Linear(H, H)
+        self.shared_expert_gate = nn.Linear(H, 1, bias=False)
+
+    def forward(self, x):
+        out, logits = super().forward(x)
+        flat = x.reshape(-1, self.hidden_dim)
+        shared = F.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
+        return out + shared.reshape(out.shape), logits
 
 
 class FakeV3TopkRouter(nn.Module):
@@ -154,6 +175,18 @@ def test_v4_sparse_moe_block_gate_is_found_and_counted_like_the_block(tmp_path):
     mon.close()
 
 
+def test_v4_shared_expert_gate_is_not_a_router():
+    torch.manual_seed(0)
+    model = Model(SharedExpertMoeBlock(), SparseMoeBlock()).train()
+    assert list(find_routers(model)) == ["layers.0.gate", "layers.1.gate"]
+    mon = RouterMonitor(model, window=32)
+    model(_x(0))
+    mon.step()
+    for i, block in enumerate(model.layers):
+        np.testing.assert_array_equal(mon.counts(f"layers.{i}.gate")[0], _selected(block))
+    mon.close()
+
+
 def test_v4_block_ties_and_bfloat16_follow_the_block_selection():
     torch.manual_seed(0)
     tied = SparseMoeBlock()
@@ -245,15 +278,9 @@ def test_named_modules_and_indices():
     mon2.close()
 
 
-def _transformers_major():
-    tf = pytest.importorskip("transformers")
-    return int(tf.__version__.split(".")[0])
-
-
 @pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "olmoe"])
 def test_v5_detection_unchanged(family):
-    if _transformers_major() < 5:
-        pytest.skip("transformers 5 layout")
+    pytest.importorskip("transformers", minversion="5")
     model = tiny_model(family)
     routers = find_routers(model)
     # exactly the 5.x gate modules (as before 4.x support): no Linear, no block
@@ -282,57 +309,4 @@ def test_v5_detection_unchanged(family):
     for name in routers:
         want = torch.bincount(seen[name].reshape(-1), minlength=8).numpy()
         np.testing.assert_array_equal(mon.counts(name)[0], want)
-    mon.close()
-
-
-def _tiny_v4(family):
-    """The example's tiny model; DeepSeek-V3 with a correction bias that alone forces expert 5
-    (so the selection differs from top-k of the logits)."""
-    model = tiny_model(family)
-    if family == "deepseek_v3":
-        gate = model.model.layers[1].mlp.gate
-        with torch.no_grad():
-            gate.weight.normal_(0, 1.0)
-            gate.e_score_correction_bias[:] = 0.0
-            gate.e_score_correction_bias[5] = 10.0
-    return model
-
-
-@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"])
-def test_real_transformers4(family):
-    if _transformers_major() != 4:
-        pytest.skip("needs transformers 4.x")
-    model = _tiny_v4(family)
-    blocks = {
-        n: m
-        for n, m in model.named_modules()
-        if isinstance(getattr(m, "experts", None), nn.ModuleList) and hasattr(m, "gate")
-    }
-    assert blocks and set(find_routers(model)) == {f"{n}.gate" for n in blocks}
-    real = {n: np.zeros(8, np.int64) for n in blocks}  # rows each expert really receives
-    for n, b in blocks.items():
-        for e, expert in enumerate(b.experts):
-
-            def spy(mod, args, n=n, e=e):
-                if mod.training:
-                    real[n][e] += args[0].reshape(-1, args[0].shape[-1]).shape[0]
-
-            expert.register_forward_pre_hook(spy)
-    mon = RouterMonitor(model, window=32)
-    x = torch.randint(0, 512, (4, 16), generator=torch.Generator().manual_seed(1))
-    model.train()
-    model(input_ids=x)
-    model(input_ids=x[:, :8])
-    mon.step()
-    model.eval()
-    with torch.no_grad():
-        model(input_ids=x)
-    mon.step()
-    assert len(mon.steps) == 1
-    for n in blocks:
-        c = mon.counts(f"{n}.gate")[0]
-        np.testing.assert_array_equal(c, real[n])
-        assert c.sum() == 96 * 2
-        if family == "deepseek_v3":
-            assert c[5] == 96 and c[:4].sum() == 0
     mon.close()

@@ -264,6 +264,29 @@ def write_seeds_report(out: Path, claims: list[dict], *, n_seeds: int, quick: bo
         *rows,
         "</table>",
     ]
+    weak = [c for c in claims if not c["holds"]]
+    if weak:
+        body.append("<h2 id='fragile'>Claims that do not hold at every seed</h2>")
+        body.append(
+            "<p>For each, the seeds at which it fails, with the tolerance as evaluated there "
+            "(it names the margin that was missed) and the measured value. A claim that holds "
+            "at some seeds only is fragile: its margin is within the seed-to-seed scatter of "
+            "the measurement.</p><ul>"
+        )
+        for c in weak:
+            fails = [
+                f"seed {sd}: {html.escape(t)}; measured {html.escape(format_value(m))}"
+                for sd, h, t, m in zip(
+                    c["seeds"], c["holds_at"], c["tolerances"], c["measured"], strict=True
+                )
+                if not h
+            ]
+            body.append(
+                f"<li><b>{html.escape(c['id'])}</b> ({_RESULT[_status(c)]}, holds at "
+                f"{sum(c['holds_at'])}/{len(c['holds_at'])} seeds): {html.escape(c['statement'])}"
+                "<ul>" + "".join(f"<li>{f}</li>" for f in fails) + "</ul></li>"
+            )
+        body.append("</ul>")
     by_exp: dict[str, list[dict]] = {}
     for c in claims:
         by_exp.setdefault(c["experiment"], []).append(c)

@@ -66,6 +66,33 @@ __all__ = [
 
 RUN_FILE = "run.json"
 
+# Rough relative cost of each experiment (seconds on the 2-core machine, quick and full): with
+# several workers the costliest start first, so that the run does not end waiting for one long
+# experiment started last. Only the order changes, never a result; unknown ids go in between.
+# (The full-size costs of the bal-* experiments are estimates, 4-5x their quick ones.)
+COST = {
+    "bal-phase": (40, 180),
+    "fig04": (12, 130),
+    "fig01": (16, 120),
+    "nexp-topk": (13, 110),
+    "fig10": (14, 110),
+    "fig11": (14, 77),
+    "nexp-metastable": (6, 62),
+    "fig02": (12, 59),
+    "fig05": (8, 56),
+    "nexp-hysteresis": (7, 46),
+    "fig07": (7, 28),
+    "nexp-branches": (4, 25),
+    "fig09": (3, 21),
+    "fig08": (3, 21),
+    "fig03": (2, 17),
+    "theory": (1, 12),
+    "fig06": (2, 14),
+    "bal-bias": (5, 25),
+    "bal-capacity": (5, 25),
+    "bal-compare": (2, 10),
+}
+
 
 @dataclass
 class ExperimentOutcome:
@@ -213,10 +240,25 @@ def run_one(
     return {"seconds": seconds, "claims": claims}
 
 
-def _worker(exp_id: str, quick: bool, out: str, base_seed, index: int, queue) -> dict:
-    def progress(done, total):
-        if queue is not None:
-            queue.put(((exp_id, index), float(done), float(total)))
+def _worker(
+    exp_id: str,
+    quick: bool,
+    out: str,
+    base_seed,
+    index: int,
+    queue,
+    progress=None,
+    numba_threads: int | None = None,
+) -> dict:
+    if numba_threads is not None:  # one worker of several: its share of the cores
+        import numba
+
+        numba.set_num_threads(max(1, min(numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    if progress is None:
+
+        def progress(done, total):
+            if queue is not None:
+                queue.put(((exp_id, index), float(done), float(total)))
 
     try:
         return run_one(exp_id, quick, out, progress, base_seed=base_seed, index=index)
@@ -455,6 +497,8 @@ def reproduce(
                 outcomes[i, j] = ExperimentOutcome(
                     i, "skipped", 0.0, _load_claims(folders[j], i), seed_index=j
                 )
+    if jobs > 1:  # costliest first (stable: registry and seed order otherwise)
+        tasks.sort(key=lambda t: -COST.get(t[0], (5, 40))[0 if quick else 1])
     atomic_write_json(
         out / RUN_FILE,
         {"quick": quick, "base_seed": seed, "seeds": seeds, "ids": ids, "moebif": __version__},
@@ -483,24 +527,60 @@ def _remove_stale_temporaries(out: Path) -> None:
 
 
 def _run_all(tasks, quick, folders, base_seed, jobs, disp, outcomes, n_seeds, multi):
-    import multiprocessing as mp
-
+    """Run ``tasks`` (experiment id, seed index): in worker processes, or with one job in this
+    process (same code, same numbers; no start-up cost of a worker)."""
     frac: dict[tuple[str, int], float] = {k: 1.0 for k in outcomes}
 
     def show(exp_id, status=None):
         done = sum(v for (i, _), v in frac.items() if i == exp_id)
         disp.update(exp_id, done / n_seeds, status)
 
+    def record(i, j, res):
+        where = f" (seed {j})" if multi else ""
+        frac[i, j] = 1.0
+        if "error" in res:
+            outcomes[i, j] = ExperimentOutcome(i, "failed", 0.0, [], res["error"], seed_index=j)
+            show(i, "FAILED")
+            last = res["error"].strip().splitlines()[-1]
+            disp.log(f"[{i}]{where} FAILED: {last}")
+            return
+        n_ok = sum(c["holds"] for c in res["claims"])
+        outcomes[i, j] = ExperimentOutcome(i, "done", res["seconds"], res["claims"], seed_index=j)
+        finished = all(v == 1.0 for (e, _), v in frac.items() if e == i)
+        show(i, "done" if finished else None)
+        disp.log(
+            f"[{i}]{where} done in {res['seconds']:.1f} s ({n_ok}/{len(res['claims'])} claims hold)"
+        )
+
+    for i, j in tasks:
+        frac[i, j] = 0.0
+        show(i, "queued")
+    if jobs == 1:
+        for i, j in tasks:
+
+            def progress(done, total, key=(i, j)):
+                frac[key] = done / total if total else 0.0
+                show(key[0], "running")
+
+            record(i, j, _worker(i, quick, str(folders[j]), base_seed, j, None, progress))
+        return
+
+    import multiprocessing as mp
+
     ctx = mp.get_context("spawn")  # clean workers: no inherited numba/torch thread state
     with ctx.Manager() as manager:
         queue = manager.Queue()
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx) as pool:
-            futures = {}
-            for i, j in tasks:
-                f = pool.submit(_worker, i, quick, str(folders[j]), base_seed, j, queue)
-                futures[f] = (i, j)
-                frac[i, j] = 0.0
-                show(i, "queued")
+            # each worker gets its share of the cores for the numba kernels (results do not
+            # depend on the thread count); more threads than cores only spin and wait
+            share = max(1, (os.cpu_count() or 1) // jobs)
+            futures = {
+                pool.submit(_worker, i, quick, str(folders[j]), base_seed, j, queue, None, share): (
+                    i,
+                    j,
+                )
+                for i, j in tasks
+            }
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -509,28 +589,7 @@ def _run_all(tasks, quick, folders, base_seed, jobs, disp, outcomes, n_seeds, mu
                     frac[key] = d / tot if tot else 0.0
                     show(key[0], "running")
                 for f in done:
-                    i, j = futures[f]
-                    where = f" (seed {j})" if multi else ""
-                    res = f.result()
-                    frac[i, j] = 1.0
-                    if "error" in res:
-                        outcomes[i, j] = ExperimentOutcome(
-                            i, "failed", 0.0, [], res["error"], seed_index=j
-                        )
-                        show(i, "FAILED")
-                        last = res["error"].strip().splitlines()[-1]
-                        disp.log(f"[{i}]{where} FAILED: {last}")
-                    else:
-                        n_ok = sum(c["holds"] for c in res["claims"])
-                        outcomes[i, j] = ExperimentOutcome(
-                            i, "done", res["seconds"], res["claims"], seed_index=j
-                        )
-                        finished = all(v == 1.0 for (e, _), v in frac.items() if e == i)
-                        show(i, "done" if finished else None)
-                        disp.log(
-                            f"[{i}]{where} done in {res['seconds']:.1f} s "
-                            f"({n_ok}/{len(res['claims'])} claims hold)"
-                        )
+                    record(*futures[f], f.result())
 
 
 # ----------------------------------------------------------------------------------------------
