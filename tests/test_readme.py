@@ -21,7 +21,8 @@ PAGES = [README, ROOT / "docs" / "api.md"]
 # the docs pages whose commands and options are checked too
 OWN_DOCS = [ROOT / "docs" / n for n in ("api.md", "architecture.md", "reproduction.md")]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-# pages written on other branches at the same time; merged together with this one
+
+
 def _blocks(lang: str, text: str = TEXT) -> list[tuple[int, str]]:
     """``(line number, body)`` of every fenced block of language ``lang``."""
     out = []

@@ -71,7 +71,6 @@ def test_arguments_default_and_explicit_json(report_mod, tmp_path):
     assert e.value.code == 2
 
 
-# converted on other branches at the same time; merged together with this one
 @pytest.mark.parametrize("path", sorted(HERE.parent.glob("bench_*.py")), ids=lambda p: p.name)
 def test_every_benchmark_reports_through_report(path):
     """Each benchmark prints its table, writes JSON and sets its exit code through Report."""
