@@ -257,6 +257,7 @@ def report(out: Path, do_replay: bool = False) -> int:
         print("no runs in", out)
         return 2
     fail = 0
+    table = []
     print(f"{'run':24s} {'layer':28s} {'excess':>7s} {'kappa':>14s} {'feedback g':>18s}  verdict")
     for p in rows:
         run = json.loads(p.read_text())
@@ -292,6 +293,19 @@ def report(out: Path, do_replay: bool = False) -> int:
                 f" {'PASS' if d['ok'] else 'FAIL'}{extra}  regime={s.get('regime')}"
             )
             fail += not d["ok"]
+            table.append(
+                {
+                    "run": p.stem,
+                    "layer": label,
+                    **{key: v for key, v in d.items() if key != "excess"},
+                    "regime": s.get("regime"),
+                    "kappa": k,
+                    "kappa_interval": ki,
+                    "feedback": g,
+                    "feedback_interval": gi,
+                    "alarms": [a for a in run["alarms"] if a["layer"] == label],
+                }
+            )
         diag = run.get("diagnose_alarms")
         if diag is not None:
             on = sorted((a["step"], a["kind"], a["layer"]) for a in run["alarms"])
@@ -302,6 +316,12 @@ def report(out: Path, do_replay: bool = False) -> int:
                 f" ({len(off)} vs {len(on)})"
             )
             fail += not same
+    from moebif._io import atomic_write_text
+
+    atomic_write_text(
+        out / "report.json",
+        json.dumps({"rows": table, "failed": fail}, default=_plain).replace("NaN", "null"),
+    )
     return 1 if fail else 0
 
 

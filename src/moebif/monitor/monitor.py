@@ -154,7 +154,7 @@ def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) ->
 
 FILTER_STEPS = 10
 MAX_DWELL = 128
-RECOVER = 0.75  # recovered: the rise above the profile before the collapse below this x excursion
+RECOVER = 0.6  # recovered: both dwell halves back within this x excursion of the profile left
 
 
 class _Refit:
@@ -694,7 +694,8 @@ class LayerMonitor:
         pre = self._ref_pre if self._ref_pre is not None else self._ref
         pre = pre if pre is not None else np.full(self.n_experts, 1.0 / self.n_experts)
         mean = dm[0]
-        rise = self._excess(mean) - self._excess(pre)
+        # both halves of the dwell back (an excess swinging in and out is not back)
+        rise = max(self._excess(dm[1]), self._excess(dm[2])) - self._excess(pre)
         if (
             rise >= RECOVER * self.excursion
             or self._dead(mean, pre) > 0
@@ -787,6 +788,22 @@ class LayerMonitor:
                 if kap >= 1.0
                 else ("metastable" if (n >= 3 and kap >= ksn) else "balanced")
             )
+            dm = self._dwell_means()
+            if (
+                rf.regime == "collapsing"
+                and rf.source == "loads"
+                and not (self._flags["collapse-in-progress"] or self._flags["collapsed"])
+                and dm is not None
+                and self._stationary(dm[1:])
+            ):
+                # an unstable router runs away; loads that stay put with kappa_hat >= 1 are a
+                # slow drive of the gate (the language model's gradient), which loads alone
+                # cannot tell from feedback
+                rf.regime = "unresolved"
+                rf.reason = (
+                    "loads: kappa_hat >= 1 on a stationary profile: a slow drive of the gate, "
+                    "not feedback the loads can resolve (log the router's scores)"
+                )
             uniform = float(np.abs(profile * n - 1.0).max()) <= 1e-9
             if n >= 3 and k == 1 and uniform and rf.kappa_hi >= ksn and fit is not None:
                 rf._esc_args = (ksn, rf.eta_gamma, fit.b_eff, n)
