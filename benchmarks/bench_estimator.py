@@ -65,7 +65,11 @@ def drifts(n: int, k: int, kappa: float, seed: int) -> tuple[np.ndarray, float]:
     while sd >= 0.01:  # near the fold of the balanced branch only a small spread reaches kappa
         A = feedback_for_kappa(sd * beta, kappa, k)
         if math.isfinite(A):
-            return sd * beta, A
+            # the state the logs start from must have that kappa (just below a fold of the
+            # balanced branch the continuation can land past it)
+            f = _loads(balanced_equilibrium(A, sd * beta, k), k)
+            if abs(A * state_of_profile(f, k).mu_max - kappa) < 0.01:
+                return sd * beta, A
         sd /= 2
     raise RuntimeError(f"no drift spread (down to sd 0.01) reaches kappa = {kappa}")
 

@@ -281,7 +281,9 @@ def feedback_for_kappa(beta, kappa: float, top_k: int = 1, *, a_max: float | Non
     n = beta.size
 
     def kap(A):
-        z = balanced_equilibrium(A, beta, top_k, steps=max(20, int(40 * A / a_hi) + 20))
+        # the same continuation as balanced_equilibrium's default (a coarser one can jump
+        # past the branch's fold to an unstable root, whose kappa exceeds 1)
+        z = balanced_equilibrium(A, beta, top_k)
         f = _loads(z, top_k)
         return A * state_of_profile(f, top_k).mu_max
 
