@@ -241,9 +241,11 @@ def _prepare(params, batch, eta, steps, runs, seed, rho, y0, record_every, h, b,
     )
 
 
-def _result(s: _Setup, u, scores, seconds) -> SimulationResult:
+def _result(s: _Setup, u, scores, seconds, cls=None, **extra) -> SimulationResult:
+    """The result of a set-up's run (``cls``: a subclass of :class:`SimulationResult`, with its
+    ``extra`` fields)."""
     p = s.params.replace(h=s.h_const) if s.h_scalar else s.params
-    return SimulationResult(
+    return (cls or SimulationResult)(
         t=np.arange(s.records) * (s.record_every * s.eta),
         u_hat=u,
         scores=scores,
@@ -256,6 +258,7 @@ def _result(s: _Setup, u, scores, seconds) -> SimulationResult:
         rho=s.rho,
         record_every=s.record_every,
         seconds=seconds,
+        **extra,
     )
 
 
@@ -435,22 +438,7 @@ def _balanced(s: _Setup, spec, record_scores, threads, progress, chunk_steps, t_
     else:
         u = run.loads
         sc = run.score_records if record_scores else None
-    p = s.params.replace(h=s.h_const) if s.h_scalar else s.params
-    return BalancedSimulation(
-        t=np.arange(s.records) * (s.record_every * s.eta),
-        u_hat=u,
-        scores=sc,
-        params=p,
-        batch=s.batch,
-        eta=s.eta,
-        steps=s.steps,
-        runs=s.runs,
-        seed=s.seed,
-        rho=s.rho,
-        record_every=s.record_every,
-        seconds=time.perf_counter() - t_start,
-        run=run,
-    )
+    return _result(s, u, sc, time.perf_counter() - t_start, BalancedSimulation, run=run)
 
 
 def _scores_of(s: _Setup) -> np.ndarray:
