@@ -1,7 +1,8 @@
 """Tiny random-init Hugging Face MoE models and a real-text corpus, for tests, examples and
 studies of the monitor on CPU. Needs the ``hf`` extra (torch, transformers); nothing is
 downloaded: the models are built from configs, the text is the Python standard library's own
-source code (byte-level tokens), which is on every machine that runs Python.
+source code (byte-level tokens), which is on every machine that runs Python, the English prose of
+Python's own documentation (``pydoc_data``), or the licence texts every Debian system ships.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FAMILIES", "stdlib_corpus", "text_batches", "tiny_model"]
+__all__ = ["CORPORA", "FAMILIES", "corpus", "stdlib_corpus", "text_batches", "tiny_model"]
 
-FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3")
+FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "granitemoe")
 
 
 def tiny_model(family: str, seed: int = 0):
@@ -102,6 +103,13 @@ def tiny_model(family: str, seed: int = 0):
             max_position_embeddings=64,
         )
         return DeepseekV3ForCausalLM(cfg)
+    if family == "granitemoe":
+        from transformers import GraniteMoeConfig, GraniteMoeForCausalLM
+
+        cfg = GraniteMoeConfig(
+            intermediate_size=64, num_local_experts=8, num_experts_per_tok=2, **common
+        )
+        return GraniteMoeForCausalLM(cfg)
     raise ValueError(f"family: unknown {family!r}")
 
 
@@ -122,6 +130,37 @@ def stdlib_corpus(max_bytes: int = 8 << 20) -> np.ndarray:
         if total >= max_bytes:
             break
     return np.frombuffer(b"".join(chunks)[:max_bytes], dtype=np.uint8)
+
+
+def pydoc_corpus(max_bytes: int = 8 << 20) -> np.ndarray:
+    """Bytes of the English prose of Python's documentation (the ``pydoc_data`` topics, about
+    460 kB, in sorted topic order), at most ``max_bytes``."""
+    from pydoc_data.topics import topics
+
+    data = "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
+    return np.frombuffer(data[:max_bytes], dtype=np.uint8)
+
+
+def licenses_corpus(max_bytes: int = 8 << 20) -> np.ndarray:
+    """Bytes of the licence texts in ``/usr/share/common-licenses`` (English legal prose, about
+    400 kB on Debian), files in sorted order, at most ``max_bytes``."""
+    root = Path("/usr/share/common-licenses")
+    files = sorted(p for p in root.glob("*") if p.is_file()) if root.is_dir() else []
+    data = b"\n\n".join(p.read_bytes() for p in files)
+    if not data:
+        raise ValueError(f"corpus: no licence texts under {root}")
+    return np.frombuffer(data[:max_bytes], dtype=np.uint8)
+
+
+CORPORA = {"python": stdlib_corpus, "pydoc": pydoc_corpus, "licenses": licenses_corpus}
+
+
+def corpus(name: str, max_bytes: int = 8 << 20) -> np.ndarray:
+    """Bytes of the offline corpus ``name``: ``"python"`` (standard-library sources),
+    ``"pydoc"`` (Python's documentation prose), ``"licenses"`` (Debian's licence texts)."""
+    if name not in CORPORA:
+        raise ValueError(f"corpus: one of {', '.join(CORPORA)}, got {name!r}")
+    return CORPORA[name](max_bytes)
 
 
 def text_batches(steps: int, batch: int, seq: int, *, seed: int = 0, corpus=None):
