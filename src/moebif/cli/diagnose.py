@@ -95,7 +95,7 @@ def diagnose(
         mon = LayerMonitor(n, top_k=k, window=w, name=name, eta_gamma=eg, history=None, **rule)
         # the mean router logits (log v2 "scores"; absent in older logs) feed the feedback
         # estimator with the soft importance
-        mon.update_many(counts, lay.importance, lay.scores)
+        mon.update_many(counts, lay.importance, lay.scores, lay.forces)
         summ = mon.summary()
         summ["window_auto"] = window == "auto"
         summ["window_rule"] = window if window in ("auto", "online") else "fixed"

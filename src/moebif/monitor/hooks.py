@@ -66,6 +66,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .force_probe import ForceProbe, aux_coefficient
+from .forces import FORCE_FIELDS
 from .monitor import Alarm, LayerMonitor
 
 __all__ = ["RouterIndexError", "RouterMonitor", "clean_label", "find_routers"]
@@ -277,6 +279,7 @@ class _Route:
         "error",
         "offset",
         "buf",
+        "probe",
     )
 
     def __init__(self, label, module, n, k, *, selection="auto", indices=None, router_class=""):
@@ -292,6 +295,7 @@ class _Route:
         self.error = None  # first error seen in a hook, raised by step()
         self.offset = 0
         self.buf = None
+        self.probe = None  # ForceProbe when the forces are measured
 
     def spec(self, importance: bool) -> dict:
         imp = bool(importance and self.scores is not None)
@@ -379,12 +383,17 @@ def _in_backward() -> bool:
 # logits]: 3N + 5 values. Every selected index (or mask entry, or unassigned slot of a mask)
 # lands in one of the first N + 4, so their sum is k x the tokens routed; the importance rows sum
 # to 1, so their sum is the tokens scored; the logits are summed with their token count, so
-# ranks add up (all-reduce) before the mean is taken.
+# ranks add up (all-reduce) before the mean is taken. Then the FORCE_FIELDS sums of the force
+# probe (moebif.monitor.forces): 3N + 5 + FORCE_FIELDS values.
 _WIDTH = 4
 
 
 def _seg_size(n: int) -> int:
-    return 3 * n + _WIDTH + 1
+    return 3 * n + _WIDTH + 1 + FORCE_FIELDS
+
+
+def _force_slots(n: int) -> slice:
+    return slice(3 * n + _WIDTH + 1, 3 * n + _WIDTH + 1 + FORCE_FIELDS)
 
 
 def _ones(seg: torch.Tensor, numel: int) -> torch.Tensor:
@@ -545,6 +554,16 @@ class RouterMonitor:
     - ``group``: the ``torch.distributed`` process group the counts are summed over (default:
       the world when ``torch.distributed`` is initialised); ``distributed=False`` turns the
       reduction off.
+    - ``forces``: measure the forces on the routers' logits in the backward pass (the
+      language model's reinforcement against the aux loss's restoring force,
+      :mod:`moebif.monitor.forces`), which give the stability margin, the critical coefficient
+      and the forecast. On by default; the routers whose logits carry no gradient (or whose
+      scores are not softmax logits of a weight matrix) go without.
+    - ``aux_coef``: the balancing coefficient in force, a number or ``() -> float`` read at every
+      forward (default: the model's ``router_aux_loss_coef``, 0 when the model does not add its
+      aux loss).
+    - ``optimizer``: optional; its Adam second moment of each router's weight normalises the
+      forces (otherwise the probe keeps its own, with Adam's ``beta2``).
     - ``**monitor_options``: passed to every :class:`~moebif.monitor.LayerMonitor`
       (``window``, ``threshold``, ...).
     """
@@ -566,6 +585,9 @@ class RouterMonitor:
         sync_every: int = 1,
         group=None,
         distributed: bool | None = None,
+        forces: bool = True,
+        aux_coef=None,
+        optimizer=None,
         **monitor_options,
     ):
         if selection not in SELECTIONS:
@@ -631,6 +653,30 @@ class RouterMonitor:
                     (self.sync_every, off), dtype=torch.float64, device=dev
                 )
         self._defer = any(d.type == "cuda" for d in self._bufs)
+        self.forces = bool(forces)
+        if aux_coef is None:
+            coef = aux_coefficient(root)
+        elif callable(aux_coef):
+            coef = aux_coef
+        else:
+            c0 = float(aux_coef)
+            if not math.isfinite(c0):
+                raise ValueError(f"aux_coef: need a finite number or a callable, got {aux_coef!r}")
+
+            def coef():
+                return c0
+
+        self._pool_cache: dict = {}
+        if self.forces:
+            for r in routes.values():
+                if r.scores == "softmax" and not r.probabilities and r.selection != "doge":
+                    mod = r.module
+                    r.probe = ForceProbe(
+                        mod, r.n, r.k, r.buf[_force_slots(r.n)], r.buf[2 : r.n + 2],
+                        self._pool_for(r), coef, optimizer,
+                    )  # fmt: skip
+                    if not r.probe.ok:
+                        r.probe = None
         self._handles = []
         self.attach()
         # the log (opened on the first step, after a possible load_state_dict)
@@ -730,11 +776,36 @@ class RouterMonitor:
                 return
             try:
                 self._accumulate(route, output)
+                if route.probe is not None:
+                    lg = (
+                        output
+                        if route.selection == "v4gate"
+                        else _first_scores(_tensors(output), route.n)
+                    )
+                    route.probe.forward(args, lg)
             except Exception as e:  # never break the training forward pass
                 if route.error is None:
                     route.error = e
 
         return hook
+
+    def _pool_for(self, route: _Route):
+        """``() -> (F, rows)``: the fractions and tokens pooled over the routers of the same N
+        on the same device, as the Hugging Face aux loss pools its layers (computed once per
+        step and device, on the device)."""
+        dev = _device_of(route.module)
+        n, k = route.n, route.k
+        same = [r for r in self._routes.values() if r.n == n and _device_of(r.module) == dev]
+
+        def pool():
+            key = (dev, n)  # the cache is cleared by step()
+            if key not in self._pool_cache:
+                c = torch.stack([r.buf[2 : n + 2] for r in same]).sum(0).float()
+                rows = (c.sum() / k).clamp_min(1.0)
+                self._pool_cache[key] = (c / rows, rows)
+            return self._pool_cache[key]
+
+        return pool
 
     def _dispatch_hook(self, route: _Route):
         def hook(module, args, kwargs=None):
@@ -813,6 +884,10 @@ class RouterMonitor:
             if r.error is not None:
                 e, r.error = r.error, None
                 raise RuntimeError(f"router {r.label!r}: {e}") from e
+            if r.probe is not None and r.probe.error is not None:
+                e, r.probe.error = r.probe.error, None
+                raise RuntimeError(f"router {r.label!r}, force probe: {e}") from e
+        self._pool_cache.clear()
         if self.sync_every == 1:
             self._slot = 1
         else:
@@ -891,13 +966,15 @@ class RouterMonitor:
                         sc = seg[2 * n + _WIDTH : 3 * n + _WIDTH] / with_logits
                 tokens = int(round(assigned / r.k))
                 dropped = int(round(seg[1] + seg[n + 2]))
-                layers.append((r, counts, imp, sc, tokens, dropped))
+                fo = seg[_force_slots(n)]
+                fo = fo.copy() if fo[3] > 0 else None
+                layers.append((r, counts, imp, sc, tokens, dropped, fo))
         if not layers:
             return []
         s = self.step_index
         out: list[Alarm] = []
-        for r, counts, imp, sc, _, _ in layers:
-            out += self.monitors[r.label].update(counts, imp, sc)
+        for r, counts, imp, sc, _, _, fo in layers:
+            out += self.monitors[r.label].update(counts, imp, sc, forces=fo)
         if self.history != 0:
             self._hist_steps.append(s)
             for r, counts, *_ in layers:
@@ -916,8 +993,9 @@ class RouterMonitor:
                     tokens,
                     dropped,
                     scores=None if sc is None else sc.tolist(),
+                    forces=None if fo is None else fo.tolist(),
                 )
-                for r, counts, imp, sc, tokens, dropped in layers
+                for r, counts, imp, sc, tokens, dropped, fo in layers
             ]
             self._writer.write_step(s, lines)
         self.step_index += 1

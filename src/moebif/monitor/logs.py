@@ -104,6 +104,8 @@ class LayerLog:
     - ``importance``: ``(S, N)`` soft importance (rows sum to 1) or ``None`` (not recorded).
     - ``tokens``, ``dropped``: ``(S,)`` float (NaN where a line did not carry them) or ``None``.
     - ``scores``: ``(S, N)`` mean router logits per step or ``None`` (not recorded).
+    - ``forces``: ``(S, 5)`` the force probe's sums per step (:mod:`moebif.monitor.forces`) or
+      ``None`` (not recorded).
     - ``meta``: the header entry of the layer (``router_class``, ``probabilities``, ...).
     """
 
@@ -117,6 +119,7 @@ class LayerLog:
     dropped: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
     scores: np.ndarray | None = None
+    forces: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -264,11 +267,13 @@ def _step(v, where: str) -> int:
 class _Layer:
     """Rows of one layer while reading."""
 
-    __slots__ = ("n", "steps", "counts", "imp", "sc", "tokens", "dropped", "lines", "meta", "k")
+    __slots__ = (
+        "n", "steps", "counts", "imp", "sc", "fo", "tokens", "dropped", "lines", "meta", "k",
+    )  # fmt: skip
 
     def __init__(self, n: int | None, k=None, meta=None):
         self.n, self.k, self.meta = n, k, dict(meta or {})
-        self.steps, self.counts, self.imp, self.sc = [], [], [], []
+        self.steps, self.counts, self.imp, self.sc, self.fo = [], [], [], [], []
         self.tokens, self.dropped, self.lines = [], [], []
 
     def truncate(self, start: int) -> int:
@@ -282,6 +287,7 @@ class _Layer:
             self.counts,
             self.imp,
             self.sc,
+            self.fo,
             self.tokens,
             self.dropped,
             self.lines,
@@ -413,10 +419,14 @@ def _read_jsonl(given: str, files: list[Path]) -> RouterLog:
             sc = obj.get("scores")
             if sc is not None:
                 sc = _scores(sc, lay.n, f"{where}, key scores")
+            fo = obj.get("forces")
+            if fo is not None:
+                fo = _forces(fo, f"{where}, key forces")
             lay.steps.append(step)
             lay.counts.append(vals)
             lay.imp.append(imp)
             lay.sc.append(sc)
+            lay.fo.append(fo)
             lay.tokens.append(_opt(obj.get("tokens"), f"{where}, key tokens"))
             lay.dropped.append(_opt(obj.get("dropped"), f"{where}, key dropped"))
             lay.lines.append(i)
@@ -463,6 +473,19 @@ def _scores(v, n: int, where: str) -> list[float]:
     return [float(x) for x in v]
 
 
+def _forces(v, where: str) -> list[float]:
+    from .forces import FORCE_FIELDS
+
+    if not isinstance(v, list) or len(v) != FORCE_FIELDS:
+        raise LogError(f"{where}: need a list of {FORCE_FIELDS} numbers")
+    for j, x in enumerate(v):
+        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+            raise LogError(f"{where}[{j}]: need a finite number, got {x!r}")
+        if abs(x) > 1e12:
+            raise LogError(f"{where}[{j}]: out of range (|x| <= 1e12), got {x!r}")
+    return [float(x) for x in v]
+
+
 def _opt(v, where: str) -> float:
     if v is None:
         return math.nan
@@ -492,6 +515,11 @@ def _finish(given, files, fmt, header, segments, layers, warnings) -> RouterLog:
                     f"layer {label!r} have it"
                 )
             sc = np.asarray(lay.sc, dtype=float)
+        fo = None
+        if any(x is not None for x in lay.fo):
+            # steps without a backward pass (or before the probe) carry no forces: zeros,
+            # which the estimator skips (their count is 0)
+            fo = np.array([x if x is not None else [0.0] * 5 for x in lay.fo], dtype=float)
         tokens = np.asarray(lay.tokens, dtype=float)
         dropped = np.asarray(lay.dropped, dtype=float)
         out[label] = LayerLog(
@@ -505,6 +533,7 @@ def _finish(given, files, fmt, header, segments, layers, warnings) -> RouterLog:
             dropped=None if np.isnan(dropped).all() else dropped,
             meta=lay.meta,
             scores=sc,
+            forces=fo,
         )
     if not out:
         raise LogError(f"{files[-1]}: no data rows")
@@ -654,7 +683,15 @@ _FMT9 = "{:.9g}".format
 
 
 def data_line(
-    step: int, layer: str, counts, importance=None, tokens=None, dropped=None, *, scores=None
+    step: int,
+    layer: str,
+    counts,
+    importance=None,
+    tokens=None,
+    dropped=None,
+    *,
+    scores=None,
+    forces=None,
 ) -> str:
     """One JSONL data line (with its newline). ``counts``: ints; ``importance``: floats summing
     to 1 (written with 6 significant digits); ``scores``: the mean router logits (9 digits: the
@@ -670,6 +707,8 @@ def data_line(
         parts.append(f', "dropped": {int(dropped)}')
     if scores is not None:
         parts.append(', "scores": [' + ", ".join(map(_FMT9, scores)) + "]")
+    if forces is not None:
+        parts.append(', "forces": [' + ", ".join(map(_FMT9, forces)) + "]")
     parts.append("}\n")
     return "".join(parts)
 

@@ -298,6 +298,13 @@ class LayerMonitor:
     - ``capacity``: tokens per expert per step, for the dropped fraction.
     - ``eta_gamma``: prior guess of ``eta gamma`` before the first fit (default ``20 / window``).
     - ``max_lag``: longest lag of the logit-based feedback estimator (steps).
+    - ``force_segment``, ``force_segments``: the force estimator's segments (steps each) and
+      how many of the last ones an estimate pools (:class:`~moebif.monitor.forces.ForceStats`).
+    - ``horizon``: ``approaching-threshold`` also fires when the forecast says, with confidence,
+      that the margin of the forces vanishes within this many steps (the upper end of the
+      steps-to-collapse interval), or that it is negative already, on ``approach_refits``
+      estimates in a row.
+    - ``forecast_points``: estimates the margin's trend is fitted on.
     - ``name``: layer label in alarms.
     - ``history``: fits and block records kept for read-out (the latest ``history`` of each;
       ``None``: all, as ``moebif diagnose`` does for a finished log). Memory is bounded by the
@@ -327,6 +334,10 @@ class LayerMonitor:
     eta_gamma: float | None = None
     max_lag: int = 64
     max_window: int = 1 << 16
+    force_segment: int = 50
+    force_segments: int = 20
+    horizon: int = 1000
+    forecast_points: int = 8
     name: str = ""
     history: int | None = 2048
     alarms: list[Alarm] = field(default_factory=list, init=False)
@@ -397,6 +408,14 @@ class LayerMonitor:
         self._noise_n = 0
         self._recent = np.zeros((0, n))  # block means of the last dwell (for stationarity)
         self._feedback = None  # FeedbackStats, created on the first step with importance
+        if int(self.horizon) < 1:
+            raise ValueError(f"horizon: must be >= 1 step, got {self.horizon}")
+        from .forces import ForceStats, Forecast
+
+        self._fstats = ForceStats(segment=self.force_segment, segments=self.force_segments)
+        self._forecaster = Forecast(points=self.forecast_points)
+        self.forecasts: deque = deque(maxlen=keep)  # (ForceEstimate, ForecastState)
+        self._f_above = 0
         self._collapse_cache = None  # (profile, A, kappa of the collapsed state)
 
     # -------------------------------------------------------------------------------------
@@ -444,10 +463,11 @@ class LayerMonitor:
     # -------------------------------------------------------------------------------------
     # feeding
 
-    def update(self, counts, importance=None, scores=None) -> list[Alarm]:
+    def update(self, counts, importance=None, scores=None, forces=None) -> list[Alarm]:
         """One logged step: counts (or loads) of the N experts; optionally the soft importance
         (the router's mean probability per expert over the step's tokens) and the mean router
-        logits, which let the monitor measure the feedback directly (:mod:`.feedback`).
+        logits, which let the monitor measure the feedback directly (:mod:`.feedback`), and the
+        force probe's sums of the step (:mod:`.forces`), which give the margin and the forecast.
         Returns the alarms it raised.
 
         O(N) for the loads: the row is copied into a preallocated block buffer, and the loads
@@ -459,12 +479,49 @@ class LayerMonitor:
         i = self._in_block
         self._blk[i] = counts
         self.step += 1
+        out = [] if forces is None else self._push_forces(forces)
         if i + 1 == self.block:
             self._in_block = 0
             bm, bc = self._block_stats(self._blk, 1)
-            return self._push_block(bm[0], bc[0])
+            return out + self._push_block(bm[0], bc[0])
         self._in_block = i + 1
-        return []
+        return out
+
+    def _push_forces(self, forces) -> list[Alarm]:
+        """The forces' margin and forecast, updated at each closed segment; the forecast rule of
+        ``approaching-threshold``."""
+        if not self._fstats.push(forces):
+            return []
+        est = self._fstats.estimate()
+        fc = self._forecaster.add(est, est.coefficient)
+        self.forecasts.append((est, fc))
+        warm = self._ref is None
+        soon = (fc.steps_hi <= self.horizon) if math.isfinite(fc.steps_hi) else False
+        self._f_above = self._f_above + 1 if (soon and not warm) else 0
+        f = self._flags
+        out = []
+        if self._f_above >= self.approach_refits and not f["approaching-threshold"]:
+            f["approaching-threshold"] = True
+            if fc.steps_to_collapse == 0.0:
+                when = "the margin is negative already"
+            else:
+                when = (
+                    f"the margin vanishes in {fc.steps_to_collapse:.0f} steps "
+                    f"[{fc.steps_lo:.0f}, {fc.steps_hi:.0f}]"
+                )
+            out.append(
+                self._alarm(
+                    "approaching-threshold",
+                    f"forces: alpha* = {est.critical_coefficient:.3g} [{est.critical_lo:.3g}, "
+                    f"{est.critical_hi:.3g}] against the coefficient {est.coefficient:.3g}; "
+                    f"{when} (knob at collapse {fc.knob_at_collapse:.3g})",
+                )
+            )
+            self.alarms += out
+        elif f["approaching-threshold"] and self._f_above == 0 and fc.knob_margin_lo > 0:
+            if not (math.isfinite(fc.steps_hi) and fc.steps_hi <= 2 * self.horizon):
+                f["approaching-threshold"] = False
+        return out
 
     def _push_feedback(self, counts, importance, scores) -> None:
         from .feedback import FeedbackStats
@@ -489,19 +546,24 @@ class LayerMonitor:
         m = self.block
         return loads.reshape(nb, m, -1).mean(axis=1), seg.reshape(nb, m, -1).sum(axis=1)
 
-    def update_many(self, counts, importance=None, scores=None) -> list[Alarm]:
+    def update_many(self, counts, importance=None, scores=None, forces=None) -> list[Alarm]:
         """Many steps at once, shape ``(S, N)`` (``importance``, ``scores``: the same shape, or
-        ``None``): identical results to ``S`` calls of :meth:`update`."""
+        ``None``; ``forces``: ``(S, 5)`` or ``None``): identical results to ``S`` calls of
+        :meth:`update`."""
         c = np.asarray(counts, dtype=float)
         extra = [None if a is None else np.asarray(a, dtype=float) for a in (importance, scores)]
         for a, nm in zip(extra, ("importance", "scores"), strict=True):
             if a is not None and a.shape != c.shape:
                 raise ValueError(f"{nm}: need shape {c.shape}, got {a.shape}")
-        if extra[0] is not None:  # the feedback statistics need every step in turn
+        fo = None if forces is None else np.asarray(forces, dtype=float)
+        if fo is not None and fo.shape != (c.shape[0], 5):
+            raise ValueError(f"forces: need shape {(c.shape[0], 5)}, got {fo.shape}")
+        if extra[0] is not None or fo is not None:  # per-step statistics need every step in turn
             out = []
             for i in range(c.shape[0]):
                 sc = None if extra[1] is None else extra[1][i]
-                out += self.update(c[i], extra[0][i], sc)
+                imp = None if extra[0] is None else extra[0][i]
+                out += self.update(c[i], imp, sc, None if fo is None else fo[i])
             return out
         out: list[Alarm] = []
         i = 0
@@ -952,6 +1014,72 @@ class LayerMonitor:
                 m["excess_rise"] = self._excess() - self._ref_ex
         return m
 
+    def forecast(self) -> dict:
+        """The forces' margin and forecast (plain values): ``critical_coefficient`` (``alpha*``
+        with ``lo``/``hi``) and ``steps_to_collapse`` (``value``, ``lo``, ``hi``), each ``None``
+        with a ``reason`` when not resolved; ``margin``, ``reinforcement``, ``restoring`` (per
+        unit coefficient) with their intervals, ``coefficient`` (the knob now), ``step``."""
+        if not self.forecasts:
+            why = (
+                "no force measurements (the probe needs the router's logits with their "
+                "gradient: a training backward pass through a softmax router)"
+                if self._fstats.step == 0 or not self._fstats.closed and not self._fstats.cur[3]
+                else f"forces: the first segment of {self._fstats.segment} steps is not closed"
+            )
+            return {"critical_coefficient": None, "steps_to_collapse": None, "reason": why}
+        est, fc = self.forecasts[-1]
+
+        def trio(v, lo, hi):
+            return {
+                "value": _finite_or_none(v),
+                "lo": _finite_or_none(lo),
+                "hi": _finite_or_none(hi),
+            }
+
+        crit = (
+            trio(est.critical_coefficient, est.critical_lo, est.critical_hi)
+            if est.resolved
+            else None
+        )
+        steps = None
+        if est.resolved and math.isfinite(fc.steps_to_collapse):
+            steps = trio(fc.steps_to_collapse, fc.steps_lo, fc.steps_hi)
+        return {
+            "step": self.step,
+            "coefficient": _finite_or_none(est.coefficient),
+            "critical_coefficient": crit,
+            "steps_to_collapse": steps,
+            "knob_at_collapse": _finite_or_none(fc.knob_at_collapse),
+            "margin": trio(est.margin, est.margin_lo, est.margin_hi),
+            "knob_margin": trio(fc.knob_margin, fc.knob_margin_lo, fc.knob_margin_hi),
+            "reinforcement": trio(est.reinforcement, est.reinforcement_lo, est.reinforcement_hi),
+            "restoring": trio(est.restoring, est.restoring_lo, est.restoring_hi),
+            "steps_used": est.steps,
+            "reason": est.reason if not est.resolved else fc.reason,
+        }
+
+    def forecast_history(self) -> list[dict]:
+        """Every kept estimate: step, coefficient, alpha* and margin with intervals, steps to
+        collapse (for plots and reports)."""
+        rows = []
+        for est, fc in self.forecasts:
+            rows.append(
+                {
+                    "step": est.step,
+                    "coefficient": _finite_or_none(est.coefficient),
+                    "critical_coefficient": _finite_or_none(est.critical_coefficient),
+                    "critical_lo": _finite_or_none(est.critical_lo),
+                    "critical_hi": _finite_or_none(est.critical_hi),
+                    "margin": _finite_or_none(est.margin),
+                    "margin_lo": _finite_or_none(est.margin_lo),
+                    "margin_hi": _finite_or_none(est.margin_hi),
+                    "steps_to_collapse": _finite_or_none(fc.steps_to_collapse),
+                    "steps_lo": _finite_or_none(fc.steps_lo),
+                    "steps_hi": _finite_or_none(fc.steps_hi),
+                }
+            )
+        return rows
+
     def summary(self) -> dict:
         """Regime, metrics, the last estimate and the alarms (plain values, JSON-ready)."""
         last = self.fits[-1] if self.fits else None
@@ -972,6 +1100,7 @@ class LayerMonitor:
             "estimate": None if last is None else last.to_dict(),
             "alarms": [a.to_dict() for a in self.alarms],
         }
+        out["forecast"] = self.forecast()
         if last is None:
             out["reason"] = "no fit yet: the window is not half full"
         fb = None if last is None else last.feedback
@@ -1055,6 +1184,16 @@ def _encode(x):
     if isinstance(x, _Refit):
         return {"__refit__": {k: _encode(getattr(x, k)) for k in _Refit.__slots__}}
     from .feedback import FeedbackFit, FeedbackStats
+    from .forces import ForceEstimate, ForceStats, Forecast, ForecastState
+
+    if isinstance(x, ForceStats):
+        return {"__forcestats__": x.state_dict()}
+    if isinstance(x, Forecast):
+        return {"__forecast__": x.state_dict()}
+    if isinstance(x, ForceEstimate):
+        return {"__forceestimate__": {k: _encode(v) for k, v in asdict(x).items()}}
+    if isinstance(x, ForecastState):
+        return {"__forecaststate__": {k: _encode(v) for k, v in asdict(x).items()}}
 
     if isinstance(x, FeedbackFit):
         return {"__feedbackfit__": {k: _encode(v) for k, v in asdict(x).items()}}
@@ -1086,7 +1225,16 @@ def _decode(x):
             setattr(r, k, _decode(v))
         return r
     from .feedback import FeedbackFit, FeedbackStats
+    from .forces import ForceEstimate, ForceStats, Forecast, ForecastState
 
+    if "__forcestats__" in x:
+        return ForceStats.from_state(x["__forcestats__"])
+    if "__forecast__" in x:
+        return Forecast.from_state(x["__forecast__"])
+    if "__forceestimate__" in x:
+        return ForceEstimate(**{k: _decode(v) for k, v in x["__forceestimate__"].items()})
+    if "__forecaststate__" in x:
+        return ForecastState(**{k: _decode(v) for k, v in x["__forecaststate__"].items()})
     if "__feedbackfit__" in x:
         return FeedbackFit(**{k: _decode(v) for k, v in x["__feedbackfit__"].items()})
     if "__feedbackstats__" in x:
