@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -147,7 +146,6 @@ def report(out: Path) -> int:
             lead = None if (first is None or col is None) else col - first
             knob = None
             if first is not None:
-                h = [x for x in L["forecast"] if x["step"] <= first]
                 msg = next(a["message"] for a in alarms if a["step"] == first)
                 knob = msg.split("knob at collapse ")[-1].rstrip(")") if "knob" in msg else None
             rows.append(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from moebif.monitor import LayerMonitor
-from moebif.monitor.forces import Forecast, ForceStats, aux_logit_gradient
+from moebif.monitor.forces import ForceStats, Forecast, aux_logit_gradient
 
 
 def _synthetic(alpha_star, steps, rng, *, scale0=1e3, scale1=1.0, noise=0.5):
@@ -121,7 +121,8 @@ def test_forecast_of_a_steady_margin_is_no_collapse():
 
 
 def test_monitor_warns_before_the_margin_closes_and_replays_identically():
-    """Forces whose alpha* stays at 0 while the coefficient ramps from 0.01 down at 1e-5 a step from step 500
+    """Forces whose alpha* stays at 0 while the coefficient ramps from 0.01 down at 1e-5 a step
+    from step 500
     (the margin closes at step 1500): approaching-threshold before it, the summary's forecast,
     and update_many gives the same alarms."""
     rng = np.random.default_rng(5)
