@@ -161,9 +161,8 @@ def report(out: Path) -> int:
                     "alpha_star_1000": a1000,
                 }
             )
-    print(
-        "| run | layer | collapse | coef at collapse | alarm | lead | lead/ramp | knob forecast | alpha* at 1000 |"
-    )
+    cols = "run layer collapse coef-at-collapse alarm lead lead/ramp knob-forecast alpha*@1000"
+    print("| " + " | ".join(cols.split()) + " |")
     print("|---|---|---|---|---|---|---|---|---|")
     for x in rows:
         print("| " + " | ".join(str(_fmt(v)) for v in x.values()) + " |")
