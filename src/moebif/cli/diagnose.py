@@ -103,6 +103,8 @@ def diagnose(
         summ["top_k_from"] = k_from
         summ["importance_recorded"] = lay.importance is not None
         summ["scores_recorded"] = lay.scores is not None
+        summ["forces_recorded"] = lay.forces is not None
+        summ["forecast_history"] = mon.forecast_history()
         if lay.dropped is not None and lay.tokens is not None:
             routed = float(np.nansum(counts.sum(axis=1) + lay.dropped))
             summ["dropped_fraction"] = float(np.nansum(lay.dropped)) / routed if routed else 0.0
@@ -147,6 +149,9 @@ def diagnose(
         "ηγ",
         "B_eff",
         "regime",
+        "α* [95%]",
+        "α",
+        "collapse in",
         "alarms",
     ):
         t.add_column(col)
@@ -160,6 +165,20 @@ def diagnose(
             eg, be = _num(e.get("eta_gamma"), ".3g"), _num(e.get("b_eff"), ".3g")
             reg = str(s.get("regime", "-"))
         kinds = sorted({a["kind"] for a in s["alarms"]})
+        fc = s.get("forecast") or {}
+        crit, sc = fc.get("critical_coefficient"), fc.get("steps_to_collapse")
+        astar = (
+            "-"
+            if crit is None
+            else (
+                f"{_num(crit['value'], '.3g')} [{_num(crit['lo'], '.2g')}, {_num(crit['hi'], '.2g')}]"
+            )
+        )
+        when = (
+            "-"
+            if sc is None
+            else (f"{_num(sc['value'], '.0f')} [{_num(sc['lo'], '.0f')}, {_num(sc['hi'], '.0f')}]")
+        )
         t.add_row(
             Text(str(s["layer"])),
             str(s["n_experts"]),
@@ -172,6 +191,9 @@ def diagnose(
             eg,
             be,
             reg,
+            astar,
+            _num(fc.get("coefficient"), ".3g"),
+            when,
             ", ".join(kinds) or "none",
         )
     con = Console(width=None if sys.stdout.isatty() else 160)

@@ -23,11 +23,12 @@ def diagnose_figure(results, path_stem) -> list[str]:
         "recovered": "#2a9d4b",
     }
     shown = results[:4]
+    forces = any(res["monitor"].forecasts for res in shown)
     with figure_style():
         fig, axes = plt.subplots(
             len(shown),
-            2,
-            figsize=(7.0, 2.1 * len(shown) + 0.3),
+            3 if forces else 2,
+            figsize=(10.0 if forces else 7.0, 2.1 * len(shown) + 0.3),
             layout="constrained",
             squeeze=False,
             sharex=True,
@@ -109,6 +110,8 @@ def diagnose_figure(results, path_stem) -> list[str]:
             row[1].set(
                 ylabel="κ̂ = a/(NγT)", title="stability ratio κ̂ (band: 95%)", ylim=(-0.05, 1.15)
             )
+            if forces:
+                _forces_panel(row[2], mon, steps)
         # one legend for the figure, below the panels: the alarm kinds and the kappa_hat lines
         handles, labels = {}, []
         for ax in axes.ravel():
@@ -129,3 +132,32 @@ def diagnose_figure(results, path_stem) -> list[str]:
         files = save_figure(fig, path_stem)
         plt.close(fig)
     return files
+
+
+def _forces_panel(ax, mon, steps) -> None:
+    """The margin of the forces in knob units: the critical coefficient alpha* (band: 95%)
+    against the coefficient in force; the title carries the last forecast."""
+    rows = mon.forecast_history()
+    if not rows:
+        ax.set(title="forces: not measured")
+        return
+    at = np.array([steps[min(r["step"], len(steps)) - 1] for r in rows], dtype=float)
+
+    def col(key):
+        return np.array([np.nan if r[key] is None else r[key] for r in rows], dtype=float)
+
+    ax.fill_between(
+        at, col("critical_lo"), col("critical_hi"), color=COLORS[1], alpha=0.2, lw=0,
+        label="α* 95% interval",
+    )  # fmt: skip
+    ax.plot(at, col("critical_coefficient"), "-", color=COLORS[1], lw=1.2, label="α* (critical)")
+    ax.plot(at, col("coefficient"), "-", color="k", lw=1.0, label="α (aux coefficient)")
+    fc = mon.forecast()
+    st = fc.get("steps_to_collapse")
+    if st is not None and st["value"] is not None:
+        lo = "?" if st["lo"] is None else f"{st['lo']:.0f}"
+        hi = "?" if st["hi"] is None else f"{st['hi']:.0f}"
+        title = f"forces: collapse in {st['value']:.0f} [{lo}, {hi}] steps"
+    else:
+        title = "forces: margin α - α* (no collapse forecast)"
+    ax.set(ylabel="aux coefficient", title=title)
