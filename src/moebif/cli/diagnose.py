@@ -167,18 +167,13 @@ def diagnose(
         kinds = sorted({a["kind"] for a in s["alarms"]})
         fc = s.get("forecast") or {}
         crit, sc = fc.get("critical_coefficient"), fc.get("steps_to_collapse")
-        astar = (
-            "-"
-            if crit is None
-            else (
-                f"{_num(crit['value'], '.3g')} [{_num(crit['lo'], '.2g')}, {_num(crit['hi'], '.2g')}]"
-            )
-        )
-        when = (
-            "-"
-            if sc is None
-            else (f"{_num(sc['value'], '.0f')} [{_num(sc['lo'], '.0f')}, {_num(sc['hi'], '.0f')}]")
-        )
+        astar = when = "-"
+        if crit is not None:
+            astar = f"{_num(crit['value'], '.3g')} [{_num(crit['lo'], '.2g')}, "
+            astar += f"{_num(crit['hi'], '.2g')}]"
+        if sc is not None:
+            when = f"{_num(sc['value'], '.0f')} [{_num(sc['lo'], '.0f')}, "
+            when += f"{_num(sc['hi'], '.0f')}]"
         t.add_row(
             Text(str(s["layer"])),
             str(s["n_experts"]),
