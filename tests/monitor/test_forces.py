@@ -87,6 +87,54 @@ def test_no_restoring_force_is_unresolved():
     assert not e.resolved and "restoring" in e.reason
 
 
+def _score_router(c, *, n=8, a=1.0, T=1.0, eta=0.05, lr=0.05, batch=4096, steps=1500, seed=0):
+    """The paper's batch router (sec. 8) with the HF aux loss of coefficient ``c`` under SGD on
+    the scores, gamma = 0: ``r += eta a l - lr c dL/dr``, ``dL/dr_j = (1/T) p_j (l_j - l.p)``;
+    the probe's sums computed as the device probe computes them (shock ``l - EMA(l)``, the
+    reinforcement's running drive removed, the aux step's exact response to the shock).
+    Returns the estimate and the max-load excess per step."""
+    rng = np.random.default_rng(seed)
+    r = rng.normal(0.0, 0.01, n)
+    ref = drive = None
+    st = ForceStats(segment=50, segments=20)
+    excess = []
+    for _ in range(steps):
+        p = np.exp((r - r.max()) / T)
+        p /= p.sum()
+        load = rng.multinomial(batch, p) / batch
+        ref = load.copy() if ref is None else ref
+        d = load - ref
+        ref += 0.1 * d
+        dz = eta * a * (load - load.mean())
+        drive = dz.copy() if drive is None else drive
+        lm = dz - drive
+        drive += 0.02 * (dz - drive)
+        aux = -lr * p * (d - d @ p) / T
+        st.push([lm @ d, (aux - aux.mean()) @ d, d @ d, 1.0, c])
+        r = r + eta * a * load - lr * c * p * (load - load @ p) / T
+        excess.append((load.max() - 1 / n) / (1 - 1 / n))
+    return st.estimate(), np.array(excess)
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_critical_coefficient_in_the_score_model_is_the_linear_threshold(n):
+    """In the score model the balanced router's contrast modes grow at (eta a - lr c / (N T)) /
+    (N T): the critical aux coefficient is c* = eta a N T / lr. The forces measured on a stable
+    router (c = 1.5 c*) give it within 10%; below it (c = 0.5 c*) the router really leaves
+    balance, above it (1.5 c*) it stays. (The estimate is a few percent low: the shock's
+    reference and the drive are running means of a router that moves.)"""
+    eta, a, T, lr = 0.05, 1.0, 1.0, 0.05
+    c_star = eta * a * n * T / lr
+    est, ex_hi = _score_router(1.5 * c_star, n=n, eta=eta, a=a, T=T, lr=lr)
+    assert est.resolved
+    assert est.critical_coefficient == pytest.approx(c_star, rel=0.1)
+    assert est.margin > 0
+    _, ex_lo = _score_router(0.5 * c_star, n=n, eta=eta, a=a, T=T, lr=lr)
+    # below c* the balanced state is left for a concentrated one (the sampling noise of the
+    # balanced loads is ~0.01 in excess)
+    assert ex_lo[-100:].mean() > 0.08 > 5 * ex_hi[-100:].mean()
+
+
 def _est(step, crit, half):
     from moebif.monitor.forces import ForceEstimate
 
