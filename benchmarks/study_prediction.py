@@ -30,6 +30,42 @@ from pathlib import Path
 import numpy as np
 
 DRIVES = ("healthy", "default", "ramp025", "ramp1")
+# probe variants recorded beside the monitor's own (shock, mean input, normalisation)
+VARIANTS = {
+    "loads-batch-adam": ("loads", "batch", "adam"),
+    "loads-ema-adam": ("loads", "ema", "adam"),
+    "offset-batch-adam": ("offset", "batch", "adam"),
+    "offset-ema-adam": ("offset", "ema", "adam"),
+    "offset-ema-none": ("offset", "ema", "none"),
+    "loads-ema-none": ("loads", "ema", "none"),
+}
+
+
+def _variant_probes(mon):
+    """Extra force probes (each with its own 5 sums) on every router the monitor probes."""
+    import torch
+
+    from moebif.monitor.force_probe import ForceProbe
+    from moebif.monitor.hooks import _first_scores, _tensors
+
+    probes = {}
+    for lab, r in mon._routes.items():
+        if r.probe is None:
+            continue
+        for name, (shock, mean_input, norm) in VARIANTS.items():
+            seg = torch.zeros(5, dtype=torch.float64)
+            pr = ForceProbe(
+                r.module, r.n, r.k, seg, r.buf[2 : r.n + 2], mon._pool_for(r),
+                r.probe.coefficient, shock=shock, mean_input=mean_input, normalise=norm,
+            )  # fmt: skip
+            probes[(lab, name)] = pr
+
+            def hook(module, args, output, pr=pr, n=r.n):
+                if module.training:
+                    pr.forward(args, _first_scores(_tensors(output), n))
+
+            r.module.register_forward_hook(hook)
+    return probes
 
 
 def schedule(drive: str, default_coef: float):
@@ -71,6 +107,8 @@ def run(family: str, corpus_name: str, drive: str, seed: int, out: Path) -> Path
     if log.exists():
         log.unlink()
     mon = RouterMonitor(model, log=log)
+    probes = _variant_probes(mon)
+    rec = {key: [] for key in probes}
     data = corpus(corpus_name)
     coefs, losses, excess = [], [], {lab: [] for lab in mon.monitors}
     t0 = time.time()
@@ -81,6 +119,9 @@ def run(family: str, corpus_name: str, drive: str, seed: int, out: Path) -> Path
         aux = outp.aux_loss if outp.aux_loss is not None else 0.0
         lm = float((outp.loss - c * aux).detach()) if torch.is_tensor(aux) else float(outp.loss)
         outp.loss.backward()
+        for key, pr in probes.items():
+            rec[key].append(pr.seg.tolist())
+            pr.seg.zero_()
         opt.step()
         opt.zero_grad(set_to_none=True)
         mon.step()
@@ -109,6 +150,7 @@ def run(family: str, corpus_name: str, drive: str, seed: int, out: Path) -> Path
                 "alarms": [a.to_dict() for a in m.alarms],
                 "forecast": m.forecast_history(),
                 "summary_forecast": m.forecast(),
+                "variants": {name: rec[(lab, name)] for name in VARIANTS if (lab, name) in rec},
             }
             for lab, m in mon.monitors.items()
         },
@@ -130,6 +172,34 @@ def collapse_step(excess, ramp_start: int = 1000) -> int | None:
     return None if hit.size == 0 else int(hit[0] + ramp_start)
 
 
+def ews_taus(excess, start: int, stop: int, every: int = 50) -> list[tuple[int, float, float]]:
+    """The generic early-warning indicators of ``ewstools`` computed online: at every ``every``
+    steps ``t`` in ``[start + 500, stop)``, on the max-load excess of steps ``start .. t`` (its
+    recommended settings: Gaussian detrending with bandwidth 0.2, rolling window 0.25), the
+    Kendall tau of the rolling variance and of the lag-1 autocorrelation. ``[(t, tau_var,
+    tau_ac)]``."""
+    import warnings
+
+    import ewstools
+
+    out = []
+    for t in range(start + 500, stop, every):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ts = ewstools.TimeSeries(np.asarray(excess[start:t], dtype=float))
+            ts.detrend(method="Gaussian", bandwidth=0.2)
+            ts.compute_var(rolling_window=0.25)
+            ts.compute_auto(rolling_window=0.25, lag=1)
+            ts.compute_ktau()
+        kt = ts.ktau
+        out.append((t, float(kt.get("variance", np.nan)), float(kt.get("ac1", np.nan))))
+    return out
+
+
+def _ews_first(taus, thr: float):
+    return next((t for t, v, a in taus if (v > thr or a > thr)), None)
+
+
 def report(out: Path) -> int:
     rows, healthy = [], []
     for f in sorted(out.glob("*.json")):
@@ -143,6 +213,8 @@ def report(out: Path) -> int:
                 healthy.append((r, lab, col, L["alarms"]))
                 continue
             first = next((a["step"] for a in alarms if a["step"] >= 1000), None)
+            stop = col if col is not None else len(L["excess"])
+            taus = ews_taus(L["excess"], 500, stop) if stop > 1000 else []
             lead = None if (first is None or col is None) else col - first
             knob = None
             if first is not None:
@@ -159,22 +231,43 @@ def report(out: Path) -> int:
                     "lead_frac": None if lead is None or col is None else lead / (col - 1000),
                     "knob_forecast": knob,
                     "alpha_star_1000": a1000,
+                    "_taus": taus,
                 }
             )
     cols = "run layer collapse coef-at-collapse alarm lead lead/ramp knob-forecast alpha*@1000"
     print("| " + " | ".join(cols.split()) + " |")
     print("|---|---|---|---|---|---|---|---|---|")
     for x in rows:
-        print("| " + " | ".join(str(_fmt(v)) for v in x.values()) + " |")
+        print("| " + " | ".join(str(_fmt(v)) for k, v in x.items() if k != "_taus") + " |")
     col = [x for x in rows if x["collapse"] is not None]
     warned = [x for x in col if x["lead"] is not None and x["lead"] > 0]
     print(f"\ncollapsed layers: {len(col)}; warned strictly before: {len(warned)}")
     if warned:
         print(f"median lead fraction: {np.median([x['lead_frac'] for x in warned]):.2f}")
     print("\nhealthy runs: layer, independent collapse, alarms")
+    null_tau = []
     for r, lab, c, al in healthy:
         kinds = [(a["step"], a["kind"]) for a in al]
         print(f"  {r['family']}/{r['corpus']}/{r['drive']} {lab}: collapse {c}; alarms {kinds}")
+        taus = ews_taus(r["layers"][lab]["excess"], 500, len(r["layers"][lab]["excess"]))
+        null_tau.append(max([max(v, a) for _, v, a in taus] + [-1.0]))
+    # the generic indicators at a threshold with no false alarm on the healthy runs (the
+    # monitor's false alarms are listed above), and at 0.7
+    thr = max(null_tau) + 1e-9 if null_tau else 0.7
+    print("\newstools (Kendall tau of rolling variance / lag-1 AC of the excess, warn when")
+    print(f"either passes tau; tau* = {thr:.3f}: no warning in the healthy runs)")
+    print("| run | layer | collapse | moebif lead | ews lead at tau* | ews lead at 0.7 |")
+    print("|---|---|---|---|---|---|")
+    for x in rows:
+        if x["collapse"] is None:
+            continue
+        e1, e2 = _ews_first(x["_taus"], thr), _ews_first(x["_taus"], 0.7)
+        l1 = None if e1 is None else x["collapse"] - e1
+        l2 = None if e2 is None else x["collapse"] - e2
+        print(
+            f"| {x['run']} | {x['layer']} | {x['collapse']} | {_fmt(x['lead'])} | {_fmt(l1)} | "
+            f"{_fmt(l2)} |"
+        )
     return 0
 
 

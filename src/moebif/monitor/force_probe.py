@@ -64,9 +64,38 @@ class ForceProbe:
     - ``coefficient``: ``() -> float``, the aux coefficient in force now.
     - ``optimizer``: optional; when it holds Adam state for the router's weight, its second
       moment is used instead of the probe's own.
+    - ``shock``: ``"loads"`` (the step's loads against their running mean) or ``"offset"``
+      (the hard loads minus the soft importance of the same tokens, against its running mean:
+      the part of the step's loads its own scores did not predict, free of any drift).
+    - ``mean_input``: ``"batch"`` (the step's mean router input) or ``"ema"`` (its running
+      mean: the input of the batches to come, free of the step's own content).
+    - ``normalise``: ``"adam"`` or ``"none"`` (the raw gradient step).
     """
 
-    def __init__(self, module, n: int, k: int, seg, counts, pool, coefficient, optimizer=None):
+    def __init__(
+        self,
+        module,
+        n: int,
+        k: int,
+        seg,
+        counts,
+        pool,
+        coefficient,
+        optimizer=None,
+        *,
+        shock: str = "loads",
+        mean_input: str = "batch",
+        normalise: str = "adam",
+    ):
+        for name, v, ok in (
+            ("shock", shock, ("loads", "offset")),
+            ("mean_input", mean_input, ("batch", "ema")),
+            ("normalise", normalise, ("adam", "none")),
+        ):
+            if v not in ok:
+                raise ValueError(f"{name}: one of {', '.join(ok)}, got {v!r}")
+        self.shock, self.mean_input, self.normalise = shock, mean_input, normalise
+        self._xbar = None
         self.module = module
         self.n, self.k = int(n), int(k)
         self.seg, self.counts = seg, counts
@@ -130,9 +159,15 @@ class ForceProbe:
         F, rows = self.pool()
         xf = x.float()
         wg_tot = g.T @ xf  # (N, d): the router's weight gradient of this pass
-        v = self._second_moment(wg_tot)
-        scale = 1.0 / (v.sqrt() + EPS)
+        if self.normalise == "adam":
+            scale = 1.0 / (self._second_moment(wg_tot).sqrt() + EPS)
+        else:
+            scale = torch.ones_like(wg_tot)
         xbar = xf.mean(0)
+        if self.mean_input == "ema":
+            if self._xbar is None:
+                self._xbar = xbar.clone()
+            xbar, self._xbar = self._xbar.clone(), self._xbar.add_(xbar - self._xbar, alpha=0.02)
 
         def step_of(grad):  # the Adam-normalised step of the mean logits, centred
             dz = -((grad.T @ xf) * scale) @ xbar
@@ -141,6 +176,8 @@ class ForceProbe:
         c = self.counts.float()
         tokens = c.sum() / self.k
         f = c / c.sum().clamp_min(1.0)
+        if self.shock == "offset":  # the hard loads' departure from the soft importance
+            f = f - p.mean(0)
         if self._ref is None:
             self._ref = f.clone()
         d = f - self._ref
