@@ -1051,7 +1051,8 @@ class RouterMonitor:
 
     def metrics(self) -> dict[str, dict]:
         """``{label: metrics}`` of the last step: the monitors' metrics and, when a fit exists,
-        ``kappa_hat`` with ``kappa_lo``/``kappa_hi`` (flat, for loggers)."""
+        ``kappa_hat`` with ``kappa_lo``/``kappa_hi``; with the forces, ``aux_coef``,
+        ``alpha_star`` (with ``_lo``/``_hi``) and ``steps_to_collapse`` (flat, for loggers)."""
         self._drain()
         out = {}
         for label, m in self.monitors.items():
@@ -1068,6 +1069,17 @@ class RouterMonitor:
                     v = est.get(key)
                     if v is not None and _finite(v):
                         d[name] = float(v)
+            fc = m.forecast()
+            crit, soon = fc.get("critical_coefficient"), fc.get("steps_to_collapse")
+            for name, v in (
+                ("aux_coef", fc.get("coefficient")),
+                ("alpha_star", None if crit is None else crit["value"]),
+                ("alpha_star_lo", None if crit is None else crit["lo"]),
+                ("alpha_star_hi", None if crit is None else crit["hi"]),
+                ("steps_to_collapse", None if soon is None else soon["value"]),
+            ):
+                if v is not None and _finite(v):
+                    d[name] = float(v)
             out[label] = d
         return out
 
