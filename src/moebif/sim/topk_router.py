@@ -7,9 +7,9 @@ router). With ``l_i = count_i / (k B)``::
     r_i <- r_i + eta (a_n l_i - rho (l_i - 1/N) - gamma r_i + b_i + h_n e_i).
 
 As ``eta -> 0`` this follows the mean-field ODE ``r' = (a/k) pi(r) - gamma r + b + h e``
-(:mod:`moebif.model.topk`). The counts of a batch are drawn exactly (see :mod:`moebif.sim._kernels.topk`),
-with one xoshiro256++ stream per replica from ``(seed, replica)``: same seed, same numbers,
-whatever the thread count or chunking, and for ``k = 1`` the very draws of
+(:mod:`moebif.model.topk`). The counts of a batch are drawn exactly (see
+:mod:`moebif.sim._kernels.topk`), with one xoshiro256++ stream per replica from ``(seed, replica)``:
+same seed, same numbers, whatever the thread count or chunking, and for ``k = 1`` the very draws of
 :func:`moebif.sim.router.simulate_batch_router`.
 
 Beyond the engine of :mod:`moebif.sim.router`: ``a`` may vary in time (ramps for the hysteresis in

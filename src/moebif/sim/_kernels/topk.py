@@ -9,8 +9,8 @@ draws without replacement from ``softmax(r/T)`` (Plackett-Luce = Gumbel-top-k). 
 
 1. the first picks of the ``B`` tokens: ``Multinomial(B, softmax(r/T))`` by conditional
    binomials (for ``k = 1`` this is the whole batch, drawn exactly as in the engine of
-   :mod:`moebif.sim._kernels.sampling`, so top-1 reproduces :func:`moebif.sim.router.simulate_batch_router`
-   draw for draw);
+   :mod:`moebif.sim._kernels.sampling`, so top-1 reproduces
+   :func:`moebif.sim.router.simulate_batch_router` draw for draw);
 2. the further ``k - 1`` picks of each token, one by one, from the experts it has not picked.
    Two alias tables (Walker/Vose) are built once a step: over all experts, and over all but
    the top one. A pick is drawn by *rejection* from the first table (a draw that hits an
