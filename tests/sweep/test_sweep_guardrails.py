@@ -273,3 +273,23 @@ def test_ctrl_c_with_local_workers_is_one_line_and_resumable(tmp_path, heavy_doc
     from moebif.sweep.store import SweepStore
 
     assert SweepStore.open(out).pending()  # resumable: the missing chunks are known
+
+
+@pytest.mark.parametrize(
+    "study,params,key",
+    [
+        ({"simulator": "hysteresis"}, {"a": 3.0, "rate": 1e-300}, "params.rate"),
+        ({"experiment": "fig08"}, {"horizon_gamma": 1e30}, "params.horizon_gamma"),
+    ],
+)
+def test_a_costly_cell_names_what_sets_its_work(study, params, key):
+    from moebif.sweep.experiments import get_study
+
+    name = study.get("simulator") or f"experiment:{study['experiment']}"
+    q = next(iter(get_study(name).quantities))
+    doc = {"study": study, "params": params, "axes": {"T": [0.5, 1.0]}, "run": {"quantities": [q]}}
+    if "experiment" in study:
+        doc["axes"]["gamma"] = [1.0]
+    with pytest.raises(SpecError) as e:
+        parse_spec(doc)
+    assert e.value.key == key and "core-hours" in str(e.value)

@@ -499,18 +499,15 @@ def _check_cells(spec: SweepSpec, entry: Study) -> None:
         except (ArithmeticError, ValueError):
             cost = math.inf
         if not cost <= MAX_CELL_SECONDS:  # NaN too
-            loc = (
-                "axes.steps"
-                if "steps" in spec.axes
-                else "params.steps"
-                if "steps" in spec.params
-                else "run.replicas"
+            size = entry.size_params
+            loc = next((f"axes.{k}" for k in size if k in spec.axes), None) or next(
+                (f"params.{k}" for k in size if k in spec.params), "run.replicas"
             )
             raise SpecError(
                 loc,
                 f"one cell would take about {cost / 3600:.3g} core-hours (at cell {where}); "
                 f"a cell runs in one task and may take at most {MAX_CELL_SECONDS / 3600:g}: "
-                "use fewer steps or replicas a cell",
+                f"use fewer replicas a cell, or change {', '.join(size)}",
             )
         width = max(width, entry.experts(v))
     stored = 0
