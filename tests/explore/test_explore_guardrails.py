@@ -246,3 +246,21 @@ def test_sigterm_stops_the_server_promptly_during_a_long_request():
             proc.wait()
     err = proc.stderr.read()
     assert "Traceback" not in err, err
+
+
+def test_an_uploaded_router_log_is_bounded_before_the_monitor_runs(client, tmp_path, monkeypatch):
+    import numpy as np
+
+    from moebif.explore import server
+    from moebif.monitor import write_log
+
+    monkeypatch.setattr(server, "MAX_UPLOAD_ROWS", 100)
+    path = tmp_path / "log.npz"
+    rng = np.random.default_rng(1)
+    write_log(path, np.arange(400), {"layer0": rng.multinomial(64, [0.25] * 4, size=400)})
+    t0 = time.monotonic()
+    r = client.post(
+        "/api/monitor?name=log.npz", content=path.read_bytes(), headers={"X-Moebif": "1"}
+    )
+    assert r.status_code == 400 and time.monotonic() - t0 < BOUND
+    assert "at most 100" in r.json()["error"] and "--log" in r.json()["error"]

@@ -228,12 +228,19 @@ def _diagnose_layers(obj: dict, path: Path, follow_log: bool = True) -> list[Mon
 
 
 def read_monitor_log(
-    path, *, top_k: int = 1, window: int | None = None, follow_log: bool = True
+    path,
+    *,
+    top_k: int = 1,
+    window: int | None = None,
+    follow_log: bool = True,
+    max_rows: int | None = None,
 ) -> MonitorLog:
     """Read a ``moebif diagnose`` JSON or a router log (see the module docstring).
 
     ``follow_log=False``: never open the router log a diagnose JSON names (the explorer's
     uploads: a file from a page must not make the server read, or reveal, its own files).
+    ``max_rows``: refuse a router log of more logged steps (summed over its layers) before the
+    monitor runs on it (its cost grows with them).
 
     Raises :class:`moebif.monitor.LogError` with a one-line reason naming the file (and the line,
     column or key) when it cannot be used."""
@@ -255,6 +262,12 @@ def read_monitor_log(
         raw = read_log(path)
     except (OSError, UnicodeDecodeError) as e:
         raise LogError(f"{path}: cannot be read: {e}") from None
+    rows = sum(len(lay.steps) for lay in raw.layers.values())
+    if max_rows is not None and rows > max_rows:
+        raise LogError(
+            f"{path}: {rows} logged steps over {len(raw.layers)} layer(s); the explorer runs the "
+            f"monitor on at most {max_rows} from the page (start it with --log FILE for more)"
+        )
     layers = [
         _run_monitor(
             path,

@@ -55,6 +55,8 @@ HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD = 256 * 2**20
+# the monitor runs at ~15-30 us a logged step and layer: an uploaded log is a few seconds at most
+MAX_UPLOAD_ROWS = 200_000
 
 DEFAULTS = {
     "a": 3.0,
@@ -395,41 +397,45 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
 
         return wrapped
 
+    async def off_loop(request: Request, fn, *args):
+        """``fn(*args)`` in a worker thread, abandoned (and its cancel flag set) as soon as the
+        client disconnects, so a closed tab or a killed script leaves no work behind in the
+        event loop and a shutdown does not wait for it."""
+        import anyio
+
+        stop = threading.Event()
+        box: dict = {}
+
+        def call():
+            token = _CANCEL.set(stop)
+            try:
+                return fn(*args)
+            finally:
+                _CANCEL.reset(token)
+
+        async with anyio.create_task_group() as tg:
+
+            async def watch():
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                stop.set()
+                tg.cancel_scope.cancel()
+
+            async def work():
+                box["response"] = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            tg.start_soon(work)
+        # None: the client left; the server answers nobody
+        return box.get("response") or Response(status_code=499)
+
     def computed(fn):
-        """A heavy GET endpoint: computed in a worker thread, abandoned (and its cancel flag set)
-        as soon as the client disconnects, so a closed tab or a killed script leaves no work
-        behind in the event loop and a shutdown does not wait for it."""
+        """A heavy GET endpoint, computed by :func:`off_loop`."""
         sync = endpoint(fn)
 
         async def wrapped(request: Request):
-            import anyio
-
-            stop = threading.Event()
-            box: dict = {}
-
-            def call():
-                token = _CANCEL.set(stop)
-                try:
-                    return sync(request)
-                finally:
-                    _CANCEL.reset(token)
-
-            async with anyio.create_task_group() as tg:
-
-                async def watch():
-                    while (await request.receive())["type"] != "http.disconnect":
-                        pass
-                    stop.set()
-                    tg.cancel_scope.cancel()
-
-                async def work():
-                    box["response"] = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(watch)
-                tg.start_soon(work)
-            # None: the client left; the server answers nobody
-            return box.get("response") or Response(status_code=499)
+            return await off_loop(request, sync, request)
 
         return wrapped
 
@@ -592,7 +598,6 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
 
     async def monitor_upload(request: Request):
         # read the body here (async), then parse it in a worker thread like the other endpoints
-        from starlette.concurrency import run_in_threadpool
         from starlette.requests import ClientDisconnect
 
         try:
@@ -614,7 +619,7 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
             return jresp({"error": str(e), "param": e.param}, status=e.status)
         except ClientDisconnect:  # an aborted upload: nobody to answer, nothing to log
             return Response(status_code=499)
-        return await run_in_threadpool(_load_upload, name, body)
+        return await off_loop(request, _load_upload, name, body)
 
     def _load_upload(name: str, body: bytes):
         try:
@@ -625,7 +630,7 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
                 try:
                     # never open a file named inside an upload: a page must not probe or
                     # read the server's disk (the router log of a diagnose JSON is left out)
-                    log = read_monitor_log(path, follow_log=False)
+                    log = read_monitor_log(path, follow_log=False, max_rows=MAX_UPLOAD_ROWS)
                 except LogError as e:
                     msg = str(e).replace(str(path), name)
                     return jresp({"error": f"log: {msg}", "param": "log"}, status=400)
