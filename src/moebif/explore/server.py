@@ -19,11 +19,12 @@ API (all ``GET`` unless said; parameters in the query string):
 - ``/api/monitor``: the training view of the monitor log; ``POST /api/monitor?name=FILE``
   with the file as the body: load another one.
 
-Bad input gets a 400 (404 for an unknown job or log) with ``{"error": "...", "param": "..."}``;
-the page shows the message. Every input is bounded by what it costs (docs/explore.md, "Limits"),
-a view whose client disconnects is abandoned, and a stop (SIGTERM, Ctrl+C) does not wait for it. POST requests need the header ``X-Moebif: 1`` (a page of another
-origin cannot send it without a CORS preflight, which this server does not grant), and the
-``Host`` header must be the loopback (no DNS rebinding).
+Bad input gets a 400 (404 for an unknown job or log) with ``{"error": "...", "param": "..."}``; the
+page shows the message. Every input is bounded by what it costs (docs/explore.md, "Limits"), a view
+whose client disconnects is abandoned, and a stop (SIGTERM, Ctrl+C) does not wait for it. POST
+requests need the header ``X-Moebif: 1`` (a page of another origin cannot send it without a CORS
+preflight, which this server does not grant), and the ``Host`` header must be the loopback (no DNS
+rebinding).
 """
 
 from __future__ import annotations
