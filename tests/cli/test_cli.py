@@ -247,3 +247,19 @@ def test_simulate_bad_out_file(cli, tmp_path):
     assert code == 2 and "--out" in err
     code, _, err = cli(*args, "--out", str(tmp_path / "missing" / "x.csv"))
     assert code == 2 and "--out" in err
+
+
+@pytest.mark.parametrize(
+    "args,argument",
+    [
+        (["theory", "--a", "3", "--gamma", "0", "--T", "1", "--json"], "--gamma"),
+        (["theory", "--a", "x", "--gamma", "1", "--T", "1", "--json"], "--a"),
+        (["theory", "--bogus", "--json"], "--bogus"),
+    ],
+)
+def test_json_bad_input_is_a_json_error(cli, args, argument):
+    code, out, err = cli(*args)
+    assert code == 2 and err.startswith("moebif: error:") and err.count("\n") == 1
+    rep = json.loads(out)
+    assert rep["error"]["argument"] == argument and rep["error"]["message"]
+    assert out.count("\n") == 1

@@ -182,7 +182,7 @@ def test_cli_bad_spec_exits_2_before_anything(tmp_path, capsys, small_doc):
         (["--scheduler", "tcp://127.0.0.1:1", "--local-workers", "2"], "--local-workers"),
         (["--local-workers", "0"], "--local-workers"),
         (["--jobs", "0"], "--jobs"),
-        (["--resume"], "--resume"),
+        (["--max-cells", "0"], "--max-cells"),
     ],
 )
 def test_cli_bad_options_exit_2(tmp_path, capsys, small_doc, args, option):

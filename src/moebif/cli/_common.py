@@ -48,6 +48,7 @@ class CLIError(Exception):
 
     def __init__(self, option: str, message: str):
         super().__init__(f"{option}: {message}")
+        self.option, self.message = option, message
 
 
 def router_params(a: float, gamma: float, T: float, h: float, experts: int) -> RouterParams:

@@ -57,3 +57,18 @@ def explore(
         serve(port=port, monitor=monitor)
     except PortError as e:
         raise CLIError("--port", str(e)) from None
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """After a stop (SIGTERM, Ctrl+C) a request abandoned mid-computation may still hold a
+    worker thread that Python would wait for at exit: nothing is left to save, so leave now."""
+    import os
+    import sys
+    import threading
+
+    busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if busy:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -89,6 +89,18 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check the spec, print the plan, run nothing.")
     ] = False,
+    max_cells: Annotated[
+        int,
+        typer.Option("--max-cells", help="Largest grid accepted (default 100000; docs/sweeps.md)."),
+    ] = 100_000,
+    dashboard: Annotated[
+        str,
+        typer.Option(
+            "--dashboard",
+            help="Address of the LocalCluster's dashboard (default 127.0.0.1:8787, loopback "
+            "only; 'none': no dashboard).",
+        ),
+    ] = "127.0.0.1:8787",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> int:
     """Run a parameter study into a Zarr store, in-process or on Dask (docs/sweeps.md)."""
@@ -112,8 +124,12 @@ def sweep(
         raise CLIError("--jobs", f"must be >= 1, got {jobs}")
     if scheduler is not None and not scheduler.strip():
         raise CLIError("--scheduler", "must be an address such as tcp://host:8786")
+    if max_cells < 1:
+        raise CLIError("--max-cells", f"must be >= 1, got {max_cells}")
+    if not dashboard.strip():
+        raise CLIError("--dashboard", "must be an address such as 127.0.0.1:8787, or none")
     try:
-        spec = load_spec(spec_path)
+        spec = load_spec(spec_path, max_cells=max_cells)
     except SpecError as e:
         where = "" if e.key == "spec" else f" (in {spec_path})"
         raise CLIError(e.key, f"{e.message}{where}") from None
@@ -124,9 +140,11 @@ def sweep(
     from ..sweep.store import StoreError, SweepStore
 
     check_writable_dir("--out", out.parent if str(out.parent) else Path("."))
-    if resume:
-        if not out.exists():
-            raise CLIError("--resume", f"nothing to resume: {str(out)!r} does not exist")
+    if resume and not out.exists():
+        # a sweep started with --resume from the first run on (a batch script) just starts
+        _note(f"moebif: --resume: {out} does not exist yet; starting it")
+        resume = False
+    elif resume:
         try:
             SweepStore.open(out).check_spec(spec)
         except StoreError as e:
@@ -165,7 +183,8 @@ def sweep(
         if scheduler is not None:
             executor = DaskExecutor(scheduler)
         elif local_workers is not None:
-            executor = DaskExecutor(local_workers=local_workers)
+            address = None if dashboard.strip().lower() == "none" else dashboard.strip()
+            executor = DaskExecutor(local_workers=local_workers, dashboard_address=address)
         elif jobs is not None and jobs > 1:
             executor = LocalProcesses(jobs)
         else:
@@ -184,6 +203,7 @@ def sweep(
             with _sweep_bar(True) as bar:
                 report = run_sweep(spec, out, executor=executor, resume=resume, progress=bar)
         except KeyboardInterrupt:
+            executor.quiet()
             _interrupted(out)
             raise typer.Exit(130) from None
         except (StoreError, ExecutorError) as e:

@@ -7,7 +7,7 @@ with the mean-field ODE (6), ``y' = a tanh(y/2T) - gamma y + h``, mapped to load
 
 Figure: (a) mean +- sd of ``u_hat`` over the runs and the mean-field ``u(t)``; (b) the
 stationary distribution of ``u_hat`` around the stable state against the linear-noise Gaussian of
-:func:`moebif.router.stationary_spread`; (c) Prop. 3.1: the distance to the ODE as ``eta -> 0``.
+:func:`moebif.sim.router.stationary_spread`; (c) Prop. 3.1: the distance to the ODE as ``eta -> 0``.
 
 Claims: ``fig06-meanfield`` (sup-distance of the replica mean to the ODE), ``fig06-spread``
 (stationary spread against the linear-noise prediction), ``prop3.1`` (mean-field limit).

@@ -7,7 +7,7 @@ the uniform state is linearly stable, yet a collapsed state is stable too, behin
 (1) **Escape by batch noise.** Replicas start balanced and run until they collapse (scores
 pass beyond the saddle). The mean escape time is measured for several batch sizes B (the noise
 temperature at the uniform state is ``eps_0 = eta a^2 / (2 B N)``) and compared with the
-Kramers/Eyring estimate of :mod:`moebif.metastability`: ``log E[tau]`` is linear in the
+Kramers/Eyring estimate of :mod:`moebif.model.metastability`: ``log E[tau]`` is linear in the
 barrier-to-noise ratio ``X = Delta V / eps_0`` with slope ``kappa_path`` (< 1, because the
 noise along the escape path is hotter than at the uniform state).
 
@@ -27,7 +27,7 @@ a = 3.7, all checked against the batch router within its standard error).
 
 (2) **Collapse by a transient skew.** A drift ``h`` on one expert for a time ``tau`` (a burst of
 skewed data), then nothing: the probability that the router ends collapsed, as a map over
-``(tau, h)``, against the mean-field boundary ``h_c(tau)`` (:func:`moebif.metastability.
+``(tau, h)``, against the mean-field boundary ``h_c(tau)`` (:func:`moebif.model.metastability.
 pulse_threshold`).
 """
 

@@ -2,7 +2,7 @@
 
 Top-k routing (each token picks k distinct experts, Gumbel-top-k of ``r / T``; loads
 ``count / (k B)``) has the mean field ``r' = (a/k) pi(r) - gamma r`` with inclusion probabilities
-``pi`` (:mod:`moebif.topk`). Two thresholds, for N = 8 and N = 64:
+``pi`` (:mod:`moebif.model.topk`). Two thresholds, for N = 8 and N = 64:
 
 - the **linear threshold** ``a_lin = k gamma T / alpha_k`` with
   ``alpha_k = (N-k)/(N-1) (H_N - H_{N-k})``, where the uniform state loses stability.

@@ -175,11 +175,13 @@ class JobRunner:
             job.cancel_flag.set()
         return job
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Cancel every job; ``wait``: until the worker has stopped (a job stops within one
+        chunk; the kernels' warm-up compilation cannot be interrupted)."""
         with self._lock:
             for job in self._jobs.values():
                 job.cancel_flag.set()
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
     def _run(self, job: TrajectoryJob) -> None:
         from ..sim.router import simulate_batch_router

@@ -141,15 +141,20 @@ def _find_log(name: str, json_path: Path) -> Path | None:
     return next((t for t in tries if t.is_file()), None)
 
 
-def _diagnose_layers(obj: dict, path: Path) -> list[MonitorLayer]:
+def _diagnose_layers(obj: dict, path: Path, follow_log: bool = True) -> list[MonitorLayer]:
     layers = obj.get("layers")
     if not isinstance(layers, list) or not layers:
         raise LogError(f"{path}: key layers: need a non-empty list (not a diagnose JSON?)")
     raw = None
     log_name = obj.get("log")
-    found = _find_log(log_name, path) if isinstance(log_name, str) and log_name else None
+    found = None
+    if follow_log and isinstance(log_name, str) and log_name:
+        found = _find_log(log_name, path)
     why = ""
-    if found is not None:
+    if not follow_log:
+        # the same words whether the file exists or not: an upload must not probe the disk
+        why = "the router log named in an uploaded file is not opened (use --log to re-compute)"
+    elif found is not None:
         try:
             raw = read_log(found)
         except LogError as e:
@@ -222,8 +227,20 @@ def _diagnose_layers(obj: dict, path: Path) -> list[MonitorLayer]:
     return out
 
 
-def read_monitor_log(path, *, top_k: int = 1, window: int | None = None) -> MonitorLog:
+def read_monitor_log(
+    path,
+    *,
+    top_k: int = 1,
+    window: int | None = None,
+    follow_log: bool = True,
+    max_rows: int | None = None,
+) -> MonitorLog:
     """Read a ``moebif diagnose`` JSON or a router log (see the module docstring).
+
+    ``follow_log=False``: never open the router log a diagnose JSON names (the explorer's
+    uploads: a file from a page must not make the server read, or reveal, its own files).
+    ``max_rows``: refuse a router log of more logged steps (summed over its layers) before the
+    monitor runs on it (its cost grows with them).
 
     Raises :class:`moebif.monitor.LogError` with a one-line reason naming the file (and the line,
     column or key) when it cannot be used."""
@@ -240,11 +257,17 @@ def read_monitor_log(path, *, top_k: int = 1, window: int | None = None) -> Moni
             raise LogError(msg) from None
         if not isinstance(obj, dict):
             raise LogError(f"{path}: expected a JSON object written by moebif diagnose")
-        return MonitorLog(str(path), "diagnose", _diagnose_layers(obj, path))
+        return MonitorLog(str(path), "diagnose", _diagnose_layers(obj, path, follow_log))
     try:
         raw = read_log(path)
     except (OSError, UnicodeDecodeError) as e:
         raise LogError(f"{path}: cannot be read: {e}") from None
+    rows = sum(len(lay.steps) for lay in raw.layers.values())
+    if max_rows is not None and rows > max_rows:
+        raise LogError(
+            f"{path}: {rows} logged steps over {len(raw.layers)} layer(s); the explorer runs the "
+            f"monitor on at most {max_rows} from the page (start it with --log FILE for more)"
+        )
     layers = [
         _run_monitor(
             path,

@@ -19,15 +19,18 @@ API (all ``GET`` unless said; parameters in the query string):
 - ``/api/monitor``: the training view of the monitor log; ``POST /api/monitor?name=FILE``
   with the file as the body: load another one.
 
-Bad input gets a 400 (404 for an unknown job or log) with ``{"error": "...", "param": "..."}``;
-the page shows the message. POST requests need the header ``X-Moebif: 1`` (a page of another
-origin cannot send it without a CORS preflight, which this server does not grant), and the
-``Host`` header must be the loopback (no DNS rebinding).
+Bad input gets a 400 (404 for an unknown job or log) with ``{"error": "...", "param": "..."}``; the
+page shows the message. Every input is bounded by what it costs (docs/explore.md, "Limits"), a view
+whose client disconnects is abandoned, and a stop (SIGTERM, Ctrl+C) does not wait for it. POST
+requests need the header ``X-Moebif: 1`` (a page of another origin cannot send it without a CORS
+preflight, which this server does not grant), and the ``Host`` header must be the loopback (no DNS
+rebinding).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import json
 import math
@@ -45,7 +48,7 @@ from ..monitor import LogError
 from ..params import ParameterError, RouterParams
 from . import views as V
 from .balancers import BALANCERS, get_balancer
-from .jobs import JobRunner, check_settings
+from .jobs import LIMITS, JobRunner, check_settings
 from .logs import MonitorLog, read_monitor_log
 
 __all__ = ["DEFAULT_PORT", "PortError", "bind_loopback", "create_app", "running_server", "serve"]
@@ -54,6 +57,8 @@ HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD = 256 * 2**20
+# the monitor runs at ~15-30 us a logged step and layer: an uploaded log is a few seconds at most
+MAX_UPLOAD_ROWS = 200_000
 
 DEFAULTS = {
     "a": 3.0,
@@ -93,6 +98,18 @@ WINDOW_KEYS = (
     "t_range",
 )
 SIM_KEYS = ("batch", "eta", "steps", "runs", "seed")
+
+
+_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "moebif_explore_cancel", default=None
+)
+
+
+def cancelled() -> bool:
+    """True once the client of the request being computed in this thread has gone away (long
+    computations may check it and return early: nobody reads the answer)."""
+    ev = _CANCEL.get()
+    return ev is not None and ev.is_set()
 
 
 class BadRequest(Exception):
@@ -204,7 +221,8 @@ def compute_views(q, names=VIEW_NAMES) -> dict:
                     pt, x_range=_pair(q, "br_x"), load_range=_pair(q, "br_load")
                 )
             elif name == "meanfield":
-                out[name] = V.meanfield_view(pt, t_range=_pair(q, "t_range") or (0.0, 10.0))
+                t_default = (0.0, min(10.0, V.meanfield_t_max(pt.effective)))
+                out[name] = V.meanfield_view(pt, t_range=_pair(q, "t_range") or t_default)
             else:
                 raise BadRequest("views", f"views: unknown view {name!r}")
     except ParameterError as e:
@@ -381,6 +399,48 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
 
         return wrapped
 
+    async def off_loop(request: Request, fn, *args):
+        """``fn(*args)`` in a worker thread, abandoned (and its cancel flag set) as soon as the
+        client disconnects, so a closed tab or a killed script leaves no work behind in the
+        event loop and a shutdown does not wait for it."""
+        import anyio
+
+        stop = threading.Event()
+        box: dict = {}
+
+        def call():
+            token = _CANCEL.set(stop)
+            try:
+                return fn(*args)
+            finally:
+                _CANCEL.reset(token)
+
+        async with anyio.create_task_group() as tg:
+
+            async def watch():
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                stop.set()
+                tg.cancel_scope.cancel()
+
+            async def work():
+                box["response"] = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            tg.start_soon(work)
+        # None: the client left; the server answers nobody
+        return box.get("response") or Response(status_code=499)
+
+    def computed(fn):
+        """A heavy GET endpoint, computed by :func:`off_loop`."""
+        sync = endpoint(fn)
+
+        async def wrapped(request: Request):
+            return await off_loop(request, sync, request)
+
+        return wrapped
+
     def guard_post(request: Request):
         if request.headers.get("x-moebif") != "1":
             raise BadRequest(None, "POST requests need the header X-Moebif: 1", status=403)
@@ -424,6 +484,7 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
                 "defaults": DEFAULTS,
                 "sliders": SLIDERS,
                 "views": list(VIEW_NAMES),
+                "limits": {"meanfield_work": V.MEANFIELD_WORK, **LIMITS},
                 "monitor": None
                 if mon is None
                 else {
@@ -436,7 +497,7 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
             }
         )
 
-    @endpoint
+    @computed
     def views(request):
         q = request.query_params
         _check_known(q, (*POINT_KEYS, *WINDOW_KEYS, "views", "encoding"))
@@ -452,7 +513,7 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
         out["server_ms"] = 1e3 * (time.perf_counter() - t0)
         return jresp(out, binary=encoding == "binary")
 
-    @endpoint
+    @computed
     def export(request):
         q = request.query_params
         view = q.get("view")
@@ -539,18 +600,28 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
 
     async def monitor_upload(request: Request):
         # read the body here (async), then parse it in a worker thread like the other endpoints
-        from starlette.concurrency import run_in_threadpool
+        from starlette.requests import ClientDisconnect
 
         try:
             guard_post(request)
             name = Path(request.query_params.get("name") or "log.csv").name
-            size = int(request.headers.get("content-length") or 0)
-            if size > MAX_UPLOAD:
-                raise BadRequest("name", f"log too large ({size} bytes > {MAX_UPLOAD})", 413)
-            body = await request.body()
+            raw = request.headers.get("content-length") or "0"
+            if not raw.isdigit():
+                raise BadRequest("content-length", f"bad Content-Length {raw[:40]!r}")
+            if int(raw) > MAX_UPLOAD:
+                raise BadRequest("log", f"log too large ({raw} bytes > {MAX_UPLOAD})", 413)
+            chunks, size = [], 0
+            async for chunk in request.stream():  # bounded also without a Content-Length
+                size += len(chunk)
+                if size > MAX_UPLOAD:
+                    raise BadRequest("log", f"log too large (> {MAX_UPLOAD} bytes)", 413)
+                chunks.append(chunk)
+            body = b"".join(chunks)
         except BadRequest as e:
             return jresp({"error": str(e), "param": e.param}, status=e.status)
-        return await run_in_threadpool(_load_upload, name, body)
+        except ClientDisconnect:  # an aborted upload: nobody to answer, nothing to log
+            return Response(status_code=499)
+        return await off_loop(request, _load_upload, name, body)
 
     def _load_upload(name: str, body: bytes):
         try:
@@ -559,7 +630,9 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
                 path = Path(tmp) / f"upload{suffix}"
                 path.write_bytes(body)
                 try:
-                    log = read_monitor_log(path)
+                    # never open a file named inside an upload: a page must not probe or
+                    # read the server's disk (the router log of a diagnose JSON is left out)
+                    log = read_monitor_log(path, follow_log=False, max_rows=MAX_UPLOAD_ROWS)
                 except LogError as e:
                     msg = str(e).replace(str(path), name)
                     return jresp({"error": f"log: {msg}", "param": "log"}, status=400)
@@ -586,7 +659,9 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
             yield
         finally:
             if state["runner"] is not None:
-                state["runner"].shutdown()
+                # a server that is told to stop stops now (the CLI exits without waiting for
+                # the warm-up compilation)
+                state["runner"].shutdown(wait=False)
 
     routes = [
         Route("/", index),
@@ -649,7 +724,11 @@ def bind_loopback(port: int | None) -> socket.socket:
 def _server(app, sock):
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    # on SIGTERM or Ctrl+C, requests still computing get 1 s, then are cancelled (their threads
+    # abandoned): the server stops promptly
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=1
+    )
     return uvicorn.Server(config)
 
 

@@ -506,6 +506,16 @@ def _crossings(n: int, k: int, x: float) -> list[dict]:
 # mean field in time
 
 
+MEANFIELD_WORK = 2e4
+"""Largest ``t * (gamma + |a|/2T)`` the mean-field view integrates: the explicit solver's steps
+grow with the time in units of the field's fastest rate, ~25 us each, so this is ~0.5 s."""
+
+
+def meanfield_t_max(p: RouterParams) -> float:
+    """The end of the longest mean-field window computed at ``p`` (:data:`MEANFIELD_WORK`)."""
+    return MEANFIELD_WORK / (p.gamma + abs(p.a) / (2.0 * p.T))
+
+
 def meanfield_view(pt: Point, *, t_range=(0.0, 10.0), points: int = 301) -> dict:
     """``u(t)`` of the mean-field ODE (6) started at ``y0`` at ``t = 0``, on ``points`` times in
     ``t_range`` (ODE time ``t = n eta``) at the effective router, and the loads of its
@@ -514,6 +524,13 @@ def meanfield_view(pt: Point, *, t_range=(0.0, 10.0), points: int = 301) -> dict
     if not t_lo < t_hi:
         raise ParameterError("t_range", f"must end after t = 0, got {t_range}")
     p = pt.effective
+    t_max = meanfield_t_max(p)
+    if t_hi > t_max:
+        raise ParameterError(
+            "t_range",
+            f"ends at t = {t_hi:.4g}; the mean field is drawn up to t * (gamma + |a|/2T) = "
+            f"{MEANFIELD_WORK:.0e}, i.e. t <= {t_max:.4g} here (the load has settled long before)",
+        )
     t = np.linspace(t_lo, t_hi, points)
     u = solve_meanfield(p, t if t_lo == 0.0 else np.r_[0.0, t], y0=pt.y0)
     return {

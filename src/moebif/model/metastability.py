@@ -10,7 +10,7 @@ carries no noise (loads sum to one). On the line the score gap is
     V'(x) = gamma x - a sqrt((N - 1) / N) (p_w - p_l),
 
 with the barrier ``Delta V = V(x_s) - V(0)`` at the one-winner saddle ``x_s``
-(:func:`moebif.nexperts.barrier`).
+(:func:`moebif.model.symmetric.barrier`).
 
 **Batch noise.** One step changes the scores by ``eta a (l - p)`` plus the drift, with
 ``Cov(l) = (diag p - p p^T) / B``; per unit of ODE time ``t = n eta`` the covariance is

@@ -45,8 +45,8 @@ and the Jacobian has the eigenvalues ``(a/(kT)) mu - gamma`` with ``mu`` = ``-m 
 (m - 1 contrasts within the winners), ``-(N-m) J_ll - m J_wl`` (N - m - 1 within the losers),
 ``-N J_wl`` (between the groups), 0 (common mode; eigenvalue ``-gamma``), where ``J_xy`` are
 the off-diagonal entries of ``d pi / d z`` (the binomial form of the integral above). For
-``k = 1`` this is :mod:`moebif.nexperts`. Unlike ``k = 1``, equilibria of (8k) need not have two
-score levels; the two-level branches are the ones computed here.
+``k = 1`` this is :mod:`moebif.model.symmetric`. Unlike ``k = 1``, equilibria of (8k) need not
+have two score levels; the two-level branches are the ones computed here.
 """
 
 from __future__ import annotations

@@ -329,7 +329,7 @@ def equilibria(params: RouterParams) -> list[Equilibrium]:
     if p.n_experts != 2:
         raise ValueError(
             "n_experts: the reduced equation (6) describes two experts; "
-            f"got n_experts={p.n_experts} (use moebif.meanfield for N experts)"
+            f"got n_experts={p.n_experts} (use moebif.model.meanfield for N experts)"
         )
     a, h, T = p.a, p.h, p.T
     c = 2.0 * p.gamma * T

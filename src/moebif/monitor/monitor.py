@@ -30,7 +30,7 @@ the mean-field router runs into collapse without further noise.
   balanced state the model-based alarms are about;
 - ``metastable`` (N >= 3, top-1): ``kappa_hat >= kappa_SN`` on ``consecutive`` refits: a stable
   collapsed state exists, jumps to it are noise-induced and give no lead-time warning; the
-  message carries the Eyring-Kramers escape time (:mod:`moebif.metastability`) at
+  message carries the Eyring-Kramers escape time (:mod:`moebif.model.metastability`) at
   ``(kappa_hat, eta gamma, B_eff)``;
 - ``collapse-in-progress``: the latent gap ``d_max`` passes ``d_s + commit (d_c - d_s)``, a
   quarter of the way (default) from the saddle gap ``d_s`` to the collapsed gap ``d_c`` (the
@@ -129,7 +129,7 @@ def saddle_gap(kappa: float, n_experts: int) -> float:
 
 def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) -> float:
     """Mean escape time (steps) from the balanced state at ``kappa`` (Eyring-Kramers, see
-    :mod:`moebif.metastability`); inf below ``kappa_SN``, 0 at or above 1."""
+    :mod:`moebif.model.metastability`); inf below ``kappa_SN``, 0 at or above 1."""
     if not math.isfinite(kappa):
         return math.nan
     if kappa >= 1.0:

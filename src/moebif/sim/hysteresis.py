@@ -96,7 +96,7 @@ def sweep_hysteresis(
     - ``params``: router parameters (``params.h`` is ignored: ``h`` is swept).
     - ``rate``: ``|dh/dt|`` in ODE time, ``> 0``.
     - ``batch``, ``eta``, ``runs``, ``seed``, ``rho``: as in
-      :func:`~moebif.router.simulate_batch_router`.
+      :func:`~moebif.sim.router.simulate_batch_router`.
     - ``h_max``: sweep amplitude; default ``H(a_eff) + 0.75 gamma T + 4 rate^(2/3)``, beyond the
       fold plus the rate-dependent lag.
     - ``record_every``: default such that ``h`` moves by about ``h_max / 4000`` between records.

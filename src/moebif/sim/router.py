@@ -23,13 +23,13 @@ first record is a genuine batch drawn at the initial state (its mean is ``tanh(y
 the last record is a batch drawn at the final state ``y_steps`` (no update follows it). Only
 records are stored: memory is ``O(runs K)`` whatever the number of steps.
 
-**Random numbers and speed.** The simulation runs in numba kernels (:mod:`moebif._sampling`)
-with one xoshiro256++ stream per replica derived from ``(seed, replica index)`` and an exact
-binomial sampler (BTRD). Results are identical bit for bit for a given seed whatever the thread
-count and chunking, and the first ``m`` replicas of a run with ``runs > m`` equal a run with
-``runs = m``. :func:`simulate_batch_router_reference` is the same model in plain numpy (numpy's
-own generator, so equal in distribution only), kept as a cross-check and benchmark baseline.
-"""
+**Random numbers and speed.** The simulation runs in numba kernels
+(:mod:`moebif.sim._kernels.sampling`) with one xoshiro256++ stream per replica derived from ``(seed,
+replica index)`` and an exact binomial sampler (BTRD). Results are identical bit for bit for a given
+seed whatever the thread count and chunking, and the first ``m`` replicas of a run with ``runs > m``
+equal a run with ``runs = m``. :func:`simulate_batch_router_reference` is the same model in plain
+numpy (numpy's own generator, so equal in distribution only), kept as a cross-check and benchmark
+baseline."""
 
 from __future__ import annotations
 

@@ -7,12 +7,12 @@ router). With ``l_i = count_i / (k B)``::
     r_i <- r_i + eta (a_n l_i - rho (l_i - 1/N) - gamma r_i + b_i + h_n e_i).
 
 As ``eta -> 0`` this follows the mean-field ODE ``r' = (a/k) pi(r) - gamma r + b + h e``
-(:mod:`moebif.topk`). The counts of a batch are drawn exactly (see :mod:`moebif._topk_kernels`),
-with one xoshiro256++ stream per replica from ``(seed, replica)``: same seed, same numbers,
-whatever the thread count or chunking, and for ``k = 1`` the very draws of
-:func:`moebif.router.simulate_batch_router`.
+(:mod:`moebif.model.topk`). The counts of a batch are drawn exactly (see
+:mod:`moebif.sim._kernels.topk`), with one xoshiro256++ stream per replica from ``(seed, replica)``:
+same seed, same numbers, whatever the thread count or chunking, and for ``k = 1`` the very draws of
+:func:`moebif.sim.router.simulate_batch_router`.
 
-Beyond the engine of :mod:`moebif.router`: ``a`` may vary in time (ramps for the hysteresis in
+Beyond the engine of :mod:`moebif.sim.router`: ``a`` may vary in time (ramps for the hysteresis in
 ``a``), the skew ``h`` acts along any direction ``e`` (a pulse on one expert), records are window
 means of the loads, and replicas can stop at a first passage (``max r - mean r >= stop_gap``),
 for escape times.
@@ -69,7 +69,7 @@ def simulate_topk_router(
 
     - ``params``: :class:`~moebif.params.RouterParams` (``n_experts = N >= 2``).
     - ``batch`` ``B``, ``eta``, ``steps``, ``runs``, ``seed``, ``rho``: as in
-      :func:`moebif.router.simulate_batch_router`; step ``n`` is at ODE time ``t = n eta``.
+      :func:`moebif.sim.router.simulate_batch_router`; step ``n`` is at ODE time ``t = n eta``.
     - ``top_k``: experts per token, ``1 <= k < N``.
     - ``a``: feedback replacing ``params.a``: scalar, array of shape ``(steps,)`` or callable of
       ODE time ``a(t)`` (ramps).

@@ -18,6 +18,7 @@ seed), only the speed does.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import signal
 import uuid
@@ -53,6 +54,10 @@ class Executor:
     def run(self, tasks: Iterable[Task]) -> Iterator[TaskResult]:
         raise NotImplementedError
 
+    def quiet(self) -> None:
+        """Silence the executor's own logging before an interrupted close (its workers would
+        otherwise report every cancelled task)."""
+
     def close(self) -> None:
         pass
 
@@ -74,6 +79,27 @@ class InProcess(Executor):
     def run(self, tasks):
         for t in tasks:
             yield run_task(t)
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT while child processes are started (only from the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _quiet_logs() -> None:
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 def _worker_init() -> None:
@@ -149,7 +175,9 @@ class DaskExecutor(Executor):
     - ``client``: an existing ``distributed.Client`` to use as it is (not closed).
     - ``retries``: times a task that raised is re-run (worker deaths are handled by the
       scheduler, independently of this).
-    - ``dashboard_address``: of the ``LocalCluster`` (``None``: no dashboard).
+    - ``dashboard_address``: of the ``LocalCluster`` (``None``: no dashboard); the loopback
+      by default, like every other service of the cluster (scheduler, workers, nannies and the
+      workers' own status pages).
     """
 
     name = "dask"
@@ -161,7 +189,7 @@ class DaskExecutor(Executor):
         local_workers: int | None = None,
         client=None,
         retries: int = 2,
-        dashboard_address: str | None = ":8787",
+        dashboard_address: str | None = "127.0.0.1:8787",
         timeout: float = 10.0,
     ):
         from distributed import Client, LocalCluster
@@ -177,19 +205,28 @@ class DaskExecutor(Executor):
         elif local_workers is not None:
             if local_workers < 1:
                 raise ValueError("local_workers: must be >= 1")
-            self._cluster = LocalCluster(
-                n_workers=int(local_workers),
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",  # a local cluster listens on the loopback only
-                dashboard_address=dashboard_address,
-            )
+            # Ctrl+C is this process's business (it stops the sweep and closes the cluster):
+            # worker processes started while SIGINT is ignored inherit that, and print no
+            # tracebacks of their own when the terminal interrupts the whole process group
+            with _sigint_ignored():
+                self._cluster = LocalCluster(
+                    n_workers=int(local_workers),
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",  # a local cluster listens on the loopback only
+                    dashboard_address=dashboard_address,
+                    worker_dashboard_address="127.0.0.1:0",
+                )
             self.client = Client(self._cluster)
         else:
             try:
                 self.client = Client(address, timeout=timeout)
-            except (OSError, TimeoutError) as e:
-                raise ExecutorError(f"cannot connect to the scheduler at {address}: {e}") from None
+            except (OSError, TimeoutError, ValueError, TypeError) as e:
+                # ValueError: not an address ("missing port number", unknown protocol)
+                msg = " ".join(str(e).split()) or type(e).__name__
+                raise ExecutorError(
+                    f"cannot connect to the scheduler at {address}: {msg}"
+                ) from None
         wanted = local_workers is None or dashboard_address is not None
         self.dashboard = self.client.dashboard_link if wanted and self._has_dashboard() else None
         try:
@@ -228,6 +265,16 @@ class DaskExecutor(Executor):
 
     def warm_up(self) -> None:
         self.client.run(_warm)
+
+    def quiet(self) -> None:
+        import logging
+
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        if self._cluster is None:  # someone else's cluster: leave its logging alone
+            return
+        with contextlib.suppress(Exception):
+            self.client.run(_quiet_logs)
+            self.client.run(_quiet_logs, nanny=True)
 
     def run(self, tasks):
         from distributed import as_completed

@@ -104,6 +104,7 @@ class ExperimentStudy(Study):
     """A study whose cell is an experiment's ``cell(config, **axes)`` (see the module doc)."""
 
     speed = 1.2e7  # replica-steps a second of the two-expert batch router
+    size_params = ("horizon_gamma", "eta_gamma")
 
     def __init__(self, exp_id: str, proto):
         self.name = f"experiment:{exp_id}"

@@ -80,6 +80,8 @@ class Param:
                 if not (math.isfinite(value) and value.is_integer()):
                     raise ParameterError(name, f"must be an integer, got {value!r}")
                 value = int(value)
+            if not -(2**63) <= value < 2**63:  # the kernels count in int64
+                raise ParameterError(name, f"must fit in 64 bits (|x| < 2^63), got {value:.4g}")
         else:
             value = float(value)
             if not math.isfinite(value):

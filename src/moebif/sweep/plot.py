@@ -91,6 +91,25 @@ def _value_label(name: str, value) -> str:
     return f"{name} = {value:g}" if isinstance(value, float) else f"{name} = {value}"
 
 
+def _coordinate(ds, axis: str, value):
+    """The stored coordinate of ``axis`` that ``--select axis=value`` names: the nearest one of a
+    numeric axis, the equal one otherwise; :class:`PlotError` naming ``--select`` if none."""
+    coords = ds[axis].values
+    kind = coords.dtype.kind
+    if kind in "fiu":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise PlotError("--select", f"{axis}: needs a number, got {value!r}")
+        return ds[axis].sel({axis: value}, method="nearest").item()
+    if kind == "b":
+        if not isinstance(value, bool):
+            raise PlotError("--select", f"{axis}: needs true or false, got {value!r}")
+        return value
+    if str(value) not in [str(c) for c in coords]:
+        known = ", ".join(str(c) for c in coords[:10])
+        raise PlotError("--select", f"{axis}: no coordinate {value!r} (values: {known})")
+    return str(value)
+
+
 def plot_store(
     store,
     *,
@@ -153,10 +172,7 @@ def plot_store(
             raise PlotError(
                 "--select", f"choose values of {', '.join(rest)} (e.g. --select {rest[0]}=...)"
             )
-    sel = {
-        k: ds[k].sel({k: v}, method="nearest").item() if ds[k].dtype.kind in "fi" else v
-        for k, v in select.items()
-    }
+    sel = {k: _coordinate(ds, k, v) for k, v in select.items()}
 
     done = ds["done"].sel(sel).load()
     vals = da.sel(sel).load().where(done).astype(float)

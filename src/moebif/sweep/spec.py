@@ -51,6 +51,9 @@ from .params import REQUIRED, Param
 from .studies import STUDIES, Study
 
 __all__ = [
+    "MAX_CELLS",
+    "MAX_CELL_SECONDS",
+    "MAX_STORED_VALUES",
     "SpecError",
     "SweepSpec",
     "cell_seed",
@@ -59,6 +62,17 @@ __all__ = [
 ]
 
 _TOP = ("study", "params", "axes", "run")
+
+# What a sweep may ask for, checked before anything is built or run (docs/sweeps.md, "Limits").
+MAX_CELLS = 100_000
+"""Default largest grid (``--max-cells`` raises it): checking, planning and storing a grid costs
+about 30 us a cell in this process, before any task runs."""
+MAX_CELL_SECONDS = 86_400.0
+"""Largest estimated single-core time of one cell: a cell is never split across tasks, so a
+killed sweep loses up to this much work a worker."""
+MAX_STORED_VALUES = 10**9
+"""Largest number of values the store holds (8 GB of float64)."""
+MAX_REPLICAS = 10**6
 _RUN = ("replicas", "seed", "quantities", "task_seconds", "cells_per_task")
 
 
@@ -119,6 +133,16 @@ class SweepSpec:
             v[name] = values[int(i)].item()
         return v
 
+    def iter_cells(self):
+        """The parameter values of every cell, in C order (faster than :meth:`cell_values`)."""
+        import itertools
+
+        names = list(self.axes)
+        for combo in itertools.product(*(v.tolist() for v in self.axes.values())):
+            v = dict(self.params)
+            v.update(zip(names, combo, strict=True))
+            yield v
+
     def canonical(self) -> dict:
         """The spec as plain JSON data, defaults resolved (stored with the results)."""
         kind = "experiment" if self.study.startswith("experiment:") else "simulator"
@@ -145,12 +169,12 @@ class SweepSpec:
         entry = self.entry
         if not any("expert" in entry.quantities[q].dims for q in self.quantities):
             return 0
-        return max(entry.experts(self.cell_values(i)) for i in range(self.n_cells))
+        return max(entry.experts(v) for v in self.iter_cells())
 
     def cell_cost(self) -> np.ndarray:
         """Estimated single-core seconds of every cell, shape ``shape``."""
         entry = self.entry
-        c = [entry.cost(self.cell_values(i), self.replicas) for i in range(self.n_cells)]
+        c = [entry.cost(v, self.replicas) for v in self.iter_cells()]
         return np.asarray(c, dtype=float).reshape(self.shape)
 
     def chunks(self) -> tuple[int, ...]:
@@ -179,11 +203,13 @@ def chunk_shape(shape: tuple[int, ...], cells: int) -> tuple[int, ...]:
 # parsing
 
 
-def load_spec(path: str | Path) -> SweepSpec:
+def load_spec(path: str | Path, *, max_cells: int = MAX_CELLS) -> SweepSpec:
     """Read and check a TOML spec; raises :class:`SpecError` (key ``spec`` when the file cannot
     be read or is not TOML)."""
     path = Path(path)
     try:
+        if path.stat().st_size > 2**20:
+            raise SpecError("spec", f"{str(path)!r} is larger than 1 MiB; not a spec")
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError("spec", f"cannot read {str(path)!r}: {e.strerror}") from None
@@ -193,11 +219,15 @@ def load_spec(path: str | Path) -> SweepSpec:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError("spec", f"not valid TOML: {e}") from None
-    return parse_spec(doc, text=text)
+    return parse_spec(doc, text=text, max_cells=max_cells)
 
 
-def parse_spec(doc: dict, *, text: str | None = None) -> SweepSpec:
-    """Check a spec given as a dict (the parsed TOML) and return a :class:`SweepSpec`."""
+def parse_spec(doc: dict, *, text: str | None = None, max_cells: int = MAX_CELLS) -> SweepSpec:
+    """Check a spec given as a dict (the parsed TOML) and return a :class:`SweepSpec`.
+
+    ``max_cells``: the largest grid accepted (:data:`MAX_CELLS`); the size of every axis and of
+    the grid is checked before any array is built, the estimated cost of every cell against
+    :data:`MAX_CELL_SECONDS` and the store's size against :data:`MAX_STORED_VALUES`."""
     if not isinstance(doc, dict):
         raise SpecError("spec", "must be a table")
     for key in doc:
@@ -220,7 +250,15 @@ def parse_spec(doc: dict, *, text: str | None = None) -> SweepSpec:
             raise SpecError(f"axes.{key}", _unknown_param(key, entry))
         if key in params_in:
             raise SpecError(f"axes.{key}", "is also set in [params]; give it in one place")
-        axes[key] = _axis(f"axes.{key}", key, known[key], raw)
+        axes[key] = _axis(f"axes.{key}", key, known[key], raw, max_cells)
+    n_cells = math.prod(len(v) for v in axes.values())
+    if n_cells > max_cells:
+        shape = " x ".join(str(len(v)) for v in axes.values())
+        raise SpecError(
+            "axes",
+            f"{n_cells} cells ({shape}); a sweep has at most {max_cells} "
+            "(pass --max-cells N to allow more)",
+        )
 
     params = {}
     for key, p in known.items():
@@ -238,7 +276,12 @@ def parse_spec(doc: dict, *, text: str | None = None) -> SweepSpec:
     for key in run:
         if key not in _RUN:
             raise SpecError(f"run.{key}", f"unknown key (expected {', '.join(_RUN)})")
-    replicas = _check("run.replicas", "replicas", Param(int, 16, ge=1), run.get("replicas", 16))
+    replicas = _check(
+        "run.replicas",
+        "replicas",
+        Param(int, 16, ge=1, le=MAX_REPLICAS),
+        run.get("replicas", 16),
+    )
     seed = _check("run.seed", "seed", Param(int, 0, ge=0, lt=2.0**64), run.get("seed", 0))
     task_seconds = _check(
         "run.task_seconds", "task_seconds", Param(float, 1.0, gt=0), run.get("task_seconds", 1.0)
@@ -316,13 +359,23 @@ def _check(loc: str, name: str, p: Param, value):
 _RANGE_KEYS = {"start", "stop", "num", "log", "step"}
 
 
-def _axis(loc: str, name: str, p: Param, raw) -> np.ndarray:
+def _too_many(loc: str, count, max_cells: int) -> SpecError:
+    return SpecError(
+        loc,
+        f"gives {count:.4g} values; a sweep has at most {max_cells} cells "
+        "(pass --max-cells N to allow more)",
+    )
+
+
+def _axis(loc: str, name: str, p: Param, raw, max_cells: int = MAX_CELLS) -> np.ndarray:
     if isinstance(raw, list):
         if not raw:
             raise SpecError(loc, "empty axis (give at least one value)")
+        if len(raw) > max_cells:
+            raise _too_many(loc, len(raw), max_cells)
         values = [_check(f"{loc}[{i}]", name, p, x) for i, x in enumerate(raw)]
     elif isinstance(raw, dict):
-        values = _range(loc, name, p, raw)
+        values = _range(loc, name, p, raw, max_cells)
     else:
         raise SpecError(loc, f"must be a list of values or a range table, got {raw!r}")
     if any(v is None for v in values):
@@ -336,7 +389,7 @@ def _axis(loc: str, name: str, p: Param, raw) -> np.ndarray:
     return np.array(values, dtype=dtype)
 
 
-def _range(loc: str, name: str, p: Param, raw: dict) -> list:
+def _range(loc: str, name: str, p: Param, raw: dict, max_cells: int = MAX_CELLS) -> list:
     bad = set(raw) - _RANGE_KEYS
     if bad:
         raise SpecError(
@@ -356,6 +409,8 @@ def _range(loc: str, name: str, p: Param, raw: dict) -> list:
         num = _check(f"{loc}.num", "num", Param(int, 1, ge=0), raw["num"])
         if num == 0:
             raise SpecError(loc, "empty axis (num = 0)")
+        if num > max_cells:
+            raise _too_many(f"{loc}.num", num, max_cells)
         log = raw.get("log", False)
         if not isinstance(log, bool):
             raise SpecError(f"{loc}.log", f"must be true or false, got {log!r}")
@@ -371,9 +426,11 @@ def _range(loc: str, name: str, p: Param, raw: dict) -> list:
         step = _check(f"{loc}.step", "step", Param(float, 1.0), raw["step"])
         if step == 0 or (stop - start) * step < 0:
             raise SpecError(f"{loc}.step", f"must move from start = {start:g} towards stop")
-        count = math.floor((stop - start) / step * (1 + 1e-12) + 1e-9) + 1
-        if count > 10_000_000:
-            raise SpecError(f"{loc}.step", f"gives {count} values; too many")
+        with np.errstate(all="ignore"):
+            ratio = np.float64(stop - start) / np.float64(step)
+        if not ratio + 1 <= max_cells:  # NaN and inf included (start, stop near the float max)
+            raise _too_many(f"{loc}.step", float(ratio) + 1, max_cells)
+        count = math.floor(ratio * (1 + 1e-12) + 1e-9) + 1
         values = start + step * np.arange(count)
     if p.kind is int:
         rounded = np.round(values)
@@ -410,19 +467,57 @@ def _quantities(raw, entry: Study) -> tuple[str, ...]:
     return tuple(out)
 
 
+class _Where:
+    """``k=v, ...`` of a cell's axes, formatted only when an error message needs it."""
+
+    def __init__(self, v: dict, axes):
+        self.v, self.axes = v, axes
+
+    def __format__(self, spec: str) -> str:
+        return ", ".join(f"{k}={self.v[k]!r}" for k in self.axes)
+
+
 def _check_cells(spec: SweepSpec, entry: Study) -> None:
-    """Run the study's cross-parameter checks and the quantities' requirements on every cell."""
-    for i in range(spec.n_cells):
-        v = spec.cell_values(i)
+    """Run the study's cross-parameter checks and the quantities' requirements on every cell,
+    then the limits on a cell's estimated cost and on the store's size."""
+    width = 0
+    for v in spec.iter_cells():
+        where = _Where(v, spec.axes)
         try:
             entry.check(v)
         except ParameterError as e:
             name = e.name
             loc = f"axes.{name}" if name in spec.axes else f"params.{name}"
-            where = ", ".join(f"{k}={v[k]!r}" for k in spec.axes)
             raise SpecError(loc, f"{str(e).split(': ', 1)[1]} (at cell {where})") from None
         for j, q in enumerate(spec.quantities):
             why = entry.quantities[q].requires
             msg = why(v) if why is not None else None
             if msg:
                 raise SpecError(f"run.quantities[{j}]", f"{q}: {msg}")
+        try:
+            cost = float(entry.cost(v, spec.replicas))
+        except (ArithmeticError, ValueError):
+            cost = math.inf
+        if not cost <= MAX_CELL_SECONDS:  # NaN too
+            size = entry.size_params
+            loc = next((f"axes.{k}" for k in size if k in spec.axes), None) or next(
+                (f"params.{k}" for k in size if k in spec.params), "run.replicas"
+            )
+            raise SpecError(
+                loc,
+                f"one cell would take about {cost / 3600:.3g} core-hours (at cell {where}); "
+                f"a cell runs in one task and may take at most {MAX_CELL_SECONDS / 3600:g}: "
+                f"use fewer replicas a cell, or change {', '.join(size)}",
+            )
+        width = max(width, entry.experts(v))
+    stored = 0
+    for q in spec.quantities:
+        dims = entry.quantities[q].dims
+        n = spec.n_cells * (spec.replicas if "replica" in dims else 1)
+        stored += n * (max(width, 1) if "expert" in dims else 1)
+    if stored > MAX_STORED_VALUES:
+        raise SpecError(
+            "run.replicas",
+            f"the store would hold {stored:.3g} values ({8 * stored / 1e9:.3g} GB); at most "
+            f"{MAX_STORED_VALUES:.0e}: fewer cells, replicas or quantities",
+        )

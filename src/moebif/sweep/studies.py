@@ -49,6 +49,8 @@ class Study:
     quantities: Mapping[str, Quantity] = {}
     #: single-core speed used by the default :meth:`cost`, work units a second
     speed: float = 1e7
+    #: the parameters that set a cell's work, named when a cell is too costly (spec limits)
+    size_params: tuple[str, ...] = ("steps",)
 
     def check(self, v: dict) -> None:
         """Cross-parameter checks of one cell's values ``v`` (every parameter present); raise
@@ -315,6 +317,7 @@ class BatchRouter(Study):
 @register
 class TopKRouter(Study):
     name = "topk_router"
+    size_params = ("steps", "n_experts", "top_k")
     doc = "N-expert batch router with top-k routing: final loads, optional first-passage time"
     params = {
         **ROUTER_PARAMS,
@@ -393,6 +396,7 @@ class TopKRouter(Study):
 @register
 class Hysteresis(Study):
     name = "hysteresis"
+    size_params = ("rate", "h_max", "eta")
     doc = "two-expert hysteresis loop under a slow h ramp up and down: switching points"
     params = {k: ROUTER_PARAMS[k] for k in ("a", "gamma", "T")} | {
         "rho": Param(float, 0.0, "negative load feedback (a_eff = a - rho)", ge=0),
@@ -459,6 +463,7 @@ class Hysteresis(Study):
 @register
 class FeedbackHysteresis(Study):
     name = "feedback_hysteresis"
+    size_params = ("rate", "a_high", "eta")
     doc = "N-expert top-k router under a slow ramp of a up and down: collapse / recovery points"
     params = {k: ROUTER_PARAMS[k] for k in ("gamma", "T")} | {
         "n_experts": Param(int, REQUIRED, "number of experts N", ge=2),

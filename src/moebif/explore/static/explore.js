@@ -204,7 +204,12 @@ function changed(t0 = performance.now(), push = false) {
 function tRange() {
   if (S.win.t_range) return S.win.t_range;
   const T = Number(S.sim.steps) * Number(S.sim.eta);
-  return [0, Number.isFinite(T) && T > 0 ? T : 10];
+  // the server draws the mean field up to t (gamma + |a|/2T) <= limits.meanfield_work
+  const p = S.point;
+  const rate = Number(p.gamma) + Math.abs(Number(p.a)) / (2 * Number(p.T));
+  const work = meta.limits ? meta.limits.meanfield_work : Infinity;
+  const tMax = rate > 0 && Number.isFinite(rate) ? work / rate : Infinity;
+  return [0, Math.min(Number.isFinite(T) && T > 0 ? T : 10, tMax)];
 }
 
 async function fire() {

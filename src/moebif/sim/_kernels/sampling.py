@@ -1,6 +1,6 @@
 """Random streams, exact binomial/multinomial samplers and the batch-router kernels (numba).
 
-Imported lazily by :mod:`moebif.router` (numba costs ~0.3 s to import).
+Imported lazily by :mod:`moebif.sim.router` (numba costs ~0.3 s to import).
 
 **Random streams.** Every replica ``i`` of a simulation owns an xoshiro256++ generator
 (Blackman & Vigna 2018) whose 256-bit state is four successive SplitMix64 outputs started from

@@ -1,7 +1,7 @@
 """Numba kernels of the N-expert batch router with top-k routing and a time-varying feedback a.
 
-Imported lazily by :mod:`moebif.router_nexp`. Random streams and the exact multinomial sampler
-are those of :mod:`moebif._sampling` (one xoshiro256++ stream per replica from
+Imported lazily by :mod:`moebif.sim.topk_router`. Random streams and the exact multinomial sampler
+are those of :mod:`moebif.sim._kernels.sampling` (one xoshiro256++ stream per replica from
 ``(seed, replica)``), so results do not depend on threads or chunking.
 
 **Top-k counts of a batch, exactly.** Every token picks ``k`` distinct experts by sequential
@@ -9,8 +9,8 @@ draws without replacement from ``softmax(r/T)`` (Plackett-Luce = Gumbel-top-k). 
 
 1. the first picks of the ``B`` tokens: ``Multinomial(B, softmax(r/T))`` by conditional
    binomials (for ``k = 1`` this is the whole batch, drawn exactly as in the engine of
-   :mod:`moebif._sampling`, so top-1 reproduces :func:`moebif.router.simulate_batch_router`
-   draw for draw);
+   :mod:`moebif.sim._kernels.sampling`, so top-1 reproduces
+   :func:`moebif.sim.router.simulate_batch_router` draw for draw);
 2. the further ``k - 1`` picks of each token, one by one, from the experts it has not picked.
    Two alias tables (Walker/Vose) are built once a step: over all experts, and over all but
    the top one. A pick is drawn by *rejection* from the first table (a draw that hits an
