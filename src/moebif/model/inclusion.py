@@ -105,19 +105,196 @@ def _pb_prefix(q: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _race(w: np.ndarray, k: int, du: float = RACE_STEP):
-    """Nodes, their Bernoulli probabilities, and P(C_{-i}(t) = c) for c < k: ``(N, Q, k)``."""
-    t = race_nodes(w, k, du)
-    wt = w[:, None] * t[None, :]
-    q = -np.expm1(-wt)  # 1 - e^{-w t}, accurate for small w t
-    pre = _pb_prefix(q, k)
-    suf = _pb_prefix(q[::-1], k)[::-1]  # suf[j]: experts j..N-1
+def _conv(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """Truncated product of count distributions along the last axis: ``(x * y)[c]``, ``c < k``
+    (fewer where both are shorter); positive terms only."""
+    if x.shape[-1] > y.shape[-1]:
+        x, y = y, x  # one operation per coefficient of the shorter one
+    dx, dy = x.shape[-1], y.shape[-1]
+    d = min(dx + dy - 1, k)
+    out = np.zeros(np.broadcast_shapes(x.shape[:-1], y.shape[:-1]) + (d,))
+    for c in range(min(dx, d)):
+        m = min(dy, d - c)
+        out[..., c : c + m] += x[..., c : c + 1] * y[..., :m]
+    return out
+
+
+def _pb_product(a: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    """``P(count = c)``, ``c < k``, of independent Bernoulli(``q``) (``a = 1 - q``, given
+    separately for accuracy): shape ``(Q, k)`` from ``(n, Q)``, by a pairwise product tree."""
+    polys = np.stack([a, q], axis=-1)[..., :k] if a.shape[0] else np.ones((1, a.shape[1], 1))
+    while polys.shape[0] > 1:
+        if polys.shape[0] % 2:
+            one = np.zeros((1,) + polys.shape[1:])
+            one[..., 0] = 1.0
+            polys = np.concatenate([polys, one])
+        polys = _conv(polys[0::2], polys[1::2], k)
+    out = np.zeros((a.shape[1], k))
+    out[:, : polys.shape[-1]] = polys[0]
+    return out
+
+
+def _head_size(w_sorted: np.ndarray, t_max: float, k: int) -> int:
+    """Number of experts (weights sorted in decreasing order) with ``rho^(k-1) > 2^7`` at the
+    last node (``rho = e^{w t} - 1``, the odds that an expert's clock has rung): the *head*.
+    Dividing a factor ``a + q x`` out of a count distribution amplifies its rounding errors by
+    at most ``(1 + rho) rho^(k-1)``, so a tail expert is divided out (<= 384 ulps) and the head
+    gets positive-term recursions."""
+    if k == 1:
+        return 0  # P_{-i}(0) = P(0) / a_i: a division, nothing amplified
+    bound = math.log1p(2.0 ** (7.0 / (k - 1)))
+    return int(np.searchsorted(-w_sorted * t_max, -bound, side="left"))
+
+
+def _leave_one_out(ws: np.ndarray, t: np.ndarray, k: int, head: int):
+    """``P(C_{-i}(t) = c)`` for ``c < k``, shape ``(N, Q, k)``, weights ``ws`` sorted in
+    decreasing order. Returns it with ``a = e^{-w t}``, ``q = 1 - a`` and the prefix/suffix
+    distributions of the head (for the leave-two-out of head pairs).
+
+    The head (experts that ring with probability > 1/2 at some node) by prefix/suffix
+    recursions times the tail's product; a tail expert by dividing its factor ``a + q x`` out
+    of the full distribution (``P_{-i}(c) = (P(c) - q P_{-i}(c - 1)) / a``), which is stable
+    for ``rho = q / a <= 1`` (the error of each step is damped by ``rho``)."""
+    wt = ws[:, None] * t[None, :]
+    a = np.exp(-wt)
+    q = -np.expm1(-wt)
+    n, nq = wt.shape
+    tail = _pb_product(a[head:], q[head:], k)  # (Q, k)
+    pre = _pb_prefix(q[:head], k)  # (head + 1, Q, k)
+    suf = _pb_prefix(q[head - 1 :: -1], k)[::-1] if head else pre  # suf[j]: head experts j..
+    loo = np.empty((n, nq, k))
+    if head:
+        loo[:head] = _conv(_conv(pre[:head], suf[1:], k), tail[None], k)
+    full = _conv(pre[head], tail, k)
+    if head < n:
+        at, qt = a[head:], q[head:]
+        prev = full[None, :, 0] / at
+        loo[head:, :, 0] = prev
+        for c in range(1, k):
+            prev = (full[None, :, c] - qt * prev) / at
+            loo[head:, :, c] = prev
+        np.maximum(loo[head:], 0.0, out=loo[head:])
+    return loo, wt, a, q, pre, suf, tail
+
+
+_THETAS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+
+
+def _chernoff(ws: np.ndarray, t: float, m: int) -> float:
+    """``min_theta e^{theta m} prod_l (1 - q_l (1 - e^{-theta}))``: bounds
+    ``P(C_{-S}(t) <= m - |S| - 1)`` for any set ``S`` of excluded experts (each excluded factor
+    is at least ``e^{-theta}``); decreasing in ``t``."""
+    q = -np.expm1(-ws * t)
+    logs = _THETAS * m + np.log1p(-np.outer(q, -np.expm1(-_THETAS))).sum(axis=0)
+    return math.exp(min(logs.min(), 0.0))
+
+
+def _last_node(ws: np.ndarray, t: np.ndarray, start: int, m: int, tol: float) -> int:
+    """The last node index ``>= start`` where the Chernoff bound is still ``>= tol`` (by
+    bisection; the bound decreases along the nodes), ``start - 1`` if none."""
+    if _chernoff(ws, t[start], m) < tol:
+        return start - 1
+    lo, hi = start, t.size - 1  # bound(t[lo]) >= tol
+    if _chernoff(ws, t[hi], m) >= tol:
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _chernoff(ws, t[mid], m) >= tol:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _first_node(t: np.ndarray, W: float, power: int, scale: float, tol: float) -> int:
+    """The first node where ``scale (W t)^power`` reaches ``tol`` (a bound of the neglected
+    part below it)."""
+    x = (tol / scale) ** (1.0 / power) / W
+    return int(np.searchsorted(t, x, side="left"))
+
+
+# neglected parts of the integrands below/above the nodes used (relative to their scale)
+_TAIL = 1e-19
+
+
+def _probabilities_integral(w: np.ndarray, k: int) -> np.ndarray:
+    order = np.argsort(-w, kind="stable")
+    ws = w[order]
+    t = race_nodes(ws, k, RACE_STEP)
+    du = math.log(t[1] / t[0])
+    W = float(ws.sum())
+    # below i0, P(C_{-i} >= k) <= (W t)^k / k! is negligible: the cdf is 1
+    i0 = min(_first_node(t, W, k, 1.0 / math.factorial(k), _TAIL), t.size - 1)
+    # above i1, P(C_{-i} <= k - 1) is below the Chernoff bound (times W t <= W t_max, so the
+    # neglected part is small next to pi_i >= w_i / W)
+    i1 = _last_node(ws, t, i0, k, _TAIL / (W * t[-1]))
+    wt = ws[:, None] * t[None, :]
+    cdf = np.zeros_like(wt)
+    cdf[:, :i0] = 1.0
+    if i1 >= i0:
+        tm = t[i0 : i1 + 1]
+        loo = _leave_one_out(ws, tm, k, _head_size(ws, tm[-1], k))[0]
+        cdf[:, i0 : i1 + 1] = np.minimum(loo.sum(axis=2), 1.0)
+    g = wt * np.exp(-wt) * cdf
+    pi = np.empty_like(w)
+    pi[order] = du * (g.sum(axis=1) - 0.5 * (g[:, 0] + g[:, -1]))
+    return np.clip(pi, 0.0, 1.0)
+
+
+def _jacobian_integral(w: np.ndarray, k: int) -> np.ndarray:
+    """``d pi_i / d z_j`` for ``k >= 2`` (see :func:`inclusion_jacobian`)."""
     n = w.size
-    loo = np.empty((n, t.size, k))
-    for c in range(k):
-        # P(C_{-i} = c) = sum_{a+b=c} pre[i][a] suf[i+1][b]
-        loo[:, :, c] = np.einsum("iqa,iqa->iq", pre[:n, :, : c + 1], suf[1:, :, c::-1])
-    return t, wt, loo
+    order = np.argsort(-w, kind="stable")
+    ws = w[order]
+    t = race_nodes(ws, k, RACE_STEP)
+    du = math.log(t[1] / t[0])
+    W = float(ws.sum())
+    # the integrand (w_i t)(w_j t) e^{-(w_i + w_j) t} P(C_{-ij} = k - 1) is below
+    # (W t)^{k+1} / (k-1)! (small t) and e^{-2} times the Chernoff bound (large t)
+    i0 = min(_first_node(t, W, k + 1, 1.0 / math.factorial(k - 1), _TAIL), t.size - 1)
+    i1 = _last_node(ws, t, i0, k + 1, _TAIL * math.e**2)
+    jac = np.zeros((n, n))
+    if i1 >= i0:
+        t = t[i0 : i1 + 1]
+        head = _head_size(ws, t[-1], k)
+        loo, wt, a, q, pre, suf, tail = _leave_one_out(ws, t, k, head)
+        h = wt * a  # w t e^{-w t}
+        # pairs (i, j) with j in the tail: divide j's factor out of P_{-i} (rho_j <= 1),
+        # P_{-ij}(k-1) = sum_s (-rho_j)^s P_{-i}(k-1-s) / a_j, one matrix product over (node, s)
+        x = (du * h)[:, :, None] * loo[:, :, ::-1]  # (N, Q, k): P_{-i}(k-1-s)
+        rho = q[head:] / a[head:]
+        y = np.empty((n - head, t.size, k))
+        y[:, :, 0] = wt[head:]
+        for s in range(1, k):
+            y[:, :, s] = -rho * y[:, :, s - 1]
+        off = x.reshape(n, -1) @ y.reshape(n - head, t.size * k).T  # (N, N - head)
+        jac[:, head:] = off
+        jac[head:, :head] = off[:head].T
+        tt = jac[head:, head:]
+        tt += tt.T
+        tt *= 0.5
+        # pairs within the head: P_{-ij} = pre_i * (head experts strictly between) * suf_{j+1}
+        # * tail, positive terms only; all pairs (i, i + d) at once for each distance d
+        if head > 1:
+            right = _conv(suf, tail[None], k)  # right[j]: head experts j.., and the tail
+            left = pre[: head - 1].copy()  # left[i]: experts before i, then those in (i, i + d)
+            for d in range(1, head):
+                m = head - d
+                if d > 1:
+                    left = _conv(
+                        left[:m], np.stack([a[d - 1 : head - 1], q[d - 1 : head - 1]], -1), k
+                    )
+                idx = np.arange(m)
+                p2 = np.einsum("iqc,iqc->iq", left[:m], right[d + 1 : head + 1, :, ::-1])
+                v = du * (h[idx] * h[idx + d] * p2).sum(axis=1)
+                jac[idx, idx + d] = v
+                jac[idx + d, idx] = v
+        jac = -jac
+    np.fill_diagonal(jac, 0.0)
+    np.fill_diagonal(jac, -jac.sum(axis=1))
+    out = np.empty_like(jac)
+    out[np.ix_(order, order)] = jac
+    return out
 
 
 def inclusion_probabilities(r, T: float, k: int, *, method: str = "auto") -> np.ndarray:
@@ -159,45 +336,23 @@ def inclusion_probabilities(r, T: float, k: int, *, method: str = "auto") -> np.
         if w.size > _MAX_ENUMERATE:
             raise ValueError(f"method: enumeration is for N <= {_MAX_ENUMERATE}, got N = {w.size}")
         return _enumerate(w, k)
-    t, wt, loo = _race(w, k)
-    cdf = loo.sum(axis=2)  # P(C_{-i} <= k - 1)
-    # integrand in u = log t: w_i t e^{-w_i t} P(C_{-i}(t) <= k - 1)
-    g = wt * np.exp(-wt) * cdf
-    du = math.log(t[1] / t[0])
-    pi = du * (g.sum(axis=1) - 0.5 * (g[:, 0] + g[:, -1]))
-    return np.clip(pi, 0.0, 1.0)
+    return _probabilities_integral(w, k)
 
 
 def inclusion_jacobian(r, T: float, k: int) -> np.ndarray:
-    """``d pi_i / d r_j``, shape ``(N, N)``, symmetric with zero row sums (see the module
-    docstring); by the integral for the off-diagonal entries."""
+    """``d pi_i / d r_j``, shape ``(N, N)``: symmetric, rows and columns summing to zero (see
+    the module docstring). ``k = 1``: the softmax Jacobian ``(diag p - p p^T) / T``; otherwise
+    the off-diagonal entries by the integral, the diagonal from the zero row sums.
+
+    **Arguments:** ``r`` scores, shape ``(N,)``; ``T`` temperature; ``k`` in ``1..N-1``.
+    """
     T = check_positive("T", T)
     w = _weights(r, T)
-    n = w.size
-    k = check_top_k(k, n)
-    t = race_nodes(w, k, RACE_STEP)
-    wt = w[:, None] * t[None, :]
-    q = -np.expm1(-wt)
-    du = math.log(t[1] / t[0])
-    jac = np.zeros((n, n))
-    if k == 2:
-        # P(C_{-ij} = 1) e^{-(w_i + w_j) t} = sum_{l != i, j} A_l with
-        # A_l = e^{-(W - w_l) t} - e^{-W t} (W = sum w): the leave-two-out sum in closed form,
-        # every term positive, vectorised over the pairs
-        W = w.sum()
-        A = np.exp(-(W - w)[:, None] * t[None, :]) - np.exp(-W * t)[None, :]  # (N, Q)
-        tot = A.sum(axis=0)
-        g = wt[:, None, :] * wt[None, :, :] * (tot[None, None, :] - A[:, None, :] - A[None, :, :])
-        integ = -du * (g.sum(axis=-1) - 0.5 * (g[..., 0] + g[..., -1]))
-        jac = integ - np.diag(np.diag(integ))
-        jac[np.diag_indices(n)] = -jac.sum(axis=1)
+    k = check_top_k(k, w.size)
+    if k == 1:
+        p = w / w.sum()
+        jac = -np.outer(p, p)
+        np.fill_diagonal(jac, 0.0)
+        np.fill_diagonal(jac, -jac.sum(axis=1))
         return jac / T
-    for i in range(n):
-        for j in range(i + 1, n):
-            keep = np.ones(n, dtype=bool)
-            keep[[i, j]] = False
-            pb = _pb_prefix(q[keep], k)[-1][:, k - 1]  # P(C_{-ij} = k - 1)
-            g = wt[i] * wt[j] * np.exp(-(wt[i] + wt[j])) * pb
-            jac[i, j] = jac[j, i] = -du * (g.sum() - 0.5 * (g[0] + g[-1]))
-    jac[np.diag_indices(n)] = -jac.sum(axis=1)
-    return jac / T
+    return _jacobian_integral(w, k) / T
