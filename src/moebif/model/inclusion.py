@@ -91,18 +91,20 @@ def race_nodes(w: np.ndarray, k: int, du: float) -> np.ndarray:
     return np.exp(lo + du * np.arange(m + 1))
 
 
-def _pb_prefix(q: np.ndarray, k: int) -> np.ndarray:
-    """``P(count of Bernoulli(q_0..q_{j-1}) = c)`` for ``c < k``: shape ``(N + 1, Q, k)``.
-    ``q`` has shape ``(N, Q)``; counts ``>= k`` are dropped (not needed)."""
+def _prefix_suffix(a: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Count distributions (``c < k``) of the first ``j`` and of the last ``n - j`` of ``n``
+    Bernoulli(``q``) (``a = 1 - q``): ``pre[j]``, ``suf[j]``, each of shape ``(n + 1, Q, k)``.
+    Both recursions run in one loop (positive terms only)."""
     n, nq = q.shape
-    out = np.zeros((n + 1, nq, k))
-    out[0, :, 0] = 1.0
+    out = np.zeros((n + 1, 2, nq, k))  # [:, 0]: prefix; [n - j, 1]: suffix from j
+    out[0, :, :, 0] = 1.0
+    a2 = np.stack([a, a[::-1]], axis=1)[..., None]  # (n, 2, Q, 1)
+    q2 = np.stack([q, q[::-1]], axis=1)[..., None]
     for j in range(n):
-        prev = out[j]
-        cur = out[j + 1]
-        cur[:] = prev * (1.0 - q[j])[:, None]
-        cur[:, 1:] += prev[:, :-1] * q[j][:, None]
-    return out
+        prev, cur = out[j], out[j + 1]
+        np.multiply(prev, a2[j], out=cur)
+        cur[..., 1:] += prev[..., :-1] * q2[j]
+    return out[:, 0], out[::-1, 1]
 
 
 def _conv(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
@@ -160,8 +162,7 @@ def _leave_one_out(ws: np.ndarray, t: np.ndarray, k: int, head: int):
     q = -np.expm1(-wt)
     n, nq = wt.shape
     tail = _pb_product(a[head:], q[head:], k)  # (Q, k)
-    pre = _pb_prefix(q[:head], k)  # (head + 1, Q, k)
-    suf = _pb_prefix(q[head - 1 :: -1], k)[::-1] if head else pre  # suf[j]: head experts j..
+    pre, suf = _prefix_suffix(a[:head], q[:head], k)  # suf[j]: head experts j..head-1
     loo = np.empty((n, nq, k))
     if head:
         loo[:head] = _conv(_conv(pre[:head], suf[1:], k), tail[None], k)
@@ -217,6 +218,27 @@ def _first_node(t: np.ndarray, W: float, power: int, scale: float, tol: float) -
 _TAIL = 1e-19
 
 
+def _race_sum(w: np.ndarray, t0: float, du: float, m: int) -> np.ndarray:
+    """``sum_{q < m} w t_q e^{-w t_q}`` over the nodes ``t_q = t0 e^{q du}``, shape ``(N,)``;
+    by its power series in ``w t`` (geometric sums over the nodes) when ``w t_m <= 1/2``."""
+    x = w * (t0 * math.exp(m * du))  # w t_m, the first node not summed
+    if m == 0:
+        return np.zeros_like(w)
+    if x.max() > 0.5:
+        wt = w[:, None] * (t0 * np.exp(du * np.arange(m)))[None, :]
+        return (wt * np.exp(-wt)).sum(axis=1)
+    y = w * t0
+    out = np.zeros_like(w)
+    # sum_q (w t_q)^p = (x^p - y^p) / (e^{p du} - 1); terms x^(p-1)/(p-1)! below 1e-18 by p = 17
+    xp, yp, fact = x.copy(), y.copy(), 1.0
+    for p in range(1, 18):
+        out += (-1) ** (p - 1) / fact * (xp - yp) / math.expm1(p * du)
+        xp *= x
+        yp *= y
+        fact *= p
+    return out
+
+
 def _probabilities_integral(w: np.ndarray, k: int) -> np.ndarray:
     order = np.argsort(-w, kind="stable")
     ws = w[order]
@@ -228,17 +250,43 @@ def _probabilities_integral(w: np.ndarray, k: int) -> np.ndarray:
     # above i1, P(C_{-i} <= k - 1) is below the Chernoff bound (times W t <= W t_max, so the
     # neglected part is small next to pi_i >= w_i / W)
     i1 = _last_node(ws, t, i0, k, _TAIL / (W * t[-1]))
-    wt = ws[:, None] * t[None, :]
-    cdf = np.zeros_like(wt)
-    cdf[:, :i0] = 1.0
+    # trapezoid: du (sum of g - half the end values), g = w t e^{-w t} P(C_{-i} <= k - 1)
+    total = _race_sum(ws, t[0], du, i0)
+    ends = np.zeros_like(ws)
+    if i0 > 0:
+        ends += ws * t[0] * np.exp(-ws * t[0])
     if i1 >= i0:
         tm = t[i0 : i1 + 1]
-        loo = _leave_one_out(ws, tm, k, _head_size(ws, tm[-1], k))[0]
-        cdf[:, i0 : i1 + 1] = np.minimum(loo.sum(axis=2), 1.0)
-    g = wt * np.exp(-wt) * cdf
+        loo, wt, a = _leave_one_out(ws, tm, k, _head_size(ws, tm[-1], k))[:3]
+        g = wt * a * np.minimum(loo.sum(axis=2), 1.0)
+        total += g.sum(axis=1)
+        if i0 == 0:
+            ends += g[:, 0]
+        if i1 == t.size - 1:
+            ends += g[:, -1]
     pi = np.empty_like(w)
-    pi[order] = du * (g.sum(axis=1) - 0.5 * (g[:, 0] + g[:, -1]))
+    pi[order] = du * (total - 0.5 * ends)
     return np.clip(pi, 0.0, 1.0)
+
+
+def _head_pairs(jac, du, h, a, q, pre, suf, tail, k) -> None:
+    """Fill ``jac[i, j]`` (without the sign) for the pairs of head experts ``i < j``:
+    ``P_{-ij} = pre_i * (head experts strictly between) * suf_{j+1} * tail`` with positive
+    terms only, all pairs ``(i, i + d)`` at once for each distance ``d``."""
+    head, n = h.shape[0], jac.shape[0]
+    # right[j]: h_j times the distribution of the experts after j (head, then tail), reversed
+    right = _conv(suf[1:], tail[None], k)[..., ::-1] * h[..., None]
+    left = pre[: head - 1] * (du * h[: head - 1, :, None])  # before i, then those in (i, i + d)
+    flat = jac.reshape(-1)
+    for d in range(1, head):
+        m = head - d
+        if d > 1:
+            new = left[:m] * a[d - 1 : head - 1, :, None]
+            new[..., 1:] += left[:m, :, :-1] * q[d - 1 : head - 1, :, None]
+            left = new
+        v = np.einsum("iqc,iqc->i", left[:m], right[d:head])
+        flat[d : d + m * (n + 1) : n + 1] = v  # jac[i, i + d]
+        flat[d * n : d * n + m * (n + 1) : n + 1] = v  # jac[i + d, i]
 
 
 def _jacobian_integral(w: np.ndarray, k: int) -> np.ndarray:
@@ -270,30 +318,14 @@ def _jacobian_integral(w: np.ndarray, k: int) -> np.ndarray:
         off = x.reshape(n, -1) @ y.reshape(n - head, t.size * k).T  # (N, N - head)
         jac[:, head:] = off
         jac[head:, :head] = off[:head].T
-        tt = jac[head:, head:]
-        tt += tt.T
-        tt *= 0.5
-        # pairs within the head: P_{-ij} = pre_i * (head experts strictly between) * suf_{j+1}
-        # * tail, positive terms only; all pairs (i, i + d) at once for each distance d
+        jac[head:, head:] = 0.5 * (off[head:] + off[head:].T)
         if head > 1:
-            right = _conv(suf, tail[None], k)  # right[j]: head experts j.., and the tail
-            left = pre[: head - 1].copy()  # left[i]: experts before i, then those in (i, i + d)
-            for d in range(1, head):
-                m = head - d
-                if d > 1:
-                    left = _conv(
-                        left[:m], np.stack([a[d - 1 : head - 1], q[d - 1 : head - 1]], -1), k
-                    )
-                idx = np.arange(m)
-                p2 = np.einsum("iqc,iqc->iq", left[:m], right[d + 1 : head + 1, :, ::-1])
-                v = du * (h[idx] * h[idx + d] * p2).sum(axis=1)
-                jac[idx, idx + d] = v
-                jac[idx + d, idx] = v
+            _head_pairs(jac, du, h[:head], a[:head], q[:head], pre, suf, tail, k)
         jac = -jac
     np.fill_diagonal(jac, 0.0)
     np.fill_diagonal(jac, -jac.sum(axis=1))
-    out = np.empty_like(jac)
-    out[np.ix_(order, order)] = jac
+    inv = np.argsort(order)
+    out = jac.take(inv, axis=0).take(inv, axis=1)
     return out
 
 
