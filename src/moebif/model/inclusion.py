@@ -24,7 +24,9 @@ __all__ = [
     "check_top_k",
     "inclusion_jacobian",
     "inclusion_probabilities",
+    "race_low_sum",
     "race_nodes",
+    "race_window",
 ]
 
 _MAX_ENUMERATE = 16
@@ -181,26 +183,40 @@ def _leave_one_out(ws: np.ndarray, t: np.ndarray, k: int, head: int):
 _THETAS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
 
 
-def _chernoff(ws: np.ndarray, t: float, m: int) -> float:
+def _chernoff(w: np.ndarray, t: float, m: int, counts=None) -> float:
     """``min_theta e^{theta m} prod_l (1 - q_l (1 - e^{-theta}))``: bounds
     ``P(C_{-S}(t) <= m - |S| - 1)`` for any set ``S`` of excluded experts (each excluded factor
-    is at least ``e^{-theta}``); decreasing in ``t``."""
-    q = -np.expm1(-ws * t)
-    logs = _THETAS * m + np.log1p(-np.outer(q, -np.expm1(-_THETAS))).sum(axis=0)
-    return math.exp(min(logs.min(), 0.0))
+    is at least ``e^{-theta}``); decreasing in ``t``. ``counts``: multiplicities of the
+    weights ``w`` (default: one each)."""
+    q = -np.expm1(-w * t)
+    logs = np.log1p(-np.outer(q, -np.expm1(-_THETAS)))
+    logs = logs.sum(axis=0) if counts is None else counts @ logs
+    return math.exp(min((_THETAS * m + logs).min(), 0.0))
 
 
-def _last_node(ws: np.ndarray, t: np.ndarray, start: int, m: int, tol: float) -> int:
-    """The last node index ``>= start`` where the Chernoff bound is still ``>= tol`` (by
-    bisection; the bound decreases along the nodes), ``start - 1`` if none."""
-    if _chernoff(ws, t[start], m) < tol:
+def _last_node(w: np.ndarray, t: np.ndarray, start: int, m: int, tol: float, counts=None) -> int:
+    """The last node index ``>= start`` where the Chernoff bound is still ``>= tol`` (the bound
+    decreases along the nodes), ``start - 1`` if none: by bisection, or at every node at once
+    for a few distinct weights (``counts``)."""
+    if start >= t.size:
         return start - 1
-    lo, hi = start, t.size - 1  # bound(t[lo]) >= tol
-    if _chernoff(ws, t[hi], m) >= tol:
+    if counts is not None:
+        q = -np.expm1(-np.multiply.outer(w, t[start:]))  # (levels, Q)
+        logs = np.tensordot(counts, np.log1p(-q[..., None] * -np.expm1(-_THETAS)), axes=1)
+        ok = (_THETAS * m + logs).min(axis=1) >= math.log(tol)
+        return start + int(np.count_nonzero(ok)) - 1 if ok[0] else start - 1
+
+    def above(i):
+        return _chernoff(w, t[i], m) >= tol
+
+    if not above(start):
+        return start - 1
+    lo, hi = start, t.size - 1  # above(lo)
+    if above(hi):
         return hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _chernoff(ws, t[mid], m) >= tol:
+        if above(mid):
             lo = mid
         else:
             hi = mid
@@ -218,25 +234,61 @@ def _first_node(t: np.ndarray, W: float, power: int, scale: float, tol: float) -
 _TAIL = 1e-19
 
 
-def _race_sum(w: np.ndarray, t0: float, du: float, m: int) -> np.ndarray:
+def _pi_window(w, t, k: int, W: float, counts=None) -> tuple[int, int]:
+    """Nodes ``i0..i1`` on which ``P(C_{-i} <= k - 1)`` is computed for ``pi``: below ``i0``,
+    ``P(C_{-i} >= k) <= (W t)^k / k!`` is negligible (the cdf is 1); above ``i1`` the cdf is
+    below its Chernoff bound, times ``W t <= W t_max`` (so the neglected part is small next to
+    ``pi_i >= w_i / W``)."""
+    i0 = min(_first_node(t, W, k, 1.0 / math.factorial(k), _TAIL), t.size - 1)
+    return i0, _last_node(w, t, i0, k, _TAIL / (W * t[-1]), counts)
+
+
+def _jacobian_window(w, t, k: int, W: float, counts=None) -> tuple[int, int]:
+    """Nodes ``i0..i1`` outside of which the Jacobian's integrand
+    ``(w_i t)(w_j t) e^{-(w_i + w_j) t} P(C_{-ij} = k - 1)`` is negligible: below
+    ``(W t)^{k+1} / (k-1)!`` (small t) and ``e^{-2}`` times the Chernoff bound (large t)."""
+    i0 = min(_first_node(t, W, k + 1, 1.0 / math.factorial(k - 1), _TAIL), t.size - 1)
+    return i0, _last_node(w, t, i0, k + 1, _TAIL * math.e**2, counts)
+
+
+def race_window(w, k: int, t, *, counts=None) -> tuple[int, int]:
+    """``(i0, i1)``: the nodes ``t[i0 : i1 + 1]`` (from :func:`race_nodes`) on which the
+    Poisson-binomial counts are needed, for ``pi`` and for its Jacobian. Below ``i0``,
+    ``P(C_{-i}(t) <= k - 1) = 1`` to ``1e-19`` (sum ``w t e^{-w t}`` there with
+    :func:`race_low_sum`) and the Jacobian's integrand is negligible; above ``i1`` both
+    integrands are negligible.
+
+    **Arguments:** ``w`` weights ``e^{z - max z}``; ``k`` picks; ``t`` the nodes;
+    ``counts``: multiplicities of the weights (for states with a few score levels).
+    """
+    w = np.asarray(w, dtype=float)
+    W = float(np.sum(w) if counts is None else np.dot(counts, w))
+    p0, p1 = _pi_window(w, t, k, W, counts)
+    if k == 1:
+        return p0, p1
+    j0, j1 = _jacobian_window(w, t, k, W, counts)
+    return min(p0, j0), max(p1, j1)
+
+
+def race_low_sum(w: np.ndarray, t0: float, du: float, m: int) -> np.ndarray:
     """``sum_{q < m} w t_q e^{-w t_q}`` over the nodes ``t_q = t0 e^{q du}``, shape ``(N,)``;
     by its power series in ``w t`` (geometric sums over the nodes) when ``w t_m <= 1/2``."""
+    w = np.asarray(w, dtype=float)
     x = w * (t0 * math.exp(m * du))  # w t_m, the first node not summed
     if m == 0:
         return np.zeros_like(w)
     if x.max() > 0.5:
         wt = w[:, None] * (t0 * np.exp(du * np.arange(m)))[None, :]
         return (wt * np.exp(-wt)).sum(axis=1)
-    y = w * t0
-    out = np.zeros_like(w)
-    # sum_q (w t_q)^p = (x^p - y^p) / (e^{p du} - 1); terms x^(p-1)/(p-1)! below 1e-18 by p = 17
-    xp, yp, fact = x.copy(), y.copy(), 1.0
-    for p in range(1, 18):
-        out += (-1) ** (p - 1) / fact * (xp - yp) / math.expm1(p * du)
-        xp *= x
-        yp *= y
-        fact *= p
-    return out
+    # sum_q (w t_q)^p = (x^p - (w t0)^p) / (e^{p du} - 1); the terms x^(p-1)/(p-1)! are below
+    # 1e-18 by p = 17
+    p = _POWERS
+    xp = x[:, None] ** p - (w * t0)[:, None] ** p
+    return xp @ (_SERIES / np.expm1(p * du))
+
+
+_POWERS = np.arange(1, 18)
+_SERIES = np.array([(-1.0) ** (p - 1) / math.factorial(p - 1) for p in range(1, 18)])
 
 
 def _probabilities_integral(w: np.ndarray, k: int) -> np.ndarray:
@@ -245,13 +297,9 @@ def _probabilities_integral(w: np.ndarray, k: int) -> np.ndarray:
     t = race_nodes(ws, k, RACE_STEP)
     du = math.log(t[1] / t[0])
     W = float(ws.sum())
-    # below i0, P(C_{-i} >= k) <= (W t)^k / k! is negligible: the cdf is 1
-    i0 = min(_first_node(t, W, k, 1.0 / math.factorial(k), _TAIL), t.size - 1)
-    # above i1, P(C_{-i} <= k - 1) is below the Chernoff bound (times W t <= W t_max, so the
-    # neglected part is small next to pi_i >= w_i / W)
-    i1 = _last_node(ws, t, i0, k, _TAIL / (W * t[-1]))
+    i0, i1 = _pi_window(ws, t, k, W)
     # trapezoid: du (sum of g - half the end values), g = w t e^{-w t} P(C_{-i} <= k - 1)
-    total = _race_sum(ws, t[0], du, i0)
+    total = race_low_sum(ws, t[0], du, i0)
     ends = np.zeros_like(ws)
     if i0 > 0:
         ends += ws * t[0] * np.exp(-ws * t[0])
@@ -297,10 +345,7 @@ def _jacobian_integral(w: np.ndarray, k: int) -> np.ndarray:
     t = race_nodes(ws, k, RACE_STEP)
     du = math.log(t[1] / t[0])
     W = float(ws.sum())
-    # the integrand (w_i t)(w_j t) e^{-(w_i + w_j) t} P(C_{-ij} = k - 1) is below
-    # (W t)^{k+1} / (k-1)! (small t) and e^{-2} times the Chernoff bound (large t)
-    i0 = min(_first_node(t, W, k + 1, 1.0 / math.factorial(k - 1), _TAIL), t.size - 1)
-    i1 = _last_node(ws, t, i0, k + 1, _TAIL * math.e**2)
+    i0, i1 = _jacobian_window(ws, t, k, W)
     jac = np.zeros((n, n))
     if i1 >= i0:
         t = t[i0 : i1 + 1]

@@ -51,12 +51,13 @@ score levels; the two-level branches are the ones computed here.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 from ..params import check_positive
-from .inclusion import RACE_STEP, check_top_k, race_nodes
+from .inclusion import RACE_STEP, check_top_k, race_low_sum, race_nodes, race_window
 from .symmetric import SymmetricBranch
 
 __all__ = [
@@ -93,20 +94,24 @@ def topk_linear_threshold(n_experts: int, k: int, gamma: float, T: float) -> flo
 # symmetric two-level states
 
 
-def _binom_pmf(n: int, wt: np.ndarray, kmax: int) -> np.ndarray:
+@functools.lru_cache(maxsize=1024)
+def _log_binom(n: int, kmax: int) -> np.ndarray:
+    """``log C(n, c)`` for ``c < min(kmax, n + 1)``."""
+    c = np.arange(min(kmax, n + 1))
+    return np.array([math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1) for x in c])
+
+
+def _binom_pmf(n: int, wt: np.ndarray, kmax: int, logq: np.ndarray) -> np.ndarray:
     """``P(Binomial(n, q) = c)`` for ``c < kmax`` with ``q = 1 - e^{-wt}``, shape ``(Q, kmax)``.
 
-    In logs: ``log q = log(-expm1(-wt))`` and ``log(1 - q) = -wt`` are both exact, so the pmf
-    has full relative accuracy even where it is tiny."""
-    c = np.arange(kmax)
+    In logs: ``logq = log q = log(-expm1(-wt))`` and ``log(1 - q) = -wt`` are both exact, so
+    the pmf has full relative accuracy even where it is tiny."""
     out = np.zeros((wt.size, kmax))
-    ok = c <= n
-    if n < 0 or not ok.any():
+    if n < 0:
         return out
-    c = c[ok]
-    logc = math.lgamma(n + 1) - np.array([math.lgamma(x + 1) + math.lgamma(n - x + 1) for x in c])
-    logq = np.log(-np.expm1(-wt))
-    out[:, ok] = np.exp(logc[None, :] + c[None, :] * logq[:, None] - (n - c)[None, :] * wt[:, None])
+    logc = _log_binom(n, kmax)
+    c = np.arange(logc.size)
+    out[:, : c.size] = np.exp(logc + c * logq[:, None] - (n - c) * wt[:, None])
     return out
 
 
@@ -122,25 +127,38 @@ def two_level_inclusion(
     the inclusion probabilities of a winner and a loser and the off-diagonal entries of
     ``d pi / d z`` (winner-winner, loser-loser, winner-loser; NaN where a group has < 2 members).
 
-    Weights: winners 1, losers ``e^{-d}`` (d >= 0) or winners ``e^{d}``, losers 1 (d < 0)."""
+    Weights: winners 1, losers ``e^{-d}`` (d >= 0) or winners ``e^{d}``, losers 1 (d < 0).
+    The binomial counts are evaluated on the nodes of :func:`~moebif.model.inclusion.race_window`
+    only (below them ``P(C <= k - 1) = 1``, above them every integrand is negligible)."""
     ww, wl = (1.0, math.exp(-d)) if d >= 0 else (math.exp(d), 1.0)
-    w = np.array([ww] * m + [wl] * (n - m))
-    t = race_nodes(w, k, du)
+    levels = np.array([ww, wl])
+    counts = np.array([m, n - m], dtype=float)
+    t = race_nodes(np.array([ww] * m + [wl] * (n - m)), k, du)
     h = math.log(t[1] / t[0])
-    ew, el = np.exp(-ww * t), np.exp(-wl * t)
+    i0, i1 = race_window(levels, k, t, counts=counts)
+    # nodes below i0: P(C <= k - 1) = 1; the trapezoid's half weight at the first node
+    low_w, low_l = race_low_sum(levels, t[0], h, i0)
+    if i0 > 0:
+        low_w, low_l = (low_w, low_l) - 0.5 * levels * t[0] * np.exp(-levels * t[0])
+    t_all, t = t, t[i0 : i1 + 1]
+    first, last = i0 == 0, i1 == t_all.size - 1
+    wt_w, wt_l = ww * t, wl * t
+    ew, el = np.exp(-wt_w), np.exp(-wt_l)
+    lq_w, lq_l = np.log(-np.expm1(-wt_w)), np.log(-np.expm1(-wt_l))
     # binomial pmfs of the other winners / losers (counts below k)
-    bw = {j: _binom_pmf(j, ww * t, k) for j in (m - 2, m - 1, m) if j >= 0}
-    bl = {j: _binom_pmf(j, wl * t, k) for j in (n - m - 2, n - m - 1, n - m) if j >= 0}
+    bw = {j: _binom_pmf(j, wt_w, k, lq_w) for j in (m - 2, m - 1, m) if j >= 0}
+    bl = {j: _binom_pmf(j, wt_l, k, lq_l) for j in (n - m - 2, n - m - 1, n - m) if j >= 0}
 
     def trap(g):
-        return h * (g.sum() - 0.5 * (g[0] + g[-1]))
+        if g.size == 0:
+            return 0.0
+        return h * (g.sum() - 0.5 * (g[0] * first + g[-1] * last))
 
-    def cdf(a, b):
-        return sum(_conv_at(a, b, c) for c in range(k))
+    def cdf(a, b):  # P(A + B <= k - 1)
+        return np.einsum("qa,qa->q", a, np.cumsum(b, axis=1)[:, ::-1])
 
-    wt_w, wt_l = ww * t, wl * t
-    pi_w = trap(wt_w * ew * cdf(bw[m - 1], bl[n - m]))
-    pi_l = trap(wt_l * el * cdf(bw[m], bl[n - m - 1]))
+    pi_w = h * low_w + trap(wt_w * ew * cdf(bw[m - 1], bl[n - m]))
+    pi_l = h * low_l + trap(wt_l * el * cdf(bw[m], bl[n - m - 1]))
     nan = math.nan
     j_ww = -trap(wt_w * wt_w * ew * ew * _conv_at(bw[m - 2], bl[n - m], k - 1)) if m >= 2 else nan
     j_ll = (
