@@ -7,8 +7,31 @@ replacement from ``softmax(r / T)``); ``pi_i`` is the probability that expert ``
     pi_i = int_0^inf w_i e^{-w_i t} P(C_{-i}(t) <= k - 1) dt,    w_j = e^{z_j},
 
 with ``C_{-i}(t)`` the Poisson-binomial count of the other experts whose exponential clocks rang
-before ``t``. Computed exactly by enumeration of the ordered picks (``N <= 16``) or by the
-trapezoidal rule in ``u = log t`` (geometric convergence), with positive-term recursions only.
+before ``t`` (Bernoulli ``q_j = 1 - a_j``, ``a_j = e^{-w_j t}``). The Jacobian (eq. 8k's,
+symmetric: ``pi = grad_z Phi``; rows and columns sum to zero) has the off-diagonal entries
+
+    d pi_i / d z_j = - int (w_i t a_i)(w_j t a_j) P(C_{-ij}(t) = k - 1) du,    u = log t.
+
+**Computation.** Exactly by enumeration of the ordered picks (``N <= 16``), or by the
+trapezoidal rule in ``u`` (step :data:`RACE_STEP`, geometric convergence) on the nodes of
+:func:`race_nodes`, of which only :func:`race_window` needs the counts: below it
+``P(C >= k) <= (W t)^k / k!`` is negligible (the small-t part of ``pi_i`` is the sum of
+``w t e^{-w t}``, :func:`race_low_sum`), above it a Chernoff bound
+``min_theta e^{theta k} prod_j (a_j + q_j e^{-theta})`` is. Per node, in O(N k):
+
+- the *tail* experts (``rho = q / a`` with ``rho^{k-1} <= 2^7`` at every node used) have
+  ``P_{-i}(c) = (P(c) - q_i P_{-i}(c - 1)) / a_i`` from the full distribution ``P`` (a product
+  tree); each step multiplies earlier rounding errors by ``rho_i``, at most ``384`` ulps in all;
+- the *head* (the few experts with larger odds) by prefix/suffix recursions times the tail's
+  distribution, positive terms only.
+
+The Jacobian's pairs with a tail expert ``j`` divide ``j``'s factor out of ``P_{-i}``,
+
+    a_j P_{-ij}(k - 1) = sum_s (-rho_j)^s P_{-i}(k - 1 - s),
+
+so all of them are one matrix product over (node, s) of ``du (w_i t a_i) P_{-i}(k-1-s)`` and
+``(w_j t)(-rho_j)^s``: O(N^2 k Q) flops in BLAS for ``Q`` nodes. Pairs within the head use
+prefix, middle and suffix distributions (positive terms). ``k = 1``: the softmax Jacobian.
 """
 
 from __future__ import annotations
