@@ -107,11 +107,21 @@ def _enumerate(w: np.ndarray, k: int) -> np.ndarray:
 # the integral over the exponential race
 
 
-def race_nodes(w: np.ndarray, k: int, du: float) -> np.ndarray:
-    """Trapezoid nodes t = e^u covering the integrand's mass (see the module docstring)."""
-    ws = np.sort(w)[::-1]
-    lo = math.log(1e-18 / ws.sum())
-    hi = math.log(60.0 / ws[min(k, w.size) - 1])
+def race_nodes(w: np.ndarray, k: int, du: float, *, counts=None) -> np.ndarray:
+    """Trapezoid nodes t = e^u covering the integrand's mass (see the module docstring):
+    from ``1e-18 / sum(w)`` to ``60 / w_(k)`` (the k-th largest weight). ``counts``:
+    multiplicities of the weights ``w`` (for states with a few score levels)."""
+    w = np.asarray(w, dtype=float)
+    order = np.argsort(-w, kind="stable")
+    ws = w[order]
+    if counts is None:
+        total, wk = ws.sum(), ws[min(k, w.size) - 1]
+    else:
+        cs = np.asarray(counts, dtype=float)[order]
+        total = float(np.dot(cs, ws))
+        wk = ws[min(int(np.searchsorted(np.cumsum(cs), k)), ws.size - 1)]
+    lo = math.log(1e-18 / total)
+    hi = math.log(60.0 / wk)
     m = int(math.ceil((hi - lo) / du))
     return np.exp(lo + du * np.arange(m + 1))
 
@@ -293,21 +303,23 @@ def race_window(w, k: int, t, *, counts=None) -> tuple[int, int]:
     return min(p0, j0), max(p1, j1)
 
 
-def race_low_sum(w: np.ndarray, t0: float, du: float, m: int) -> np.ndarray:
-    """``sum_{q < m} w t_q e^{-w t_q}`` over the nodes ``t_q = t0 e^{q du}``, shape ``(N,)``;
-    by its power series in ``w t`` (geometric sums over the nodes) when ``w t_m <= 1/2``."""
-    w = np.asarray(w, dtype=float)
-    x = w * (t0 * math.exp(m * du))  # w t_m, the first node not summed
-    if m == 0:
-        return np.zeros_like(w)
-    if x.max() > 0.5:
-        wt = w[:, None] * (t0 * np.exp(du * np.arange(m)))[None, :]
-        return (wt * np.exp(-wt)).sum(axis=1)
+def race_low_sum(w, t0, du: float, m) -> np.ndarray:
+    """``sum_{q < m} w t_q e^{-w t_q}`` over the nodes ``t_q = t0 e^{q du}``; ``w``, ``t0`` and
+    ``m`` broadcast together. By its power series in ``w t`` (geometric sums over the nodes)
+    where ``w t_m <= 1/2``, else summed node by node."""
+    w, t0, m = np.broadcast_arrays(
+        np.asarray(w, dtype=float), np.asarray(t0, dtype=float), np.asarray(m)
+    )
+    x = w * t0 * np.exp(m * du)  # w t_m, the first node not summed
     # sum_q (w t_q)^p = (x^p - (w t0)^p) / (e^{p du} - 1); the terms x^(p-1)/(p-1)! are below
     # 1e-18 by p = 17
     p = _POWERS
-    xp = x[:, None] ** p - (w * t0)[:, None] ** p
-    return xp @ (_SERIES / np.expm1(p * du))
+    xp = x[..., None] ** p - (w * t0)[..., None] ** p
+    out = xp @ (_SERIES / np.expm1(p * du))
+    for idx in zip(*np.nonzero(x > 0.5), strict=True):
+        wt = w[idx] * t0[idx] * np.exp(du * np.arange(m[idx]))
+        out[idx] = (wt * np.exp(-wt)).sum()
+    return np.where(m > 0, out, 0.0)
 
 
 _POWERS = np.arange(1, 18)
