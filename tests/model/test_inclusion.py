@@ -140,3 +140,21 @@ def test_uniform_state_n256():
         alpha = topk_uniform_slope(256, k)
         np.testing.assert_allclose(J, alpha * (np.eye(256) - 1.0 / 256), atol=1e-13)
         np.testing.assert_allclose(inclusion_probabilities(np.zeros(256), 1.0, k), k / 256)
+
+
+@pytest.mark.parametrize("n,m,k", [(256, 1, 8), (256, 250, 8), (40, 3, 5), (9, 8, 2)])
+def test_two_level_values_are_those_of_the_state(n, m, k):
+    """topk.two_level_inclusion_grid (binomial counts, one grid of gaps at once) against the
+    general inclusion probabilities and Jacobian of the m-winner state."""
+    from moebif.model.topk import two_level_inclusion, two_level_inclusion_grid
+
+    d = np.array([-2.0, 0.05, 1.0, 4.0, 15.0])
+    vals = two_level_inclusion_grid(n, m, k, d)
+    for row, gap in zip(vals, d, strict=True):
+        z = np.zeros(n)
+        z[:m] = gap
+        pi = inclusion_probabilities(z, 1.0, k)
+        J = inclusion_jacobian(z, 1.0, k)
+        want = [pi[0], pi[-1], J[0, 1] if m >= 2 else np.nan, J[-1, -2], J[0, -1]]
+        np.testing.assert_allclose(row, want, rtol=1e-9, atol=1e-13)
+        np.testing.assert_allclose(row, two_level_inclusion(n, m, k, float(gap)), rtol=1e-13)
