@@ -256,10 +256,10 @@ def _last_node(w: np.ndarray, t: np.ndarray, start: int, m: int, tol: float, cou
     return lo
 
 
-def _first_node(t: np.ndarray, W: float, power: int, scale: float, tol: float) -> int:
-    """The first node where ``scale (W t)^power`` reaches ``tol`` (a bound of the neglected
-    part below it)."""
-    x = (tol / scale) ** (1.0 / power) / W
+def _first_node(t: np.ndarray, W: float, power: int, factorial: int, tol: float) -> int:
+    """The first node where ``(W t)^power / factorial!`` reaches ``tol`` (a bound of the
+    neglected part below it)."""
+    x = math.exp((math.log(tol) + math.lgamma(factorial + 1)) / power) / W
     return int(np.searchsorted(t, x, side="left"))
 
 
@@ -272,7 +272,7 @@ def _pi_window(w, t, k: int, W: float, counts=None) -> tuple[int, int]:
     ``P(C_{-i} >= k) <= (W t)^k / k!`` is negligible (the cdf is 1); above ``i1`` the cdf is
     below its Chernoff bound, times ``W t <= W t_max`` (so the neglected part is small next to
     ``pi_i >= w_i / W``)."""
-    i0 = min(_first_node(t, W, k, 1.0 / math.factorial(k), _TAIL), t.size - 1)
+    i0 = min(_first_node(t, W, k, k, _TAIL), t.size - 1)
     return i0, _last_node(w, t, i0, k, _TAIL / (W * t[-1]), counts)
 
 
@@ -280,7 +280,7 @@ def _jacobian_window(w, t, k: int, W: float, counts=None) -> tuple[int, int]:
     """Nodes ``i0..i1`` outside of which the Jacobian's integrand
     ``(w_i t)(w_j t) e^{-(w_i + w_j) t} P(C_{-ij} = k - 1)`` is negligible: below
     ``(W t)^{k+1} / (k-1)!`` (small t) and ``e^{-2}`` times the Chernoff bound (large t)."""
-    i0 = min(_first_node(t, W, k + 1, 1.0 / math.factorial(k - 1), _TAIL), t.size - 1)
+    i0 = min(_first_node(t, W, k + 1, k - 1, _TAIL), t.size - 1)
     return i0, _last_node(w, t, i0, k + 1, _TAIL * math.e**2, counts)
 
 

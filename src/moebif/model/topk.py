@@ -155,7 +155,7 @@ def two_level_inclusion_grid(n: int, m: int, k: int, d, du: float = RACE_STEP) -
     lo = np.log(1e-18 / W)
     count = np.ceil((np.log(60.0 / wk) - lo) / du).astype(int) + 1  # nodes of race_nodes
     # first node where (W t)^k / k! reaches 1e-19
-    start = np.ceil((np.log((1e-19 * math.factorial(k)) ** (1.0 / k) / W) - lo) / du)
+    start = np.ceil(((math.log(1e-19) + math.lgamma(k + 1)) / k - np.log(W) - lo) / du)
     i0 = np.clip(start, 0, count - 1).astype(int)
     q_max = int((count - i0).max())
     j = np.arange(q_max)
