@@ -14,7 +14,7 @@ symmetric: ``pi = grad_z Phi``; rows and columns sum to zero) has the off-diagon
 
 **Computation.** Exactly by enumeration of the ordered picks (``N <= 16``), or by the
 trapezoidal rule in ``u`` (step :data:`RACE_STEP`, geometric convergence) on the nodes of
-:func:`race_nodes`, of which only :func:`race_window` needs the counts: below it
+:func:`race_nodes`, of which only a window needs the counts: below it
 ``P(C >= k) <= (W t)^k / k!`` is negligible (the small-t part of ``pi_i`` is the sum of
 ``w t e^{-w t}``, :func:`race_low_sum`), above it a Chernoff bound
 ``min_theta e^{theta k} prod_j (a_j + q_j e^{-theta})`` is. Per node, in O(N k):
@@ -49,7 +49,6 @@ __all__ = [
     "inclusion_probabilities",
     "race_low_sum",
     "race_nodes",
-    "race_window",
 ]
 
 _MAX_ENUMERATE = 16
@@ -107,21 +106,12 @@ def _enumerate(w: np.ndarray, k: int) -> np.ndarray:
 # the integral over the exponential race
 
 
-def race_nodes(w: np.ndarray, k: int, du: float, *, counts=None) -> np.ndarray:
+def race_nodes(w: np.ndarray, k: int, du: float) -> np.ndarray:
     """Trapezoid nodes t = e^u covering the integrand's mass (see the module docstring):
-    from ``1e-18 / sum(w)`` to ``60 / w_(k)`` (the k-th largest weight). ``counts``:
-    multiplicities of the weights ``w`` (for states with a few score levels)."""
-    w = np.asarray(w, dtype=float)
-    order = np.argsort(-w, kind="stable")
-    ws = w[order]
-    if counts is None:
-        total, wk = ws.sum(), ws[min(k, w.size) - 1]
-    else:
-        cs = np.asarray(counts, dtype=float)[order]
-        total = float(np.dot(cs, ws))
-        wk = ws[min(int(np.searchsorted(np.cumsum(cs), k)), ws.size - 1)]
-    lo = math.log(1e-18 / total)
-    hi = math.log(60.0 / wk)
+    from ``1e-18 / sum(w)`` to ``60 / w_(k)`` (the k-th largest weight)."""
+    ws = np.sort(w)[::-1]
+    lo = math.log(1e-18 / ws.sum())
+    hi = math.log(60.0 / ws[min(k, w.size) - 1])
     m = int(math.ceil((hi - lo) / du))
     return np.exp(lo + du * np.arange(m + 1))
 
@@ -216,33 +206,23 @@ def _leave_one_out(ws: np.ndarray, t: np.ndarray, k: int, head: int):
 _THETAS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
 
 
-def _chernoff(w: np.ndarray, t: float, m: int, counts=None) -> float:
+def _chernoff(w: np.ndarray, t: float, m: int) -> float:
     """``min_theta e^{theta m} prod_l (1 - q_l (1 - e^{-theta}))``: bounds
     ``P(C_{-S}(t) <= m - |S| - 1)`` for any set ``S`` of excluded experts (each excluded factor
-    is at least ``e^{-theta}``); decreasing in ``t``. ``counts``: multiplicities of the
-    weights ``w`` (default: one each)."""
+    is at least ``e^{-theta}``); decreasing in ``t``."""
     q = -np.expm1(-w * t)
-    logs = np.log1p(-np.outer(q, -np.expm1(-_THETAS)))
-    logs = logs.sum(axis=0) if counts is None else counts @ logs
+    logs = np.log1p(-np.outer(q, -np.expm1(-_THETAS))).sum(axis=0)
     return math.exp(min((_THETAS * m + logs).min(), 0.0))
 
 
-def _last_node(w: np.ndarray, t: np.ndarray, start: int, m: int, tol: float, counts=None) -> int:
-    """The last node index ``>= start`` where the Chernoff bound is still ``>= tol`` (the bound
-    decreases along the nodes), ``start - 1`` if none: by bisection, or at every node at once
-    for a few distinct weights (``counts``)."""
-    if start >= t.size:
-        return start - 1
-    if counts is not None:
-        q = -np.expm1(-np.multiply.outer(w, t[start:]))  # (levels, Q)
-        logs = np.tensordot(counts, np.log1p(-q[..., None] * -np.expm1(-_THETAS)), axes=1)
-        ok = (_THETAS * m + logs).min(axis=1) >= math.log(tol)
-        return start + int(np.count_nonzero(ok)) - 1 if ok[0] else start - 1
+def _last_node(w: np.ndarray, t: np.ndarray, start: int, m: int, tol: float) -> int:
+    """The last node index ``>= start`` where the Chernoff bound is still ``>= tol``, by
+    bisection (the bound decreases along the nodes); ``start - 1`` if none."""
 
     def above(i):
         return _chernoff(w, t[i], m) >= tol
 
-    if not above(start):
+    if start >= t.size or not above(start):
         return start - 1
     lo, hi = start, t.size - 1  # above(lo)
     if above(hi):
@@ -267,40 +247,21 @@ def _first_node(t: np.ndarray, W: float, power: int, factorial: int, tol: float)
 _TAIL = 1e-19
 
 
-def _pi_window(w, t, k: int, W: float, counts=None) -> tuple[int, int]:
+def _pi_window(w, t, k: int, W: float) -> tuple[int, int]:
     """Nodes ``i0..i1`` on which ``P(C_{-i} <= k - 1)`` is computed for ``pi``: below ``i0``,
     ``P(C_{-i} >= k) <= (W t)^k / k!`` is negligible (the cdf is 1); above ``i1`` the cdf is
     below its Chernoff bound, times ``W t <= W t_max`` (so the neglected part is small next to
     ``pi_i >= w_i / W``)."""
     i0 = min(_first_node(t, W, k, k, _TAIL), t.size - 1)
-    return i0, _last_node(w, t, i0, k, _TAIL / (W * t[-1]), counts)
+    return i0, _last_node(w, t, i0, k, _TAIL / (W * t[-1]))
 
 
-def _jacobian_window(w, t, k: int, W: float, counts=None) -> tuple[int, int]:
+def _jacobian_window(w, t, k: int, W: float) -> tuple[int, int]:
     """Nodes ``i0..i1`` outside of which the Jacobian's integrand
     ``(w_i t)(w_j t) e^{-(w_i + w_j) t} P(C_{-ij} = k - 1)`` is negligible: below
     ``(W t)^{k+1} / (k-1)!`` (small t) and ``e^{-2}`` times the Chernoff bound (large t)."""
     i0 = min(_first_node(t, W, k + 1, k - 1, _TAIL), t.size - 1)
-    return i0, _last_node(w, t, i0, k + 1, _TAIL * math.e**2, counts)
-
-
-def race_window(w, k: int, t, *, counts=None) -> tuple[int, int]:
-    """``(i0, i1)``: the nodes ``t[i0 : i1 + 1]`` (from :func:`race_nodes`) on which the
-    Poisson-binomial counts are needed, for ``pi`` and for its Jacobian. Below ``i0``,
-    ``P(C_{-i}(t) <= k - 1) = 1`` to ``1e-19`` (sum ``w t e^{-w t}`` there with
-    :func:`race_low_sum`) and the Jacobian's integrand is negligible; above ``i1`` both
-    integrands are negligible.
-
-    **Arguments:** ``w`` weights ``e^{z - max z}``; ``k`` picks; ``t`` the nodes;
-    ``counts``: multiplicities of the weights (for states with a few score levels).
-    """
-    w = np.asarray(w, dtype=float)
-    W = float(np.sum(w) if counts is None else np.dot(counts, w))
-    p0, p1 = _pi_window(w, t, k, W, counts)
-    if k == 1:
-        return p0, p1
-    j0, j1 = _jacobian_window(w, t, k, W, counts)
-    return min(p0, j0), max(p1, j1)
+    return i0, _last_node(w, t, i0, k + 1, _TAIL * math.e**2)
 
 
 def race_low_sum(w, t0, du: float, m) -> np.ndarray:
