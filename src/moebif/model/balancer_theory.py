@@ -109,7 +109,7 @@ from .balancers import (
 )
 from .field import VectorField
 from .thresholds import thresholds
-from .topk import topk_uniform_slope, two_level_inclusion
+from .topk import topk_uniform_slope, two_level_inclusion, two_level_inclusion_grid
 
 __all__ = [
     "BalancedThresholds",
@@ -297,7 +297,7 @@ def _two_level_table(n: int, k: int, m: int, grid: tuple) -> tuple:
             pl = e * pw
             out.append((pw, pl, -pw * pw, -pl * pl, -pw * pl))
         return tuple(out)
-    return tuple(two_level_inclusion(n, m, k, float(d)) for d in grid)
+    return tuple(tuple(float(v) for v in row) for row in two_level_inclusion_grid(n, m, k, grid))
 
 
 def _two_level_state(field: VectorField, n, k, m, d, c, vals, a: float):
@@ -965,9 +965,7 @@ class BiasTheory:
 
             return f
         grid = np.linspace(0.0, 12.0, 601)
-        vals = np.array(
-            [(lambda v: v[0] - v[1])(two_level_inclusion(n, 1, k, float(d))) for d in grid]
-        )
+        vals = np.diff(two_level_inclusion_grid(n, 1, k, grid)[:, 1::-1], axis=1)[:, 0]
 
         def g(s):
             d = np.asarray(s, dtype=float) / p.T

@@ -51,12 +51,13 @@ have two score levels; the two-level branches are the ones computed here.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 from ..params import check_positive
-from .inclusion import RACE_STEP, check_top_k, race_nodes
+from .inclusion import RACE_STEP, check_top_k, race_low_sum
 from .symmetric import SymmetricBranch
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "topk_linear_threshold",
     "topk_uniform_slope",
     "two_level_inclusion",
+    "two_level_inclusion_grid",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -93,26 +95,36 @@ def topk_linear_threshold(n_experts: int, k: int, gamma: float, T: float) -> flo
 # symmetric two-level states
 
 
-def _binom_pmf(n: int, wt: np.ndarray, kmax: int) -> np.ndarray:
-    """``P(Binomial(n, q) = c)`` for ``c < kmax`` with ``q = 1 - e^{-wt}``, shape ``(Q, kmax)``.
-
-    In logs: ``log q = log(-expm1(-wt))`` and ``log(1 - q) = -wt`` are both exact, so the pmf
-    has full relative accuracy even where it is tiny."""
-    c = np.arange(kmax)
-    out = np.zeros((wt.size, kmax))
-    ok = c <= n
-    if n < 0 or not ok.any():
-        return out
-    c = c[ok]
-    logc = math.lgamma(n + 1) - np.array([math.lgamma(x + 1) + math.lgamma(n - x + 1) for x in c])
-    logq = np.log(-np.expm1(-wt))
-    out[:, ok] = np.exp(logc[None, :] + c[None, :] * logq[:, None] - (n - c)[None, :] * wt[:, None])
+@functools.lru_cache(maxsize=1024)
+def _log_binom(ns: tuple, kmax: int) -> np.ndarray:
+    """``log C(n, c)`` for each ``n`` in ``ns`` and ``c < kmax``, shape ``(len(ns), kmax)``
+    (``-inf`` where ``c > n`` or ``n < 0``)."""
+    out = np.full((len(ns), kmax), -np.inf)
+    for row, n in enumerate(ns):
+        for c in range(min(kmax, n + 1)):
+            out[row, c] = math.lgamma(n + 1) - math.lgamma(c + 1) - math.lgamma(n - c + 1)
     return out
 
 
-def _conv_at(a: np.ndarray, b: np.ndarray, c: int) -> np.ndarray:
-    """``P(A + B = c)`` along the node axis."""
-    return np.einsum("qa,qa->q", a[:, : c + 1], b[:, c::-1])
+def _binom_pmf(ns: tuple, wt: np.ndarray, kmax: int) -> np.ndarray:
+    """``P(Binomial(n, q) = c)`` for each ``n`` in ``ns`` and ``c < kmax``, with
+    ``q = 1 - e^{-wt}``: shape ``(len(ns),) + wt.shape + (kmax,)``.
+
+    In logs: ``log q = log(-expm1(-wt))`` and ``log(1 - q) = -wt`` are both exact, so the pmf
+    has full relative accuracy even where it is tiny."""
+    lead = (slice(None),) + (None,) * wt.ndim
+    logc = _log_binom(ns, kmax)[lead]
+    c = np.arange(kmax)
+    wt = wt[..., None]
+    nn = np.array(ns, dtype=float)[lead + (None,)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = logc + c * np.log(-np.expm1(-wt)) - (nn - c) * wt
+    return np.where(np.isneginf(logc), 0.0, np.exp(x))
+
+
+def _dot_at(a: np.ndarray, b: np.ndarray, c: int) -> np.ndarray:
+    """``P(A + B = c)`` along the last axis (counts), for every node."""
+    return np.einsum("...a,...a->...", a[..., : c + 1], b[..., c::-1])
 
 
 def two_level_inclusion(
@@ -122,32 +134,64 @@ def two_level_inclusion(
     the inclusion probabilities of a winner and a loser and the off-diagonal entries of
     ``d pi / d z`` (winner-winner, loser-loser, winner-loser; NaN where a group has < 2 members).
 
-    Weights: winners 1, losers ``e^{-d}`` (d >= 0) or winners ``e^{d}``, losers 1 (d < 0)."""
-    ww, wl = (1.0, math.exp(-d)) if d >= 0 else (math.exp(d), 1.0)
-    w = np.array([ww] * m + [wl] * (n - m))
-    t = race_nodes(w, k, du)
-    h = math.log(t[1] / t[0])
-    ew, el = np.exp(-ww * t), np.exp(-wl * t)
+    Weights: winners 1, losers ``e^{-d}`` (d >= 0) or winners ``e^{d}``, losers 1 (d < 0).
+    One gap of :func:`two_level_inclusion_grid`."""
+    return tuple(float(v) for v in two_level_inclusion_grid(n, m, k, [d], du)[0])
+
+
+def two_level_inclusion_grid(n: int, m: int, k: int, d, du: float = RACE_STEP) -> np.ndarray:
+    """:func:`two_level_inclusion` at every gap of ``d`` (1-d) at once: shape ``(len(d), 5)``.
+
+    Each gap has the nodes of :func:`~moebif.model.inclusion.race_nodes` from the first one
+    where ``P(C >= k) <= (W t)^k / k!`` reaches ``1e-19``; below it the cdf of the counts is 1
+    and the sum of ``w t e^{-w t}`` is :func:`~moebif.model.inclusion.race_low_sum`. The gaps'
+    node sets are padded to one length (padding nodes have weight 0)."""
+    d = np.atleast_1d(np.asarray(d, dtype=float))
+    ww = np.where(d >= 0, 1.0, np.exp(np.minimum(d, 0.0)))
+    wl = np.where(d >= 0, np.exp(-np.maximum(d, 0.0)), 1.0)
+    W = m * ww + (n - m) * wl
+    # the k-th largest weight (the winners are the lighter group when d < 0)
+    wk = np.where(d >= 0, ww if k <= m else wl, wl if k <= n - m else ww)
+    lo = np.log(1e-18 / W)
+    count = np.ceil((np.log(60.0 / wk) - lo) / du).astype(int) + 1  # nodes of race_nodes
+    # first node where (W t)^k / k! reaches 1e-19
+    start = np.ceil(((math.log(1e-19) + math.lgamma(k + 1)) / k - np.log(W) - lo) / du)
+    i0 = np.clip(start, 0, count - 1).astype(int)
+    q_max = int((count - i0).max())
+    j = np.arange(q_max)
+    valid = j[None, :] < (count - i0)[:, None]  # (D, Q)
+    t = np.exp(lo[:, None] + du * (i0[:, None] + np.minimum(j[None, :], (count - i0 - 1)[:, None])))
+    h = du  # the nodes are e^{lo + du j} exactly
+    wts = np.where(valid, h, 0.0)
+    wts[:, 0] *= np.where(i0 == 0, 0.5, 1.0)  # the trapezoid's half weight at either end
+    wts[np.arange(d.size), count - i0 - 1] *= 0.5
+    # nodes below i0: P(C <= k - 1) = 1
+    t0 = np.exp(lo)
+    lev = np.stack([ww, wl], axis=1)  # (D, 2)
+    low = race_low_sum(lev, t0[:, None], du, i0[:, None])
+    low -= np.where(i0[:, None] > 0, 0.5 * lev * t0[:, None] * np.exp(-lev * t0[:, None]), 0.0)
+    wt_w, wt_l = ww[:, None] * t, wl[:, None] * t
+    ew, el = np.exp(-wt_w), np.exp(-wt_l)
     # binomial pmfs of the other winners / losers (counts below k)
-    bw = {j: _binom_pmf(j, ww * t, k) for j in (m - 2, m - 1, m) if j >= 0}
-    bl = {j: _binom_pmf(j, wl * t, k) for j in (n - m - 2, n - m - 1, n - m) if j >= 0}
+    bw = dict(zip((m - 2, m - 1, m), _binom_pmf((m - 2, m - 1, m), wt_w, k), strict=True))
+    nl = (n - m - 2, n - m - 1, n - m)
+    bl = dict(zip(nl, _binom_pmf(nl, wt_l, k), strict=True))
 
     def trap(g):
-        return h * (g.sum() - 0.5 * (g[0] + g[-1]))
+        return (g * wts).sum(axis=1)
 
-    def cdf(a, b):
-        return sum(_conv_at(a, b, c) for c in range(k))
+    def cdf(a, b):  # P(A + B <= k - 1)
+        return np.einsum("...a,...a->...", a, np.cumsum(b, axis=-1)[..., ::-1])
 
-    wt_w, wt_l = ww * t, wl * t
-    pi_w = trap(wt_w * ew * cdf(bw[m - 1], bl[n - m]))
-    pi_l = trap(wt_l * el * cdf(bw[m], bl[n - m - 1]))
-    nan = math.nan
-    j_ww = -trap(wt_w * wt_w * ew * ew * _conv_at(bw[m - 2], bl[n - m], k - 1)) if m >= 2 else nan
-    j_ll = (
-        -trap(wt_l * wt_l * el * el * _conv_at(bw[m], bl[n - m - 2], k - 1)) if n - m >= 2 else nan
-    )
-    j_wl = -trap(wt_w * wt_l * ew * el * _conv_at(bw[m - 1], bl[n - m - 1], k - 1))
-    return pi_w, pi_l, j_ww, j_ll, j_wl
+    out = np.full((d.size, 5), np.nan)
+    out[:, 0] = h * low[:, 0] + trap(wt_w * ew * cdf(bw[m - 1], bl[n - m]))
+    out[:, 1] = h * low[:, 1] + trap(wt_l * el * cdf(bw[m], bl[n - m - 1]))
+    if m >= 2:
+        out[:, 2] = -trap(wt_w * wt_w * ew * ew * _dot_at(bw[m - 2], bl[n - m], k - 1))
+    if n - m >= 2:
+        out[:, 3] = -trap(wt_l * wt_l * el * el * _dot_at(bw[m], bl[n - m - 2], k - 1))
+    out[:, 4] = -trap(wt_w * wt_l * ew * el * _dot_at(bw[m - 1], bl[n - m - 1], k - 1))
+    return out
 
 
 TopKBranch = SymmetricBranch  # the same record as for top-1
@@ -160,7 +204,7 @@ def topk_branch(n_experts: int, k: int, winners: int, d) -> SymmetricBranch:
     if not 1 <= m < n:
         raise ValueError(f"winners: must be in 1..{n - 1}, got {m}")
     d = np.atleast_1d(np.asarray(d, dtype=float))
-    vals = np.array([two_level_inclusion(n, m, k, float(x)) for x in d])
+    vals = two_level_inclusion_grid(n, m, k, d)
     pi_w, pi_l, j_ww, j_ll, j_wl = vals.T
     ratio = k * d / (pi_w - pi_l)
     # lambda / gamma = (g / k) mu - 1
