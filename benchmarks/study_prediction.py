@@ -200,11 +200,26 @@ def _ews_first(taus, thr: float):
     return next((t for t, v, a in taus if (v > thr or a > thr)), None)
 
 
+def replay(log: Path) -> dict:
+    """The run's log replayed through ``LayerMonitor`` at its defaults with the current code
+    (the same alarms as online: diagnose's rule): ``{layer: (alarms, forecast history)}``."""
+    from moebif.monitor import LayerMonitor, read_log
+
+    out = {}
+    for lab, lay in read_log(log).layers.items():
+        m = LayerMonitor(lay.n_experts, top_k=lay.top_k, name=lab)
+        m.update_many(lay.counts, lay.importance, lay.scores, lay.forces)
+        out[lab] = ([a.to_dict() for a in m.alarms], m.forecast_history())
+    return out
+
+
 def report(out: Path) -> int:
     rows, healthy = [], []
     for f in sorted(out.glob("*.json")):
         r = json.loads(f.read_text())
+        now = replay(f.with_suffix(".jsonl"))
         for lab, L in r["layers"].items():
+            L["alarms"], L["forecast"] = now[lab]
             alarms = [a for a in L["alarms"] if a["kind"] == "approaching-threshold"]
             col = collapse_step(L["excess"], 1000 if r["drive"].startswith("ramp") else 500)
             at1000 = [h for h in L["forecast"] if h["step"] <= 1000]

@@ -298,7 +298,10 @@ class Forecast:
         resid = c - (cw + crit_slope * (t - tw))
         s2 = max((w * resid**2).sum() / max(len(h) - 2, 1), 1.0)
         crit_se = math.sqrt(s2 / sxx)
-        if abs(crit_slope) < _Z95 * crit_se:
+        # alpha*'s own trend counts where it is resolved and closes the margin (a reinforcement
+        # growing toward the coefficient); one that moves away is not relied on, as alpha*
+        # shifts with the state once the knob moves
+        if crit_slope < _Z95 * crit_se:
             crit_slope, crit_se = 0.0, 0.0
         slope = knob_slope - crit_slope
         if slope + _Z95 * crit_se >= 0.0:
