@@ -479,7 +479,9 @@ class LayerMonitor:
         i = self._in_block
         self._blk[i] = counts
         self.step += 1
-        out = [] if forces is None else self._push_forces(forces)
+        # the forces of the initial transient (no stable profile yet) say nothing about the
+        # balanced state the margin is about: they are not pooled
+        out = [] if (forces is None or self._ref is None) else self._push_forces(forces)
         if i + 1 == self.block:
             self._in_block = 0
             bm, bc = self._block_stats(self._blk, 1)
