@@ -221,7 +221,7 @@ def _fit_window(x, block: int, n: int, k: int, feedback, modes):
             from .feedback import fit_feedback
 
             try:
-                fb = fit_feedback(feedback, use[1:3])
+                fb = fit_feedback(feedback, use[1:])
             except (ValueError, np.linalg.LinAlgError):
                 fb = None
     moved = modes is not None and _profile_moved(modes[0], profile, profile_error(x))
