@@ -357,7 +357,7 @@ def layer_cost(n, *, k=8, steps=3000, seed=0, **options):
             wall[i] = time.perf_counter() - w0
         t1 = time.thread_time()
         # a fit still running on a worker counts too: wait for it (outside the timed calls)
-        for fut in (mon._future, mon._modes_future):
+        for fut in (getattr(mon, "_future", None), getattr(mon, "_modes_future", None)):
             if fut is not None:
                 fut.result()
         p1 = time.process_time()

@@ -1,8 +1,38 @@
 """Online collapse monitor: per-layer expert counts in, metrics, model estimates and alarms out.
 
-Per logged step the work is O(N) (accumulate the block sum); every ``block`` steps the block
-mean enters a ring buffer of the last ``window`` steps and the latent-score filter; every
-``refit`` steps the Whittle fit of :mod:`moebif.monitor.whittle` is redone on the buffer.
+Per logged step the work is O(N) (accumulate the block sum; with importance and logits, the
+O(K N) lag sums of :class:`~moebif.monitor.feedback.FeedbackStats`); every ``block`` steps the
+block mean enters a ring buffer of the last ``window`` steps and the latent-score filter; every
+``refit`` steps the Whittle fit of :mod:`moebif.monitor.whittle` (and the feedback fit of
+:mod:`moebif.monitor.feedback`) is redone on the buffer.
+
+**Fits off the training thread, deterministic.** A monitor inside someone else's training loop
+must not stall it, and the same inputs must give the same alarms online, in bulk
+(:meth:`LayerMonitor.update_many`) and replayed (``moebif diagnose``). So a refit is split in
+three. At the refit step ``s`` the monitor takes a snapshot: the window's block means, a copy
+of the feedback statistics (:meth:`FeedbackStats.snapshot`) and the load modes it holds. The
+fits are a pure function of that snapshot and run on one worker thread that all monitors share
+(a ``concurrent.futures`` executor, FIFO). Their result is concluded (regime, ``kappa_hat``,
+the model-based alarms, the automatic window) at the first block end at or after
+``s + refit_lag`` steps (default 8), on the calling thread, which waits there only if the worker
+is not done yet; the offline paths conclude it at that same step, so the result cannot depend
+on timing. ``background=False`` runs the fits at the concluding step on the calling thread:
+the same results, blocking. A checkpoint saves a pending fit as its snapshot; the restored
+monitor runs it again (:meth:`LayerMonitor.load_state_dict`).
+
+The load modes (the eigenvectors of the load Jacobian at the window's profile; for top-k the
+inclusion Jacobian of :mod:`moebif.model.inclusion`, N^2 integrals) are the one part that can
+take seconds. They are kept while the profile stays put: within ``MODES_TOL`` (2%) of the
+profile they were computed at plus twice its sampling error (:func:`_profile_moved`; the uniform
+state has them in closed form). When a conclusion finds the profile moved, the new modes are
+computed in a second worker lane and installed at the next refit's snapshot (one refit
+interval later, waiting there only if they are not done); until then the fits use the modes
+held. Only the first refit computes its modes within its own fit, and for ``N <= 16``
+(``MODES_FRESH``: tens of ms) every fit does, so small routers use the modes of their very
+window, also while a collapse moves the profile fast. The refit's cost is then
+that of the fits themselves (tens of ms at N = 256), off the training thread; a step waits
+only where ``refit_lag`` steps of training take less than that (benchmarks/bench_monitor.py
+``cost``).
 
 **Latent scores.** The router's scores are an exponential average of its own loads,
 ``r_{n+1} = (1 - eta gamma) r_n + eta a_eff l_n``, so ``d_i = r_i / T`` is reconstructed from the
@@ -159,6 +189,7 @@ def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) ->
 # the fits, off the training thread
 
 MODES_TOL = 0.02  # relative change of the loads that needs new load modes (beyond the noise)
+MODES_FRESH = 16  # up to this N every fit computes its own modes (the Jacobian takes ~10 ms)
 
 _EXECUTORS: dict[str, ThreadPoolExecutor] = {}
 _EXECUTOR_LOCK = threading.Lock()
@@ -187,9 +218,11 @@ if hasattr(os, "register_at_fork"):
 def _profile_moved(cached, profile, error) -> bool:
     """The profile left the one the modes were computed at: an expert's load moved by more than
     ``3 (MODES_TOL cached + 2 se)``, or all of them by more than ``MODES_TOL cached + 2 se`` in
-    the mean square (``se``: the window's standard error of each load, :func:`profile_error`).
-    Sampling noise alone does not move it (the windows' profiles differ by ~1.4 se)."""
-    scale = MODES_TOL * cached + 2.0 * np.nan_to_num(error)
+    the mean square (``se``: the window's standard error of each load, :func:`profile_error`,
+    at most ``MODES_TOL cached``). Sampling noise alone does not move it (the windows' profiles
+    differ by ~1.4 se)."""
+    # the noise allowance is capped (the sub-window scatter of a profile in motion is large)
+    scale = MODES_TOL * cached + np.minimum(2.0 * np.nan_to_num(error), MODES_TOL * cached)
     z = np.abs(profile - cached) / np.maximum(scale, 1e-300)
     return bool(z.max() > 3.0 or np.sqrt(np.mean(z * z)) > 1.0)
 
@@ -209,6 +242,8 @@ def _fit_window(x, block: int, n: int, k: int, feedback, modes):
     ``x``: the window's block means (M, N); ``feedback``: a :meth:`FeedbackStats.snapshot` or
     None; ``modes``: the monitor's ``(profile, mu, V, groups)`` (None: computed here)."""
     profile = stationary_profile(x)
+    if n <= MODES_FRESH:
+        modes = None  # cheap: the modes of this very window
     new = _modes_at(profile, k) if modes is None else None
     use = modes if modes is not None else new
     fit = fb = None
