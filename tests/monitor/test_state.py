@@ -85,16 +85,17 @@ def _same(a, b):
     assert json.dumps(a.summary()) == json.dumps(b.summary())
 
 
-def test_a_pending_fit_survives_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("n", [12, 24])  # 24: the load modes kept and renewed in their lane
+def test_a_pending_fit_survives_a_checkpoint(tmp_path, n):
     """Cut between a refit's snapshot and its conclusion (the fit still pending on the worker):
     the checkpoint carries the snapshot, the restored monitor fits it again and continues
     exactly as the uninterrupted one (fits, alarms, summary)."""
-    C, P, S = _topk_run()
+    C, P, S = _topk_run(n=n)
     opts = {"top_k": 2, "refit_lag": 40}
-    full = LayerMonitor(12, **opts)
+    full = LayerMonitor(n, **opts)
     full.update_many(C, P, S)
     assert len(full.fits) > 5 and any(f.source == "logits" for f in full.fits)
-    first = LayerMonitor(12, **opts)
+    first = LayerMonitor(n, **opts)
     cut = None
     for i in range(C.shape[0]):
         first.update(C[i], P[i], S[i])
@@ -105,22 +106,23 @@ def test_a_pending_fit_survives_a_checkpoint(tmp_path):
     state = first.state_dict()
     json.dumps(state)
     torch.save(state, tmp_path / "s.pt")
-    resumed = LayerMonitor(12, **opts)
+    resumed = LayerMonitor(n, **opts)
     resumed.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
     assert resumed._pending is not None
     resumed.update_many(C[cut:], P[cut:], S[cut:])
     _same(resumed, full)
 
 
-def test_fits_on_the_worker_equal_fits_on_the_caller_and_in_bulk():
+@pytest.mark.parametrize("n", [12, 24])
+def test_fits_on_the_worker_equal_fits_on_the_caller_and_in_bulk(n):
     """The refits run on the worker thread and are concluded refit_lag steps after their
     snapshot: the same fits and alarms as running them on the calling thread, fed step by step
     or in bulk (with the feedback statistics of importance and logits)."""
-    C, P, S = _topk_run(steps=2500, seed=6)
-    online = LayerMonitor(12, top_k=2)
+    C, P, S = _topk_run(n=n, steps=2500, seed=6)
+    online = LayerMonitor(n, top_k=2)
     for i in range(C.shape[0]):
         online.update(C[i], P[i], S[i])
-    inline = LayerMonitor(12, top_k=2, background=False)
+    inline = LayerMonitor(n, top_k=2, background=False)
     inline.update_many(C[:901], P[:901], S[:901])
     inline.update_many(C[901:], P[901:], S[901:])
     assert len(online.fits) > 5
