@@ -2,7 +2,7 @@
 training stack (issue 13), printed as tables.
 
     python benchmarks/bench_monitor.py [estimation|ramp|metastable|speed|stack|memory|logsize|
-                                        overhead|all] [--quick] [--json PATH]
+                                        overhead|cost|all] [--quick] [--json PATH]
 
 Simulated logs come from the N-expert batch router (:func:`moebif.simulate_topk_router`, top-1,
 gamma = T = 1, eta = 0.01, so one unit of 1/(eta gamma) is 100 steps). Fixed seeds.
@@ -18,6 +18,13 @@ below a target (``--quick``: 2,000 steps and 40 pairs, a smoke run, not the acce
   set after ``malloc_trim`` (target: both < 20 MB);
 - ``logsize``: the log of the same run with ``log_max_bytes = 16 MB``, ``log_backups = 2``: the
   bytes on disk stay <= 3 x 16 MB (uncapped it would be the bytes per step times 20,000);
+- ``cost`` (separately; not in ``all``): the monitor never stalls training. One LayerMonitor at
+  N = 64 and 256, top-8, with importance and scores (:func:`topk_stream`), fed 3000 steps one
+  ``update()`` at a time (many refits): CPU time per step of the whole process (the fits on the
+  worker threads count; target <= 1 ms), the wall time of the slowest ``update()`` (target
+  <= 50 ms), and ``moebif diagnose`` on a 2-layer, 3000-step log (target <= 20 s); JSON to
+  ``bench-results/bench_monitor_cost.json``. The table also gives the calls and CPU time of the
+  top-k inclusion Jacobian (model/inclusion.py), the one cost outside monitor/.
 - ``overhead``: a 4-layer, 16-expert tiny Mixtral training on CPU (real text, batch 8 x 64, one
   thread): adjacent pairs of steps with and without the monitor (hooks, ``step()`` and its log)
   interleaved in one process; the ratio of the median step times (target: <= 1.02).
@@ -282,6 +289,233 @@ def metastable(runs=64, N=8, kappa=0.8, batch=8, window_units=100.0, max_units=3
         flush=True,
     )
     return mean_sim, pred_med, ratio, fired.mean(), 100 * false / observed
+
+
+# --------------------------------------------------------------------------------------------
+# the cost of the monitor itself: a monitor that never stalls training
+
+COST_TARGETS = {"cpu_ms_per_step": 1.0, "max_update_ms": 50.0, "diagnose_s": 20.0}
+
+
+def topk_stream(n, k, steps, *, batch=256, a=0.3, eta=0.02, seed=0):
+    """A top-k router with feedback, per step: expert counts, soft importance and mean logits
+    ``(steps, n)`` each. Scores ``r`` (units T), tokens ``z = r + standard normal``, each token
+    picks its top ``k``; ``r <- (1 - eta) r + eta a N (f - 1/N)`` from the step's loads ``f``
+    (``a``: the feedback over its linear threshold, roughly)."""
+    rng = np.random.default_rng(seed)
+    r = rng.normal(size=n) * 0.1
+    C, P, S = (np.empty((steps, n)) for _ in range(3))
+    for t in range(steps):
+        z = r[None, :] + rng.normal(size=(batch, n))
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        idx = np.argpartition(-z, k - 1, axis=1)[:, :k]
+        C[t] = np.bincount(idx.ravel(), minlength=n)
+        P[t], S[t] = p.mean(axis=0), z.mean(axis=0)
+        r = (1.0 - eta) * r + eta * a * n * (C[t] / (k * batch) - 1.0 / n)
+    return C, P, S
+
+
+class _Timed:
+    """Counts the calls of the top-k inclusion Jacobian and their CPU time (on whichever thread
+    runs them): the monitor's one cost that lives outside monitor/ (model/inclusion.py)."""
+
+    def __init__(self):
+        import moebif.model.field as field
+
+        self.field, self.orig = field, field.inclusion_jacobian
+        self.calls, self.seconds = 0, 0.0
+
+        def timed(*args, **kwargs):
+            t0 = time.thread_time()
+            try:
+                return self.orig(*args, **kwargs)
+            finally:
+                self.calls += 1
+                self.seconds += time.thread_time() - t0
+
+        field.inclusion_jacobian = timed
+
+    def close(self):
+        self.field.inclusion_jacobian = self.orig
+
+
+def layer_cost(n, *, k=8, steps=3000, seed=0, step_s=0.0, **options):
+    """One LayerMonitor fed ``steps`` steps of :func:`topk_stream` with importance and scores,
+    one ``update()`` at a time: process CPU time (every thread: the fits on the worker threads
+    count) per step, the calling thread's CPU time per step, the wall time of the slowest
+    ``update()``. ``step_s``: seconds slept between updates, a training step whose work is on
+    the GPU (0: a tight loop, the worst case for waiting on a fit)."""
+    C, P, S = topk_stream(n, k, steps, seed=seed)
+    mon = LayerMonitor(n, top_k=k, **options)
+    jac = _Timed()
+    wall = np.empty(steps)
+    try:
+        p0, t0 = time.process_time(), time.thread_time()
+        for i in range(steps):
+            w0 = time.perf_counter()
+            mon.update(C[i], P[i], S[i])
+            wall[i] = time.perf_counter() - w0
+            if step_s:
+                time.sleep(step_s)
+        t1 = time.thread_time()
+        # a fit still running on a worker counts too: wait for it (outside the timed calls)
+        for fut in (getattr(mon, "_future", None), getattr(mon, "_modes_future", None)):
+            if fut is not None:
+                fut.result()
+        p1 = time.process_time()
+    finally:
+        jac.close()
+    slow = np.argsort(wall)[-3:][::-1]
+    return {
+        "n_experts": n,
+        "top_k": k,
+        "steps": steps,
+        "step_s": step_s,
+        "refits": len(mon.fits),
+        "window": mon.window,
+        "cpu_ms_per_step": 1e3 * (p1 - p0) / steps,
+        "thread_ms_per_step": 1e3 * (t1 - t0) / steps,
+        "max_update_ms": 1e3 * float(wall.max()),
+        "median_update_ms": 1e3 * float(np.median(wall)),
+        "slowest_steps": [[int(j) + 1, 1e3 * float(wall[j])] for j in slow],
+        "jacobian_calls": jac.calls,
+        "jacobian_s": jac.seconds,
+        "last_regime": mon.fits[-1].regime if mon.fits else None,
+    }
+
+
+def diagnose_cost(*, n=64, k=8, steps=3000, layers=2, folder=None):
+    """``moebif diagnose`` on a ``layers``-layer log of ``steps`` steps (JSONL with importance and
+    scores, top-k): wall and process CPU seconds of the whole command (read, monitor, figure)."""
+    import contextlib
+    import io
+    import tempfile
+
+    from moebif.cli import main as cli
+    from moebif.monitor.logs import write_log
+
+    folder = Path(folder or tempfile.mkdtemp(prefix="bench_monitor_cost_"))
+    streams = {str(j): topk_stream(n, k, steps, seed=100 + j) for j in range(layers)}
+    log = folder / "log.jsonl"
+    write_log(
+        log,
+        np.arange(steps),
+        {j: c for j, (c, _, _) in streams.items()},
+        importance={j: p for j, (_, p, _) in streams.items()},
+        scores={j: s for j, (_, _, s) in streams.items()},
+        top_k=k,
+    )
+    jac = _Timed()
+    try:
+        w0, p0 = time.perf_counter(), time.process_time()
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = cli(["diagnose", str(log), "--out", str(folder / "out"), "--json"])
+        wall, cpu = time.perf_counter() - w0, time.process_time() - p0
+    finally:
+        jac.close()
+    return {
+        "n_experts": n,
+        "top_k": k,
+        "steps": steps,
+        "layers": layers,
+        "exit_code": rc,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "jacobian_calls": jac.calls,
+        "jacobian_s": jac.seconds,
+        "log": str(log),
+    }
+
+
+def cost(json_path=None, *, quick=False, steps=None, Ns=(64, 256)) -> int:
+    """LayerMonitor's cost per step and its longest ``update()`` at N = 64 and 256 (top-8, with
+    importance and scores), and ``moebif diagnose`` on a 2-layer log; table, checks, JSON."""
+    from _report import Report
+
+    steps = steps or (600 if quick else 3000)
+    report = Report(
+        "bench_monitor_cost",
+        f"LayerMonitor cost, top-8 with importance and scores, {steps} steps"
+        + (" [quick: not the acceptance run]" if quick else ""),
+        json_path=json_path,
+    )
+    load0 = os.getloadavg()
+    rows = []
+    for n in Ns:
+        c = layer_cost(n, steps=steps)
+        report.data[f"layer_N{n}"] = c
+        rows.append(
+            [
+                f"LayerMonitor N={n} k=8 ({c['refits']} refits, window {c['window']})",
+                c["cpu_ms_per_step"],
+                c["thread_ms_per_step"],
+                c["max_update_ms"],
+                f"{c['jacobian_calls']} / {c['jacobian_s']:.1f} s",
+            ]
+        )
+        report.check(
+            f"N={n}: CPU ms per step (all threads)",
+            c["cpu_ms_per_step"],
+            COST_TARGETS["cpu_ms_per_step"],
+            at_least=False,
+            unit=" ms",
+        )
+        report.check(
+            f"N={n}: slowest update() wall",
+            c["max_update_ms"],
+            COST_TARGETS["max_update_ms"],
+            at_least=False,
+            unit=" ms",
+        )
+    # a training step of 5 ms (its work on the GPU, the host thread idle): the fits finish
+    # within the refit lag and no step waits (information, no target)
+    c = layer_cost(max(Ns), steps=steps, step_s=0.005)
+    report.data[f"layer_N{max(Ns)}_5ms_steps"] = c
+    rows.append(
+        [
+            f"  same, N={max(Ns)}, a 5 ms training step between updates",
+            c["cpu_ms_per_step"],
+            c["thread_ms_per_step"],
+            c["max_update_ms"],
+            f"{c['jacobian_calls']} / {c['jacobian_s']:.1f} s",
+        ]
+    )
+    d = diagnose_cost(steps=steps)
+    report.data["diagnose"] = d
+    rows.append(
+        [
+            f"moebif diagnose, {d['layers']} layers x {d['steps']} steps, N={d['n_experts']}",
+            1e3 * d["cpu_s"] / (d["layers"] * d["steps"]),
+            None,
+            1e3 * d["wall_s"],
+            f"{d['jacobian_calls']} / {d['jacobian_s']:.1f} s",
+        ]
+    )
+    report.require("diagnose exit code 0", d["exit_code"] == 0)
+    report.check(
+        "diagnose wall", d["wall_s"], COST_TARGETS["diagnose_s"], at_least=False, unit=" s"
+    )
+    load1 = os.getloadavg()
+    report.data["load_average"] = [load0, load1]
+    report.table(
+        f"load average {load0[0]:.1f} -> {load1[0]:.1f} on {os.cpu_count()} cores (CPU times: "
+        "process_time, every thread; the wall of one update() is what a training step waits)",
+        [
+            ("measurement", "<52"),
+            ("CPU ms/step", ">11.3f"),
+            ("caller ms/step", ">14.3f"),
+            ("max wall ms", ">11.1f"),
+            ("inclusion Jacobian", ">18"),
+        ],
+        rows,
+    )
+    report.note(
+        "targets: <= 1 ms CPU per step and layer (fits included), no update() over 50 ms wall, "
+        f"diagnose <= {COST_TARGETS['diagnose_s']:g} s; the diagnose row: CPU ms per step and "
+        "layer, the whole command's wall in the 'max wall ms' column"
+    )
+    return report.finish()
 
 
 # --------------------------------------------------------------------------------------------
@@ -657,13 +891,19 @@ def main(argv=None) -> int:
             "memory",
             "logsize",
             "overhead",
+            "cost",
             "all",
         ),
         help="which measurements (default: stack, the ones with targets)",
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run of stack")
-    parser.add_argument("--steps", type=int, default=None, help="memory: steps (20000)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="memory: steps (20000); cost: steps (3000)"
+    )
     parser.add_argument("--pairs", type=int, default=None, help="overhead: step pairs (200)")
+    parser.add_argument(
+        "--experts", default="64,256", help="cost: the N of the LayerMonitor rows (64,256)"
+    )
     args = arguments(__doc__, argv, parser)
     what = args.what
     if what in ("estimation", "all"):
@@ -678,6 +918,9 @@ def main(argv=None) -> int:
             ramp(window_units=100.0, Ns=(8,), seed=seed)
     if what in ("metastable", "all"):
         metastable()
+    if what == "cost":
+        Ns = tuple(int(v) for v in args.experts.split(","))
+        return cost(args.json, quick=args.quick, steps=args.steps, Ns=Ns)
     parts = {"stack": ("memory", "logsize", "overhead"), "all": ("memory", "logsize", "overhead")}
     parts.update({k: (k,) for k in ("memory", "logsize", "overhead")})
     if what in parts:

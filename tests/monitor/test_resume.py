@@ -39,7 +39,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
             str(kill_at),
         ],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # this checkout's moebif (src/), not whichever one the environment has installed
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},
         capture_output=True,
         text=True,
         timeout=300,

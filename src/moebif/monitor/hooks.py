@@ -43,7 +43,10 @@ output size is data-dependent): per layer ``[invalid | -1 | e_0..e_{N-1} | skip 
 importance_0..importance_{N-1} | logit sums | tokens with logits]``.
 :meth:`~RouterMonitor.step` makes one transfer per device (``non_blocking``; on CUDA read at the
 next :meth:`~RouterMonitor.step`, so the host never waits for the GPU) for all layers, optionally
-every ``sync_every`` steps.
+every ``sync_every`` steps. On the host a step costs O(N) per layer; the monitors' refits run on
+a worker thread and are concluded ``refit_lag`` steps later (a ``monitor_options`` entry,
+default 8: see :mod:`moebif.monitor.monitor`), so :meth:`~RouterMonitor.step` waits for a fit
+only where that many training steps take less time than the fit (tens of ms at N = 256).
 
 **Distributed.** With ``torch.distributed`` initialised, the buffer is summed over ``group``
 (default: the world) with one ``all_reduce`` per transfer before any monitor sees it: every rank

@@ -1,8 +1,38 @@
 """Online collapse monitor: per-layer expert counts in, metrics, model estimates and alarms out.
 
-Per logged step the work is O(N) (accumulate the block sum); every ``block`` steps the block
-mean enters a ring buffer of the last ``window`` steps and the latent-score filter; every
-``refit`` steps the Whittle fit of :mod:`moebif.monitor.whittle` is redone on the buffer.
+Per logged step the work is O(N) (accumulate the block sum; with importance and logits, the
+O(K N) lag sums of :class:`~moebif.monitor.feedback.FeedbackStats`); every ``block`` steps the
+block mean enters a ring buffer of the last ``window`` steps and the latent-score filter; every
+``refit`` steps the Whittle fit of :mod:`moebif.monitor.whittle` (and the feedback fit of
+:mod:`moebif.monitor.feedback`) is redone on the buffer.
+
+**Fits off the training thread, deterministic.** A monitor inside someone else's training loop
+must not stall it, and the same inputs must give the same alarms online, in bulk
+(:meth:`LayerMonitor.update_many`) and replayed (``moebif diagnose``). So a refit is split in
+three. At the refit step ``s`` the monitor takes a snapshot: the window's block means, a copy
+of the feedback statistics (:meth:`FeedbackStats.snapshot`) and the load modes it holds. The
+fits are a pure function of that snapshot and run on one worker thread that all monitors share
+(a ``concurrent.futures`` executor, FIFO). Their result is concluded (regime, ``kappa_hat``,
+the model-based alarms, the automatic window) at the first block end at or after
+``s + refit_lag`` steps (default 8), on the calling thread, which waits there only if the worker
+is not done yet; the offline paths conclude it at that same step, so the result cannot depend
+on timing. ``background=False`` runs the fits at the concluding step on the calling thread:
+the same results, blocking. A checkpoint saves a pending fit as its snapshot; the restored
+monitor runs it again (:meth:`LayerMonitor.load_state_dict`).
+
+The load modes (the eigenvectors of the load Jacobian at the window's profile; for top-k the
+inclusion Jacobian of :mod:`moebif.model.inclusion`, N^2 integrals) are the one part that can
+take seconds. They are kept while the profile stays put: within ``MODES_TOL`` (2%) of the
+profile they were computed at plus twice its sampling error (:func:`_profile_moved`; the uniform
+state has them in closed form). When a conclusion finds the profile moved, the new modes are
+computed in a second worker lane and installed at the next refit's snapshot (one refit
+interval later, waiting there only if they are not done); until then the fits use the modes
+held. Only the first refit computes its modes within its own fit, and for ``N <= 16``
+(``MODES_FRESH``: tens of ms) every fit does, so small routers use the modes of their very
+window, also while a collapse moves the profile fast. The refit's cost is then
+that of the fits themselves (tens of ms at N = 256), off the training thread; a step waits
+only where ``refit_lag`` steps of training take less than that (benchmarks/bench_monitor.py
+``cost``).
 
 **Latent scores.** The router's scores are an exponential average of its own loads,
 ``r_{n+1} = (1 - eta gamma) r_n + eta a_eff l_n``, so ``d_i = r_i / T`` is reconstructed from the
@@ -52,14 +82,17 @@ the mean-field router runs into collapse without further noise.
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ..model.thresholds import thresholds
 from .metrics import load_metrics, max_load_excess
-from .whittle import WhittleFit, fit_whittle, stationary_profile
+from .whittle import WhittleFit, fit_whittle, load_modes, profile_error, stationary_profile
 
 __all__ = ["Alarm", "LayerMonitor", "LoadMonitor", "default_block", "recommended_window"]
 
@@ -150,6 +183,84 @@ def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) ->
         return math.nan
     with np.errstate(over="ignore"):
         return float(tau / eta_gamma)
+
+
+# ----------------------------------------------------------------------------------------------
+# the fits, off the training thread
+
+MODES_TOL = 0.02  # relative change of the loads that needs new load modes (beyond the noise)
+MODES_FRESH = 16  # up to this N every fit computes its own modes (the Jacobian takes ~10 ms)
+
+_EXECUTORS: dict[str, ThreadPoolExecutor] = {}
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _executor(lane: str = "fits") -> ThreadPoolExecutor:
+    """The worker threads that every monitor shares, one per lane (FIFO within a lane): ``fits``
+    for the refits, ``modes`` for the load modes of a moved profile (the top-k load Jacobian
+    can take seconds; in a lane of its own it never holds up a refit)."""
+    with _EXECUTOR_LOCK:
+        if lane not in _EXECUTORS:
+            _EXECUTORS[lane] = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"moebif-{lane}"
+            )
+        return _EXECUTORS[lane]
+
+
+def _forget_executors() -> None:
+    _EXECUTORS.clear()  # a forked child has no worker threads: it starts its own
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_executors)
+
+
+def _profile_moved(cached, profile, error) -> bool:
+    """The profile left the one the modes were computed at: an expert's load moved by more than
+    ``3 (MODES_TOL cached + 2 se)``, or all of them by more than ``MODES_TOL cached + 2 se`` in
+    the mean square (``se``: the window's standard error of each load, :func:`profile_error`,
+    at most ``MODES_TOL cached``). Sampling noise alone does not move it (the windows' profiles
+    differ by ~1.4 se)."""
+    # the noise allowance is capped (the sub-window scatter of a profile in motion is large)
+    scale = MODES_TOL * cached + np.minimum(2.0 * np.nan_to_num(error), MODES_TOL * cached)
+    z = np.abs(profile - cached) / np.maximum(scale, 1e-300)
+    return bool(z.max() > 3.0 or np.sqrt(np.mean(z * z)) > 1.0)
+
+
+def _modes_at(profile, k: int):
+    """``(profile, mu, V, groups)`` of :func:`load_modes`, or None where the profile has none
+    (a top-k load at 1/k or more)."""
+    try:
+        return (profile, *load_modes(profile, k))
+    except (ValueError, np.linalg.LinAlgError):
+        return None
+
+
+def _fit_window(x, block: int, n: int, k: int, feedback, modes):
+    """The fits of one refit, a pure function of its snapshot (run on the ``fits`` worker):
+    ``(profile, modes computed here or None, whittle fit, feedback fit, profile moved)``.
+    ``x``: the window's block means (M, N); ``feedback``: a :meth:`FeedbackStats.snapshot` or
+    None; ``modes``: the monitor's ``(profile, mu, V, groups)`` (None: computed here)."""
+    profile = stationary_profile(x)
+    if n <= MODES_FRESH:
+        modes = None  # cheap: the modes of this very window
+    new = _modes_at(profile, k) if modes is None else None
+    use = modes if modes is not None else new
+    fit = fb = None
+    if use is not None:
+        try:
+            fit = fit_whittle(x, block=block, n_experts=n, top_k=k, profile=profile, modes=use[1:])
+        except ValueError:
+            fit = None
+        if feedback is not None:
+            from .feedback import fit_feedback
+
+            try:
+                fb = fit_feedback(feedback, use[1:])
+            except (ValueError, np.linalg.LinAlgError):
+                fb = None
+    moved = modes is not None and _profile_moved(modes[0], profile, profile_error(x))
+    return profile, new, fit, fb, moved
 
 
 FILTER_STEPS = 10
@@ -305,6 +416,11 @@ class LayerMonitor:
       steps-to-collapse interval), or that it is negative already, on ``approach_refits``
       estimates in a row.
     - ``forecast_points``: estimates the margin's trend is fitted on.
+    - ``refit_lag``: steps from a refit's snapshot to the step at which its fits are concluded
+      (default 8; concluded at the first block end from there, at most the refit interval
+      later; see the module docstring).
+    - ``background``: run the fits on the shared worker thread (default); ``False`` runs them
+      at the concluding step on the calling thread: the same results, later and blocking.
     - ``name``: layer label in alarms.
     - ``history``: fits and block records kept for read-out (the latest ``history`` of each;
       ``None``: all, as ``moebif diagnose`` does for a finished log). Memory is bounded by the
@@ -338,6 +454,8 @@ class LayerMonitor:
     force_segments: int = 20
     horizon: int = 1000
     forecast_points: int = 8
+    refit_lag: int | None = None
+    background: bool = True
     name: str = ""
     history: int | None = 2048
     alarms: list[Alarm] = field(default_factory=list, init=False)
@@ -417,6 +535,11 @@ class LayerMonitor:
         self.forecasts: deque = deque(maxlen=keep)  # (ForceEstimate, ForecastState)
         self._f_above = 0
         self._collapse_cache = None  # (profile, A, kappa of the collapsed state)
+        self._modes = None  # (profile, mu, V, groups): the load modes, kept while it stays put
+        self._pending = None  # the snapshot of a fit not yet concluded (plain values)
+        self._future = None  # its result on the worker thread (not part of the state)
+        self._modes_request = None  # a moved profile whose modes the next refit installs
+        self._modes_future = None  # (not part of the state)
 
     # -------------------------------------------------------------------------------------
     # window, refit and dwell
@@ -434,6 +557,8 @@ class LayerMonitor:
         else:
             self.dwell = int(self._user_dwell)
         self._nd = max(1, -(-self.dwell // self.block))
+        lag = 8 if self.refit_lag is None else int(self.refit_lag)
+        self._lag = max(1, min(lag, self.refit))
 
     def _adapt_window(self) -> None:
         """Automatic window: the recommended one at the fitted eta gamma; the block grows (pairs
@@ -581,8 +706,12 @@ class LayerMonitor:
                 out += self.update(c[i])
                 i += 1
                 continue
-            # whole blocks, up to the next refit (where the block size may change)
-            nb = min(nb, max(1, -(-(self.refit - self._since_refit) // m)))
+            # whole blocks, up to the next refit or the conclusion of a pending fit (where the
+            # block size may change)
+            ahead = self.refit - self._since_refit
+            if self._pending is not None:
+                ahead = min(ahead, self._pending["apply"] - self.step)
+            nb = min(nb, max(1, -(-ahead // m)))
             seg = c[i : i + nb * m]
             bm, bc = self._block_stats(seg, nb)
             for j in range(nb):
@@ -606,10 +735,14 @@ class LayerMonitor:
         self._recent = np.vstack([self._recent, bm])[-2 * nd :]
         out = self._check_profile(bm, bc)
         # the automatic window fits what it has while it grows (short windows are marked so)
+        if self._pending is not None and self.step >= self._pending["apply"]:
+            out += self._apply_fit()
         need = 32 if self._auto else max(self._cap // 2, 32)
         if self._since_refit >= self.refit and self._nblocks >= need:
             self._since_refit = 0
-            out += self._refit()
+            if self._pending is not None:  # a lag longer than the refit interval
+                out += self._apply_fit()
+            self._start_fit()
         elif self._since_refit >= self.refit and self._feedback is not None:
             self._since_refit = 0
             self._feedback.close_segment()
@@ -783,32 +916,67 @@ class LayerMonitor:
     # -------------------------------------------------------------------------------------
     # the model-based rules
 
-    def _refit(self) -> list[Alarm]:
+    def _start_fit(self) -> None:
+        """Snapshot the window (and the feedback statistics) at this refit step and hand the
+        fits to the worker thread; :meth:`_apply_fit` concludes them ``refit_lag`` steps on.
+        Modes requested at the last conclusion are installed first (waiting if needed)."""
+        if self._modes_request is not None:
+            fut, self._modes_future = self._modes_future, None
+            new = fut.result() if fut is not None else _modes_at(self._modes_request, self.top_k)
+            self._modes_request = None
+            if new is not None:
+                self._modes = new
         nb = min(self._nblocks, self._cap)
         start = self._nblocks % self._cap if self._nblocks > self._cap else 0
         x = np.roll(self._buf, -start, axis=0)[:nb] if self._nblocks > self._cap else self._buf[:nb]
         want = max(32, self.window // self.block)
-        x = x[-want:]
-        nb = x.shape[0]
-        n, k = self.n_experts, self.top_k
-        profile = stationary_profile(x)
-        try:
-            fit = fit_whittle(x, block=self.block, n_experts=n, top_k=k, profile=profile)
-        except ValueError:
-            fit = None
         fb = None
         if self._feedback is not None:
             self._feedback.close_segment()
             if len(self._feedback._seg) >= 4:
-                from .feedback import fit_feedback
-                from .whittle import load_modes
+                fb = self._feedback.snapshot()
+        self._pending = {
+            "step": self.step,
+            "apply": self.step + self._lag,
+            "x": x[-want:].copy(),
+            "block": self.block,
+            "feedback": fb,
+            "modes": self._modes,
+        }
+        self._submit()
 
-                try:
-                    mu, V, _ = load_modes(profile, k)
-                    fb = fit_feedback(self._feedback, (mu, V))
-                except (ValueError, np.linalg.LinAlgError):
-                    fb = None
-        rf = _Refit(self.step, fit, fb)
+    def _submit(self) -> None:
+        p = self._pending
+        args = (p["x"], p["block"], self.n_experts, self.top_k, p["feedback"], p["modes"])
+        self._future = _executor("fits").submit(_fit_window, *args) if self.background else None
+
+    def _submit_modes(self) -> None:
+        if self.background:
+            lane = _executor("modes")
+            self._modes_future = lane.submit(_modes_at, self._modes_request, self.top_k)
+
+    def _apply_fit(self) -> list[Alarm]:
+        """Conclude the pending fit (waiting for the worker only if it is not done yet)."""
+        p, fut = self._pending, self._future
+        self._pending = self._future = None
+        if fut is not None:
+            profile, modes, fit, fb, moved = fut.result()
+        else:
+            profile, modes, fit, fb, moved = _fit_window(
+                p["x"], p["block"], self.n_experts, self.top_k, p["feedback"], p["modes"]
+            )
+        if modes is not None:
+            self._modes = modes
+        if moved:  # new modes for the next refit, computed meanwhile in their own lane
+            self._modes_request = profile
+            self._submit_modes()
+        return self._conclude(p["step"], p["x"].shape[0] * p["block"], profile, fit, fb)
+
+    def _conclude(self, step: int, span: int, profile, fit, fb) -> list[Alarm]:
+        """The regime and the model-based alarms from the fits of the window of ``span`` steps
+        that ended at ``step``."""
+        n, k = self.n_experts, self.top_k
+        rf = _Refit(step, fit, fb)
         # which estimate speaks for the router: the logits when they resolve it
         if fb is not None and fb.resolved:
             rf.source = "logits"
@@ -871,7 +1039,6 @@ class LayerMonitor:
             uniform = float(np.abs(profile * n - 1.0).max()) <= 1e-9
             if n >= 3 and k == 1 and uniform and rf.kappa_hi >= ksn and fit is not None:
                 rf._esc_args = (ksn, rf.eta_gamma, fit.b_eff, n)
-        span = nb * self.block  # steps fitted (before the automatic window merges blocks)
         rf.window_units = span * self._eg
         if self._auto and self._eg_known:
             self._adapt_window()
@@ -884,7 +1051,7 @@ class LayerMonitor:
                 (f"the window spans {rf.window_units:.0f} < {self.min_units:g} relaxation units"),
             )
         # a window that overlaps a collapse alarm is not about the balanced state
-        excursion = self.step - span < self._excursion_step
+        excursion = step - span < self._excursion_step
         if excursion:
             rf.regime, rf.reason = "excursion", "the window overlaps a collapse alarm"
         if self._ref is None and rf.regime not in ("excursion",):
@@ -968,7 +1135,10 @@ class LayerMonitor:
     def state_dict(self) -> dict:
         """The complete state as plain Python values (dicts, lists, numbers, strings): safe for
         ``json`` and for ``torch.save`` / ``torch.load(weights_only=True)``."""
-        return {"format": "moebif.LayerMonitor/1", "state": _encode(vars(self))}
+        # a pending fit is saved as its snapshot (the worker's result is not waited for): the
+        # restored monitor runs it again, a pure function of the snapshot, to the same result
+        state = {k: v for k, v in vars(self).items() if k not in ("_future", "_modes_future")}
+        return {"format": "moebif.LayerMonitor/1", "state": _encode(state)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a :meth:`state_dict` (of a monitor with the same N, top-k and window rule)."""
@@ -983,6 +1153,11 @@ class LayerMonitor:
                     f"monitor's {getattr(self, key)!r}"
                 )
         vars(self).update(values)
+        self._future = self._modes_future = None
+        if self._pending is not None:
+            self._submit()
+        if self._modes_request is not None:
+            self._submit_modes()
 
     @property
     def estimate(self) -> WhittleFit | None:
@@ -1241,6 +1416,7 @@ def _decode(x):
         return FeedbackFit(**{k: _decode(v) for k, v in x["__feedbackfit__"].items()})
     if "__feedbackstats__" in x:
         st = FeedbackStats.__new__(FeedbackStats)
+        st._unfolded = 0  # states saved before the batched averages
         vars(st).update({k: _decode(v) for k, v in x["__feedbackstats__"].items()})
         return st
     return x

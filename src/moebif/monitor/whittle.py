@@ -59,6 +59,7 @@ __all__ = [
     "load_modes",
     "mode_periodogram",
     "periodogram",
+    "profile_error",
     "stationary_profile",
 ]
 
@@ -208,13 +209,20 @@ def load_modes(profile, top_k: int = 1, *, tol: float = 0.02):
     such modes are exchangeable and share a noise level. A profile within ``tol`` of uniform is
     taken as uniform (one group, the symmetric theory's modes)."""
     from ..model.heterogeneous import state_of_profile
+    from ..model.topk import topk_uniform_slope
 
     p = np.asarray(profile, dtype=float)
     n = p.size
     p = np.clip(p, 1e-12, None)
     p = p / p.sum()
     if np.abs(p * n - 1.0).max() <= tol:
-        p = np.full(n, 1.0 / n)
+        # the uniform state in closed form: K = (alpha_k / k) (I - 11^T / N), every contrast a
+        # mode (no N^2 integrals of the top-k Jacobian)
+        alpha = topk_uniform_slope(n, top_k) if top_k > 1 else 1.0 / n
+        _, V = np.linalg.eigh(np.eye(n) - 1.0 / n)
+        common = int(np.argmax(np.abs(V.sum(axis=0))))
+        V = V[:, [j for j in range(n) if j != common]]
+        return np.full(n - 1, alpha / top_k), V, [np.arange(n - 1)]
     st = state_of_profile(p, top_k)
     mu, V = st.mu, st.modes
     groups, start = [], 0
@@ -225,6 +233,18 @@ def load_modes(profile, top_k: int = 1, *, tol: float = 0.02):
     return mu, V, groups
 
 
+def profile_error(block_means) -> np.ndarray:
+    """Standard error of each expert's mean load over a window of block means (N,), from the
+    scatter of 8 sub-window means (the slow fluctuations near ``kappa = 1`` included); NaN for
+    fewer than 16 blocks."""
+    x = np.asarray(block_means, dtype=float)
+    m = x.shape[0] // 8
+    if m < 2:
+        return np.full(x.shape[1], np.nan)
+    sub = x[: 8 * m].reshape(8, m, x.shape[1]).mean(axis=1)
+    return sub.std(axis=0, ddof=1) / math.sqrt(8.0)
+
+
 def stationary_profile(block_means) -> np.ndarray:
     """The load profile a window of block means sits at: their mean, or the uniform state when
     the window cannot tell them from it (every expert within four standard errors of ``1/N``,
@@ -233,12 +253,8 @@ def stationary_profile(block_means) -> np.ndarray:
     x = np.asarray(block_means, dtype=float)
     n = x.shape[1]
     p = x.mean(axis=0)
-    m = x.shape[0] // 8
-    if m >= 2:
-        sub = x[: 8 * m].reshape(8, m, n).mean(axis=1)
-        se = sub.std(axis=0, ddof=1) / math.sqrt(8.0)
-        if np.all(np.abs(p - 1.0 / n) <= 4.0 * se + 1e-3 / n):
-            return np.full(n, 1.0 / n)
+    if x.shape[0] // 8 >= 2 and np.all(np.abs(p - 1.0 / n) <= 4.0 * profile_error(x) + 1e-3 / n):
+        return np.full(n, 1.0 / n)
     return p
 
 
@@ -261,6 +277,7 @@ def fit_whittle(
     n_experts: int | None = None,
     top_k: int = 1,
     profile=None,
+    modes=None,
     grid: int = 24,
     zooms: int = 5,
 ) -> WhittleFit:
@@ -277,6 +294,9 @@ def fit_whittle(
       Jacobian).
     - ``profile``: the stationary load profile the router sits at (default: the mean of the
       blocks); its modes are the eigenvectors of the load Jacobian there.
+    - ``modes``: ``(mu, V, groups)`` of :func:`load_modes` at ``profile``, when the caller has
+      them (the top-k load Jacobian costs N^2 integrals; a monitor keeps them while the profile
+      stays put); by default computed here.
     - ``grid``, ``zooms``: the search in ``(log(1 - phi), log(1 - theta))`` of the slowest mode:
       a ``grid x grid`` scan, then ``zooms`` rounds, each a 9x9 scan around the best point at a
       quarter the span.
@@ -289,7 +309,9 @@ def fit_whittle(
     M = x.shape[0]
     if not np.all(np.isfinite(x)) or np.ptp(x, axis=0).max() <= 0.0:
         raise ValueError("block_means: constant or non-finite loads")
-    mu, V, groups = load_modes(x.mean(axis=0) if profile is None else profile, top_k)
+    if modes is None:
+        modes = load_modes(x.mean(axis=0) if profile is None else profile, top_k)
+    mu, V, groups = modes
     w_all, per_all = mode_periodogram(x, V)
     if not np.all(np.isfinite(per_all)) or per_all.max() <= 0.0:
         raise ValueError("block_means: constant or non-finite loads")
