@@ -196,14 +196,16 @@ def test_monitor_warns_before_the_margin_closes_and_replays_identically():
     assert back.forecast() == mon.forecast()
 
 
-def test_probe_on_an_aux_only_loss_sees_no_language_model_force():
+def test_probe_on_an_aux_only_loss_sees_no_language_model_force(tmp_path):
     """Trained on the aux term alone, the gradient at the last MoE layer's logits is exactly the
     closed form at the coefficient the probe reads (the layer's own aux term and nothing
     downstream), so its language-model projection is zero to rounding while its restoring force
     is not. An earlier layer also gets the later layers' aux terms through the hidden states:
-    that indirect part is counted with the language model's (a few percent here)."""
+    that indirect part is counted with the language model's (a few percent here). Read from the
+    log, which carries the probe's per-step sums."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
+    from moebif.monitor import read_log
     from moebif.monitor.hooks import RouterMonitor
     from moebif.monitor.tiny import corpus, text_batches, tiny_model
 
@@ -211,19 +213,24 @@ def test_probe_on_an_aux_only_loss_sees_no_language_model_force():
     model = tiny_model("qwen3_moe", 0)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    mon = RouterMonitor(model, aux_coef=0.3)
+    log = tmp_path / "router.jsonl"
+    mon = RouterMonitor(model, aux_coef=0.3, log=log)
     for x in text_batches(12, 4, 32, seed=1, corpus=corpus("pydoc")):
         out = model(input_ids=x, labels=x)
         (0.3 * out.aux_loss).backward()
         opt.step()
         opt.zero_grad()
         mon.step()
-    labels = list(mon.monitors)
-    for lab in labels:
-        st = mon.monitors[lab]._fstats
-        assert st.cur[3] == 12  # one backward pass a step, all seen
-        assert st.cur[5] >= 10  # a restoring force at (almost) every step
-    last = mon.monitors[labels[-1]]._fstats
-    assert abs(last.cur[0]) <= 1e-5 * last.cur[1]  # sum of LM projections / (-A_n)
-    first = mon.monitors[labels[0]]._fstats
-    assert abs(first.cur[0]) <= 0.05 * first.cur[1]
+    mon.close()
+    layers = read_log(log).layers
+    assert len(layers) == 2
+
+    def lm_over_restoring(f):
+        f = f[1:]  # the first step is the shock's reference (zero shock)
+        assert np.all(f[:, 3] == 1.0) and np.all(f[:, 4] == pytest.approx(0.3))
+        assert np.all(f[:, 1] < 0)  # a restoring force at every step
+        return float(np.sum(f[:, 0] / (-f[:, 1] / f[:, 2])) / f[:, 2].sum())
+
+    first, last = (lm_over_restoring(lay.forces) for lay in layers.values())
+    assert abs(last) <= 1e-5
+    assert abs(first) <= 0.05
