@@ -51,7 +51,7 @@ def _train(family: str, corpus: str, phase: str, args, out: Path) -> dict:
     model = tiny_model(family, args.seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    stem = f"{family}-{corpus}-{phase}"
+    stem = f"{family}-{corpus}-{phase}{args.tag}"
     log = out / f"{stem}.jsonl"
     if log.exists():
         log.unlink()
@@ -157,7 +157,7 @@ def evaluate(run: dict, alarms: list[dict]) -> dict:
 def report(out: Path) -> dict:
     rows = {}
     for p in sorted(out.glob("*.json")):
-        if p.name == "report.json":
+        if p.name.startswith("report"):
             continue
         run = json.loads(p.read_text())
         alarms, summary = replay(run, out)
@@ -189,21 +189,24 @@ def main(argv=None) -> int:
     ap.add_argument("--target", type=float, default=-0.25)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="suffix of the run names (e.g. another --target)")
     ap.add_argument("--report", action="store_true", help="only report the finished runs")
+    ap.add_argument("--no-report", action="store_true", help="only train the missing runs")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report:
         for spec in args.runs:
             family, corpus = spec.split(":")
             for phase in args.phases:
-                path = args.out / f"{family}-{corpus}-{phase}.json"
+                path = args.out / f"{family}-{corpus}-{phase}{args.tag}.json"
                 if path.exists():
                     continue
                 run = _train(family, corpus, phase, args, args.out)
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(run))
                 tmp.replace(path)
-    report(args.out)
+    if not args.no_report:
+        report(args.out)
     return 0
 
 

@@ -12,6 +12,8 @@ known: each step's counts are a multinomial draw of ``B`` tokens (top-1) from a 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -165,3 +167,29 @@ def test_experts_dying_slowly_raise_dead_experts():
     assert not [a for a in mon.alarms if a.kind in (COLLAPSE_IN_PROGRESS, COLLAPSED)]
     assert mon.state() == "dead-experts"
     assert mon.summary()["reference"]["dead_now"] in ([5], [6], [5, 6])
+
+
+def test_diagnose_says_what_it_sees(tmp_path, capsys):
+    """``moebif diagnose`` on a log with a layer that collapses and stays collapsed (its other
+    experts starve) and a layer concentrated from the start: the first reads ``collapsed`` with
+    no kappa_hat and its dead experts counted against the frozen reference; the second has no
+    reference and no message quotes a stable profile it never had."""
+    from moebif.cli import main
+    from moebif.monitor import write_log
+
+    s = np.concatenate([np.zeros(1500), np.linspace(0, 0.95, 200), np.full(800, 0.95)])
+    a = _draw([_concentrating(P0, x) for x in s], 256, seed=4)
+    b = _draw([_concentrating(P0, 0.95)] * s.size, 256, seed=6)
+    write_log(tmp_path / "log.npz", np.arange(s.size), {"a": a, "b": b})
+    assert main(["diagnose", str(tmp_path / "log.npz"), "--out", str(tmp_path / "o")]) == 0
+    text = capsys.readouterr().out
+    assert "layer a: collapsed since step" in text and "kappa_hat not shown" in text
+    assert "layer b: collapsed since step" in text
+    assert "reference profile: none yet" in text
+    assert "stable profile 0.00" not in text and "while warming up" in text
+    d = json.loads((tmp_path / "o" / "diagnose.json").read_text())
+    la, lb = d["layers"]
+    assert la["state"] == "collapsed" and {x["kind"] for x in la["active"]} >= {COLLAPSED}
+    assert la["reference"]["alive"] == 8 and len(la["reference"]["dead_now"]) >= 6
+    assert la["regime"] and la["alarms"] and la["metrics"]  # the keys scripts read are kept
+    assert lb["state"] == "collapsed" and lb["reference"] is None
