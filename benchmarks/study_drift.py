@@ -17,8 +17,10 @@ rules can change without retraining) and prints, per layer:
   the max-load excess ``E = (max_i f_i - 1/N) / (1/k - 1/N)`` is 0.3 or more above its median
   over steps 500-1000 (not the monitor's rule);
 - the first drift/collapse alarm (``collapse-in-progress``, ``collapsed``) and its lead (+) or
-  lag (-) on that step, the ``dead-experts`` alarms, and the alarms of the healthy runs (false
-  alarms unless the independent criterion was crossed before them).
+  lag (-) on that step, and (drift runs) the first one of the monitor with the short-term
+  (following) reference only (``frozen_reference=False``, the rule before the frozen
+  reference), the ``dead-experts`` alarms, and the alarms of the healthy runs (false alarms
+  unless the independent criterion was crossed before them).
 
 Usage: ``python benchmarks/study_drift.py --runs qwen3_moe:pydoc granitemoe:licenses`` (trains
 what is missing, then reports); ``--report`` only reports.
@@ -76,7 +78,8 @@ def _train(family: str, corpus: str, phase: str, args, out: Path) -> dict:
             c = mon.counts(label)[-1]
             loads[label].append((c / max(c.sum(), 1)).tolist())
         if i % 250 == 0:
-            print(f"  {stem} step {i} {time.time() - t0:.0f}s loss {res.loss.item():.3f}", flush=True)
+            took = time.time() - t0
+            print(f"  {stem} step {i} {took:.0f}s loss {res.loss.item():.3f}", flush=True)
     mon.close()
     top_k = {label: m.top_k for label, m in mon.monitors.items()}
     return {
@@ -96,15 +99,15 @@ def _train(family: str, corpus: str, phase: str, args, out: Path) -> dict:
     }
 
 
-def replay(run: dict, out: Path) -> tuple[list[dict], dict]:
+def replay(run: dict, out: Path, **options) -> tuple[list[dict], dict]:
     """Alarms and final summaries of the run's log fed step by step to the current
-    :class:`LayerMonitor` at the defaults ``RouterMonitor`` uses."""
+    :class:`LayerMonitor` at the defaults ``RouterMonitor`` uses (and ``options``)."""
     from moebif.monitor import LayerMonitor, read_log
 
     rlog = read_log(out / run["log"])
     alarms, summary = [], {}
     for lay in rlog.layers.values():
-        mon = LayerMonitor(lay.n_experts, top_k=lay.top_k, name=lay.name)
+        mon = LayerMonitor(lay.n_experts, top_k=lay.top_k, name=lay.name, **options)
         imp = lay.importance
         for t in range(lay.counts.shape[0]):
             mon.update(lay.counts[t], None if imp is None else imp[t])
@@ -162,15 +165,22 @@ def report(out: Path) -> dict:
         run = json.loads(p.read_text())
         alarms, summary = replay(run, out)
         ev = evaluate(run, alarms)
+        if run["phase"] == "drift":
+            # the short-term (following) reference alone: the monitor before the frozen one
+            old = evaluate(run, replay(run, out, frozen_reference=False)[0])
+            for label, d in ev.items():
+                d["following_only_alarm"] = old[label]["first_collapse_alarm"]
         for label, d in ev.items():
             d["regime"] = summary[label]["regime"]
+            d["state"] = summary[label]["state"]
             extra = f"false {d['false']}" if run["phase"] == "healthy" else ""
             print(
                 f"{p.stem:30s} {label:22s} base {d['base']:.2f} final {d['final']:.2f} "
                 f"dead {d['dead_final']} collapse@{d['collapse_step']} "
                 f"alarm@{d['first_collapse_alarm']} lead {d['lead']} "
+                f"following-only@{d.get('following_only_alarm', '-')} "
                 f"dead-experts@{d['dead_alarms'][:3]} recovered@{d['recovered'][:3]} "
-                f"regime {d['regime']} {extra}"
+                f"state {d['state']} {extra}"
             )
             print(f"{'':30s} alarms {d['alarms']}")
         rows[p.stem] = ev
