@@ -19,7 +19,7 @@ rules can change without retraining) and prints, per layer:
 - the first drift/collapse alarm (``collapse-in-progress``, ``collapsed``) and its lead (+) or
   lag (-) on that step, and (drift runs) the first one of the monitor with the short-term
   (following) reference only (``frozen_reference=False``, the rule before the frozen
-  reference), the ``dead-experts`` alarms, and the alarms of the healthy runs (false alarms
+  reference; fed the counts without the importance, for speed), the ``dead-experts`` alarms, and the alarms of the healthy runs (false alarms
   unless the independent criterion was crossed before them).
 
 Usage: ``python benchmarks/study_drift.py --runs qwen3_moe:pydoc granitemoe:licenses`` (trains
@@ -99,24 +99,24 @@ def _train(family: str, corpus: str, phase: str, args, out: Path) -> dict:
     }
 
 
-def replay(run: dict, out: Path, **options) -> tuple[list[dict], dict]:
-    """Alarms and final summaries of the run's log fed step by step to the current
-    :class:`LayerMonitor` at the defaults ``RouterMonitor`` uses (and ``options``)."""
-    from moebif.monitor import LayerMonitor, read_log
+def replay(lay, importance=True, **options):
+    """The alarms and final summary of one layer of a log (:class:`moebif.monitor.LayerLog`) fed
+    step by step to the current :class:`LayerMonitor` at the defaults ``RouterMonitor`` uses
+    (and ``options``): what the online monitor computes, step for step. ``importance=False``
+    feeds the counts only (faster; the fits, hence the dwell, may differ a little)."""
+    from moebif.monitor import LayerMonitor
 
-    rlog = read_log(out / run["log"])
-    alarms, summary = [], {}
-    for lay in rlog.layers.values():
-        mon = LayerMonitor(lay.n_experts, top_k=lay.top_k, name=lay.name, **options)
-        imp = lay.importance
+    mon = LayerMonitor(lay.n_experts, top_k=lay.top_k, name=lay.name, **options)
+    imp = lay.importance if importance else None
+    if imp is None:
+        mon.update_many(lay.counts)
+    else:
         for t in range(lay.counts.shape[0]):
-            mon.update(lay.counts[t], None if imp is None else imp[t])
-        alarms += [a.to_dict() for a in mon.alarms]
-        summary[lay.name] = mon.summary()
-    return sorted(alarms, key=lambda a: a["step"]), summary
+            mon.update(lay.counts[t], imp[t])
+    return [a.to_dict() for a in mon.alarms], mon.summary()
 
 
-def independent(loads, top_k: int, start: int = 1000) -> dict:
+def independent(loads, top_k: int, start: int = 500) -> dict:
     """The independent collapse step (module docstring) of one layer's loads, shape (S, N)."""
     f = np.asarray(loads)
     n = f.shape[1]
@@ -134,55 +134,64 @@ def independent(loads, top_k: int, start: int = 1000) -> dict:
     }
 
 
-def evaluate(run: dict, alarms: list[dict]) -> dict:
-    out = {}
-    for label, loads in run["loads"].items():
-        d = independent(loads, int(run["top_k"][label]), start=500)
-        mine = [a for a in alarms if a["layer"] == label]
-        first = next((a["step"] for a in mine if a["kind"] in COLLAPSE_KINDS), None)
-        d["first_collapse_alarm"] = first
-        d["dead_alarms"] = [a["step"] for a in mine if a["kind"] == "dead-experts"]
-        d["recovered"] = [a["step"] for a in mine if a["kind"] == "recovered"]
-        t = d["collapse_step"]
-        d["lead"] = None if (first is None or t is None) else t - first
-        d["alarms"] = [(a["step"], a["kind"]) for a in mine]
-        if run["phase"] == "healthy":
-            # an alarm is false unless the independent criterion was crossed before it
-            d["false"] = [
-                (a["step"], a["kind"])
-                for a in mine
-                if a["kind"] in ALARM_KINDS and (t is None or a["step"] < t)
-            ]
-        out[label] = d
-    return out
+def evaluate(loads, top_k: int, alarms: list[dict], healthy: bool) -> dict:
+    """The independent criterion of one layer against its alarms."""
+    d = independent(loads, top_k)
+    first = next((a["step"] for a in alarms if a["kind"] in COLLAPSE_KINDS), None)
+    d["first_collapse_alarm"] = first
+    d["dead_alarms"] = [a["step"] for a in alarms if a["kind"] == "dead-experts"]
+    d["recovered"] = [a["step"] for a in alarms if a["kind"] == "recovered"]
+    t = d["collapse_step"]
+    d["lead"] = None if (first is None or t is None) else t - first
+    d["alarms"] = [(a["step"], a["kind"]) for a in alarms]
+    if healthy:
+        # an alarm is false unless the independent criterion was crossed before it
+        d["false"] = [
+            (a["step"], a["kind"])
+            for a in alarms
+            if a["kind"] in ALARM_KINDS and (t is None or a["step"] < t)
+        ]
+    return d
 
 
-def report(out: Path) -> dict:
+def report(out: Path, logs=()) -> dict:
+    """Replay every log of ``out`` (and ``logs``: router logs of other studies with the same
+    protocol, a name with ``healthy`` for a run without a drive) and print the table."""
+    from moebif.monitor import load_fractions, read_log
+
     rows = {}
-    for p in sorted(out.glob("*.json")):
-        if p.name.startswith("report"):
-            continue
-        run = json.loads(p.read_text())
-        alarms, summary = replay(run, out)
-        ev = evaluate(run, alarms)
-        if run["phase"] == "drift":
-            # the short-term (following) reference alone: the monitor before the frozen one
-            old = evaluate(run, replay(run, out, frozen_reference=False)[0])
-            for label, d in ev.items():
-                d["following_only_alarm"] = old[label]["first_collapse_alarm"]
-        for label, d in ev.items():
-            d["regime"] = summary[label]["regime"]
-            d["state"] = summary[label]["state"]
-            extra = f"false {d['false']}" if run["phase"] == "healthy" else ""
+    for p in sorted(out.glob("*.jsonl")) + [Path(x) for x in logs]:
+        if p.parent == out and not p.with_suffix(".json").exists():
+            continue  # a run still training
+        healthy = "healthy" in p.stem
+        ev = {}
+        for lay in read_log(p).layers.values():
+            alarms, summary = replay(lay)
+            d = evaluate(load_fractions(lay.counts), lay.top_k, alarms, healthy)
+            if not healthy:
+                # the short-term (following) reference alone: the monitor before the frozen one
+                d["following_only_alarm"] = next(
+                    (
+                        a["step"]
+                        for a in replay(lay, False, frozen_reference=False)[0]
+                        if a["kind"] in COLLAPSE_KINDS
+                    ),
+                    None,
+                )
+            d["regime"], d["state"] = summary["regime"], summary["state"]
+            d["reference"] = summary["reference"]
+            extra = f"false {d['false']}" if healthy else ""
             print(
-                f"{p.stem:30s} {label:22s} base {d['base']:.2f} final {d['final']:.2f} "
+                f"{p.stem:32s} {lay.name:22s} base {d['base']:.2f} final {d['final']:.2f} "
                 f"dead {d['dead_final']} collapse@{d['collapse_step']} "
                 f"alarm@{d['first_collapse_alarm']} lead {d['lead']} "
                 f"following-only@{d.get('following_only_alarm', '-')} "
                 f"dead-experts@{d['dead_alarms'][:3]} recovered@{d['recovered'][:3]} "
-                f"state {d['state']} {extra}"
+                f"state {d['state']} {extra}",
+                flush=True,
             )
-            print(f"{'':30s} alarms {d['alarms']}")
+            print(f"{'':32s} alarms {d['alarms']}", flush=True)
+            ev[lay.name] = d
         rows[p.stem] = ev
     (out / "report.json").write_text(json.dumps(rows, indent=1))
     return rows
@@ -202,6 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the run names (e.g. another --target)")
     ap.add_argument("--report", action="store_true", help="only report the finished runs")
     ap.add_argument("--no-report", action="store_true", help="only train the missing runs")
+    ap.add_argument("--logs", nargs="*", default=[], help="more router logs to report on")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report:
@@ -216,7 +226,7 @@ def main(argv=None) -> int:
                 tmp.write_text(json.dumps(run))
                 tmp.replace(path)
     if not args.no_report:
-        report(args.out)
+        report(args.out, args.logs)
     return 0
 
 
