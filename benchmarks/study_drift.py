@@ -19,8 +19,9 @@ rules can change without retraining) and prints, per layer:
 - the first drift/collapse alarm (``collapse-in-progress``, ``collapsed``) and its lead (+) or
   lag (-) on that step, and (drift runs) the first one of the monitor with the short-term
   (following) reference only (``frozen_reference=False``, the rule before the frozen
-  reference; fed the counts without the importance, for speed), the ``dead-experts`` alarms, and the alarms of the healthy runs (false alarms
-  unless the independent criterion was crossed before them).
+  reference; fed the counts without the importance, for speed), the ``dead-experts`` alarms,
+  and the alarms of the healthy runs (false alarms unless the independent criterion was
+  crossed before them).
 
 Usage: ``python benchmarks/study_drift.py --runs qwen3_moe:pydoc granitemoe:licenses`` (trains
 what is missing, then reports); ``--report`` only reports.
