@@ -193,3 +193,25 @@ def test_diagnose_says_what_it_sees(tmp_path, capsys):
     assert la["reference"]["alive"] == 8 and len(la["reference"]["dead_now"]) >= 6
     assert la["regime"] and la["alarms"] and la["metrics"]  # the keys scripts read are kept
     assert lb["state"] == "collapsed" and lb["reference"] is None
+
+
+def test_dead_experts_that_come_back_are_cleared_by_recovered():
+    """Experts 5, 6 fade out over 1000 steps, stay dead for 500, come back over 300: one
+    ``dead-experts``, then one ``recovered`` once they carry load again, nothing left active."""
+    fade = np.concatenate(
+        [np.ones(1000), np.linspace(1, 0, 1000), np.zeros(500), np.linspace(0, 1, 300)]
+    )
+    fade = np.concatenate([fade, np.ones(1200)])
+    profiles = []
+    for x in fade:
+        p = P0.copy()
+        lost = (1.0 - x) * (p[5] + p[6])
+        p[5:7] *= x
+        p[[0, 1, 2, 3, 4, 7]] += lost / 6
+        profiles.append(p)
+    mon = LayerMonitor(8)
+    mon.update_many(_draw(profiles, 256, seed=9))
+    got = _kinds(mon)
+    assert [k for _, k in got] == ["dead-experts", RECOVERED], got
+    assert 2500 < got[1][0] < 2800 + 4 * mon.dwell
+    assert mon.active_alarms() == [] and mon.state() not in ACTIVE_KINDS
