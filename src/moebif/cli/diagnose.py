@@ -58,6 +58,7 @@ def diagnose(
     from .._io import atomic_write_json, check_writable_dir
     from ..monitor import LayerMonitor, LogError, load_fractions, read_log
     from ..monitor.plot import diagnose_figure
+    from ..monitor.profile import ACTIVE_KINDS
     from ..monitor.window import auto_window
 
     if window not in ("auto", "online"):
@@ -144,27 +145,32 @@ def diagnose(
         "CV",
         "MaxVio",
         "Neff",
-        "dead",
+        "dead/ref",
         "κ̂ [95%]",
         "ηγ",
         "B_eff",
-        "regime",
+        "state",
         "α* [95%]",
         "α",
         "collapse in",
-        "alarms",
+        "active alarms",
+        "raised",
     ):
         t.add_column(col)
     for s in table:
         m, e = s["metrics"], s["estimate"]
+        state = str(s.get("state", s.get("regime", "-")))
         if e is None:
-            kap, eg, be, reg = "-", "-", "-", "no fit"
+            kap, eg, be = "-", "-", "-"
         else:
             kap = f"{_num(e.get('kappa'), '.3f')} [{_num(e.get('kappa_lo'), '.2f')}, "
             kap += f"{_num(e.get('kappa_hi'), '.2f')}]"
-            eg, be = _num(e.get("eta_gamma"), ".3g"), _num(e.get("b_eff"), ".3g")
-            reg = str(s.get("regime", "-"))
-        kinds = sorted({a["kind"] for a in s["alarms"]})
+            eg = _num(e.get("eta_gamma"), ".3g")
+            be = _num((s.get("identifiable") or {}).get("b_eff"), ".3g")
+        if state in ACTIVE_KINDS:
+            kap = "-"  # the last fits describe the collapse, not a balanced state
+        ref = s.get("reference")
+        dead = "-" if ref is None else f"{len(ref['dead_now'])}/{ref['alive']}"
         fc = s.get("forecast") or {}
         crit, sc = fc.get("critical_coefficient"), fc.get("steps_to_collapse")
         astar = when = "-"
@@ -181,23 +187,22 @@ def diagnose(
             _num(m.get("cv"), ".2f"),
             _num(m.get("max_vio"), ".2f"),
             _num(m.get("n_eff"), ".1f"),
-            _num(m.get("dead"), ".0%"),
+            dead,
             kap,
             eg,
             be,
-            reg,
+            state,
             astar,
             _num(fc.get("coefficient"), ".3g"),
             when,
-            ", ".join(kinds) or "none",
+            ", ".join(a["kind"] for a in s.get("active", [])) or "none",
+            _raised(s["alarms"]),
         )
     con = Console(width=None if sys.stdout.isatty() else 160)
     con.print(t)
     for s in table:
-        for a in s["alarms"]:
-            con.print(
-                f"step {a['step']} layer {s['layer']}: {a['kind']}: {a['message']}", markup=False
-            )
+        for line in layer_report(s):
+            con.print(line, markup=False)
     con.print("wrote " + ", ".join(files), markup=False)
 
 
@@ -263,6 +268,64 @@ def _usable_layers(rlog, top_k: int | None, warnings: list[str]) -> list:
             "--top-k 1 (pass --top-k K if the router selects K experts per token)"
         )
     return out
+
+
+def _raised(alarms: list[dict]) -> str:
+    """The kinds raised over the run, in order of first appearance, with their counts."""
+    counts: dict[str, int] = {}
+    for a in alarms:
+        counts[a["kind"]] = counts.get(a["kind"], 0) + 1
+    return ", ".join(k if n == 1 else f"{k} x{n}" for k, n in counts.items()) or "none"
+
+
+def layer_report(s: dict) -> list[str]:
+    """The lines printed under the table for one layer summary (:meth:`LayerMonitor.summary`):
+    its current state, its long-term reference and dead experts, and the alarm history, each
+    alarm marked as active now or cleared."""
+    from ..monitor.profile import ACTIVE_KINDS, RECOVERED
+
+    name, state = s["layer"], str(s.get("state", s.get("regime", "-")))
+    active = {a["kind"]: a for a in s.get("active", [])}
+    lines = []
+    if state in ACTIVE_KINDS:
+        since = active[state]["step"] if state in active else "?"
+        lines.append(
+            f"layer {name}: {state} since step {since} (kappa_hat not shown: the fits of "
+            "this window describe the collapse, not a balanced state)"
+        )
+    else:
+        reason = f" ({s['reason']})" if s.get("reason") else ""
+        lines.append(f"layer {name}: {state}{reason}")
+    ref = s.get("reference")
+    if ref is None:
+        lines.append("  reference profile: none yet (the load profile has not settled)")
+    else:
+        drift = "" if ref.get("drift") is None else f", now {ref['drift']:+.2f} from it"
+        dead = ref["dead_now"]
+        gone = (
+            f"; dead now: {len(dead)} of them (expert {', '.join(map(str, dead))})"
+            if dead
+            else "; none of them dead now"
+        )
+        lines.append(
+            f"  reference profile: frozen at step {ref['step']}, max-load excess "
+            f"{ref['max_load_excess']:.2f}{drift}; {ref['alive']} experts alive in it{gone}"
+        )
+    # a collapse-type alarm is cleared by the next recovered; the others are active while their
+    # last raise is in the active list
+    recovered = [a["step"] for a in s["alarms"] if a["kind"] == RECOVERED]
+    for a in s["alarms"]:
+        if a["kind"] == RECOVERED:
+            tag = ""
+        elif a["kind"] in active and active[a["kind"]]["step"] == a["step"]:
+            tag = " [active]"
+        elif a["kind"] in ACTIVE_KINDS:
+            later = [r for r in recovered if r >= a["step"]]
+            tag = f" [cleared at step {later[0]}]" if later else ""
+        else:
+            tag = " [past]"
+        lines.append(f"  step {a['step']}: {a['kind']}{tag}: {a['message']}")
+    return lines
 
 
 def _num(x, spec: str) -> str:

@@ -65,18 +65,35 @@ the mean-field router runs into collapse without further noise.
 - ``collapse-in-progress``: the latent gap ``d_max`` passes ``d_s + commit (d_c - d_s)``, a
   quarter of the way (default) from the saddle gap ``d_s`` to the collapsed gap ``d_c`` (the
   metastable regime; at the saddle itself noise sends about half the paths back), or the
-  filtered max-load excess ``(l_max - 1/N) / (1/k - 1/N)`` passes ``excursion`` (otherwise);
-- ``collapsed``: the filtered max-load excess passes ``collapsed`` (default 0.5) or half the
-  experts are dead over a block;
-- ``recovered`` (information): at least ``dwell`` steps after the last collapse alarm, the
-  max-load excess of the loads averaged over the last ``dwell`` steps is below
-  ``excursion / 2`` (and, in the metastable regime, the latent gap stayed below half the saddle
-  gap for ``dwell`` steps). Hysteresis: a collapse alarm is not re-armed before its recovery, and
-  the recovery needs the lower level on a ``dwell``-step average, so an excess hovering around
-  ``excursion`` (noisy loads of small batches) gives one alarm and one recovery, not a flapping
-  pair. After a recovery, the generic collapse alarms also need the ``dwell``-step average
-  excess at ``excursion`` or more (a band from ``excursion / 2`` to ``excursion`` on the same
-  averaged excess: a new collapse must be sustained, not a noisy step).
+  filtered max-load excess ``(l_max - 1/N) / (1/k - 1/N)`` rises ``excursion`` (0.25) above that
+  of the short-term reference (the router's recent stable profile, which follows slow moves: a
+  fast excursion), or the excess of the loads averaged over the last dwell rises ``excursion``
+  above that of the long-term reference (:class:`~moebif.monitor.profile.FrozenReference`,
+  frozen once the profile has settled: a drift, however slow);
+- ``collapsed``: either rise passes ``collapsed`` (default 0.5), or half the experts alive in the
+  reference are dead over a block;
+- ``dead-experts``: an expert that carried ``>= 0.25 / N`` of the load in the frozen reference
+  keeps a filtered load below a tenth of its share for a dwell
+  (:class:`~moebif.monitor.profile.DeadExperts`);
+- ``recovered`` (information): at least ``dwell`` steps after the last alarm, the max-load excess
+  of both halves of the last dwell is within ``0.6 excursion`` of the frozen reference's (of the
+  short-term reference before the alarm while none is frozen), the loads are stationary, every
+  expert alive in the reference carries load again (and, in the metastable regime, the latent gap
+  stayed below half the saddle gap for ``dwell`` steps). It clears every collapse-type alarm
+  (``collapse-in-progress``, ``collapsed``, ``dead-experts``) at once: nothing stays latched once
+  the layer is back. Alarms raised before the long-term reference exists (the initial transient)
+  clear with a ``recovered`` when it is frozen: the layer has settled. Hysteresis: an alarm is
+  not re-armed before its recovery, and the recovery needs the lower level on a ``dwell``-step
+  average, so an excess hovering around ``excursion`` (noisy loads of small batches) gives one
+  alarm and one recovery, not a flapping pair.
+
+False alarms of the profile rules (benchmarks/study_drift.py, tests/monitor/test_profile_rules.py):
+none on stationary heterogeneous profiles with rare experts and batches of 16-256 tokens (33
+seeded runs of 5000 steps), none in the 8 layers of healthy training of tiny Qwen3-MoE,
+GraniteMoE, OLMoE and Mixtral on real text over 3000 steps (docs/real-training.md). The frozen
+reference assumes that the profile a router settles at stays its healthy one: a router that keeps
+specialising until its excess is 0.25 above the settled one raises ``collapse-in-progress``
+(``frozen_reference=False`` keeps only the short-term reference).
 """
 
 from __future__ import annotations
@@ -92,6 +109,19 @@ import numpy as np
 
 from ..model.thresholds import thresholds
 from .metrics import load_metrics, max_load_excess
+from .profile import (
+    ACTIVE_KINDS,
+    APPROACHING,
+    COLLAPSE_IN_PROGRESS,
+    COLLAPSED,
+    DEAD_EXPERTS,
+    PROFILE_RULES,
+    RECOVERED,
+    WARM_LEVEL,
+    DeadExperts,
+    FrozenReference,
+)
+from .profile import total_variation as _tv
 from .whittle import WhittleFit, fit_whittle, load_modes, profile_error, stationary_profile
 
 __all__ = ["Alarm", "LayerMonitor", "LoadMonitor", "default_block", "recommended_window"]
@@ -369,11 +399,6 @@ def _finite_or_none(x):
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def _tv(p, q) -> float:
-    """Total variation distance between two load profiles."""
-    return 0.5 * float(np.abs(np.asarray(p) - np.asarray(q)).sum())
-
-
 @dataclass
 class LayerMonitor:
     """Collapse monitor of one MoE layer (see the module docstring).
@@ -401,9 +426,17 @@ class LayerMonitor:
       128))``).
     - ``warmup``: at least this many steps before a reference profile is taken (default 64);
       the reference is taken once the profile is stationary over a dwell.
-    - ``dead_warning``: if set, a ``dead-experts`` warning when this fraction of the experts
-      that carried load in the reference profile falls to zero load (off by default: a
-      heterogeneous profile with rarely used experts is reported in the metrics, not alarmed).
+    - ``dead_share``: ``dead-experts`` when an expert that carried at least ``0.25 / N`` of the
+      load in the frozen long-term reference (:class:`~moebif.monitor.profile.FrozenReference`)
+      keeps a filtered load below ``dead_share`` (0.1) of its reference share for a dwell
+      (:class:`~moebif.monitor.profile.DeadExperts`); rare experts of a heterogeneous profile,
+      and experts too rare for the batch to say (fewer than 20 tokens expected over a dwell;
+      loads fed as fractions instead of counts give none), are not judged. ``None``: off.
+    - ``frozen_reference``: keep the long-term reference, frozen once the profile has settled
+      (stationary over two spans of ``max(4 dwell, 256)`` steps after the short-term reference
+      is taken), and alarm on the drift of the excess from it, on dead experts, and judge
+      recoveries against it (default). ``False``: only the short-term reference, which follows
+      slow drifts (the monitor before the frozen reference: a slow drive goes unseen).
     - ``commit``: where between the saddle and the collapsed gap ``collapse-in-progress`` fires
       (metastable uniform top-1 router).
     - ``capacity``: tokens per expert per step, for the dropped fraction.
@@ -445,7 +478,8 @@ class LayerMonitor:
     commit: float = 0.25
     dwell: int | None = None
     warmup: int | None = None
-    dead_warning: float | None = None
+    dead_share: float | None = 0.1
+    frozen_reference: bool = True
     capacity: float | None = None
     eta_gamma: float | None = None
     max_lag: int = 64
@@ -522,6 +556,12 @@ class LayerMonitor:
         self._ref = None  # reference load profile (N,), None while warming up
         self._ref_pre = None  # the reference before the current collapse alarm
         self._ref_ex = 0.0
+        # the long-term reference (frozen once settled) and the rules judged against it
+        self._frozen = FrozenReference(n, k)
+        share = 0.1 if self.dead_share is None else float(self.dead_share)
+        self._dead_rule = DeadExperts(n, fraction=share)
+        self._dead_now = np.zeros(n, dtype=bool)  # experts of the frozen reference now dead
+        self._drift = math.nan  # dwell-mean excess minus the frozen reference's
         self._noise2 = 0.0  # mean square of the filtered excess rise while calm
         self._noise_n = 0
         self._recent = np.zeros((0, n))  # block means of the last dwell (for stationarity)
@@ -792,6 +832,9 @@ class LayerMonitor:
         alive = ref >= 0.25 / self.n_experts
         return int(np.sum(alive & (q < 0.1 * ref)))
 
+    def _collapse_active(self) -> bool:
+        return self._flags[COLLAPSE_IN_PROGRESS] or self._flags[COLLAPSED]
+
     def _check_profile(self, bm, bc) -> list[Alarm]:
         out = []
         f = self._flags
@@ -803,21 +846,31 @@ class LayerMonitor:
             # the initial transient is no alarm (a random-init router on real text can start far
             # from balance and move a long way); only a settled, absolutely concentrated profile
             # is: it never had a balanced state to leave
-            lvl_in, lvl_col = max(self.excursion, 0.6), max(self.collapsed, 0.9)
+            lvl_in, lvl_col = max(self.excursion, WARM_LEVEL), max(self.collapsed, 0.9)
             settled = (
                 dm is not None and self.step >= (self.warmup or 64) and self._stationary(dm[1:])
             )
             rise = ex if settled else -math.inf
-            if settled and self._excess(dm[0]) < 0.6:  # a collapsed profile is no reference
+            if settled and self._excess(dm[0]) < WARM_LEVEL:  # a collapsed profile is no reference
                 self._ref = dm[0].copy()
                 self._ref_ex = self._excess(self._ref)
         else:
             rise = ex - self._ref_ex
             lvl_in, lvl_col = self.excursion, self.collapsed
-        ref = self._ref if self._ref is not None else np.full(self.n_experts, 1.0 / self.n_experts)
+        fr = self._frozen
+        if self.frozen_reference and self._ref is not None and not fr.frozen:
+            if fr.push(bm, self.block, self.step, max(4 * self.dwell, 256)):
+                out += self._settled()
+        tokens = float(np.sum(bc)) / self.block  # token slots (k B) per step
+        # the cumulative drift from the frozen reference, on the loads averaged over a dwell: a
+        # slow drive needs no fast filter, and a dwell mean does not swing with one batch's data
+        self._drift = fr.rise(dm[0]) if (fr.frozen and dm is not None) else math.nan
+        ref = fr.loads if fr.frozen else self._ref
+        if ref is None:
+            ref = np.full(self.n_experts, 1.0 / self.n_experts)
         dying = self._dead(self._ema, ref) if not warming else 0
         alive = int(np.sum(ref >= 0.25 / self.n_experts))
-        active = f["collapse-in-progress"] or f["collapsed"]
+        active = self._collapse_active()
         # jitter of the rise while clearly calm (small batches make the filtered loads noisy):
         # a collapse must stand out of it; a rise under way is never counted as jitter
         if not active and not warming and abs(rise) < 0.5 * lvl_in:
@@ -828,8 +881,9 @@ class LayerMonitor:
         in_meta = math.isfinite(self._d_s) and f["metastable"]
         past_saddle = in_meta and gap > self._d_commit
         runaway = rise >= max(lvl_in, noise)
-        if not f["collapse-in-progress"] and (past_saddle or runaway):
-            f["collapse-in-progress"] = True
+        drifting = self._drift >= self.excursion  # False while NaN
+        if not f[COLLAPSE_IN_PROGRESS] and (past_saddle or runaway or drifting):
+            f[COLLAPSE_IN_PROGRESS] = True
             if past_saddle:
                 why = (
                     f"latent score gap {gap:.2f} passed the saddle gap {self._d_s:.2f} by "
@@ -837,79 +891,134 @@ class LayerMonitor:
                 )
             elif warming:
                 why = f"filtered max-load excess {ex:.2f} >= {lvl_in:g} while warming up"
-            else:
+            elif runaway:
                 why = (
                     f"filtered max-load excess {ex:.2f} rose {rise:.2f} above the router's "
-                    f"stable profile ({self._ref_ex:.2f})"
+                    f"recent stable profile ({self._ref_ex:.2f})"
                 )
-            out.append(self._alarm("collapse-in-progress", why + "; the router is leaving balance"))
+            else:
+                why = (
+                    f"max-load excess {self._excess(dm[0]):.2f} over the last {self.dwell} steps "
+                    f"drifted {self._drift:+.2f} from the reference profile frozen at step "
+                    f"{fr.step} ({fr.excess:.2f})"
+                )
+            out.append(self._alarm(COLLAPSE_IN_PROGRESS, why + "; the router is leaving balance"))
         many_dead = alive > self.top_k and dying >= max(1, (alive - self.top_k + 1) // 2)
-        if not f["collapsed"] and (rise >= max(lvl_col, noise) or many_dead):
-            f["collapsed"] = True
+        drift_collapsed = self._drift >= self.collapsed
+        if not f[COLLAPSED] and (rise >= max(lvl_col, noise) or drift_collapsed or many_dead):
+            f[COLLAPSED] = True
+            if fr.frozen and math.isfinite(self._drift):
+                where = (
+                    f"{self._drift + fr.excess:.2f} over the last {self.dwell} steps against "
+                    f"{fr.excess:.2f} in the reference frozen at step {fr.step}"
+                )
+            elif not warming:
+                where = f"recent stable profile {self._ref_ex:.2f}; no long-term reference yet"
+            else:
+                where = "while warming up: no stable profile yet"
+            lost = f", {dying} of {alive} experts alive in it dropped out" if not warming else ""
             out.append(
                 self._alarm(
-                    "collapsed",
-                    f"filtered max-load excess {ex:.2f} (stable profile {self._ref_ex:.2f}), "
-                    f"{dying} of {alive} active experts dropped out: the load sits on few "
+                    COLLAPSED,
+                    f"filtered max-load excess {ex:.2f} ({where}){lost}: the load sits on few "
                     "experts",
                 )
             )
-        if self.dead_warning is not None and not warming and alive:
-            dead_now = int(np.sum((ref >= 0.25 / self.n_experts) & (bc <= 0)))
-            frac = dead_now / alive
-            if not f["dead-experts"] and frac >= self.dead_warning:
-                f["dead-experts"] = True
-                out.append(
-                    self._alarm(
-                        "dead-experts",
-                        f"{dead_now} of {alive} experts that carried load got none this block",
-                    )
-                )
-            elif f["dead-experts"] and frac < 0.5 * self.dead_warning:
-                f["dead-experts"] = False
-        if out and (f["collapse-in-progress"] or f["collapsed"]) and self._ref_pre is None:
-            self._ref_pre = ref.copy()
-        if f["collapse-in-progress"] or f["collapsed"]:
+        if self.dead_share is not None and fr.frozen:
+            self._dead_now = self._dead_rule.update(self._ema, fr, self.block, tokens, self.dwell)
+            if not f[DEAD_EXPERTS] and self._dead_now.any():
+                f[DEAD_EXPERTS] = True
+                out.append(self._alarm(DEAD_EXPERTS, self._dead_message()))
+        if out and self._collapse_active() and self._ref_pre is None and self._ref is not None:
+            self._ref_pre = self._ref.copy()
+        if self._collapse_active():
             self._excursion_step = self.step
         self._calm = 0 if (in_meta and gap > 0.5 * self._d_s) else self._calm + self.block
         if out:
             self._since_alarm = 0
         else:
             self._since_alarm += self.block
-        if (f["collapse-in-progress"] or f["collapsed"]) and self._since_alarm >= self.dwell:
-            out += self._check_recovery(dm)
-        elif not (f["collapse-in-progress"] or f["collapsed"]) and self._ref is not None:
-            # follow a slow drift of the stable profile (specialising experts), not a runaway
+        if any(f[kind] for kind in ACTIVE_KINDS) and self._since_alarm >= self.dwell:
+            out += self._check_recovery(dm, tokens)
+        elif not self._collapse_active() and self._ref is not None:
+            # the short-term reference follows a slow drift of the stable profile (specialising
+            # experts) so that a fast excursion is judged against where the router is now; the
+            # slow drift itself is judged against the frozen reference
             w = min(1.0, self.block / max(self.window, 4 * self.dwell))
             self._ref = (1.0 - w) * self._ref + w * bm
             self._ref_ex = self._excess(self._ref)
         return out
 
-    def _check_recovery(self, dm) -> list[Alarm]:
+    def _dead_message(self) -> str:
+        fr, idx = self._frozen, np.flatnonzero(self._dead_now)
+        names = ", ".join(str(i) for i in idx[:8]) + (", ..." if idx.size > 8 else "")
+        now = ", ".join(f"{self._ema[i]:.3f}" for i in idx[:8])
+        was = ", ".join(f"{fr.loads[i]:.3f}" for i in idx[:8])
+        return (
+            f"{idx.size} expert(s) ({names}) of the {int(fr.alive().sum())} alive in the "
+            f"reference profile frozen at step {fr.step} kept less than {self.dead_share:g} of "
+            f"their reference share for {self.dwell} steps (filtered loads {now} against {was})"
+        )
+
+    def _settled(self) -> list[Alarm]:
+        """The long-term reference was just frozen: the layer settled, and the alarms raised
+        before it (during the initial transient, against no or a short-lived reference) clear."""
+        f, fr = self._flags, self._frozen
+        self._ref = fr.loads.copy()  # the short-term reference restarts from the settled profile
+        self._ref_ex = fr.excess
+        kinds = [kind for kind in ACTIVE_KINDS if f[kind]]
+        if not kinds:
+            return []
+        for kind in kinds:
+            f[kind] = False
+        self._ref_pre = None
+        return [
+            self._alarm(
+                RECOVERED,
+                f"the layer settled: its profile (max-load excess {fr.excess:.2f}) was stationary "
+                "over two spans and is frozen as the long-term reference; the "
+                f"{' and '.join(kinds)} raised before it belonged to the initial transient",
+            )
+        ]
+
+    def _check_recovery(self, dm, tokens: float) -> list[Alarm]:
+        """Every active collapse-type alarm clears at once when both halves of the dwell are
+        back within ``RECOVER x excursion`` of the reference's excess (the frozen one once it
+        exists, else the short-term one before the alarm), the loads are stationary, and every
+        expert alive in the reference carries load again. An alarm raised before any reference
+        clears when the layer settles (:meth:`_settled`)."""
         if dm is None or self._calm < self.dwell:
             return []
-        pre = self._ref_pre if self._ref_pre is not None else self._ref
-        pre = pre if pre is not None else np.full(self.n_experts, 1.0 / self.n_experts)
+        fr = self._frozen
+        if fr.frozen:
+            target, what = fr.loads, f"the reference frozen at step {fr.step}"
+        elif self._ref_pre is not None:
+            target, what = self._ref_pre, "the profile before the collapse"
+        else:
+            return []
         mean = dm[0]
         # both halves of the dwell back (an excess swinging in and out is not back)
-        rise = max(self._excess(dm[1]), self._excess(dm[2])) - self._excess(pre)
-        if (
-            rise >= RECOVER * self.excursion
-            or self._dead(mean, pre) > 0
-            or not self._stationary(dm[1:])
-        ):
+        rise = max(self._excess(dm[1]), self._excess(dm[2])) - self._excess(target)
+        if rise >= RECOVER * self.excursion or not self._stationary(dm[1:]):
+            return []
+        if fr.frozen and self.dead_share is not None:
+            if not self._dead_rule.revived(mean, fr, tokens, self.dwell):
+                return []
+        elif self._dead(mean, target) > 0:
             return []
         f = self._flags
-        f["collapse-in-progress"] = f["collapsed"] = False
+        for kind in ACTIVE_KINDS:
+            f[kind] = False
+        self._dead_now[:] = False
         self._ref = mean.copy()  # the stable profile it came back to (it may differ)
         self._ref_ex = self._excess(self._ref)
         self._ref_pre = None
         return [
             self._alarm(
-                "recovered",
+                RECOVERED,
                 f"back at a stable profile: max-load excess {self._excess(mean):.2f} averaged "
-                f"over the last {self.dwell} steps ({rise:+.2f} against the profile before "
-                "the collapse), no active expert lost",
+                f"over the last {self.dwell} steps ({rise:+.2f} against {what}), every expert "
+                "alive in it carries load again",
             )
         ]
 
@@ -1175,8 +1284,12 @@ class LayerMonitor:
         return self._blk[(self._in_block - 1) % self.block].copy()
 
     def metrics(self) -> dict:
-        """Metrics of the last step (counts), of the filtered loads, and of the reference
-        profile (``profile_*``: imbalance, dead experts and Neff of the stable profile)."""
+        """Metrics of the last step (counts), of the filtered loads, of the short-term stable
+        profile (``profile_*``: imbalance, rare experts and Neff; ``excess_rise``: the filtered
+        excess above it) and of the frozen long-term reference (``reference_*``: its excess,
+        the step it was frozen, its experts alive (carrying >= 0.25 / N); ``drift``: the excess
+        of the loads averaged over the last dwell minus the reference's; ``dead_vs_reference``:
+        experts alive in it that the ``dead-experts`` rule finds dead now)."""
         last = load_metrics(self._last_counts(), capacity=self.capacity)
         m = {k: float(v) for k, v in last.items()}
         if self._ema is not None:
@@ -1189,6 +1302,14 @@ class LayerMonitor:
             m["profile_rare"] = float(np.mean(self._ref < 0.25 / self.n_experts))
             if self._ema is not None:
                 m["excess_rise"] = self._excess() - self._ref_ex
+        fr = self._frozen
+        if fr.frozen:
+            m["reference_max_load_excess"] = fr.excess
+            m["reference_step"] = float(fr.step)
+            m["reference_alive"] = float(fr.alive().sum())
+            if math.isfinite(self._drift):
+                m["drift"] = self._drift
+            m["dead_vs_reference"] = float(self._dead_now.sum())
         return m
 
     def forecast(self) -> dict:
@@ -1257,6 +1378,37 @@ class LayerMonitor:
             )
         return rows
 
+    def state(self) -> str:
+        """The layer's current state in one word: the active collapse-type alarm (``collapsed``,
+        ``collapse-in-progress``, ``dead-experts``, most severe first), else ``warming-up``
+        before a stable profile, else the regime of the last fit."""
+        for kind in (COLLAPSED, COLLAPSE_IN_PROGRESS, DEAD_EXPERTS):
+            if self._flags[kind]:
+                return kind
+        if self._ref is None:
+            return "warming-up"
+        return self.fits[-1].regime if self.fits else "unresolved"
+
+    def active_alarms(self) -> list[dict]:
+        """The alarms in force now (raised and not cleared), each as its last :class:`Alarm`
+        dict. An ``approaching-threshold`` is left out once superseded: a collapse alarm is
+        active, or the last fit reads ``collapsing`` (kappa_hat >= 1, past the threshold)."""
+        kinds = [kind for kind, on in self._flags.items() if on]
+        state = self.state()
+        if state in ACTIVE_KINDS or state == "collapsing":
+            kinds = [kind for kind in kinds if kind != APPROACHING]
+        last = {a.kind: a for a in self.alarms}
+        return [last[kind].to_dict() for kind in kinds if kind in last]
+
+    def _profile_summary(self) -> dict:
+        """The summary's keys of the profile rules (:meth:`summary`)."""
+        fr = self._frozen
+        ref = fr.to_dict()
+        if ref is not None:
+            ref["dead_now"] = np.flatnonzero(self._dead_now).tolist()
+            ref["drift"] = _finite_or_none(self._drift)
+        return {"state": self.state(), "active": self.active_alarms(), "reference": ref}
+
     def summary(self) -> dict:
         """Regime, metrics, the last estimate and the alarms (plain values, JSON-ready)."""
         last = self.fits[-1] if self.fits else None
@@ -1278,6 +1430,7 @@ class LayerMonitor:
             "alarms": [a.to_dict() for a in self.alarms],
         }
         out["forecast"] = self.forecast()
+        out.update(self._profile_summary())
         if last is None:
             out["reason"] = "no fit yet: the window is not half full"
         fb = None if last is None else last.feedback
@@ -1360,6 +1513,8 @@ def _encode(x):
         return {"__whittle__": {k: _encode(v) for k, v in asdict(x).items()}}
     if isinstance(x, _Refit):
         return {"__refit__": {k: _encode(getattr(x, k)) for k in _Refit.__slots__}}
+    if type(x).__name__ in PROFILE_RULES and isinstance(x, PROFILE_RULES[type(x).__name__]):
+        return {"__rule__": type(x).__name__, "state": {k: _encode(v) for k, v in vars(x).items()}}
     from .feedback import FeedbackFit, FeedbackStats
     from .forces import ForceEstimate, ForceStats, Forecast, ForecastState
 
@@ -1396,6 +1551,10 @@ def _decode(x):
         return Alarm(**x["__alarm__"])
     if "__whittle__" in x:
         return WhittleFit(**{k: _decode(v) for k, v in x["__whittle__"].items()})
+    if "__rule__" in x:
+        rule = PROFILE_RULES[x["__rule__"]].__new__(PROFILE_RULES[x["__rule__"]])
+        vars(rule).update({k: _decode(v) for k, v in x["state"].items()})
+        return rule
     if "__refit__" in x:
         r = _Refit.__new__(_Refit)
         for k, v in x["__refit__"].items():
