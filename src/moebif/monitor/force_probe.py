@@ -154,25 +154,9 @@ class ForceProbe:
         return self._v / (1.0 - BETA2**self._t)
 
     def _backward(self, g, z, x, alpha) -> None:
-        g = g.float()
         p = torch.softmax(z.float(), dim=-1)
         F, rows = self.pool()
         xf = x.float()
-        wg_tot = g.T @ xf  # (N, d): the router's weight gradient of this pass
-        if self.normalise == "adam":
-            scale = 1.0 / (self._second_moment(wg_tot).sqrt() + EPS)
-        else:
-            scale = torch.ones_like(wg_tot)
-        xbar = xf.mean(0)
-        if self.mean_input == "ema":
-            if self._xbar is None:
-                self._xbar = xbar.clone()
-            xbar, self._xbar = self._xbar.clone(), self._xbar.add_(xbar - self._xbar, alpha=0.02)
-
-        def step_of(grad):  # the Adam-normalised step of the mean logits, centred
-            dz = -((grad.T @ xf) * scale) @ xbar
-            return dz - dz.mean()
-
         c = self.counts.float()
         tokens = c.sum() / self.k
         f = c / c.sum().clamp_min(1.0)
@@ -182,18 +166,32 @@ class ForceProbe:
             self._ref = f.clone()
         d = f - self._ref
         self._ref.add_(d, alpha=SHOCK_RATE)
-        # the language model's part: total minus the aux part at the coefficient in force; its
-        # drive (a steady preference of the gate) is removed with its running mean, as it does
-        # not respond to the step's shock and only adds noise to the projection
-        dz_lm = step_of(g - alpha * aux_logit_gradient(p, F, rows))
+        # the aux gradient at the pooled fractions F (to split it off) and its response to the
+        # shock, exactly: it is linear in F, and this layer's loads enter F with weight k T /
+        # rows; both in one batch with the total gradient, one matrix product for the three
+        fr = torch.stack([F, d * (self.k * tokens / rows)])
+        g3 = torch.cat([g.float()[None], aux_logit_gradient(p[None], fr[:, None, :], rows)])
+        w3 = g3.transpose(1, 2) @ xf  # (3, N, d): weight gradients
+        if self.normalise == "adam":
+            scale = 1.0 / (self._second_moment(w3[0]).sqrt() + EPS)
+        else:
+            scale = torch.ones_like(w3[0])
+        xbar = xf.mean(0)
+        if self.mean_input == "ema":
+            if self._xbar is None:
+                self._xbar = xbar.clone()
+            xbar, self._xbar = self._xbar.clone(), self._xbar.add_(xbar - self._xbar, alpha=0.02)
+        # the Adam-normalised steps of the mean logits, centred: the language model's part (total
+        # minus the aux part at the coefficient in force) and the aux part's response
+        dz = -(torch.stack([w3[0] - alpha * w3[1], w3[2]]) * scale) @ xbar
+        dz = dz - dz.mean(1, keepdim=True)
+        # the language model's drive (a steady preference of the gate) does not respond to the
+        # step's shock and only adds noise to the projection: removed with its running mean
         if self._drive is None:
-            self._drive = dz_lm.clone()
-        lm = dz_lm - self._drive
-        self._drive.add_(dz_lm - self._drive, alpha=DRIVE_RATE)
-        # the aux part's response to the shock, exactly: the aux gradient is linear in the
-        # pooled fractions F, and this layer's loads enter F with weight k T / rows
-        dz_aux = step_of(aux_logit_gradient(p, d * (self.k * tokens / rows), rows))
-        vals = torch.stack([(lm * d).sum(), (dz_aux * d).sum(), (d * d).sum()])
+            self._drive = dz[0].clone()
+        lm = dz[0] - self._drive
+        self._drive.add_(dz[0] - self._drive, alpha=DRIVE_RATE)
+        vals = torch.stack([(lm * d).sum(), (dz[1] * d).sum(), (d * d).sum()])
         self.seg[:3] += vals.to(self.seg.dtype)
         self.seg[3] += 1.0
         self.seg[4] += alpha
