@@ -42,8 +42,8 @@ def test_counts_and_importance_come_from_the_gate_in_training_only(family, tmp_p
     mon = RouterMonitor(model, log=tmp_path / "log.jsonl", window=32)
     fed = {}  # what each LayerMonitor.update receives
     for name, m in mon.monitors.items():
-        m.update = lambda c, imp=None, sc=None, name=name, f=m.update: (
-            fed.setdefault(name, []).append(sc) or f(c, imp, sc)
+        m.update = lambda c, imp=None, sc=None, forces=None, name=name, f=m.update: (
+            fed.setdefault(name, []).append(sc) or f(c, imp, sc, forces=forces)
         )
     a, b = next(text_batches(1, 4, 16)), next(text_batches(1, 2, 8, seed=5))
     model.train()
