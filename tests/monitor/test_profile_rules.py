@@ -58,7 +58,7 @@ def _kinds(mon, kinds=ACTIVE_KINDS + (RECOVERED,)):
     return [(a.step, a.kind) for a in mon.alarms if a.kind in kinds]
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_slow_drift_is_alarmed_and_the_following_reference_alone_misses_it(seed):
     """1000 stationary steps, then the profile concentrates linearly over 2000 steps (to 60%
     of the way to one expert), B = 256. The drift alarm (at a rise of 0.25) comes before the
