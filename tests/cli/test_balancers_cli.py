@@ -28,6 +28,7 @@ SIM = [
 ]
 
 
+@pytest.mark.slow  # 26 s; plain `simulate` and the balanced router stay in the default suite
 def test_simulate_with_balancers_json(cli):
     args = list(SIM)
     args[2] = 1.5  # a balanced router follows its mean field closely

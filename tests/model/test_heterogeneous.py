@@ -120,7 +120,7 @@ def test_strong_drifts_have_no_separate_collapsed_state():
     assert collapse_feedback(beta, 1, winner=0)[0] == math.inf
 
 
-@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("k", [1, pytest.param(2, marks=pytest.mark.slow)])  # k = 2: 50 s
 def test_feedback_for_kappa_reaches_it_on_the_balanced_branch(k):
     rng = np.random.default_rng(5)
     beta = rng.normal(size=8) * 0.5

@@ -24,6 +24,7 @@ from ._resume_run import run  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # 64 s; checkpoints stay in the default suite (tests/monitor/test_state.py)
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     steps, every, kill_at = 100, 30, 75  # checkpoints at 30, 60, 90; killed after step 75
     full = run(tmp_path / "full", steps, every)

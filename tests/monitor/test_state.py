@@ -17,7 +17,10 @@ def _counts(seed=3, steps=12000):
     return np.rint(run.loads[0] * 256)
 
 
-@pytest.mark.parametrize("cut", [pytest.param(1, marks=pytest.mark.slow), 4999, 6000])
+@pytest.mark.parametrize(
+    "cut",
+    [pytest.param(1, marks=pytest.mark.slow), pytest.param(4999, marks=pytest.mark.slow), 6000],
+)
 def test_resumed_monitor_equals_uninterrupted(cut, tmp_path):
     c = _counts()
     full = LayerMonitor(8, window=2000)
