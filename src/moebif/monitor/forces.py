@@ -71,9 +71,7 @@ def aux_logit_gradient(probs, fractions, rows):
     Works on numpy arrays and on torch tensors alike (no host transfer).
     """
     n = probs.shape[-1]
-    mix = (probs * fractions).sum(-1, keepdims=True) if isinstance(probs, np.ndarray) else None
-    if mix is None:
-        mix = (probs * fractions).sum(-1, keepdim=True)
+    mix = (probs * fractions).sum(-1)[..., None]  # numpy and torch alike
     return (n / rows) * probs * (fractions - mix)
 
 
