@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from moebif import RouterParams, simulate_batch_router
-from moebif.monitor import LayerMonitor, LogError, write_log
+from moebif.monitor import LayerMonitor, LogError, read_log, write_log
 
 N, B, S = 4, 256, 6000
 
@@ -223,3 +223,67 @@ def test_explore_serves_on_the_loopback_and_prints_the_url(diagnosed):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def _logit_router_log(path, n=6, k=2, steps=1600, batch=64, seed=11):
+    """A top-k softmax router whose scores are an EMA of its own loads (feedback 0.6 of the
+    balancing strength), logged with its soft importance and mean logits at step numbers
+    100, 102, ...: the monitor's estimate comes from the logits."""
+    rng = np.random.default_rng(seed)
+    r = rng.normal(size=n) * 0.2
+    C, P, L = (np.empty((steps, n)) for _ in range(3))
+    for t in range(steps):
+        z = r + rng.normal(size=(batch, n))
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        C[t] = np.bincount(np.argpartition(-z, k - 1, axis=1)[:, :k].ravel(), minlength=n)
+        P[t], L[t] = p.mean(axis=0), z.mean(axis=0)
+        r = 0.97 * r + 0.03 * 0.4 * n * (C[t] / (k * batch) - 1.0 / n)
+    steps_logged = 100 + 2 * np.arange(steps)
+    write_log(path, steps_logged, {"g": C}, importance={"g": P}, scores={"g": L}, top_k=k)
+    return steps_logged
+
+
+def test_diagnose_and_the_explorer_show_the_same_numbers(tmp_path):
+    """The CLI and the explorer call one pipeline (moebif.monitor.diagnose): on a log with the
+    router's logits, the explorer's kappa_hat path is the logits fit diagnose reports (not a
+    loads fit of other settings), with the same alarms at the same log steps."""
+    from moebif.cli import main
+    from moebif.explore import read_monitor_log
+    from moebif.monitor import diagnose
+
+    log = tmp_path / "router_log.jsonl"
+    logged = _logit_router_log(log)
+    with contextlib.redirect_stdout(io.StringIO()):
+        args = ["diagnose", str(log), "--out", str(tmp_path / "d"), "--window", "256", "--json"]
+        assert main(args) == 0
+    summary = json.loads((tmp_path / "d" / "diagnose.json").read_text())["layers"][0]
+    lib = diagnose(log, window=256).layers[0]  # an independent run of the library function
+    fits = list(lib.monitor.fits)
+    assert len(fits) > 3 and sum(f.source == "logits" for f in fits) >= 3
+    for source, view in (
+        ("diagnose.json", read_monitor_log(tmp_path / "d" / "diagnose.json").layers[0]),
+        ("router log", read_monitor_log(log, window=256).layers[0]),
+    ):
+        assert [f["kappa"] for f in view.fits] == [
+            f.kappa if math.isfinite(f.kappa) else None for f in fits
+        ], source
+        assert [f["step"] for f in view.fits] == [int(logged[f.step - 1]) for f in fits]
+        last = view.fits[-1]
+        est = summary["estimate"]
+        assert (last["kappa"], last["kappa_lo"], last["kappa_hi"]) == (
+            est["kappa"],
+            est["kappa_lo"],
+            est["kappa_hi"],
+        )
+        assert [(a["kind"], a["message"]) for a in view.alarms] == [
+            (a["kind"], a["message"]) for a in summary["alarms"]
+        ]
+        assert [a["step"] for a in view.alarms] == [
+            int(logged[a["step"] - 1]) for a in summary["alarms"]
+        ]
+        assert view.window == summary["window"]
+    # a loads-only monitor (what the explorer ran before) reads another kappa_hat
+    loads_only = LayerMonitor(6, top_k=2, window=256)
+    loads_only.update_many(read_log(log).layers["g"].counts)
+    assert [f.kappa for f in loads_only.fits] != [f.kappa for f in fits]

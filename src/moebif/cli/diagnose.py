@@ -8,12 +8,9 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from ._common import CLIError, app, emit_json
-
-MIN_STEPS = 64
 
 
 @app.command()
@@ -56,82 +53,30 @@ def diagnose(
     N and top-k come from the log's header. Writes OUT/diagnose.json, OUT/diagnose.png and
     .svg."""
     from .._io import atomic_write_json, check_writable_dir
-    from ..monitor import LayerMonitor, LogError, load_fractions, read_log
+    from ..monitor import DiagnoseError
+    from ..monitor import diagnose as run_diagnose
     from ..monitor.plot import diagnose_figure
     from ..monitor.profile import ACTIVE_KINDS
-    from ..monitor.window import auto_window
 
-    if window not in ("auto", "online"):
-        try:
-            w = int(window)
-        except ValueError:
-            raise CLIError(
-                "--window", f"must be an integer, 'online' or 'auto', got {window!r}"
-            ) from None
-        if w < 32:
-            raise CLIError("--window", f"must be >= 32 steps, got {w}")
-    if top_k is not None and top_k < 1:
-        raise CLIError("--top-k", f"must be >= 1, got {top_k}")
-    if threshold is not None and (not math.isfinite(threshold) or not 0.0 < threshold < 1.0):
-        raise CLIError("--threshold", f"must be in (0, 1), got {threshold}")
     try:
-        rlog = read_log(log)
-    except LogError as e:
-        raise CLIError("LOG", str(e)) from None
-    warnings = list(rlog.warnings)
-    layers = _usable_layers(rlog, top_k, warnings)
+        d = run_diagnose(log, window=window, top_k=top_k, threshold=threshold)
+    except DiagnoseError as e:
+        raise CLIError(e.argument, e.message) from None
     folder = check_writable_dir("--out", out)
-    results, table = [], []
-    for lay, k, k_from in layers:
-        name, counts, n = lay.name, lay.counts, lay.n_experts
-        rec = None
-        if window == "online":
-            w, eg = None, None
-        elif window == "auto":
-            w, eg, rec = auto_window(counts, n, k)
-        else:
-            w, eg = min(int(window), counts.shape[0]), None
-        # the library's tested rule unless the user overrides its level
-        rule = {} if threshold is None else {"threshold": threshold}
-        mon = LayerMonitor(n, top_k=k, window=w, name=name, eta_gamma=eg, history=None, **rule)
-        # the mean router logits (log v2 "scores"; absent in older logs) feed the feedback
-        # estimator with the soft importance
-        mon.update_many(counts, lay.importance, lay.scores, lay.forces)
-        summ = mon.summary()
-        summ["window_auto"] = window == "auto"
-        summ["window_rule"] = window if window in ("auto", "online") else "fixed"
-        summ["window_recommended"] = rec
-        summ["top_k_from"] = k_from
-        summ["importance_recorded"] = lay.importance is not None
-        summ["scores_recorded"] = lay.scores is not None
-        summ["forces_recorded"] = lay.forces is not None
-        summ["forecast_history"] = mon.forecast_history()
-        if lay.dropped is not None and lay.tokens is not None:
-            routed = float(np.nansum(counts.sum(axis=1) + lay.dropped))
-            summ["dropped_fraction"] = float(np.nansum(lay.dropped)) / routed if routed else 0.0
-        results.append(
-            {
-                "layer": name,
-                "steps": lay.steps,
-                "loads": load_fractions(counts),
-                "monitor": mon,
-                "summary": summ,
-            }
-        )
-        table.append(summ)
-    for line in warnings:
+    for line in d.warnings:
         sys.stderr.write(f"warning: {line}\n")
+    results = [
+        {"layer": x.name, "steps": x.steps, "loads": x.loads, "monitor": x.monitor,
+         "summary": x.summary}
+        for x in d.layers
+    ]  # fmt: skip
     files = diagnose_figure(results, folder / "diagnose")
-    meta = {
-        "log": str(log),
-        "log_files": list(rlog.files),
-        "segments": [{"segment": g.segment, "start_step": g.start_step} for g in rlog.segments],
-        "warnings": warnings,
-    }
-    atomic_write_json(folder / "diagnose.json", {**meta, "layers": table})
+    obj = d.to_dict()
+    table = obj["layers"]
+    atomic_write_json(folder / "diagnose.json", obj)
     files.append(str(folder / "diagnose.json"))
     if as_json:
-        emit_json({**meta, "layers": table, "files": files})
+        emit_json({**obj, "files": files})
         return
     from rich.console import Console
     from rich.table import Table
@@ -204,70 +149,6 @@ def diagnose(
         for line in layer_report(s):
             con.print(line, markup=False)
     con.print("wrote " + ", ".join(files), markup=False)
-
-
-def _usable_layers(rlog, top_k: int | None, warnings: list[str]) -> list:
-    """``[(LayerLog, k, where k came from)]`` of the layers to diagnose: N and k from the
-    header, ``--top-k`` checked against it; steps that routed nothing left out (with a
-    warning); layers too short to fit left out while another is usable."""
-    from dataclasses import replace
-
-    out, short, empty = [], [], []
-    assumed = []
-    for lay in rlog.layers.values():
-        n = lay.n_experts
-        if lay.top_k is not None:
-            if top_k is not None and top_k != lay.top_k:
-                raise CLIError(
-                    "--top-k",
-                    f"{top_k} conflicts with the log header: layer {lay.name!r} was "
-                    f"recorded with top_k = {lay.top_k}",
-                )
-            k, k_from = lay.top_k, "header"
-        elif top_k is not None:
-            k, k_from = top_k, "--top-k"
-        else:
-            k, k_from = 1, "default"
-            assumed.append(lay.name)
-        if k >= n:
-            raise CLIError("--top-k", f"must be < {n} experts (layer {lay.name!r}), got {k}")
-        total = lay.counts.sum(axis=1)
-        if not (total > 0).any():
-            empty.append(lay.name)
-            continue
-        if not (total > 0).all():
-            keep = total > 0
-            warnings.append(
-                f"layer {lay.name!r}: {int((~keep).sum())} steps with no routed tokens left out"
-            )
-            lay = replace(
-                lay,
-                steps=lay.steps[keep],
-                counts=lay.counts[keep],
-                importance=None if lay.importance is None else lay.importance[keep],
-                scores=None if lay.scores is None else lay.scores[keep],
-                tokens=None if lay.tokens is None else lay.tokens[keep],
-                dropped=None if lay.dropped is None else lay.dropped[keep],
-            )
-        if lay.counts.shape[0] < MIN_STEPS:
-            short.append((lay.name, lay.counts.shape[0]))
-            continue
-        out.append((lay, k, k_from))
-    if not out:
-        if short:
-            name, s = short[0]
-            raise CLIError("LOG", f"layer {name!r}: need >= {MIN_STEPS} steps, got {s}")
-        raise CLIError("LOG", f"layer {empty[0]!r}: all counts are zero (nothing was routed)")
-    for name in empty:
-        warnings.append(f"layer {name!r}: all counts are zero (nothing was routed): left out")
-    for name, s in short:
-        warnings.append(f"layer {name!r}: {s} steps (< {MIN_STEPS}): left out")
-    if assumed:
-        warnings.append(
-            f"the log has no header: top_k unknown for {len(assumed)} layer(s), assuming "
-            "--top-k 1 (pass --top-k K if the router selects K experts per token)"
-        )
-    return out
 
 
 def _raised(alarms: list[dict]) -> str:

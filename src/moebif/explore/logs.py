@@ -5,15 +5,16 @@ input, so a change of the log format (a header line with N and k is coming) is m
 Accepted inputs:
 
 - the JSON written by ``moebif diagnose`` (``OUT/diagnose.json``, or what ``--json`` prints): the
-  alarms and the last estimate of every layer. The kappa_hat path is re-computed by running
-  :class:`moebif.monitor.LayerMonitor` with the window, block and top-k that diagnose used on
-  the router log named in the JSON, when that file can still be read (relative names are tried
-  against the working folder and the JSON's folder and its parent); otherwise only the last
-  estimate is shown, and the view says why;
+  alarms and the last estimate of every layer. The kappa_hat path is re-computed by
+  :func:`moebif.monitor.diagnose`, the function ``moebif diagnose`` runs, with the options it
+  recorded (window rule, top-k, threshold) on the router log named in the JSON, when that file
+  can still be read (relative names are tried against the working folder and the JSON's folder
+  and its parent): the same inputs (counts, importance, logits, forces) and the same numbers.
+  Otherwise only the last estimate is shown, and the view says why;
 - a router log readable by :func:`moebif.monitor.read_log` (``.csv``, ``.jsonl``, ``.npy``,
-  ``.npz``): the monitor is run on every layer with ``top_k`` (default 1) and a window of
-  ``window`` steps (default: an eighth of the log, at least 64 steps). ``moebif diagnose`` picks
-  its window from a fit of ``eta gamma``; for that window, diagnose the log and load its JSON.
+  ``.npz``): :func:`moebif.monitor.diagnose` is run on every layer with ``top_k`` (where the
+  log has no header; default 1) and a window of ``window`` steps (default: an eighth of the
+  log, at least 64 steps; ``"online"``: the monitor's own, as diagnose's default).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..monitor import LayerMonitor, LogError, read_log
+from ..monitor import DiagnoseError, LogError, diagnose, read_log
 from ..monitor.monitor import collapse_ratio
 
 __all__ = ["MonitorLayer", "MonitorLog", "read_monitor_log"]
@@ -85,53 +86,44 @@ def _finite(x):
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def _run_monitor(
-    source, name, steps, counts, *, top_k, window, block=None, importance=None
-) -> MonitorLayer:
-    S, n = counts.shape
-    where = f"{source}: layer {name!r}"
-    if not 1 <= top_k < n:
-        raise LogError(f"{where}: top_k must be in 1..{n - 1} for {n} experts, got {top_k}")
-    if S < 64:
-        raise LogError(f"{where}: need >= 64 steps, got {S}")
-    if window == "online":  # the monitor's automatic window, as diagnose's default uses
-        w, block = None, None
-    else:
-        w = int(window) if window is not None else max(64, S // 8)
-        w = min(w, S)
+def _diagnosed(source, raw, name, *, top_k, window, threshold=None) -> MonitorLayer:
+    """Layer ``name`` of the router log ``raw`` through :func:`moebif.monitor.diagnose` (the
+    pipeline ``moebif diagnose`` runs: the same inputs, window, top-k and threshold)."""
+    lay = raw.layers[name]
+    k = lay.top_k
+    if k is None:
+        k = top_k
+        n = lay.n_experts
+        if not 1 <= k < n:
+            raise LogError(f"{source}: layer {name!r}: top_k must be in 1..{n - 1} for {n} "
+                           f"experts, got {k}")  # fmt: skip
     try:
-        mon = LayerMonitor(n, top_k=top_k, window=w, block=block, name=str(name))
-    except ValueError as e:
-        raise LogError(f"{where}: {e}") from None
-    mon.update_many(counts, importance)
-
-    def at(step):  # rows fed -> the log's own step numbers
-        return int(steps[min(max(int(step), 1), len(steps)) - 1])
-
-    fits = []
-    for f in mon.fits:
-        fits.append(
-            {
-                "step": at(f.step),
-                "kappa": _finite(f.kappa),
-                "kappa_lo": _finite(f.kappa_lo),
-                "kappa_hi": _finite(f.kappa_hi),
-                "regime": f.regime,
-                "used": f.regime not in UNUSED,
-            }
-        )
-    alarms = [{**a.to_dict(), "step": at(a.step)} for a in mon.alarms]
-    last = mon.fits[-1].to_dict() if mon.fits else None
+        d = diagnose(raw, window=window, top_k=k, threshold=threshold, layers=[name])
+    except DiagnoseError as e:
+        raise LogError(f"{source}: {e.message}") from None
+    x = d.layers[0]
+    mon = x.monitor
+    fits = [
+        {
+            "step": x.log_step(f.step),
+            "kappa": _finite(f.kappa),
+            "kappa_lo": _finite(f.kappa_lo),
+            "kappa_hi": _finite(f.kappa_hi),
+            "regime": str(f.regime),
+            "used": f.regime not in UNUSED,
+        }
+        for f in mon.fits
+    ]
     return MonitorLayer(
         name=str(name),
-        n_experts=n,
-        top_k=top_k,
-        kappa_sn=collapse_ratio(n, top_k),
+        n_experts=lay.n_experts,
+        top_k=mon.top_k,
+        kappa_sn=collapse_ratio(lay.n_experts, mon.top_k),
         window=mon.window,
         fits=fits,
-        alarms=alarms,
-        last_estimate=last,
-        regime=mon.fits[-1].regime if mon.fits else None,
+        alarms=[{**a.to_dict(), "step": x.log_step(a.step)} for a in mon.alarms],
+        last_estimate=mon.fits[-1].to_dict() if mon.fits else None,
+        regime=str(mon.fits[-1].regime) if mon.fits else None,
     )
 
 
@@ -179,24 +171,16 @@ def _diagnose_layers(obj: dict, path: Path, follow_log: bool = True) -> list[Mon
                 raise LogError(f"{where}, key alarms[{j}]: need an object with step and kind")
         est = s.get("estimate")
         if raw is not None and name in raw.layers:
-            lay = raw.layers[name]
-            steps = lay.steps
-            layer = _run_monitor(
-                found,
-                name,
-                steps,
-                lay.counts,
-                top_k=k,
-                window="online" if s.get("window_rule") == "online" else s.get("window"),
-                block=s.get("block"),
-                importance=lay.importance,
+            # diagnose's own options: those it recorded (older JSONs: its window of the layer)
+            opts = obj.get("options") if isinstance(obj.get("options"), dict) else {}
+            rule = s.get("window_rule")
+            win = opts.get("window") or (
+                rule if rule in ("online", "auto") else s.get("window") or "online"
             )
-            # the alarms are diagnose's own (its threshold and latent-filter prior may differ
-            # from the defaults), mapped to the log's step numbers like the fits
-            layer.alarms = [
-                {**a, "step": int(steps[min(max(a["step"], 1), len(steps)) - 1])} for a in alarms
-            ]
-            layer.note = f"kappa_hat path re-computed from {found} with diagnose's window"
+            layer = _diagnosed(
+                found, raw, name, top_k=k, window=win, threshold=opts.get("threshold")
+            )
+            layer.note = f"kappa_hat path re-computed from {found} with diagnose's options"
         else:
             fits = []
             if isinstance(est, dict) and est.get("kappa") is not None:
@@ -268,18 +252,13 @@ def read_monitor_log(
             f"{path}: {rows} logged steps over {len(raw.layers)} layer(s); the explorer runs the "
             f"monitor on at most {max_rows} from the page (start it with --log FILE for more)"
         )
-    layers = [
-        _run_monitor(
-            path,
-            name,
-            lay.steps,
-            lay.counts,
-            top_k=lay.top_k or top_k,  # the log's header says k; else the caller's
-            window=window,
-            importance=lay.importance,
-        )
-        for name, lay in raw.layers.items()
-    ]
+    layers = []
+    for name, lay in raw.layers.items():
+        w = window
+        if window != "online":  # a fixed window: the caller's, else an eighth of the log
+            w = int(window) if window is not None else max(64, len(lay.steps) // 8)
+            w = min(w, max(len(lay.steps), 32))
+        layers.append(_diagnosed(path, raw, name, top_k=top_k, window=w))
     for layer in layers:
         layer.note = (
             f"monitor run on the router log with a window of {layer.window} steps "

@@ -19,3 +19,7 @@ from .monitor import recommended_window as recommended_window
 from .whittle import WhittleFit as WhittleFit
 from .whittle import block_spectrum as block_spectrum
 from .whittle import fit_whittle as fit_whittle
+from .diagnosis import DiagnoseError as DiagnoseError
+from .diagnosis import Diagnosis as Diagnosis
+from .diagnosis import LayerDiagnosis as LayerDiagnosis
+from .diagnosis import diagnose as diagnose
