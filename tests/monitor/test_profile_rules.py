@@ -126,7 +126,7 @@ def test_collapse_and_return_recovers_and_nothing_stays_active():
     assert got[-1][1] == RECOVERED and 2600 <= got[-1][0] < 2600 + 4 * mon.dwell
     assert [k for _, k in got].count(RECOVERED) == 1
     assert mon.state() not in ACTIVE_KINDS and mon.active_alarms() == []
-    assert not any(mon._flags[k] for k in ACTIVE_KINDS)
+    assert not any(mon.rules[k].active for k in ACTIVE_KINDS)
 
 
 def test_alarm_of_the_initial_transient_clears_when_the_layer_settles():

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..monitor import DiagnoseError, LogError, diagnose, read_log
-from ..monitor.monitor import collapse_ratio
+from ..monitor.estimation import collapse_ratio
+from ..monitor.kinds import UNUSED_REGIMES
 
 __all__ = ["MonitorLayer", "MonitorLog", "read_monitor_log"]
 
-# fits whose regime says the alarms do not use them (see moebif.monitor.monitor)
-UNUSED = ("unresolved", "short-window", "excursion", "warming-up")
+# fits whose regime says the alarms do not use them (named once, in moebif.monitor.kinds)
+UNUSED = UNUSED_REGIMES
 
 
 @dataclass
@@ -109,7 +110,7 @@ def _diagnosed(source, raw, name, *, top_k, window, threshold=None) -> MonitorLa
             "kappa": _finite(f.kappa),
             "kappa_lo": _finite(f.kappa_lo),
             "kappa_hi": _finite(f.kappa_hi),
-            "regime": str(f.regime),
+            "regime": f.regime,
             "used": f.regime not in UNUSED,
         }
         for f in mon.fits

@@ -2,6 +2,10 @@
 the usual routing metrics, the model-based stability ratio ``kappa_hat = a / (N gamma T)`` with
 an interval, the regime and alarms. numpy only on the hot path (see :mod:`.monitor`)."""
 
+from .diagnosis import DiagnoseError as DiagnoseError
+from .diagnosis import Diagnosis as Diagnosis
+from .diagnosis import LayerDiagnosis as LayerDiagnosis
+from .diagnosis import diagnose as diagnose
 from .logs import LayerLog as LayerLog
 from .logs import LogError as LogError
 from .logs import LogWriter as LogWriter
@@ -19,7 +23,3 @@ from .monitor import recommended_window as recommended_window
 from .whittle import WhittleFit as WhittleFit
 from .whittle import block_spectrum as block_spectrum
 from .whittle import fit_whittle as fit_whittle
-from .diagnosis import DiagnoseError as DiagnoseError
-from .diagnosis import Diagnosis as Diagnosis
-from .diagnosis import LayerDiagnosis as LayerDiagnosis
-from .diagnosis import diagnose as diagnose

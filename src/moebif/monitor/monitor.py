@@ -99,30 +99,36 @@ specialising until its excess is 0.25 above the settled one raises ``collapse-in
 from __future__ import annotations
 
 import math
-import os
-import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..model.thresholds import thresholds
-from .metrics import load_metrics, max_load_excess
-from .profile import (
-    ACTIVE_KINDS,
-    APPROACHING,
-    COLLAPSE_IN_PROGRESS,
-    COLLAPSED,
-    DEAD_EXPERTS,
-    PROFILE_RULES,
-    RECOVERED,
-    WARM_LEVEL,
-    DeadExperts,
-    FrozenReference,
+from .estimation import (
+    MODES_FRESH as MODES_FRESH,
 )
+from .estimation import (
+    MODES_TOL as MODES_TOL,
+)
+from .estimation import (
+    Refit,
+    choose_estimate,
+    classify_regime,
+    executor,
+    finite_or_none,
+    fit_window,
+    modes_at,
+    unresolved_reason,
+)
+from .estimation import collapse_ratio as collapse_ratio
+from .estimation import escape_time as escape_time
+from .estimation import saddle_gap as saddle_gap
+from .kinds import ACTIVE_KINDS, UNUSED_REGIMES, Alarm, AlarmKind, Regime, Source
+from .metrics import load_metrics, max_load_excess
+from .profile import WARM_LEVEL, FrozenReference
 from .profile import total_variation as _tv
-from .whittle import WhittleFit, fit_whittle, load_modes, profile_error, stationary_profile
+from .rules import RULES, AlarmRule, BlockContext
+from .whittle import WhittleFit
 
 __all__ = ["Alarm", "LayerMonitor", "LoadMonitor", "default_block", "recommended_window"]
 
@@ -145,258 +151,8 @@ def default_block(window: int, n_experts: int) -> int:
     return max(1, int(window) // (2048 if n_experts == 2 else 1024))
 
 
-@dataclass(frozen=True)
-class Alarm:
-    step: int
-    kind: str
-    message: str
-    layer: str = ""
-
-    def to_dict(self) -> dict:
-        return {"step": self.step, "kind": self.kind, "layer": self.layer, "message": self.message}
-
-
-def collapse_ratio(n_experts: int, top_k: int = 1) -> float:
-    """``kappa_SN = a_SN / a_lin``: the kappa at which a stable collapsed state appears
-    (1 for N = 2: the pitchfork)."""
-    return thresholds(n_experts, top_k).kappa_sn
-
-
-_SNG_CACHE: dict[int, tuple[float, float]] = {}
-
-
-def saddle_gap(kappa: float, n_experts: int) -> float:
-    """``(d_s, d_c)``: score gaps of the one-winner saddle and of the collapsed state of eq. (8)
-    at ``a / (gamma T) = kappa N`` (NaN outside the metastable window)."""
-    from ..model.symmetric import branch_ratio, saddle_node_gap
-
-    n = n_experts
-    if n not in _SNG_CACHE:
-        _SNG_CACHE[n] = saddle_node_gap(n, 1)
-    d_sn, g_sn = _SNG_CACHE[n]
-    c = kappa * n
-    if not g_sn < c < n:
-        return math.nan, math.nan
-    out = []
-    # g_1 decreases from N to g_sn on (0, d_sn), then increases without bound
-    for lo, hi, down in ((1e-12, d_sn, True), (d_sn, d_sn + 10.0 + 2.0 * c, False)):
-        for _ in range(100):
-            mid = 0.5 * (lo + hi)
-            if (float(branch_ratio(mid, n, 1)) > c) == down:
-                lo = mid
-            else:
-                hi = mid
-        out.append(0.5 * (lo + hi))
-    return out[0], out[1]
-
-
-def escape_time(kappa: float, eta_gamma: float, b_eff: float, n_experts: int) -> float:
-    """Mean escape time (steps) from the balanced state at ``kappa`` (Eyring-Kramers, see
-    :mod:`moebif.model.metastability`); inf below ``kappa_SN``, 0 at or above 1."""
-    if not math.isfinite(kappa):
-        return math.nan
-    if kappa >= 1.0:
-        return 0.0
-    if n_experts < 3 or kappa <= collapse_ratio(n_experts) or not b_eff > 0:
-        return math.inf
-    from ..model.metastability import escape_theory
-    from ..params import RouterParams
-
-    p = RouterParams(a=kappa * n_experts, gamma=1.0, T=1.0, n_experts=n_experts)
-    import warnings
-
-    try:
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tau = escape_theory(p).mean_escape_time(batch=b_eff, eta=eta_gamma)
-    except (ValueError, ArithmeticError):
-        return math.nan
-    with np.errstate(over="ignore"):
-        return float(tau / eta_gamma)
-
-
-# ----------------------------------------------------------------------------------------------
-# the fits, off the training thread
-
-MODES_TOL = 0.02  # relative change of the loads that needs new load modes (beyond the noise)
-MODES_FRESH = 16  # up to this N every fit computes its own modes (the Jacobian takes ~10 ms)
-
-_EXECUTORS: dict[str, ThreadPoolExecutor] = {}
-_EXECUTOR_LOCK = threading.Lock()
-
-
-def _executor(lane: str = "fits") -> ThreadPoolExecutor:
-    """The worker threads that every monitor shares, one per lane (FIFO within a lane): ``fits``
-    for the refits, ``modes`` for the load modes of a moved profile (the top-k load Jacobian
-    can take seconds; in a lane of its own it never holds up a refit)."""
-    with _EXECUTOR_LOCK:
-        if lane not in _EXECUTORS:
-            _EXECUTORS[lane] = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"moebif-{lane}"
-            )
-        return _EXECUTORS[lane]
-
-
-def _forget_executors() -> None:
-    _EXECUTORS.clear()  # a forked child has no worker threads: it starts its own
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_executors)
-
-
-def _profile_moved(cached, profile, error) -> bool:
-    """The profile left the one the modes were computed at: an expert's load moved by more than
-    ``3 (MODES_TOL cached + 2 se)``, or all of them by more than ``MODES_TOL cached + 2 se`` in
-    the mean square (``se``: the window's standard error of each load, :func:`profile_error`,
-    at most ``MODES_TOL cached``). Sampling noise alone does not move it (the windows' profiles
-    differ by ~1.4 se)."""
-    # the noise allowance is capped (the sub-window scatter of a profile in motion is large)
-    scale = MODES_TOL * cached + np.minimum(2.0 * np.nan_to_num(error), MODES_TOL * cached)
-    z = np.abs(profile - cached) / np.maximum(scale, 1e-300)
-    return bool(z.max() > 3.0 or np.sqrt(np.mean(z * z)) > 1.0)
-
-
-def _modes_at(profile, k: int):
-    """``(profile, mu, V, groups)`` of :func:`load_modes`, or None where the profile has none
-    (a top-k load at 1/k or more)."""
-    try:
-        return (profile, *load_modes(profile, k))
-    except (ValueError, np.linalg.LinAlgError):
-        return None
-
-
-def _fit_window(x, block: int, n: int, k: int, feedback, modes):
-    """The fits of one refit, a pure function of its snapshot (run on the ``fits`` worker):
-    ``(profile, modes computed here or None, whittle fit, feedback fit, profile moved)``.
-    ``x``: the window's block means (M, N); ``feedback``: a :meth:`FeedbackStats.snapshot` or
-    None; ``modes``: the monitor's ``(profile, mu, V, groups)`` (None: computed here)."""
-    profile = stationary_profile(x)
-    if n <= MODES_FRESH:
-        modes = None  # cheap: the modes of this very window
-    new = _modes_at(profile, k) if modes is None else None
-    use = modes if modes is not None else new
-    fit = fb = None
-    if use is not None:
-        try:
-            fit = fit_whittle(x, block=block, n_experts=n, top_k=k, profile=profile, modes=use[1:])
-        except ValueError:
-            fit = None
-        if feedback is not None:
-            from .feedback import fit_feedback
-
-            try:
-                fb = fit_feedback(feedback, use[1:])
-            except (ValueError, np.linalg.LinAlgError):
-                fb = None
-    moved = modes is not None and _profile_moved(modes[0], profile, profile_error(x))
-    return profile, new, fit, fb, moved
-
-
 FILTER_STEPS = 10
 MAX_DWELL = 128
-RECOVER = 0.6  # recovered: both dwell halves back within this x excursion of the profile left
-
-
-class _Refit:
-    """One refit: its step, the fits behind it and what the monitor concluded. ``kappa`` and
-    the relaxation rate are those of the estimator used (``source``: ``"logits"`` for the
-    feedback measured from the router's logits, ``"loads"`` for the Whittle fit of the loads),
-    NaN with a ``reason`` when unresolved. The escape time (and its range over the 95% interval
-    of kappa) is computed on first access: it costs more than the fit and is rarely read."""
-
-    __slots__ = (
-        "step",
-        "fit",
-        "feedback",
-        "regime",
-        "reason",
-        "source",
-        "kappa",
-        "kappa_lo",
-        "kappa_hi",
-        "relaxation_rate",
-        "relaxation_lo",
-        "relaxation_hi",
-        "eta_gamma",
-        "collapse_kappa",
-        "window_units",
-        "_esc_args",
-        "_esc",
-        "_esc_range",
-    )
-
-    def __init__(self, step: int, fit: WhittleFit | None, feedback=None):
-        self.step = step
-        self.fit = fit
-        self.feedback = feedback
-        self.regime = "unresolved"
-        self.reason = ""
-        self.source = "none"
-        self.kappa = self.kappa_lo = self.kappa_hi = math.nan
-        self.relaxation_rate = self.relaxation_lo = self.relaxation_hi = math.nan
-        self.eta_gamma = math.nan
-        self.collapse_kappa = math.nan
-        self.window_units = math.nan
-        self._esc_args = None  # (kappa_sn, n) when the escape time applies, else None
-        self._esc = None
-        self._esc_range = None
-
-    @property
-    def escape_steps(self) -> float:
-        """Eyring-Kramers mean escape time (steps) at kappa_hat; inf below kappa_SN; NaN where
-        the theory does not apply (heterogeneous profile, top-k) or is beyond its range."""
-        if self._esc is None:
-            self._esc = math.inf if self._esc_args is not None else math.nan
-            if self._esc_args is not None and self.kappa >= self._esc_args[0]:
-                self._esc = _bounded(escape_time(self.kappa, *self._esc_args[1:]))
-        return self._esc
-
-    @property
-    def escape_range(self) -> tuple[float, float]:
-        """The escape time at the two ends of the 95% interval of kappa (computed separately
-        from :attr:`escape_steps`, on first read)."""
-        if self._esc_range is None:
-            self._esc_range = (math.nan, math.nan)
-            if self._esc_args is not None and math.isfinite(self.kappa_lo):
-                args = self._esc_args[1:]
-                self._esc_range = (
-                    _bounded(escape_time(min(self.kappa_hi, 1.0), *args)),
-                    _bounded(escape_time(self.kappa_lo, *args)),
-                )
-        return self._esc_range
-
-    def to_dict(self) -> dict:
-        d = {"step": self.step, "regime": self.regime, "reason": self.reason}
-        d["source"] = self.source
-        for k in ("kappa", "kappa_lo", "kappa_hi", "relaxation_rate", "eta_gamma"):
-            d[k] = _finite_or_none(getattr(self, k))
-        d["relaxation_rate_lo"] = _finite_or_none(self.relaxation_lo)
-        d["relaxation_rate_hi"] = _finite_or_none(self.relaxation_hi)
-        d["collapse_kappa"] = _finite_or_none(self.collapse_kappa)
-        d["window_units"] = _finite_or_none(self.window_units)
-        d["escape_steps"] = _finite_or_none(self.escape_steps)
-        d["escape_steps_range"] = [_finite_or_none(x) for x in self.escape_range]
-        d["loads"] = None if self.fit is None else self.fit.to_dict()
-        d["logits"] = None if self.feedback is None else self.feedback.to_dict()
-        return d
-
-
-# escape times beyond this many steps are outside what the model can say (a barrier of
-# hundreds of noise units): reported as undetermined, never as 1e32 steps
-_MAX_ESCAPE = 1e12
-
-
-def _bounded(steps: float) -> float:
-    return (
-        steps
-        if (math.isfinite(steps) and steps <= _MAX_ESCAPE) or steps == math.inf
-        else (math.nan)
-    )
-
-
-def _finite_or_none(x):
-    return float(x) if x is not None and math.isfinite(x) else None
 
 
 @dataclass
@@ -539,28 +295,14 @@ class LayerMonitor:
         self._eg_known = self.eta_gamma is not None
         self._ema = None  # loads filtered at the router's own rate
         self._had_resolved = False
-        self._flags = {
-            "approaching-threshold": False,
-            "metastable": False,
-            "collapse-in-progress": False,
-            "collapsed": False,
-            "dead-experts": False,
-        }
-        self._above = 0
-        self._meta = 0
         self._excursion_step = -1  # last step with a collapse alarm active
-        self._d_s = self._d_c = self._d_commit = math.nan
-        self._calm = 0  # steps in a row with the latent gap calm (metastable rule)
-        self._since_alarm = 0  # steps since the last collapse alarm
         # the router's own stable profile and its noise
         self._ref = None  # reference load profile (N,), None while warming up
-        self._ref_pre = None  # the reference before the current collapse alarm
         self._ref_ex = 0.0
         # the long-term reference (frozen once settled) and the rules judged against it
         self._frozen = FrozenReference(n, k)
-        share = 0.1 if self.dead_share is None else float(self.dead_share)
-        self._dead_rule = DeadExperts(n, fraction=share)
-        self._dead_now = np.zeros(n, dtype=bool)  # experts of the frozen reference now dead
+        # the alarm rules, each with its own state (moebif.monitor.rules), in registry order
+        self.rules: dict[AlarmKind, AlarmRule] = {kind: cls(self) for kind, cls in RULES.items()}
         self._drift = math.nan  # dwell-mean excess minus the frozen reference's
         self._noise2 = 0.0  # mean square of the filtered excess rise while calm
         self._noise_n = 0
@@ -573,7 +315,6 @@ class LayerMonitor:
         self._fstats = ForceStats(segment=self.force_segment, segments=self.force_segments)
         self._forecaster = Forecast(points=self.forecast_points)
         self.forecasts: deque = deque(maxlen=keep)  # (ForceEstimate, ForecastState)
-        self._f_above = 0
         self._collapse_cache = None  # (profile, A, kappa of the collapsed state)
         self._modes = None  # (profile, mu, V, groups): the load modes, kept while it stays put
         self._pending = None  # the snapshot of a fit not yet concluded (plain values)
@@ -663,31 +404,10 @@ class LayerMonitor:
         fc = self._forecaster.add(est, est.coefficient)
         self.forecasts.append((est, fc))
         warm = self._ref is None
-        soon = (fc.steps_hi <= self.horizon) if math.isfinite(fc.steps_hi) else False
-        self._f_above = self._f_above + 1 if (soon and not warm) else 0
-        f = self._flags
         out = []
-        if self._f_above >= self.approach_refits and not f["approaching-threshold"]:
-            f["approaching-threshold"] = True
-            if fc.steps_to_collapse == 0.0:
-                when = "the margin is negative already"
-            else:
-                when = (
-                    f"the margin vanishes in {fc.steps_to_collapse:.0f} steps "
-                    f"[{fc.steps_lo:.0f}, {fc.steps_hi:.0f}]"
-                )
-            out.append(
-                self._alarm(
-                    "approaching-threshold",
-                    f"forces: alpha* = {est.critical_coefficient:.3g} [{est.critical_lo:.3g}, "
-                    f"{est.critical_hi:.3g}] against the coefficient {est.coefficient:.3g}; "
-                    f"{when} (knob at collapse {fc.knob_at_collapse:.3g})",
-                )
-            )
-            self.alarms += out
-        elif f["approaching-threshold"] and self._f_above == 0 and fc.knob_margin_lo > 0:
-            if not (math.isfinite(fc.steps_hi) and fc.steps_hi <= 2 * self.horizon):
-                f["approaching-threshold"] = False
+        for rule in self.rules.values():
+            out += rule.on_forecast(self, est, fc, warm=warm)
+        self.alarms += out
         return out
 
     def _push_feedback(self, counts, importance, scores) -> None:
@@ -792,12 +512,19 @@ class LayerMonitor:
     # -------------------------------------------------------------------------------------
     # the profile rules: collapse, recovery, warming up
 
-    def _alarm(self, kind: str, msg: str) -> Alarm:
+    def alarm(self, kind: AlarmKind, msg: str) -> Alarm:
+        """An :class:`Alarm` of this layer at the current step."""
         return Alarm(step=self.step, kind=kind, message=msg, layer=self.name)
 
-    def _excess(self, loads=None) -> float:
+    def excess(self, loads=None) -> float:
+        """Max-load excess of ``loads`` (default: the filtered loads)."""
         q = self._ema if loads is None else loads
         return max_load_excess(float(np.max(q)), self.n_experts, self.top_k)
+
+    @property
+    def filtered_loads(self) -> np.ndarray | None:
+        """The loads filtered at the router's own rate (its latent scores are their EMA)."""
+        return self._ema
 
     def latent_gap(self) -> float:
         """``d_max = kappa N (EMA_max - mean EMA of the others)`` at the current kappa_hat."""
@@ -817,7 +544,7 @@ class LayerMonitor:
         h = nd // 2
         return r.mean(axis=0), r[:h].mean(axis=0), r[h:].mean(axis=0)
 
-    def _stationary(self, halves) -> bool:
+    def stationary(self, halves) -> bool:
         """The loads did not move over the dwell: the two halves agree within a few times the
         sampling noise of a half-dwell mean (estimated from the block-to-block scatter)."""
         nd = self._nd
@@ -827,18 +554,26 @@ class LayerMonitor:
         tol = 4.0 * noise * math.sqrt(2.0 / max(nd // 2, 1)) + 0.02
         return _tv(halves[0], halves[1]) <= tol
 
-    def _dead(self, q, ref) -> int:
+    def dead_count(self, q, ref) -> int:
         """Experts that carried load in the reference and have (nearly) none now."""
         alive = ref >= 0.25 / self.n_experts
         return int(np.sum(alive & (q < 0.1 * ref)))
 
-    def _collapse_active(self) -> bool:
-        return self._flags[COLLAPSE_IN_PROGRESS] or self._flags[COLLAPSED]
+    def collapse_active(self) -> bool:
+        """``collapse-in-progress`` or ``collapsed`` is active."""
+        r = self.rules
+        return r[AlarmKind.COLLAPSE_IN_PROGRESS].active or r[AlarmKind.COLLAPSED].active
+
+    def restart_reference(self, loads, excess: float | None = None) -> None:
+        """The short-term reference restarts from ``loads`` (a recovery, the layer settling)."""
+        self._ref = np.array(loads, dtype=float, copy=True)
+        self._ref_ex = self.excess(self._ref) if excess is None else excess
 
     def _check_profile(self, bm, bc) -> list[Alarm]:
+        """One closed block: the references follow the profile, then the profile rules judge
+        it (:class:`~moebif.monitor.rules.BlockContext`), then the recovery."""
         out = []
-        f = self._flags
-        ex = self._excess()
+        ex = self.excess()
         gap = self.latent_gap()
         dm = self._dwell_means()
         warming = self._ref is None
@@ -848,19 +583,20 @@ class LayerMonitor:
             # is: it never had a balanced state to leave
             lvl_in, lvl_col = max(self.excursion, WARM_LEVEL), max(self.collapsed, 0.9)
             settled = (
-                dm is not None and self.step >= (self.warmup or 64) and self._stationary(dm[1:])
+                dm is not None and self.step >= (self.warmup or 64) and self.stationary(dm[1:])
             )
             rise = ex if settled else -math.inf
-            if settled and self._excess(dm[0]) < WARM_LEVEL:  # a collapsed profile is no reference
+            if settled and self.excess(dm[0]) < WARM_LEVEL:  # a collapsed profile is no reference
                 self._ref = dm[0].copy()
-                self._ref_ex = self._excess(self._ref)
+                self._ref_ex = self.excess(self._ref)
         else:
             rise = ex - self._ref_ex
             lvl_in, lvl_col = self.excursion, self.collapsed
         fr = self._frozen
+        recovered = self.rules[AlarmKind.RECOVERED]
         if self.frozen_reference and self._ref is not None and not fr.frozen:
             if fr.push(bm, self.block, self.step, max(4 * self.dwell, 256)):
-                out += self._settled()
+                out += recovered.settled(self, fr)
         tokens = float(np.sum(bc)) / self.block  # token slots (k B) per step
         # the cumulative drift from the frozen reference, on the loads averaged over a dwell: a
         # slow drive needs no fast filter, and a dwell mean does not swing with one batch's data
@@ -868,9 +604,9 @@ class LayerMonitor:
         ref = fr.loads if fr.frozen else self._ref
         if ref is None:
             ref = np.full(self.n_experts, 1.0 / self.n_experts)
-        dying = self._dead(self._ema, ref) if not warming else 0
+        dying = self.dead_count(self._ema, ref) if not warming else 0
         alive = int(np.sum(ref >= 0.25 / self.n_experts))
-        active = self._collapse_active()
+        active = self.collapse_active()
         # jitter of the rise while clearly calm (small batches make the filtered loads noisy):
         # a collapse must stand out of it; a rise under way is never counted as jitter
         if not active and not warming and abs(rise) < 0.5 * lvl_in:
@@ -878,149 +614,44 @@ class LayerMonitor:
             self._noise_n += 1
         noise = 4.0 * math.sqrt(self._noise2) if self._noise_n >= 8 else 0.0
         self.block_record.append((self.step, rise if math.isfinite(rise) else math.nan, gap))
-        in_meta = math.isfinite(self._d_s) and f["metastable"]
-        past_saddle = in_meta and gap > self._d_commit
-        runaway = rise >= max(lvl_in, noise)
-        drifting = self._drift >= self.excursion  # False while NaN
-        if not f[COLLAPSE_IN_PROGRESS] and (past_saddle or runaway or drifting):
-            f[COLLAPSE_IN_PROGRESS] = True
-            if past_saddle:
-                why = (
-                    f"latent score gap {gap:.2f} passed the saddle gap {self._d_s:.2f} by "
-                    f"{self.commit:g} of the way to the collapsed gap {self._d_c:.2f}"
-                )
-            elif warming:
-                why = f"filtered max-load excess {ex:.2f} >= {lvl_in:g} while warming up"
-            elif runaway:
-                why = (
-                    f"filtered max-load excess {ex:.2f} rose {rise:.2f} above the router's "
-                    f"recent stable profile ({self._ref_ex:.2f})"
-                )
-            else:
-                why = (
-                    f"max-load excess {self._excess(dm[0]):.2f} over the last {self.dwell} steps "
-                    f"drifted {self._drift:+.2f} from the reference profile frozen at step "
-                    f"{fr.step} ({fr.excess:.2f})"
-                )
-            out.append(self._alarm(COLLAPSE_IN_PROGRESS, why + "; the router is leaving balance"))
-        many_dead = alive > self.top_k and dying >= max(1, (alive - self.top_k + 1) // 2)
-        drift_collapsed = self._drift >= self.collapsed
-        if not f[COLLAPSED] and (rise >= max(lvl_col, noise) or drift_collapsed or many_dead):
-            f[COLLAPSED] = True
-            if fr.frozen and math.isfinite(self._drift):
-                where = (
-                    f"{self._drift + fr.excess:.2f} over the last {self.dwell} steps against "
-                    f"{fr.excess:.2f} in the reference frozen at step {fr.step}"
-                )
-            elif not warming:
-                where = f"recent stable profile {self._ref_ex:.2f}; no long-term reference yet"
-            else:
-                where = "while warming up: no stable profile yet"
-            lost = f", {dying} of {alive} experts alive in it dropped out" if not warming else ""
-            out.append(
-                self._alarm(
-                    COLLAPSED,
-                    f"filtered max-load excess {ex:.2f} ({where}){lost}: the load sits on few "
-                    "experts",
-                )
-            )
-        if self.dead_share is not None and fr.frozen:
-            self._dead_now = self._dead_rule.update(self._ema, fr, self.block, tokens, self.dwell)
-            if not f[DEAD_EXPERTS] and self._dead_now.any():
-                f[DEAD_EXPERTS] = True
-                out.append(self._alarm(DEAD_EXPERTS, self._dead_message()))
-        if out and self._collapse_active() and self._ref_pre is None and self._ref is not None:
-            self._ref_pre = self._ref.copy()
-        if self._collapse_active():
+        meta = self.rules[AlarmKind.METASTABLE]
+        in_meta = meta.in_window
+        ctx = BlockContext(
+            step=self.step,
+            layer=self.name,
+            ex=ex,
+            gap=gap,
+            dm=dm,
+            warming=warming,
+            rise=rise,
+            lvl_in=lvl_in,
+            lvl_col=lvl_col,
+            noise=noise,
+            ref_ex=self._ref_ex,
+            drift=self._drift,
+            frozen=fr,
+            tokens=tokens,
+            dying=dying,
+            alive=alive,
+            in_meta=in_meta,
+            past_saddle=in_meta and gap > meta.d_commit,
+        )
+        for rule in self.rules.values():
+            if rule is not recovered:
+                out += rule.on_block(self, ctx)
+        recovered.after_block(self, ctx, out)
+        if self.collapse_active():
             self._excursion_step = self.step
-        self._calm = 0 if (in_meta and gap > 0.5 * self._d_s) else self._calm + self.block
-        if out:
-            self._since_alarm = 0
-        else:
-            self._since_alarm += self.block
-        if any(f[kind] for kind in ACTIVE_KINDS) and self._since_alarm >= self.dwell:
-            out += self._check_recovery(dm, tokens)
-        elif not self._collapse_active() and self._ref is not None:
+        if recovered.due(self):
+            out += recovered.on_block(self, ctx)
+        elif not self.collapse_active() and self._ref is not None:
             # the short-term reference follows a slow drift of the stable profile (specialising
             # experts) so that a fast excursion is judged against where the router is now; the
             # slow drift itself is judged against the frozen reference
             w = min(1.0, self.block / max(self.window, 4 * self.dwell))
             self._ref = (1.0 - w) * self._ref + w * bm
-            self._ref_ex = self._excess(self._ref)
+            self._ref_ex = self.excess(self._ref)
         return out
-
-    def _dead_message(self) -> str:
-        fr, idx = self._frozen, np.flatnonzero(self._dead_now)
-        names = ", ".join(str(i) for i in idx[:8]) + (", ..." if idx.size > 8 else "")
-        now = ", ".join(f"{self._ema[i]:.3f}" for i in idx[:8])
-        was = ", ".join(f"{fr.loads[i]:.3f}" for i in idx[:8])
-        return (
-            f"{idx.size} expert(s) ({names}) of the {int(fr.alive().sum())} alive in the "
-            f"reference profile frozen at step {fr.step} kept less than {self.dead_share:g} of "
-            f"their reference share for {self.dwell} steps (filtered loads {now} against {was})"
-        )
-
-    def _settled(self) -> list[Alarm]:
-        """The long-term reference was just frozen: the layer settled, and the alarms raised
-        before it (during the initial transient, against no or a short-lived reference) clear."""
-        f, fr = self._flags, self._frozen
-        self._ref = fr.loads.copy()  # the short-term reference restarts from the settled profile
-        self._ref_ex = fr.excess
-        kinds = [kind for kind in ACTIVE_KINDS if f[kind]]
-        if not kinds:
-            return []
-        for kind in kinds:
-            f[kind] = False
-        self._ref_pre = None
-        return [
-            self._alarm(
-                RECOVERED,
-                f"the layer settled: its profile (max-load excess {fr.excess:.2f}) was stationary "
-                "over two spans and is frozen as the long-term reference; the "
-                f"{' and '.join(kinds)} raised before it belonged to the initial transient",
-            )
-        ]
-
-    def _check_recovery(self, dm, tokens: float) -> list[Alarm]:
-        """Every active collapse-type alarm clears at once when both halves of the dwell are
-        back within ``RECOVER x excursion`` of the reference's excess (the frozen one once it
-        exists, else the short-term one before the alarm), the loads are stationary, and every
-        expert alive in the reference carries load again. An alarm raised before any reference
-        clears when the layer settles (:meth:`_settled`)."""
-        if dm is None or self._calm < self.dwell:
-            return []
-        fr = self._frozen
-        if fr.frozen:
-            target, what = fr.loads, f"the reference frozen at step {fr.step}"
-        elif self._ref_pre is not None:
-            target, what = self._ref_pre, "the profile before the collapse"
-        else:
-            return []
-        mean = dm[0]
-        # both halves of the dwell back (an excess swinging in and out is not back)
-        rise = max(self._excess(dm[1]), self._excess(dm[2])) - self._excess(target)
-        if rise >= RECOVER * self.excursion or not self._stationary(dm[1:]):
-            return []
-        if fr.frozen and self.dead_share is not None:
-            if not self._dead_rule.revived(mean, fr, tokens, self.dwell):
-                return []
-        elif self._dead(mean, target) > 0:
-            return []
-        f = self._flags
-        for kind in ACTIVE_KINDS:
-            f[kind] = False
-        self._dead_now[:] = False
-        self._ref = mean.copy()  # the stable profile it came back to (it may differ)
-        self._ref_ex = self._excess(self._ref)
-        self._ref_pre = None
-        return [
-            self._alarm(
-                RECOVERED,
-                f"back at a stable profile: max-load excess {self._excess(mean):.2f} averaged "
-                f"over the last {self.dwell} steps ({rise:+.2f} against {what}), every expert "
-                "alive in it carries load again",
-            )
-        ]
 
     # -------------------------------------------------------------------------------------
     # the model-based rules
@@ -1031,7 +662,7 @@ class LayerMonitor:
         Modes requested at the last conclusion are installed first (waiting if needed)."""
         if self._modes_request is not None:
             fut, self._modes_future = self._modes_future, None
-            new = fut.result() if fut is not None else _modes_at(self._modes_request, self.top_k)
+            new = fut.result() if fut is not None else modes_at(self._modes_request, self.top_k)
             self._modes_request = None
             if new is not None:
                 self._modes = new
@@ -1057,12 +688,12 @@ class LayerMonitor:
     def _submit(self) -> None:
         p = self._pending
         args = (p["x"], p["block"], self.n_experts, self.top_k, p["feedback"], p["modes"])
-        self._future = _executor("fits").submit(_fit_window, *args) if self.background else None
+        self._future = executor("fits").submit(fit_window, *args) if self.background else None
 
     def _submit_modes(self) -> None:
         if self.background:
-            lane = _executor("modes")
-            self._modes_future = lane.submit(_modes_at, self._modes_request, self.top_k)
+            lane = executor("modes")
+            self._modes_future = lane.submit(modes_at, self._modes_request, self.top_k)
 
     def _apply_fit(self) -> list[Alarm]:
         """Conclude the pending fit (waiting for the worker only if it is not done yet)."""
@@ -1071,7 +702,7 @@ class LayerMonitor:
         if fut is not None:
             profile, modes, fit, fb, moved = fut.result()
         else:
-            profile, modes, fit, fb, moved = _fit_window(
+            profile, modes, fit, fb, moved = fit_window(
                 p["x"], p["block"], self.n_experts, self.top_k, p["feedback"], p["modes"]
             )
         if modes is not None:
@@ -1083,64 +714,36 @@ class LayerMonitor:
 
     def _conclude(self, step: int, span: int, profile, fit, fb) -> list[Alarm]:
         """The regime and the model-based alarms from the fits of the window of ``span`` steps
-        that ended at ``step``."""
+        that ended at ``step``: the estimate (:func:`~.estimation.choose_estimate`), its regime
+        (:func:`~.estimation.classify_regime`, then the monitor's vetoes), the automatic
+        window, then the rules (:meth:`~.rules.AlarmRule.on_fit`)."""
         n, k = self.n_experts, self.top_k
-        rf = _Refit(step, fit, fb)
-        # which estimate speaks for the router: the logits when they resolve it
-        if fb is not None and fb.resolved:
-            rf.source = "logits"
-            rf.kappa, rf.kappa_lo, rf.kappa_hi = fb.kappa, fb.kappa_lo, fb.kappa_hi
-            rf.relaxation_rate = fb.relaxation_rate
-            rf.relaxation_lo, rf.relaxation_hi = fb.relaxation_rate_lo, fb.relaxation_rate_hi
-            rf.eta_gamma = fb.eta_gamma
-        elif fit is not None and fit.resolved and fb is None:
-            rf.source = "loads"
-            rf.kappa, rf.kappa_lo, rf.kappa_hi = fit.kappa, fit.kappa_lo, fit.kappa_hi
-            rf.relaxation_rate = fit.relaxation_rate
-            rf.eta_gamma = fit.eta_gamma
-            # the rate's interval from kappa's: relaxation = eta gamma (1 - kappa)
-            rf.relaxation_lo = fit.eta_gamma * (1.0 - fit.kappa_hi)
-            rf.relaxation_hi = fit.eta_gamma * (1.0 - fit.kappa_lo)
-        if rf.source != "none" and 0.0 < rf.eta_gamma < 1.0:
+        rf = Refit(step, fit, fb)
+        choose_estimate(rf, fit, fb)
+        if rf.source != Source.NONE and 0.0 < rf.eta_gamma < 1.0:
             self._eg = rf.eta_gamma
             self._eg_known = True
             self._had_resolved = True
-        if not math.isfinite(rf.kappa_lo) or rf.kappa_lo < -1e6:
-            rf.kappa_lo = math.nan
-        if rf.source == "none":
-            if fb is not None:
-                rf.reason = f"logits: {fb.reason}"
-            elif fit is None:
-                rf.reason = "loads: no fit (constant loads)"
-            elif fit.at_edge:
-                rf.reason = (
-                    "loads: the relaxation time is not resolved (kappa at the edge of the search:"
-                    " a drift, a collapse in progress or a too short window)"
-                )
-            else:
-                rf.reason = "loads: the window holds fewer than 4 relaxation times"
-            rf.regime = "unresolved"
+        if rf.source == Source.NONE:
+            rf.reason = unresolved_reason(fit, fb)
+            rf.regime = Regime.UNRESOLVED
         else:
             kap = rf.kappa
             rf.collapse_kappa = self._collapse_kappa(profile, kap)
             ksn = rf.collapse_kappa
-            rf.regime = (
-                "collapsing"
-                if kap >= 1.0
-                else ("metastable" if (n >= 3 and kap >= ksn) else "balanced")
-            )
+            rf.regime = classify_regime(kap, ksn, n)
             dm = self._dwell_means()
             if (
-                rf.regime == "collapsing"
-                and rf.source == "loads"
-                and not (self._flags["collapse-in-progress"] or self._flags["collapsed"])
+                rf.regime == Regime.COLLAPSING
+                and rf.source == Source.LOADS
+                and not self.collapse_active()
                 and dm is not None
-                and self._stationary(dm[1:])
+                and self.stationary(dm[1:])
             ):
                 # an unstable router runs away; loads that stay put with kappa_hat >= 1 are a
                 # slow drive of the gate (the language model's gradient), which loads alone
                 # cannot tell from feedback
-                rf.regime = "unresolved"
+                rf.regime = Regime.UNRESOLVED
                 rf.reason = (
                     "loads: kappa_hat >= 1 on a stationary profile: a slow drive of the gate, "
                     "not feedback the loads can resolve (log the router's scores)"
@@ -1151,65 +754,28 @@ class LayerMonitor:
         rf.window_units = span * self._eg
         if self._auto and self._eg_known:
             self._adapt_window()
-        short = rf.source == "loads" and not (
+        short = rf.source == Source.LOADS and not (
             self._had_resolved and rf.window_units >= self.min_units
         )
-        if short and rf.regime != "unresolved":
+        if short and rf.regime != Regime.UNRESOLVED:
             rf.regime, rf.reason = (
-                "short-window",
+                Regime.SHORT_WINDOW,
                 (f"the window spans {rf.window_units:.0f} < {self.min_units:g} relaxation units"),
             )
         # a window that overlaps a collapse alarm is not about the balanced state
         excursion = step - span < self._excursion_step
         if excursion:
-            rf.regime, rf.reason = "excursion", "the window overlaps a collapse alarm"
-        if self._ref is None and rf.regime not in ("excursion",):
-            rf.regime, rf.reason = "warming-up", "no stable load profile yet"
+            rf.regime, rf.reason = Regime.EXCURSION, "the window overlaps a collapse alarm"
+        if self._ref is None and rf.regime != Regime.EXCURSION:
+            rf.regime, rf.reason = Regime.WARMING_UP, "no stable load profile yet"
         self.fits.append(rf)
         out = []
-        f = self._flags
-        if rf.regime in ("excursion", "unresolved", "short-window", "warming-up"):
-            self._above = self._meta = 0
-            self._d_s = self._d_c = self._d_commit = math.nan
+        if rf.regime in UNUSED_REGIMES:
+            for rule in self.rules.values():
+                rule.on_unused_fit(self, rf)
             return out
-        kap = rf.kappa
-        lo_ok = rf.kappa_lo >= self.lower or not math.isfinite(rf.kappa_lo)
-        self._above = self._above + 1 if (kap >= self.threshold and lo_ok) else 0
-        if self._above >= self.approach_refits and not f["approaching-threshold"]:
-            f["approaching-threshold"] = True
-            lo = "?" if not math.isfinite(rf.kappa_lo) else f"{rf.kappa_lo:.3f}"
-            out.append(
-                self._alarm(
-                    "approaching-threshold",
-                    f"kappa_hat = {kap:.3f} [{lo}, {rf.kappa_hi:.3f}] ({rf.source}) "
-                    f">= {self.threshold:g} (lower end >= {self.lower:g}) on "
-                    f"{self.approach_refits} refits; the slowest mode stops relaxing at 1",
-                )
-            )
-        elif kap < self.threshold - 0.05:
-            f["approaching-threshold"] = False
-        if n >= 3:
-            ksn = rf.collapse_kappa
-            self._meta = self._meta + 1 if kap >= ksn else 0
-            near_uniform = rf._esc_args is not None
-            self._d_s, self._d_c = (
-                saddle_gap(kap, n) if (near_uniform and ksn <= kap < 1.0) else (math.nan, math.nan)
-            )
-            self._d_commit = self._d_s + self.commit * (self._d_c - self._d_s)
-            if self._meta >= self.consecutive and not f["metastable"]:
-                f["metastable"] = True
-                esc = rf.escape_steps
-                tau = f"{esc:.3g} steps" if math.isfinite(esc) else "not given (outside the theory)"
-                out.append(
-                    self._alarm(
-                        "metastable",
-                        f"kappa_hat = {kap:.3f} >= {ksn:.3f}, where a stable collapsed state "
-                        f"appears for this load profile: jumps to it are noise-induced and give "
-                        f"no lead time; mean escape time {tau}",
-                    )
-                )
-            elif kap < ksn - 0.03:
-                f["metastable"] = False
+        for rule in self.rules.values():
+            out += rule.on_fit(self, rf)
         return out
 
     def _collapse_kappa(self, profile, kappa: float) -> float:
@@ -1242,26 +808,61 @@ class LayerMonitor:
     # checkpoint
 
     def state_dict(self) -> dict:
-        """The complete state as plain Python values (dicts, lists, numbers, strings): safe for
-        ``json`` and for ``torch.save`` / ``torch.load(weights_only=True)``."""
+        """The complete state, versioned (:mod:`moebif.monitor.state`): ``state_key``,
+        ``version`` and named groups of plain Python values (dicts, lists, numbers, strings),
+        each alarm rule's own state under its kind; safe for ``json`` and for ``torch.save`` /
+        ``torch.load(weights_only=True)``."""
+        from .state import LAYER_STATE_KEY, LAYER_STATE_VERSION, LAYOUT, encode
+
         # a pending fit is saved as its snapshot (the worker's result is not waited for): the
         # restored monitor runs it again, a pure function of the snapshot, to the same result
-        state = {k: v for k, v in vars(self).items() if k not in ("_future", "_modes_future")}
-        return {"format": "moebif.LayerMonitor/1", "state": _encode(state)}
+        out: dict = {"state_key": LAYER_STATE_KEY, "version": LAYER_STATE_VERSION}
+        for group, keys in LAYOUT.items():
+            out[group] = {key: encode(getattr(self, attr)) for key, attr in keys.items()}
+        out["rules"] = {str(kind): rule.state_dict() for kind, rule in self.rules.items()}
+        out["alarms"] = encode(self.alarms)
+        return out
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict` (of a monitor with the same N, top-k and window rule)."""
-        if not isinstance(state, dict) or state.get("format") != "moebif.LayerMonitor/1":
+        """Restore a :meth:`state_dict` (of a monitor with the same N, top-k and window rule),
+        of this version or of the release before it (version 1); anything else raises a
+        ``ValueError`` of one line."""
+        from .state import LAYER_STATE_KEY, LAYER_STATE_VERSION, LAYOUT, V1_FORMAT, decode, from_v1
+
+        if isinstance(state, dict) and state.get("format") == V1_FORMAT:
+            state = from_v1(state)
+        if not isinstance(state, dict) or state.get("state_key") != LAYER_STATE_KEY:
             raise ValueError("state: not a LayerMonitor state_dict")
-        values = _decode(state["state"])
-        keys = ("n_experts", "top_k", "_auto") + (() if self._auto else ("window", "block"))
-        for key in keys:
+        if state.get("version") != LAYER_STATE_VERSION:
+            raise ValueError(
+                f"state: a LayerMonitor state of version {state.get('version')!r}; this moebif "
+                f"reads versions 1 and {LAYER_STATE_VERSION}"
+            )
+        missing = [g for g in (*LAYOUT, "rules", "alarms") if g not in state]
+        if missing:
+            raise ValueError(f"state: a LayerMonitor state_dict without {missing[0]!r}")
+        values = {}
+        for group, keys in LAYOUT.items():
+            saved = state[group]
+            gone = [key for key in keys if key not in saved]
+            if gone:
+                raise ValueError(f"state: {group} lacks {gone[0]!r}")
+            values.update({attr: decode(saved[key]) for key, attr in keys.items()})
+        checks = ("n_experts", "top_k", "_auto") + (() if self._auto else ("window", "block"))
+        for key in checks:
             if values.get(key) != getattr(self, key):
                 raise ValueError(
                     f"state: {key.lstrip('_')} = {values.get(key)!r} does not match this "
                     f"monitor's {getattr(self, key)!r}"
                 )
+        rules = {kind: cls(self) for kind, cls in RULES.items()}
+        for kind, rule in rules.items():
+            if str(kind) not in state["rules"]:
+                raise ValueError(f"state: no state of the rule {kind!s}")
+            rule.load_state_dict(state["rules"][str(kind)])
         vars(self).update(values)
+        self.rules = rules
+        self.alarms = decode(state["alarms"])
         self._future = self._modes_future = None
         if self._pending is not None:
             self._submit()
@@ -1293,7 +894,7 @@ class LayerMonitor:
         last = load_metrics(self._last_counts(), capacity=self.capacity)
         m = {k: float(v) for k, v in last.items()}
         if self._ema is not None:
-            m["max_load_excess_filtered"] = self._excess()
+            m["max_load_excess_filtered"] = self.excess()
         if self._ref is not None:
             prof = load_metrics(self._ref, loads=True)
             m["profile_max_load_excess"] = self._ref_ex
@@ -1301,7 +902,7 @@ class LayerMonitor:
             m["profile_n_eff"] = float(prof["n_eff"])
             m["profile_rare"] = float(np.mean(self._ref < 0.25 / self.n_experts))
             if self._ema is not None:
-                m["excess_rise"] = self._excess() - self._ref_ex
+                m["excess_rise"] = self.excess() - self._ref_ex
         fr = self._frozen
         if fr.frozen:
             m["reference_max_load_excess"] = fr.excess
@@ -1309,7 +910,7 @@ class LayerMonitor:
             m["reference_alive"] = float(fr.alive().sum())
             if math.isfinite(self._drift):
                 m["drift"] = self._drift
-            m["dead_vs_reference"] = float(self._dead_now.sum())
+            m["dead_vs_reference"] = float(self.rules[AlarmKind.DEAD_EXPERTS].now.sum())
         return m
 
     def forecast(self) -> dict:
@@ -1329,9 +930,9 @@ class LayerMonitor:
 
         def trio(v, lo, hi):
             return {
-                "value": _finite_or_none(v),
-                "lo": _finite_or_none(lo),
-                "hi": _finite_or_none(hi),
+                "value": finite_or_none(v),
+                "lo": finite_or_none(lo),
+                "hi": finite_or_none(hi),
             }
 
         crit = (
@@ -1344,10 +945,10 @@ class LayerMonitor:
             steps = trio(fc.steps_to_collapse, fc.steps_lo, fc.steps_hi)
         return {
             "step": self.step,
-            "coefficient": _finite_or_none(est.coefficient),
+            "coefficient": finite_or_none(est.coefficient),
             "critical_coefficient": crit,
             "steps_to_collapse": steps,
-            "knob_at_collapse": _finite_or_none(fc.knob_at_collapse),
+            "knob_at_collapse": finite_or_none(fc.knob_at_collapse),
             "margin": trio(est.margin, est.margin_lo, est.margin_hi),
             "knob_margin": trio(fc.knob_margin, fc.knob_margin_lo, fc.knob_margin_hi),
             "reinforcement": trio(est.reinforcement, est.reinforcement_lo, est.reinforcement_hi),
@@ -1364,16 +965,16 @@ class LayerMonitor:
             rows.append(
                 {
                     "step": est.step,
-                    "coefficient": _finite_or_none(est.coefficient),
-                    "critical_coefficient": _finite_or_none(est.critical_coefficient),
-                    "critical_lo": _finite_or_none(est.critical_lo),
-                    "critical_hi": _finite_or_none(est.critical_hi),
-                    "margin": _finite_or_none(est.margin),
-                    "margin_lo": _finite_or_none(est.margin_lo),
-                    "margin_hi": _finite_or_none(est.margin_hi),
-                    "steps_to_collapse": _finite_or_none(fc.steps_to_collapse),
-                    "steps_lo": _finite_or_none(fc.steps_lo),
-                    "steps_hi": _finite_or_none(fc.steps_hi),
+                    "coefficient": finite_or_none(est.coefficient),
+                    "critical_coefficient": finite_or_none(est.critical_coefficient),
+                    "critical_lo": finite_or_none(est.critical_lo),
+                    "critical_hi": finite_or_none(est.critical_hi),
+                    "margin": finite_or_none(est.margin),
+                    "margin_lo": finite_or_none(est.margin_lo),
+                    "margin_hi": finite_or_none(est.margin_hi),
+                    "steps_to_collapse": finite_or_none(fc.steps_to_collapse),
+                    "steps_lo": finite_or_none(fc.steps_lo),
+                    "steps_hi": finite_or_none(fc.steps_hi),
                 }
             )
         return rows
@@ -1382,21 +983,21 @@ class LayerMonitor:
         """The layer's current state in one word: the active collapse-type alarm (``collapsed``,
         ``collapse-in-progress``, ``dead-experts``, most severe first), else ``warming-up``
         before a stable profile, else the regime of the last fit."""
-        for kind in (COLLAPSED, COLLAPSE_IN_PROGRESS, DEAD_EXPERTS):
-            if self._flags[kind]:
+        for kind in (AlarmKind.COLLAPSED, AlarmKind.COLLAPSE_IN_PROGRESS, AlarmKind.DEAD_EXPERTS):
+            if self.rules[kind].active:
                 return kind
         if self._ref is None:
-            return "warming-up"
-        return self.fits[-1].regime if self.fits else "unresolved"
+            return Regime.WARMING_UP
+        return self.fits[-1].regime if self.fits else Regime.UNRESOLVED
 
     def active_alarms(self) -> list[dict]:
         """The alarms in force now (raised and not cleared), each as its last :class:`Alarm`
         dict. An ``approaching-threshold`` is left out once superseded: a collapse alarm is
         active, or the last fit reads ``collapsing`` (kappa_hat >= 1, past the threshold)."""
-        kinds = [kind for kind, on in self._flags.items() if on]
+        kinds = [kind for kind, rule in self.rules.items() if rule.active]
         state = self.state()
-        if state in ACTIVE_KINDS or state == "collapsing":
-            kinds = [kind for kind in kinds if kind != APPROACHING]
+        if state in ACTIVE_KINDS or state == Regime.COLLAPSING:
+            kinds = [kind for kind in kinds if kind != AlarmKind.APPROACHING]
         last = {a.kind: a for a in self.alarms}
         return [last[kind].to_dict() for kind in kinds if kind in last]
 
@@ -1405,8 +1006,8 @@ class LayerMonitor:
         fr = self._frozen
         ref = fr.to_dict()
         if ref is not None:
-            ref["dead_now"] = np.flatnonzero(self._dead_now).tolist()
-            ref["drift"] = _finite_or_none(self._drift)
+            ref["dead_now"] = np.flatnonzero(self.rules[AlarmKind.DEAD_EXPERTS].now).tolist()
+            ref["drift"] = finite_or_none(self._drift)
         return {"state": self.state(), "active": self.active_alarms(), "reference": ref}
 
     def summary(self) -> dict:
@@ -1420,9 +1021,9 @@ class LayerMonitor:
             "window": self.window,
             "block": self.block,
             "kappa_sn": self.kappa_sn,
-            "regime": "warming-up"
+            "regime": Regime.WARMING_UP
             if last is None and self._ref is None
-            else (last.regime if last is not None else "unresolved"),
+            else (last.regime if last is not None else Regime.UNRESOLVED),
             "reason": "" if last is None else last.reason,
             "metrics": self.metrics(),
             "profile": None if self._ref is None else self._ref.tolist(),
@@ -1436,20 +1037,20 @@ class LayerMonitor:
         fb = None if last is None else last.feedback
         fit = None if last is None else last.fit
         out["identifiable"] = {
-            "kappa": None if last is None else _finite_or_none(last.kappa),
+            "kappa": None if last is None else finite_or_none(last.kappa),
             "kappa_interval": None
             if last is None
-            else [_finite_or_none(last.kappa_lo), _finite_or_none(last.kappa_hi)],
-            "relaxation_rate": None if last is None else _finite_or_none(last.relaxation_rate),
+            else [finite_or_none(last.kappa_lo), finite_or_none(last.kappa_hi)],
+            "relaxation_rate": None if last is None else finite_or_none(last.relaxation_rate),
             "relaxation_rate_interval": None
             if last is None
-            else [_finite_or_none(last.relaxation_lo), _finite_or_none(last.relaxation_hi)],
-            "eta_gamma": None if last is None else _finite_or_none(last.eta_gamma),
-            "feedback": None if fb is None else _finite_or_none(fb.feedback),
+            else [finite_or_none(last.relaxation_lo), finite_or_none(last.relaxation_hi)],
+            "eta_gamma": None if last is None else finite_or_none(last.eta_gamma),
+            "feedback": None if fb is None else finite_or_none(fb.feedback),
             "feedback_interval": None
             if fb is None
-            else [_finite_or_none(fb.feedback_lo), _finite_or_none(fb.feedback_hi)],
-            "b_eff": None if fit is None else _finite_or_none(fit.b_eff),
+            else [finite_or_none(fb.feedback_lo), finite_or_none(fb.feedback_hi)],
+            "b_eff": None if fit is None else finite_or_none(fit.b_eff),
             "source": "none" if last is None else last.source,
         }
         return out
@@ -1488,94 +1089,3 @@ class LoadMonitor:
 
     def summary(self) -> dict:
         return {k: m.summary() for k, m in self.layers.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# state_dict encoding: plain values only (tagged dicts for arrays, deques and records)
-
-
-def _encode(x):
-    if isinstance(x, np.ndarray):
-        return {"__ndarray__": x.tolist(), "dtype": str(x.dtype), "shape": list(x.shape)}
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, deque):
-        return {"__deque__": [_encode(v) for v in x], "maxlen": x.maxlen}
-    if isinstance(x, tuple):
-        return {"__tuple__": [_encode(v) for v in x]}
-    if isinstance(x, list):
-        return [_encode(v) for v in x]
-    if isinstance(x, dict):
-        return {"__dict__": [[_encode(k), _encode(v)] for k, v in x.items()]}
-    if isinstance(x, Alarm):
-        return {"__alarm__": x.to_dict()}
-    if isinstance(x, WhittleFit):
-        return {"__whittle__": {k: _encode(v) for k, v in asdict(x).items()}}
-    if isinstance(x, _Refit):
-        return {"__refit__": {k: _encode(getattr(x, k)) for k in _Refit.__slots__}}
-    if type(x).__name__ in PROFILE_RULES and isinstance(x, PROFILE_RULES[type(x).__name__]):
-        return {"__rule__": type(x).__name__, "state": {k: _encode(v) for k, v in vars(x).items()}}
-    from .feedback import FeedbackFit, FeedbackStats
-    from .forces import ForceEstimate, ForceStats, Forecast, ForecastState
-
-    if isinstance(x, ForceStats):
-        return {"__forcestats__": x.state_dict()}
-    if isinstance(x, Forecast):
-        return {"__forecast__": x.state_dict()}
-    if isinstance(x, ForceEstimate):
-        return {"__forceestimate__": {k: _encode(v) for k, v in asdict(x).items()}}
-    if isinstance(x, ForecastState):
-        return {"__forecaststate__": {k: _encode(v) for k, v in asdict(x).items()}}
-
-    if isinstance(x, FeedbackFit):
-        return {"__feedbackfit__": {k: _encode(v) for k, v in asdict(x).items()}}
-    if isinstance(x, FeedbackStats):
-        return {"__feedbackstats__": {k: _encode(v) for k, v in vars(x).items()}}
-    return x
-
-
-def _decode(x):
-    if isinstance(x, list):
-        return [_decode(v) for v in x]
-    if not isinstance(x, dict):
-        return x
-    if "__ndarray__" in x:
-        return np.array(x["__ndarray__"], dtype=x["dtype"]).reshape(x["shape"])
-    if "__deque__" in x:
-        return deque((_decode(v) for v in x["__deque__"]), maxlen=x["maxlen"])
-    if "__tuple__" in x:
-        return tuple(_decode(v) for v in x["__tuple__"])
-    if "__dict__" in x:
-        return {_decode(k): _decode(v) for k, v in x["__dict__"]}
-    if "__alarm__" in x:
-        return Alarm(**x["__alarm__"])
-    if "__whittle__" in x:
-        return WhittleFit(**{k: _decode(v) for k, v in x["__whittle__"].items()})
-    if "__rule__" in x:
-        rule = PROFILE_RULES[x["__rule__"]].__new__(PROFILE_RULES[x["__rule__"]])
-        vars(rule).update({k: _decode(v) for k, v in x["state"].items()})
-        return rule
-    if "__refit__" in x:
-        r = _Refit.__new__(_Refit)
-        for k, v in x["__refit__"].items():
-            setattr(r, k, _decode(v))
-        return r
-    from .feedback import FeedbackFit, FeedbackStats
-    from .forces import ForceEstimate, ForceStats, Forecast, ForecastState
-
-    if "__forcestats__" in x:
-        return ForceStats.from_state(x["__forcestats__"])
-    if "__forecast__" in x:
-        return Forecast.from_state(x["__forecast__"])
-    if "__forceestimate__" in x:
-        return ForceEstimate(**{k: _decode(v) for k, v in x["__forceestimate__"].items()})
-    if "__forecaststate__" in x:
-        return ForecastState(**{k: _decode(v) for k, v in x["__forecaststate__"].items()})
-    if "__feedbackfit__" in x:
-        return FeedbackFit(**{k: _decode(v) for k, v in x["__feedbackfit__"].items()})
-    if "__feedbackstats__" in x:
-        st = FeedbackStats.__new__(FeedbackStats)
-        st._unfolded = 0  # states saved before the batched averages
-        vars(st).update({k: _decode(v) for k, v in x["__feedbackstats__"].items()})
-        return st
-    return x

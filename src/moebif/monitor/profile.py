@@ -17,7 +17,8 @@ stays below ``fraction`` (a tenth) of its reference share for a dwell. Experts w
 share would bring fewer than ``MIN_EXPECTED`` tokens over a dwell are not judged either: with so
 few tokens an empty dwell is sampling noise, not a dead expert.
 
-The alarm kinds are named here once (:data:`COLLAPSE_IN_PROGRESS`, ...) and imported elsewhere.
+The alarm kinds are named once, in :class:`moebif.monitor.kinds.AlarmKind`; this module keeps
+their old names (:data:`COLLAPSE_IN_PROGRESS`, ...).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import math
 
 import numpy as np
 
+from .kinds import ACTIVE_KINDS, AlarmKind
 from .metrics import max_load_excess
 
 __all__ = [
@@ -42,14 +44,13 @@ __all__ = [
     "total_variation",
 ]
 
-APPROACHING = "approaching-threshold"
-METASTABLE = "metastable"
-COLLAPSE_IN_PROGRESS = "collapse-in-progress"
-COLLAPSED = "collapsed"
-DEAD_EXPERTS = "dead-experts"
-RECOVERED = "recovered"
-# the alarms that stay active until a recovery: collapse-type, cleared together by `recovered`
-ACTIVE_KINDS = (COLLAPSE_IN_PROGRESS, COLLAPSED, DEAD_EXPERTS)
+# the alarm kinds, named once in .kinds (AlarmKind), under their old names here
+APPROACHING = AlarmKind.APPROACHING
+METASTABLE = AlarmKind.METASTABLE
+COLLAPSE_IN_PROGRESS = AlarmKind.COLLAPSE_IN_PROGRESS
+COLLAPSED = AlarmKind.COLLAPSED
+DEAD_EXPERTS = AlarmKind.DEAD_EXPERTS
+RECOVERED = AlarmKind.RECOVERED
 
 WARM_LEVEL = 0.6  # a profile this concentrated (max-load excess) is never taken as a reference
 MIN_EXPECTED = 20.0  # tokens a judged expert gets over a dwell at its reference share
