@@ -18,7 +18,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from moebif.monitor import read_log  # noqa: E402
-from moebif.monitor.hooks import RouterMonitor, _find  # noqa: E402
+from moebif.monitor.hooks import RouterMonitor  # noqa: E402
+from moebif.monitor.routers import ADAPTERS  # noqa: E402
+from moebif.monitor.routers import find_routes as _find  # noqa: E402
 from moebif.monitor.tiny import text_batches  # noqa: E402
 
 from . import _families as F  # noqa: E402
@@ -63,6 +65,8 @@ def test_family_counts_equal_what_the_model_dispatched(family, tmp_path):
     model, cfg = F.build(family)
     routes = _find(model)
     assert routes, f"{family}: no router found"
+    # each router was found by the adapter of its family, which reports its layout
+    assert all(r.adapter in {a.name for a in ADAPTERS} for r in routes.values()), family
     truth = F.Dispatched(model, routes)
     log = tmp_path / "log.jsonl"
     mon = RouterMonitor(model, window=64, log=log)

@@ -60,45 +60,24 @@ counted (the hooks skip calls made while the autograd engine runs a backward pas
 
 from __future__ import annotations
 
-import inspect
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .buffer import add_importance, add_indices, add_logits, add_mask, segment_layout
 from .force_probe import ForceProbe, aux_coefficient
-from .forces import FORCE_FIELDS
 from .monitor import Alarm, LayerMonitor
+from .routers import Route, clean_label, find_routes, route_for, unwrap, v4_gate
+from .routers.inspection import is_index, router_k, router_n, scoring
 
 __all__ = ["RouterIndexError", "RouterMonitor", "clean_label", "find_routers"]
 
-# attributes of 4.x sparse MoE blocks that select experts otherwise than top-k of the softmax:
-# PhiMoE (sparsemixer, Gumbel sampling in training), Ernie-4.5-MoE (bias-corrected top-k)
-_NOT_PLAIN_TOPK = ("router_jitter_noise", "moe_statics", "e_score_correction_bias")
-# wrapper components dropped from labels (FSDP 1, activation checkpointing, torch.compile)
-_WRAPPERS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
-_N_ATTRS = ("n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts")
-_K_ATTRS = (
-    "top_k",
-    "num_experts_per_tok",
-    "moe_topk",
-    "moe_top_k",
-    "top_k_experts",
-    "num_experts_per_token",
-    "moe_k",
-)
-_CONFIG_K = (
-    "num_experts_per_tok",
-    "top_k_experts",
-    "moe_topk",
-    "moe_top_k",
-    "num_experts_per_token",
-    "moe_k",
-    "top_k",
-)
+# checkpoints (moebif.monitor.state): version 2 differs from 1 only in its layer monitors' states
+ROUTER_STATE_KEY = "moebif.RouterMonitor"
+ROUTER_STATE_VERSION = 2
 SELECTIONS = ("auto", "indices", "mask", "gates", "dispatch", "topk")
 
 
@@ -106,268 +85,11 @@ class RouterIndexError(ValueError):
     """A router selected an expert index outside ``[0, N)``, other than the skip slot N or -1."""
 
 
-# --------------------------------------------------------------------------------------------
-# labels
-
-
-def clean_label(name: str) -> str:
-    """A module name without the components added by wrappers (FSDP's
-    ``_fsdp_wrapped_module``, ``_checkpoint_wrapped_module``, ``torch.compile``'s ``_orig_mod``)."""
-    return ".".join(p for p in name.split(".") if p not in _WRAPPERS)
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DistributedDataParallel / DataParallel wrappers."""
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-
-    while isinstance(model, DistributedDataParallel | DataParallel):
-        model = model.module
-    return model
-
-
-# --------------------------------------------------------------------------------------------
-# detection
-
-
-def _int_attr(module, name: str) -> int | None:
-    v = getattr(module, name, None)
-    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
-
-
-def _is_index(t) -> bool:
-    return isinstance(t, torch.Tensor) and not (
-        t.is_floating_point() or t.is_complex() or t.dtype == torch.bool
-    )
-
-
-def _linear_child(module) -> torch.nn.Linear | None:
-    lin = [c for c in module.children() if isinstance(c, torch.nn.Linear)]
-    return lin[0] if len(lin) == 1 else None
-
-
-def _config_k(config) -> int | None:
-    for cfg in (config, getattr(config, "text_config", None), getattr(config, "ffn_config", None)):
-        if cfg is None:
-            continue
-        for a in _CONFIG_K:
-            v = _int_attr(cfg, a)
-            if v is not None:
-                return v
-    return None
-
-
-def _router_n(module) -> int | None:
-    for a in _N_ATTRS:
-        v = _int_attr(module, a)
-        if v is not None:
-            return v
-    w = getattr(module, "weight", None)
-    if isinstance(w, torch.Tensor) and w.ndim == 2:
-        return int(w.shape[0])
-    lin = _linear_child(module)
-    return None if lin is None else int(lin.out_features)
-
-
-def _router_k(module, parent, config) -> int | None:
-    for obj in (module, parent):
-        if obj is None:
-            continue
-        for a in _K_ATTRS:
-            v = _int_attr(obj, a)
-            if v is not None:
-                return v
-    m = re.search(r"Top(\d+)", type(module).__name__)
-    if m:
-        return int(m.group(1))
-    return None if config is None else _config_k(config)
-
-
-def _is_router_name(module) -> bool:
-    name = type(module).__name__
-    return bool(re.search(r"(Router|Gate|Gating)$", name)) or name.lower().endswith("router")
-
-
-def _source(fn) -> str:
-    """Source of ``fn`` without comments and docstrings ('' when unavailable)."""
-    try:
-        src = inspect.getsource(fn)
-    except (OSError, TypeError):
-        return ""
-    src = re.sub(r'("""|\'\'\')(.|\n)*?\1', "", src)
-    return "\n".join(line.split("#", 1)[0] for line in src.splitlines())
-
-
-_SIGMOIDS = ("sigmoid", "sigmoidactivation")
-
-
-def _scoring(router, parent) -> tuple[str | None, Callable | None, bool]:
-    """``(name, score function, scores_already_probabilities)`` for the importance: how the
-    router turns its logits into per-token selection probabilities (``None``: unknown)."""
-    for a in ("score_fn", "scoring_function"):
-        f = getattr(router, a, None)
-        if callable(f):
-            name = type(f).__name__.lower()
-            if name in _SIGMOIDS or isinstance(f, torch.nn.Sigmoid):
-                return "sigmoid", torch.sigmoid, False
-            return name.removesuffix("activation"), f, False
-    sel = getattr(router, "expert_selection_fn", None) or getattr(router, "scoring_func", None)
-    if sel in ("softmax", "sigmoid"):
-        return sel, None, False
-    src = _source(type(router).forward)
-    ret = [line.strip() for line in src.splitlines() if line.strip().startswith("return")]
-    first = ret[-1][len("return") :].strip().split(",")[0].strip("( ") if ret else ""
-    if not re.search(r"softmax|sigmoid", src):
-        src = _source(type(router))  # a helper method scores (NLLB's route_tokens)
-    if not re.search(r"softmax|sigmoid", src) and parent is not None:
-        src = _source(type(parent))  # the block that scores a logits-only router (DBRX)
-    sm, sg = "softmax" in src, "sigmoid" in src
-    if sm and not sg:
-        return "softmax", None, "prob" in first
-    if sg and not sm:
-        return "sigmoid", None, False
-    return None, None, False
-
-
-def _experts_dispatch(parent) -> torch.nn.Module | None:
-    """The ``experts`` child of a MoE block whose forward takes the selected indices
-    (``forward(hidden_states, top_k_index, top_k_weights)``), if any."""
-    ex = None if parent is None else parent._modules.get("experts")
-    if ex is None:
-        return None
-    try:
-        params = list(inspect.signature(ex.forward).parameters)
-    except (TypeError, ValueError):
-        return None
-    return ex if len(params) >= 2 and re.search(r"index|indices|selected", params[1]) else None
-
-
-def _v4_gate(module) -> torch.nn.Linear | None:
-    """The ``gate`` Linear of a transformers-4 sparse MoE block (``None``: not such a block)."""
-    gate = module._modules.get("gate")
-    if not isinstance(gate, torch.nn.Linear) or _is_router_name(gate) or _is_router_name(module):
-        return None
-    n, k = _int_attr(module, "num_experts"), _int_attr(module, "top_k")
-    if n is None or k is None or k > n or getattr(gate, "out_features", None) != n:
-        return None
-    if any(hasattr(module, a) for a in _NOT_PLAIN_TOPK):
-        return None
-    return gate
-
-
-def _is_doge(module) -> bool:
-    return (
-        isinstance(module._modules.get("down_embed"), torch.nn.Embedding)
-        and isinstance(module._modules.get("router_gate"), torch.nn.Linear)
-        and _int_attr(module, "num_keys") is not None
-        and _int_attr(module, "top_k") is not None
-    )
-
-
-class _Route:
-    """How one router is counted: where the hooks go and how its output is read."""
-
-    __slots__ = (
-        "label",
-        "module",
-        "n",
-        "k",
-        "selection",
-        "indices",
-        "scores",
-        "score_fn",
-        "probabilities",
-        "router_class",
-        "dispatch",
-        "via_dispatch",
-        "error",
-        "offset",
-        "buf",
-        "probe",
-    )
-
-    def __init__(self, label, module, n, k, *, selection="auto", indices=None, router_class=""):
-        self.label, self.module, self.n, self.k = label, module, n, k
-        self.selection = selection  # one of SELECTIONS, or "v4gate", "doge"
-        self.indices = indices  # user function: output -> selection tensor
-        self.scores = None  # "softmax", "sigmoid", ... or None: no importance
-        self.score_fn = None  # callable for other score functions
-        self.probabilities = False  # the router's score output is probabilities already
-        self.router_class = router_class or type(module).__name__
-        self.dispatch = None  # experts module whose input holds the selection (DBRX)
-        self.via_dispatch = False  # the router output had no selection: count at `dispatch`
-        self.error = None  # first error seen in a hook, raised by step()
-        self.offset = 0
-        self.buf = None
-        self.probe = None  # ForceProbe when the forces are measured
-
-    def spec(self, importance: bool) -> dict:
-        imp = bool(importance and self.scores is not None)
-        return {
-            "n_experts": self.n,
-            "top_k": self.k,
-            "router_class": self.router_class,
-            "importance": imp,
-            "probabilities": self.scores,
-            "scores": imp and not self.probabilities,
-        }
-
-
-def _route_for(label, module, parent, config) -> _Route | None:
-    """The route of ``module`` if it is a router moebif recognises (``None`` otherwise)."""
-    if _is_doge(module):
-        n, k = _int_attr(module, "num_experts"), int(module.top_k)
-        if n is None or module.num_keys**2 != n:
-            return None
-        r = _Route(label, module, n, k, selection="doge")
-        r.scores, r.dispatch = "softmax", module.down_embed
-        r.via_dispatch = True  # the lookup runs inside the block, before its output hook
-        return r
-    if _is_router_name(module):
-        name = type(module).__name__
-        gate_like = not name.lower().endswith("router")
-        if gate_like and _int_attr(module, "top_k") is None:
-            return None  # ForgetGate, MessageGate, ...: not routers
-        n, k = _router_n(module), _router_k(module, parent, config)
-        if n is None or k is None or not 1 <= k < n:
-            return None
-        sel = "gates" if re.search(r"Nllb\w*Top2Router$", name) else "auto"
-        r = _Route(label, module, n, k, selection=sel)
-        r.scores, r.score_fn, r.probabilities = _scoring(module, parent)
-        r.dispatch = _experts_dispatch(parent)
-        return r
-    return None
-
-
-def _find(model: torch.nn.Module) -> dict[str, _Route]:
-    root = _unwrap(model)
-    config = getattr(root, "config", None)
-    modules = list(root.named_modules())
-    parents = {}
-    for _, m in modules:
-        for child in m.children():
-            parents.setdefault(id(child), m)
-    routes: dict[str, _Route] = {}
-    inside: tuple[str, ...] = ()
-    for name, m in modules:  # in model order
-        if inside and name.startswith(inside):
-            continue  # never inside a router (counted already by its own output)
-        label = clean_label(name)
-        r = _route_for(label, m, parents.get(id(m)), config)
-        if r is not None:
-            routes[label] = r
-            inside = (*inside, f"{name}.")
-        elif (gate := _v4_gate(m)) is not None:
-            glabel = f"{label}.gate" if label else "gate"
-            routes[glabel] = _Route(glabel, gate, int(m.num_experts), int(m.top_k))
-            routes[glabel].selection, routes[glabel].scores = "v4gate", "softmax"
-            inside = (*inside, f"{name}.gate.")
-    return routes
-
-
 def find_routers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """``{label: hooked module}`` of the MoE routers of ``model`` (see the module docstring):
-    labels are module names without wrapper components, the same with and without DDP/FSDP."""
-    return {label: r.module for label, r in _find(model).items()}
+    labels are module names without wrapper components, the same with and without DDP/FSDP.
+    Each router is found by the adapter of its family (:mod:`moebif.monitor.routers`)."""
+    return {label: r.module for label, r in find_routes(model).items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,65 +103,7 @@ def _in_backward() -> bool:
     return f is not None and f() != -1
 
 
-# a router's slice of the device buffer: [invalid < -1 | -1 | e_0 .. e_{N-1} | skip slot N |
-# invalid > N | importance_0 .. importance_{N-1} | logit sum_0 .. logit sum_{N-1} | tokens with
-# logits]: 3N + 5 values. Every selected index (or mask entry, or unassigned slot of a mask)
-# lands in one of the first N + 4, so their sum is k x the tokens routed; the importance rows sum
-# to 1, so their sum is the tokens scored; the logits are summed with their token count, so
-# ranks add up (all-reduce) before the mean is taken. Then the FORCE_FIELDS sums of the force
-# probe (moebif.monitor.forces): 3N + 5 + FORCE_FIELDS values.
-_WIDTH = 4
-
-
-def _seg_size(n: int) -> int:
-    return 3 * n + _WIDTH + 1 + FORCE_FIELDS
-
-
-def _force_slots(n: int) -> slice:
-    return slice(3 * n + _WIDTH + 1, 3 * n + _WIDTH + 1 + FORCE_FIELDS)
-
-
-def _ones(seg: torch.Tensor, numel: int) -> torch.Tensor:
-    return torch.ones(1, dtype=seg.dtype, device=seg.device).expand(numel)
-
-
-def _add_indices(seg: torch.Tensor, idx: torch.Tensor, n: int) -> None:
-    """Add selected indices: one fixed-size ``index_add_``, no data-dependent shape."""
-    b = idx.detach().reshape(-1).long()
-    b = (b + 2).clamp_(0, n + 3)  # < -1 -> 0, -1 -> 1, e -> e + 2, N -> N + 2, > N -> N + 3
-    seg[: n + 4].index_add_(0, b, _ones(seg, b.numel()))
-
-
-def _add_mask(seg: torch.Tensor, mask: torch.Tensor, n: int, k: int, *, dispatch=False) -> None:
-    """A one-hot / dispatch mask ``(..., N)`` (``dispatch``: ``(T, N, capacity)``) or a dense
-    gate matrix (nonzero = dispatched): counts per expert; the unassigned of ``k`` per token go
-    to the skip slot (dropped); entries other than 0/1 are invalid."""
-    m = mask.detach()
-    tokens = m.shape[0] if dispatch else m.numel() // n
-    if dispatch:
-        m = m.reshape(m.shape[0], n, -1).transpose(1, 2)
-    m = m.reshape(-1, n)
-    if m.is_floating_point():
-        m = m != 0
-    m = m.to(seg.dtype)
-    c = m.sum(0)
-    seg[2 : n + 2] += c
-    seg[n + 2] += k * tokens - c.sum()  # dropped (beyond capacity)
-    seg[n + 3] += ((m != 0) & (m != 1)).sum()
-
-
-def _add_importance(seg: torch.Tensor, p: torch.Tensor, n: int) -> None:
-    """Add per-token probabilities ``(T, N)`` (rows sum to 1) into the importance slots."""
-    seg[n + _WIDTH : 2 * n + _WIDTH] += p.sum(0)
-
-
-def _add_logits(seg: torch.Tensor, logits: torch.Tensor, n: int) -> None:
-    """Add per-token router logits ``(T, N)`` (summed in float64) and their token count."""
-    seg[2 * n + _WIDTH : 3 * n + _WIDTH] += logits.sum(0, dtype=seg.dtype)
-    seg[3 * n + _WIDTH] += logits.shape[0]
-
-
-def _logits(route: _Route, scores: torch.Tensor) -> torch.Tensor | None:
+def _logits(route: Route, scores: torch.Tensor) -> torch.Tensor | None:
     """The router's pre-softmax (pre-sigmoid) logits ``(T, N)`` from its score output, or
     ``None`` when that output is probabilities already."""
     if route.probabilities:
@@ -448,7 +112,7 @@ def _logits(route: _Route, scores: torch.Tensor) -> torch.Tensor | None:
     return s.reshape(-1, s.shape[-1])[:, : route.n]
 
 
-def _probabilities(route: _Route, scores: torch.Tensor) -> torch.Tensor:
+def _probabilities(route: Route, scores: torch.Tensor) -> torch.Tensor:
     n = route.n
     s = scores.detach().float()
     s = s.reshape(-1, s.shape[-1])
@@ -470,7 +134,7 @@ def _tensors(output):
     return list(output) if isinstance(output, tuple | list) else [output]
 
 
-def _select(route: _Route, output):
+def _select(route: Route, output):
     """``(kind, tensor)``: ``kind`` in ``"indices"``, ``"mask"``, ``"gates"``, ``"dispatch"``,
     ``"topk"``, or ``(None, None)`` when the output holds no selection."""
     n, k = route.n, route.k
@@ -487,7 +151,7 @@ def _select(route: _Route, output):
         return ("gates", floats[0]) if floats else (None, None)
     if sel in ("indices", "mask", "dispatch", "topk"):
         return sel, outs[-1] if sel != "topk" else _last_scores(outs, n)
-    ints = [t for t in outs if _is_index(t) or t.dtype == torch.bool]
+    ints = [t for t in outs if is_index(t) or t.dtype == torch.bool]
     idx = [
         t
         for t in ints
@@ -599,9 +263,9 @@ class RouterMonitor:
             raise ValueError(f"sync_every: need >= 1, got {sync_every}")
         if history is not None and int(history) < 0:
             raise ValueError(f"history: need >= 0 or None, got {history}")
-        root = _unwrap(model)
+        root = unwrap(model)
         self.model_class = type(root).__name__
-        routes = _find(root) if modules is None or not isinstance(modules, dict) else {}
+        routes = find_routes(root) if modules is None or not isinstance(modules, dict) else {}
         if modules is None and indices is not None:
             for r in routes.values():
                 if r.selection == "auto":
@@ -635,7 +299,7 @@ class RouterMonitor:
         self._dist = self._dist_on(distributed)
         self._rank = self._group_rank()
         # device buffers: one flat float64 buffer per device, a fixed slice per router
-        self._layout: dict[torch.device, list[_Route]] = {}
+        self._layout: dict[torch.device, list[Route]] = {}
         self._bufs: dict[torch.device, torch.Tensor] = {}
         self._ring: dict[torch.device, torch.Tensor] = {}
         self._slot = 0  # steps held in the rings since the last transfer
@@ -646,11 +310,12 @@ class RouterMonitor:
         for dev, rs in self._layout.items():
             off = 0
             for r in rs:
+                r.layout = segment_layout(r.n)
                 r.offset = off
-                off += _seg_size(r.n)
+                off += r.layout.size
             self._bufs[dev] = torch.zeros(off, dtype=torch.float64, device=dev)
             for r in rs:
-                r.buf = self._bufs[dev][r.offset : r.offset + _seg_size(r.n)]
+                r.buf = self._bufs[dev][r.offset : r.offset + r.layout.size]
             if self.sync_every > 1:
                 self._ring[dev] = torch.zeros(
                     (self.sync_every, off), dtype=torch.float64, device=dev
@@ -675,7 +340,7 @@ class RouterMonitor:
                 if r.scores == "softmax" and not r.probabilities and r.selection != "doge":
                     mod = r.module
                     r.probe = ForceProbe(
-                        mod, r.n, r.k, r.buf[_force_slots(r.n)], r.buf[2 : r.n + 2],
+                        mod, r.n, r.k, r.buf[r.layout.forces], r.buf[r.layout.counts],
                         self._pool_for(r), coef, optimizer,
                     )  # fmt: skip
                     if not r.probe.ok:
@@ -698,7 +363,7 @@ class RouterMonitor:
     # construction helpers
 
     @staticmethod
-    def _named(root, modules, indices, selection, n_experts, top_k, found) -> dict[str, _Route]:
+    def _named(root, modules, indices, selection, n_experts, top_k, found) -> dict[str, Route]:
         if isinstance(modules, dict):
             named = {str(k): v for k, v in modules.items()}
         else:
@@ -710,24 +375,24 @@ class RouterMonitor:
                 named[clean_label(nm)] = all_named[nm]
         config = getattr(root, "config", None)
         parents = {id(c): m for m in root.modules() for c in m.children()}
-        gates = {id(g): m for m in root.modules() if (g := _v4_gate(m)) is not None}
+        gates = {id(g): m for m in root.modules() if (g := v4_gate(m)) is not None}
         out = {}
         for label, mod in named.items():
             if not isinstance(mod, torch.nn.Module):
                 raise ValueError(f"modules: {label!r} is not a torch module")
             if indices is None and selection == "auto":
-                r = _route_for(label, mod, parents.get(id(mod)), config)
-                block = mod if _v4_gate(mod) is not None else gates.get(id(mod))
+                r = route_for(label, mod, parents.get(id(mod)), config)
+                block = mod if v4_gate(mod) is not None else gates.get(id(mod))
                 if r is None and block is not None:  # a 4.x block or its gate Linear
-                    r = _Route(label, _v4_gate(block), int(block.num_experts), int(block.top_k))
+                    r = Route(label, v4_gate(block), int(block.num_experts), int(block.top_k))
                     r.selection, r.scores = "v4gate", "softmax"
                 if r is not None:
                     out[label] = r
                     continue
-            n = _router_n(mod) or n_experts
-            k = _router_k(mod, parents.get(id(mod)), None) or top_k
-            r = _Route(label, mod, n, k, selection=selection, indices=indices)
-            r.scores, r.score_fn, r.probabilities = _scoring(mod, parents.get(id(mod)))
+            n = router_n(mod) or n_experts
+            k = router_k(mod, parents.get(id(mod)), None) or top_k
+            r = Route(label, mod, n, k, selection=selection, indices=indices)
+            r.scores, r.score_fn, r.probabilities = scoring(mod, parents.get(id(mod)))
             out[label] = r
         return out
 
@@ -773,7 +438,7 @@ class RouterMonitor:
             h.remove()
         self._handles = []
 
-    def _hook(self, route: _Route):
+    def _hook(self, route: Route):
         def hook(module, args, output):
             if not module.training or _in_backward():
                 return
@@ -792,7 +457,7 @@ class RouterMonitor:
 
         return hook
 
-    def _pool_for(self, route: _Route):
+    def _pool_for(self, route: Route):
         """``() -> (F, rows)``: the fractions and tokens pooled over the routers of the same N
         on the same device, as the Hugging Face aux loss pools its layers (computed once per
         step and device, on the device)."""
@@ -803,14 +468,14 @@ class RouterMonitor:
         def pool():
             key = (dev, n)  # the cache is cleared by step()
             if key not in self._pool_cache:
-                c = torch.stack([r.buf[2 : n + 2] for r in same]).sum(0).float()
+                c = torch.stack([r.buf[r.layout.counts] for r in same]).sum(0).float()
                 rows = (c.sum() / k).clamp_min(1.0)
                 self._pool_cache[key] = (c / rows, rows)
             return self._pool_cache[key]
 
         return pool
 
-    def _dispatch_hook(self, route: _Route):
+    def _dispatch_hook(self, route: Route):
         def hook(module, args, kwargs=None):
             if not route.via_dispatch or not module.training or _in_backward():
                 return
@@ -820,32 +485,32 @@ class RouterMonitor:
                     idx = next((v for k, v in kwargs.items() if "index" in k), None)
                 if idx is None:
                     raise TypeError("the experts module got no index argument")
-                _add_indices(route.buf, idx, route.n)
+                add_indices(route.buf, idx, route.layout)
             except Exception as e:
                 if route.error is None:
                     route.error = e
 
         return hook
 
-    def _accumulate(self, route: _Route, output) -> None:
-        seg, n, k = route.buf, route.n, route.k
+    def _accumulate(self, route: Route, output) -> None:
+        seg, n, k, lay = route.buf, route.n, route.k, route.layout
         with torch.no_grad():
             if route.selection == "v4gate":  # 4.x block: topk(softmax(gate(x), float), k)
                 p = torch.nn.functional.softmax(output, dim=-1, dtype=torch.float)
-                _add_indices(seg, torch.topk(p, k, dim=-1).indices, n)
+                add_indices(seg, torch.topk(p, k, dim=-1).indices, lay)
                 if self.importance:
-                    _add_importance(seg, p.reshape(-1, n), n)
-                    _add_logits(seg, output.detach().reshape(-1, n), n)
+                    add_importance(seg, p.reshape(-1, n), lay)
+                    add_logits(seg, output.detach().reshape(-1, n), lay)
                 return
             if route.selection == "doge":  # (hidden, router_logits (2, T, keys))
                 route.via_dispatch = True
                 if self.importance:
                     logits = _tensors(output)[-1].detach().float()
                     px, py = torch.softmax(logits[0], -1), torch.softmax(logits[1], -1)
-                    _add_importance(seg, (px[:, :, None] * py[:, None, :]).reshape(-1, n), n)
+                    add_importance(seg, (px[:, :, None] * py[:, None, :]).reshape(-1, n), lay)
                     # expert i * keys + j has the logit x_i + y_j (its probability px_i py_j)
                     lx, ly = logits[0].double(), logits[1].double()
-                    _add_logits(seg, (lx[:, :, None] + ly[:, None, :]).reshape(-1, n), n)
+                    add_logits(seg, (lx[:, :, None] + ly[:, None, :]).reshape(-1, n), lay)
                 return
             kind, sel = _select(route, output)
             if kind in (None, "topk") and route.dispatch is not None and route.indices is None:
@@ -858,11 +523,11 @@ class RouterMonitor:
             if kind == "dispatched":
                 pass
             elif kind == "indices":
-                _add_indices(seg, sel, n)
+                add_indices(seg, sel, lay)
             elif kind == "topk":
-                _add_indices(seg, torch.topk(sel.detach(), k, dim=-1).indices, n)
+                add_indices(seg, torch.topk(sel.detach(), k, dim=-1).indices, lay)
             else:
-                _add_mask(seg, sel, n, k, dispatch=kind == "dispatch")
+                add_mask(seg, sel, lay, k, dispatch=kind == "dispatch")
             if self.importance and route.scores is not None:
                 if kind == "topk":
                     scores = sel
@@ -871,9 +536,9 @@ class RouterMonitor:
                 else:
                     scores = _first_scores(_tensors(output), n)
                 if scores is not None:
-                    _add_importance(seg, _probabilities(route, scores), n)
+                    add_importance(seg, _probabilities(route, scores), lay)
                     if (lg := _logits(route, scores)) is not None:
-                        _add_logits(seg, lg, n)
+                        add_logits(seg, lg, lay)
 
     # ----------------------------------------------------------------------------------------
     # stepping
@@ -947,29 +612,29 @@ class RouterMonitor:
         for dev, rs in self._layout.items():
             row = rows[dev]
             for r in rs:
-                seg = row[r.offset : r.offset + _seg_size(r.n)]
-                n = r.n
-                assigned = seg[: n + 4].sum()
+                lay = r.layout
+                seg = row[r.offset : r.offset + lay.size]
+                assigned = seg[lay.selection].sum()
                 if assigned <= 0:
                     continue  # this router did not run in training mode this step
-                invalid = seg[0] + seg[n + 3]
+                invalid = seg[lay.invalid_low] + seg[lay.invalid_high]
                 if invalid > 0:
                     raise RouterIndexError(
                         f"router {r.label!r}: {int(invalid)} selected expert indices outside "
-                        f"[0, {n}) (the skip slot {n} and -1 count as dropped; anything else is "
-                        "not an expert)"
+                        f"[0, {r.n}) (the skip slot {r.n} and -1 count as dropped; anything else "
+                        "is not an expert)"
                     )
-                counts = np.rint(seg[2 : n + 2]).astype(np.int64)
+                counts = np.rint(seg[lay.counts]).astype(np.int64)
                 imp = sc = None
                 if self.importance and r.scores is not None:
-                    scored = seg[n + _WIDTH : 2 * n + _WIDTH].sum()
-                    imp = seg[n + _WIDTH : 2 * n + _WIDTH] / scored if scored > 0 else None
-                    with_logits = seg[3 * n + _WIDTH]
+                    scored = seg[lay.importance].sum()
+                    imp = seg[lay.importance] / scored if scored > 0 else None
+                    with_logits = seg[lay.logit_tokens]
                     if with_logits > 0 and imp is not None:
-                        sc = seg[2 * n + _WIDTH : 3 * n + _WIDTH] / with_logits
+                        sc = seg[lay.logit_sums] / with_logits
                 tokens = int(round(assigned / r.k))
-                dropped = int(round(seg[1] + seg[n + 2]))
-                fo = seg[_force_slots(n)]
+                dropped = int(round(seg[lay.unassigned] + seg[lay.skip]))
+                fo = seg[lay.forces]
                 fo = fo.copy() if fo[3] > 0 else None
                 layers.append((r, counts, imp, sc, tokens, dropped, fo))
         if not layers:
@@ -1031,6 +696,13 @@ class RouterMonitor:
 
     # ----------------------------------------------------------------------------------------
     # read-out
+
+    @property
+    def layouts(self) -> dict[str, dict]:
+        """``{label: what its route reports}``: the adapter that found the router
+        (:mod:`moebif.monitor.routers`), how its output is read, N, k, the scoring, and its
+        slice of the device buffer (:mod:`moebif.monitor.buffer`)."""
+        return {label: r.describe() for label, r in self._routes.items()}
 
     @property
     def alarms(self) -> list[Alarm]:
@@ -1106,7 +778,8 @@ class RouterMonitor:
         if self._writer is not None:
             self._writer.flush()
         return {
-            "format": "moebif.RouterMonitor/1",
+            "state_key": ROUTER_STATE_KEY,
+            "version": ROUTER_STATE_VERSION,
             "step_index": self.step_index,
             "segment": self.segment,
             "layers": {
@@ -1124,8 +797,15 @@ class RouterMonitor:
         run continues at the saved step; the log gets a new segment header (``segment`` + 1,
         ``start_step`` = the saved step), whose lines replace any the killed run logged after
         its checkpoint."""
-        if not isinstance(state, dict) or state.get("format") != "moebif.RouterMonitor/1":
+        if isinstance(state, dict) and state.get("format") == "moebif.RouterMonitor/1":
+            state = {**state, "state_key": ROUTER_STATE_KEY, "version": 1}  # the same keys
+        if not isinstance(state, dict) or state.get("state_key") != ROUTER_STATE_KEY:
             raise ValueError("state: not a RouterMonitor state_dict")
+        if state.get("version") not in (1, ROUTER_STATE_VERSION):
+            raise ValueError(
+                f"state: a RouterMonitor state of version {state.get('version')!r}; this moebif "
+                f"reads versions 1 and {ROUTER_STATE_VERSION}"
+            )
         layers = state["layers"]
         if set(layers) != set(self._routes):
             missing = sorted(set(self._routes) ^ set(layers))
