@@ -121,6 +121,34 @@ def test_trajectory_settings_are_bounded(client, key, value):
     assert r.json()["param"] == key
 
 
+def test_a_trajectory_past_the_mean_field_bound_is_a_400_naming_the_way_out(client):
+    """steps = 10**8 at the default eta: the simulation alone is allowed (runs x steps), the
+    mean-field curve over steps x eta is not; the message's own "at most" is exact."""
+    from moebif.explore.jobs import LIMITS, check_settings
+    from moebif.explore.server import DEFAULTS, _point
+    from moebif.params import ParameterError
+
+    t0 = time.monotonic()
+    r = client.post(
+        "/api/trajectories", params={"steps": 10**8, "runs": 1}, headers={"X-Moebif": "1"}
+    )
+    assert r.status_code == 400 and time.monotonic() - t0 < BOUND
+    body = r.json()
+    assert body["param"] == "steps" and "\n" not in body["error"]
+    assert "fewer steps or a smaller eta" in body["error"] and "moebif simulate" in body["error"]
+    most = int(re.search(r"at most (\d+) steps", body["error"]).group(1))
+    work, eta = LIMITS["trajectory_meanfield_work"], DEFAULTS["eta"]
+    assert most == int(work / (eta * (1.0 + 3.0 / 2.0)))  # a = 3, gamma = T = 1
+    # the edge, at another point: accepted, one step more refused
+    pt = _point({"a": "5", "T": "0.5", "gamma": "2"})
+    pe = pt.effective
+    edge = int(work / (eta * (pe.gamma + abs(pe.a) / (2.0 * pe.T))))
+    kw = dict(batch=64, eta=eta, runs=1, seed=0)
+    assert check_settings(pt, steps=edge, **kw)["steps"] == edge
+    with pytest.raises(ParameterError, match=f"at most {edge} steps"):
+        check_settings(pt, steps=edge + 1, **kw)
+
+
 def _diagnose_json(log_path) -> bytes:
     return json.dumps(
         {
