@@ -68,7 +68,7 @@ import numpy as np
 import torch
 
 from .buffer import add_importance, add_indices, add_logits, add_mask, segment_layout
-from .force_probe import ForceProbe, aux_coefficient
+from .force_probe import ForceProbe, aux_coefficient, optimizer_record
 from .monitor import Alarm, LayerMonitor
 from .routers import Route, clean_label, find_routes, route_for, unwrap, v4_gate
 from .routers.inspection import is_index, router_k, router_n, scoring
@@ -83,6 +83,14 @@ SELECTIONS = ("auto", "indices", "mask", "gates", "dispatch", "topk")
 
 class RouterIndexError(ValueError):
     """A router selected an expert index outside ``[0, N)``, other than the skip slot N or -1."""
+
+
+def _finite_or_none(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def find_routers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -334,6 +342,14 @@ class RouterMonitor:
             def coef():
                 return c0
 
+        self._run_info = {
+            "optimizer": optimizer_record(optimizer),
+            "aux": {
+                "coefficient": _finite_or_none(coef()),
+                "variant": "hf",
+                "pooled_layers": len(routes),
+            },
+        }
         self._pool_cache: dict = {}
         if self.forces:
             for r in routes.values():
@@ -681,6 +697,7 @@ class RouterMonitor:
             model_class=self.model_class,
             max_bytes=self.log_max_bytes,
             backups=self.log_backups,
+            run=self._run_info,
         )
 
     def flush(self) -> list[Alarm]:
