@@ -39,8 +39,10 @@ an expert's capacity count as dropped too.
 
 **On the device, without host syncs.** Each router adds into a fixed slice of one float64 buffer
 per device (``index_add_`` on a fixed-size slice, one-hot and mask sums; never ``bincount``, whose
-output size is data-dependent): per layer ``[invalid | -1 | e_0..e_{N-1} | skip | invalid |
-importance_0..importance_{N-1} | logit sums | tokens with logits]``.
+output size is data-dependent), laid out by name (:class:`moebif.monitor.buffer.SegmentLayout`:
+invalid, -1, the N experts, skip, invalid, importance, logit sums, tokens with logits, forces).
+Routers are found by one adapter per family (:mod:`moebif.monitor.routers`); each route reports
+its adapter and layout (:attr:`RouterMonitor.layouts`).
 :meth:`~RouterMonitor.step` makes one transfer per device (``non_blocking``; on CUDA read at the
 next :meth:`~RouterMonitor.step`, so the host never waits for the GPU) for all layers, optionally
 every ``sync_every`` steps. On the host a step costs O(N) per layer; the monitors' refits run on

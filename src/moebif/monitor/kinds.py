@@ -12,7 +12,7 @@ __all__ = ["ACTIVE_KINDS", "Alarm", "AlarmKind", "Regime", "Source", "UNUSED_REG
 
 
 class Regime(StrEnum):
-    """What a refit says about the router (``_Refit.regime``)."""
+    """What a refit says about the router (``Refit.regime``, :mod:`moebif.monitor.estimation`)."""
 
     BALANCED = "balanced"  # kappa_hat < kappa_SN (or N = 2 below 1)
     METASTABLE = "metastable"  # kappa_SN <= kappa_hat < 1: a stable collapsed state exists

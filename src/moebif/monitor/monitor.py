@@ -23,7 +23,7 @@ monitor runs it again (:meth:`LayerMonitor.load_state_dict`).
 The load modes (the eigenvectors of the load Jacobian at the window's profile; for top-k the
 inclusion Jacobian of :mod:`moebif.model.inclusion`, N^2 integrals) are the one part that can
 take seconds. They are kept while the profile stays put: within ``MODES_TOL`` (2%) of the
-profile they were computed at plus twice its sampling error (:func:`_profile_moved`; the uniform
+profile they were computed at plus twice its sampling error (:func:`~.estimation.profile_moved`; the uniform
 state has them in closed form). When a conclusion finds the profile moved, the new modes are
 computed in a second worker lane and installed at the next refit's snapshot (one refit
 interval later, waiting there only if they are not done); until then the fits use the modes
@@ -41,7 +41,10 @@ kappa N``). The score gap of the leading expert, ``d_max = kappa N (EMA_max - me
 others)``, is compared with the one-winner saddle gap ``d_s`` of eq. (8) at ``kappa_hat``: past it
 the mean-field router runs into collapse without further noise.
 
-**Alarms** (each an :class:`Alarm` with a one-line explanation):
+**Alarms** (each an :class:`Alarm` with a one-line explanation; each rule is an object with its
+own state in :mod:`moebif.monitor.rules`, its kind an :class:`~.kinds.AlarmKind`; the fits and
+the estimate are in :mod:`moebif.monitor.estimation`, the checkpoint in
+:mod:`moebif.monitor.state`):
 
 - ``approaching-threshold``: ``kappa_hat >= threshold`` (0.82) and the lower end of its 95%
   interval ``>= lower`` (0.7) on ``approach_refits`` (2) refits in a row. The point level sets
