@@ -23,8 +23,8 @@ monitor runs it again (:meth:`LayerMonitor.load_state_dict`).
 The load modes (the eigenvectors of the load Jacobian at the window's profile; for top-k the
 inclusion Jacobian of :mod:`moebif.model.inclusion`, N^2 integrals) are the one part that can
 take seconds. They are kept while the profile stays put: within ``MODES_TOL`` (2%) of the
-profile they were computed at plus twice its sampling error (:func:`~.estimation.profile_moved`; the uniform
-state has them in closed form). When a conclusion finds the profile moved, the new modes are
+profile they were computed at plus twice its sampling error
+(:func:`~.estimation.profile_moved`; the uniform state has them in closed form). When a conclusion finds the profile moved, the new modes are
 computed in a second worker lane and installed at the next refit's snapshot (one refit
 interval later, waiting there only if they are not done); until then the fits use the modes
 held. Only the first refit computes its modes within its own fit, and for ``N <= 16``
