@@ -24,15 +24,15 @@ The load modes (the eigenvectors of the load Jacobian at the window's profile; f
 inclusion Jacobian of :mod:`moebif.model.inclusion`, N^2 integrals) are the one part that can
 take seconds. They are kept while the profile stays put: within ``MODES_TOL`` (2%) of the
 profile they were computed at plus twice its sampling error
-(:func:`~.estimation.profile_moved`; the uniform state has them in closed form). When a conclusion finds the profile moved, the new modes are
-computed in a second worker lane and installed at the next refit's snapshot (one refit
-interval later, waiting there only if they are not done); until then the fits use the modes
-held. Only the first refit computes its modes within its own fit, and for ``N <= 16``
-(``MODES_FRESH``: tens of ms) every fit does, so small routers use the modes of their very
-window, also while a collapse moves the profile fast. The refit's cost is then
-that of the fits themselves (tens of ms at N = 256), off the training thread; a step waits
-only where ``refit_lag`` steps of training take less than that (benchmarks/bench_monitor.py
-``cost``).
+(:func:`~.estimation.profile_moved`; the uniform state has them in closed form). When a
+conclusion finds the profile moved, the new modes are computed in a second worker lane and
+installed at the next refit's snapshot (one refit interval later, waiting there only if they
+are not done); until then the fits use the modes held. Only the first refit computes its
+modes within its own fit, and for ``N <= 16`` (``MODES_FRESH``: tens of ms) every fit does, so
+small routers use the modes of their very window, also while a collapse moves the profile
+fast. The refit's cost is then that of the fits themselves (tens of ms at N = 256), off the
+training thread; a step waits only where ``refit_lag`` steps of training take less than that
+(benchmarks/bench_monitor.py ``cost``).
 
 **Latent scores.** The router's scores are an exponential average of its own loads,
 ``r_{n+1} = (1 - eta gamma) r_n + eta a_eff l_n``, so ``d_i = r_i / T`` is reconstructed from the
