@@ -78,7 +78,7 @@ from .routers.inspection import is_index, router_k, router_n, scoring
 __all__ = ["RouterIndexError", "RouterMonitor", "clean_label", "find_routers"]
 
 # checkpoints (moebif.monitor.state): version 2 differs from 1 only in its layer monitors' states
-ROUTER_STATE_KEY = "moebif.RouterMonitor"
+ROUTER_STATE_KEY = "moebif.torch.RouterMonitor"
 ROUTER_STATE_VERSION = 2
 SELECTIONS = ("auto", "indices", "mask", "gates", "dispatch", "topk")
 
