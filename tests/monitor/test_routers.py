@@ -77,3 +77,37 @@ def test_a_tiny_models_routers_report_their_adapter():
     offsets = sorted(d["buffer"]["offset"] for d in lay.values())
     assert offsets == [0, segment_layout(8).size]  # one buffer, one slice after the other
     mon.close()
+
+
+def test_sinks_receive_each_steps_records(tmp_path):
+    """A sink gets one record per router and step: the counts the monitor and the log hold."""
+    pytest.importorskip("transformers")
+    from moebif.monitor import read_log
+    from moebif.monitor.hooks import RouterMonitor
+    from moebif.monitor.sinks import ListSink, Sink
+    from moebif.monitor.tiny import text_batches, tiny_model
+
+    torch.set_num_threads(1)
+    model = tiny_model("mixtral", seed=1).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    sink = ListSink()
+    assert isinstance(sink, Sink)
+    mon = RouterMonitor(model, window=32, log=tmp_path / "log.jsonl", sinks=[sink])
+    for x in text_batches(4, 2, 16, seed=2):
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step()
+    mon.close()
+    assert sink.closed and len(sink.records) == 4 * 2
+    back = read_log(tmp_path / "log.jsonl")
+    for label in mon.routers:
+        mine = [r for r in sink.records if r.layer == label]
+        assert [r.step for r in mine] == [0, 1, 2, 3]
+        np.testing.assert_array_equal(np.stack([r.counts for r in mine]), mon.counts(label))
+        np.testing.assert_array_equal(np.stack([r.counts for r in mine]), back.layers[label].counts)
+        assert all(r.tokens == 2 * 16 and r.importance is not None for r in mine)
+    assert sum(len(r.alarms) for r in sink.records) == len(mon.alarms)
+    with pytest.raises(ValueError, match="sinks"):
+        RouterMonitor(model, sinks=[object()])

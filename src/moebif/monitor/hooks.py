@@ -236,6 +236,8 @@ class RouterMonitor:
       :mod:`moebif.monitor.forces`), which give the stability margin, the critical coefficient
       and the forecast. On by default; the routers whose logits carry no gradient (or whose
       scores are not softmax logits of a weight matrix) go without.
+    - ``sinks``: more receivers of each step's records besides the log
+      (:class:`moebif.monitor.sinks.Sink`: ``write(records)``, optionally ``close()``).
     - ``aux_coef``: the balancing coefficient in force, a number or ``() -> float`` read at every
       forward (default: the model's ``router_aux_loss_coef``, 0 when the model does not add its
       aux loss).
@@ -265,6 +267,7 @@ class RouterMonitor:
         forces: bool = True,
         aux_coef=None,
         optimizer=None,
+        sinks=(),
         **monitor_options,
     ):
         if selection not in SELECTIONS:
@@ -376,6 +379,10 @@ class RouterMonitor:
         if self.log_backups < 0:
             raise ValueError(f"log_backups: need >= 0, got {log_backups}")
         self._writer = None
+        self.sinks = list(sinks)
+        for sink in self.sinks:
+            if not callable(getattr(sink, "write", None)):
+                raise ValueError(f"sinks: {sink!r} has no write(records) method")
 
     # ----------------------------------------------------------------------------------------
     # construction helpers
@@ -659,8 +666,10 @@ class RouterMonitor:
             return []
         s = self.step_index
         out: list[Alarm] = []
+        raised = {}
         for r, counts, imp, sc, _, _, fo in layers:
-            out += self.monitors[r.label].update(counts, imp, sc, forces=fo)
+            raised[r.label] = self.monitors[r.label].update(counts, imp, sc, forces=fo)
+            out += raised[r.label]
         if self.history != 0:
             self._hist_steps.append(s)
             for r, counts, *_ in layers:
@@ -684,6 +693,25 @@ class RouterMonitor:
                 for r, counts, imp, sc, tokens, dropped, fo in layers
             ]
             self._writer.write_step(s, lines)
+        if self.sinks and self.is_writer:
+            from .sinks import RouterRecord
+
+            records = [
+                RouterRecord(
+                    s,
+                    r.label,
+                    counts,
+                    imp,
+                    sc,
+                    tokens,
+                    dropped,
+                    fo,
+                    [a.to_dict() for a in raised[r.label]],
+                )  # fmt: skip
+                for r, counts, imp, sc, tokens, dropped, fo in layers
+            ]
+            for sink in self.sinks:
+                sink.write(records)
         self.step_index += 1
         return out
 
@@ -860,6 +888,9 @@ class RouterMonitor:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        for sink in self.sinks:
+            if callable(getattr(sink, "close", None)):
+                sink.close()
 
     def __enter__(self):
         return self
