@@ -61,14 +61,13 @@ class AuxLoss(Scheme):
         af = 1.0 / ctx.n if first else ctx.alpha_k
         return Shift(-(ctx.rate * spec.aux * c * af / (ctx.n * ctx.T * ctx.T)), 0.0, "rho")
 
-    def kernel(self, spec, v, n_experts, top_k):
-        from ...sim._kernels import balancers as kb
+    def kernel(self, spec, n_experts, top_k):
         from ..balancers import aux_normalisation
 
-        if spec.aux > 0:
-            c, first = aux_normalisation(spec.aux_variant, n_experts, top_k, spec.aux_layers)
-            v[kb.BAL_AUX] = spec.aux * c
-            v[kb.BAL_AUX_FIRST] = 1.0 if first else 0.0
+        if not spec.aux > 0:
+            return {}
+        c, first = aux_normalisation(spec.aux_variant, n_experts, top_k, spec.aux_layers)
+        return {"AUX": spec.aux * c, "AUX_FIRST": 1.0 if first else 0.0}
 
     def explorer(self):
         return (

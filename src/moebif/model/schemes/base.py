@@ -136,9 +136,10 @@ class Scheme(abc.ABC):
     # -- simulator ----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def kernel(self, spec: BalancerSpec, v, n_experts: int, top_k: int) -> None:
-        """Write its options into the kernel's float vector ``v`` (layout ``BAL_*`` of
-        :mod:`moebif.sim._kernels.balancers`)."""
+    def kernel(self, spec: BalancerSpec, n_experts: int, top_k: int) -> dict[str, float]:
+        """Its slots of the simulator kernel's float vector: ``{"AUX": ...}`` for the slot
+        ``BAL_AUX`` of :mod:`moebif.sim._kernels.balancers` (the selection mode comes from
+        :attr:`kernel_mode`)."""
 
     # -- cost -----------------------------------------------------------------------------
 

@@ -43,8 +43,5 @@ class LossFreeBias(Scheme):
     def shift(self, spec, ctx):
         return Shift(0.0)
 
-    def kernel(self, spec, v, n_experts, top_k):
-        from ...sim._kernels import balancers as kb
-
-        v[kb.BAL_U] = spec.bias
-        v[kb.BAL_CENTRED] = 1.0 if spec.bias_centred else 0.0
+    def kernel(self, spec, n_experts, top_k):
+        return {"U": spec.bias, "CENTRED": 1.0 if spec.bias_centred else 0.0}

@@ -59,10 +59,8 @@ class Capacity(Scheme):
         phi = capacity_slope(spec.capacity, ctx.n, ctx.k, ctx.batch)
         return Shift(-((1.0 - phi) * ctx.A), 0.0, "a")
 
-    def kernel(self, spec, v, n_experts, top_k):
-        from ...sim._kernels import balancers as kb
-
-        v[kb.BAL_CAP] = spec.capacity
+    def kernel(self, spec, n_experts, top_k):
+        return {"CAP": spec.capacity}
 
     def served_slope(self, spec, n, k, batch):
         return capacity_slope(spec.capacity, n, k, batch)

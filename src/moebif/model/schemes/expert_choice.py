@@ -35,10 +35,8 @@ class ExpertChoice(Scheme):
     def shift(self, spec, ctx):
         return Shift(-ctx.A, 0.0, "a")
 
-    def kernel(self, spec, v, n_experts, top_k):
-        from ...sim._kernels import balancers as kb
-
-        v[kb.BAL_EC] = spec.expert_choice
+    def kernel(self, spec, n_experts, top_k):
+        return {"EC": spec.expert_choice}
 
     def dropped(self, spec, n, k, batch):
         from ..balancer_theory import expert_choice_unrouted

@@ -37,10 +37,8 @@ class Importance(Scheme):
     def shift(self, spec, ctx):
         return Shift(-(2.0 * ctx.rate * spec.importance / (ctx.n * ctx.T * ctx.T)), 0.0, "rho")
 
-    def kernel(self, spec, v, n_experts, top_k):
-        from ...sim._kernels import balancers as kb
-
-        v[kb.BAL_IMP] = spec.importance
+    def kernel(self, spec, n_experts, top_k):
+        return {"IMP": spec.importance}
 
     def explorer(self):
         return (

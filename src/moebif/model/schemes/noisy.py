@@ -55,11 +55,8 @@ class NoisyGating(Scheme):
         an = noisy_uniform_slope(ctx.n, ctx.k, sigma=spec.noise, jitter=spec.jitter)
         return Shift(ctx.a / (ctx.k * ctx.T) * (an - ctx.alpha_k), 0.0, "T")
 
-    def kernel(self, spec, v, n_experts, top_k):
-        from ...sim._kernels import balancers as kb
-
-        v[kb.BAL_SIGMA] = spec.noise
-        v[kb.BAL_JITTER] = spec.jitter
+    def kernel(self, spec, n_experts, top_k):
+        return {"SIGMA": spec.noise, "JITTER": spec.jitter}
 
     def selection_slope(self, spec, n, k, slope):
         from ..balancers import noisy_uniform_slope

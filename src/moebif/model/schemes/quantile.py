@@ -40,7 +40,5 @@ class Quantile(Scheme):
         # threshold-equivalent (the 2x2 system has trace A - gamma - omega)
         return Shift(-omega, 0.0, "gamma", oscillatory=True)
 
-    def kernel(self, spec, v, n_experts, top_k):
-        from ...sim._kernels import balancers as kb
-
-        v[kb.BAL_EMA] = spec.quantile_ema
+    def kernel(self, spec, n_experts, top_k):
+        return {"EMA": spec.quantile_ema}

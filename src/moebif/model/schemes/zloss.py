@@ -44,7 +44,5 @@ class ZLoss(Scheme):
         lse = (ctx.gamma * math.log(ctx.n) + ctx.a / (ctx.n * ctx.T)) / (ctx.gamma + y)
         return Shift(-(y * lse), -y, "gamma")
 
-    def kernel(self, spec, v, n_experts, top_k):
-        from ...sim._kernels import balancers as kb
-
-        v[kb.BAL_Z] = spec.zloss
+    def kernel(self, spec, n_experts, top_k):
+        return {"Z": spec.zloss}
