@@ -14,6 +14,7 @@ from moebif.model import balancer_theory as bt
 from moebif.model.balancers import BalancerSpec, field_terms, parse_balancers
 from moebif.model.field import VectorField
 from moebif.model.thresholds import thresholds
+from moebif.model.topk import topk_uniform_slope
 from moebif.model.two_expert import hysteresis_halfwidth
 from moebif.params import RouterParams
 
@@ -45,7 +46,7 @@ def test_effective_parameters_match_the_numeric_jacobian(text, n, k):
     assert np.allclose(contrast, eff.contrast, atol=tol)
     assert np.min(np.abs(ev - eff.common)) < tol
     # the four representations describe the same contrast eigenvalue
-    alpha = 1.0 / n if k == 1 else bt.topk_uniform_slope(n, k)
+    alpha = 1.0 / n if k == 1 else topk_uniform_slope(n, k)
     assert eff.a_eff * alpha / (k * p.T) - p.gamma == pytest.approx(eff.contrast)
     assert p.a * alpha / (k * p.T) - eff.gamma_eff == pytest.approx(eff.contrast)
     assert p.a * alpha / (k * eff.T_eff) - p.gamma == pytest.approx(eff.contrast)
