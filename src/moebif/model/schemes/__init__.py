@@ -8,7 +8,7 @@ The registry's order is the order of a spec's label and of its mean-field terms.
 from __future__ import annotations
 
 from .aux import AuxLoss
-from .base import KINDS, Kind, Scheme, Shift, ShiftContext
+from .base import KINDS, ExplorerView, Kind, Scheme, Shift, ShiftContext
 from .bias import LossFreeBias
 from .capacity import Capacity, capacity_slope
 from .expert_choice import ExpertChoice
@@ -23,6 +23,7 @@ __all__ = [
     "SCHEMES",
     "AuxLoss",
     "Capacity",
+    "ExplorerView",
     "ExpertChoice",
     "Importance",
     "Kind",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...params import ParameterError
-from .base import Scheme, Shift
+from .base import ExplorerView, Scheme, Shift
 
 __all__ = ["AuxLoss"]
 
@@ -70,10 +70,11 @@ class AuxLoss(Scheme):
         return {"AUX": spec.aux * c, "AUX_FIRST": 1.0 if first else 0.0}
 
     def explorer(self):
-        return (
+        return ExplorerView(
             "aux-megatron",
             "Switch aux loss, Megatron N/k Σ f P (near balance ρ = α/T)",
             "alpha",
             5.0,
             lambda s, p: s / p.T,
+            "alpha/T",
         )

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from ..balancers import BalancerSpec
 
-__all__ = ["KINDS", "Kind", "Scheme", "Shift", "ShiftContext"]
+__all__ = ["KINDS", "ExplorerView", "Kind", "Scheme", "Shift", "ShiftContext"]
 
 Kind = Literal["gradient", "selection", "capacity"]
 KINDS: tuple[str, ...] = ("gradient", "selection", "capacity")
@@ -62,6 +62,18 @@ class Shift:
     common: float = 0.0
     acts_on: str = "none"
     oscillatory: bool = False
+
+
+class ExplorerView(NamedTuple):
+    """How the explorer (:mod:`moebif.explore.balancers`) shows a scheme that acts near balance
+    as a load feedback ``rho = rho_of(strength, params)`` (``rho_text``: that formula)."""
+
+    name: str
+    label: str
+    strength_label: str
+    strength_max: float
+    rho_of: Any
+    rho_text: str
 
 
 class Scheme(abc.ABC):
@@ -157,8 +169,7 @@ class Scheme(abc.ABC):
         none by construction)."""
         return None
 
-    def explorer(self):
-        """The explorer's view of the scheme: ``None`` or ``(name, label, strength_label,
-        strength_max, rho_of)`` for a scheme that acts near balance as a load feedback
-        ``rho = rho_of(strength, params)``."""
+    def explorer(self) -> ExplorerView | None:
+        """The explorer's view of the scheme (:class:`ExplorerView`), or ``None`` when it is not
+        a near-balance load feedback."""
         return None

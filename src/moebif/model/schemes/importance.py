@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...params import ParameterError
-from .base import Scheme, Shift
+from .base import ExplorerView, Scheme, Shift
 
 __all__ = ["Importance"]
 
@@ -41,10 +41,11 @@ class Importance(Scheme):
         return {"IMP": spec.importance}
 
     def explorer(self):
-        return (
+        return ExplorerView(
             "importance",
             "importance loss w N Σ (P − 1/N)² (top-1, near balance ρ = 2w/T)",
             "w",
             2.5,
             lambda s, p: 2.0 * s / p.T,
+            "2 w/T",
         )
