@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ...params import RouterParams, check_positive
+from ...params import ParameterError, RouterParams, check_positive
 from ..balancers import BalancerSpec
 from ..schemes import SCHEMES
 from ..thresholds import regime, thresholds
@@ -47,13 +47,16 @@ def advise(
     *,
     lr: float = 1e-3,
     batch: int = 512,
+    schemes=None,
 ) -> dict:
     """For each scheme, the minimal strength that rules out a stable collapsed state at
     ``params`` (N experts, top-k) and what it costs; JSON-ready (``moebif advise --json``).
 
     ``lr``: the router's step ``eta`` (ODE time advances ``lr`` a step; the gradient schemes use
     the same step, ``rate = 1``), used to turn the relay rates into per-step values; ``batch``:
-    tokens a step, for the costs that depend on it. Field definitions: ``docs/balancing.md``.
+    tokens a step, for the costs that depend on it; ``schemes``: the names of ``balancers`` to
+    compute (default: all; ``()``: the regime and thresholds only). The ``regime`` is
+    :func:`moebif.model.thresholds.regime`'s. Field definitions: ``docs/balancing.md``.
     """
     p = params
     n, k = p.n_experts, int(top_k)
@@ -72,10 +75,24 @@ def advise(
         "balancers": {},
     }
     bal = out["balancers"]
+    want = None if schemes is None else set(schemes)
+    if want is not None:
+        known = (
+            set(STRENGTH_SCHEMES)
+            | {"bias", "adam"}
+            | {name for name, cls in SCHEMES.items() if cls.by_construction}
+        )
+        bad = sorted(want - known)
+        if bad:
+            raise ParameterError("schemes", f"unknown scheme {bad[0]!r}")
+
+    def wanted(name: str) -> bool:
+        return want is None or name in want
+
     need_rho = max(p.a - thr.collapse, 0.0)  # a_eff must fall below a_SN
     need_lin = max(p.a - thr.linear, 0.0)  # the naive rule: a_eff below a_lin
     gradient = [n_ for n_, c in STRENGTH_SCHEMES.items() if c.kind == "gradient"]
-    for name in gradient:
+    for name in filter(wanted, gradient):
         s = minimal_strength(name, p.a, n, k, p.gamma, p.T, batch=batch)
         unit = scheme_spec(name, 1.0)
         eff1 = effective_parameters(unit, p, top_k=k, batch=batch)
@@ -92,38 +109,45 @@ def advise(
             entry["effective"] = effective_parameters(spec, p, top_k=k, batch=batch).to_dict()
             entry["cost"] = _cost_of(spec, p, k, rate=1.0, batch=batch, eta=lr)
         bal[name] = entry
-    cf = minimal_strength("capacity", p.a, n, k, p.gamma, p.T)
-    entry = {
-        "strength": cf if math.isfinite(cf) else None,
-        "achievable": not math.isnan(cf),
-        "units": "largest capacity factor cf (> 1) that still rules collapse out (B -> inf)",
-    }
-    if math.isfinite(cf):
-        entry["cost"] = _cost_of(scheme_spec("capacity", cf), p, k, rate=1.0, batch=batch, eta=lr)
-    bal["capacity"] = entry
-    phi = branch_drift_max(p.a, n, k, p.gamma, p.T)
-    u_min = lr * phi / 2.0
-    bt = BiasTheory(p, max(u_min, 1e-12), lr, batch, k)
-    ch = bt.chattering()
-    bal["bias"] = {
-        "strength": u_min,
-        "achievable": True,
-        "units": "rate u per step (score units) above which no collapsing excursion exists",
-        "relay_rate_needed": phi,
-        "cost": {
-            "skew_response": 0.0,
-            "dropped_fraction": 0.0,
-            "chattering_std": ch.s_std,
-            "chattering_regime": ch.regime,
-        },
-    }
-    bal["adam"] = {
-        "strength": u_min,
-        "achievable": True,
-        "units": "Adam step lr (aux loss dominating Adam's second moment): relay 2 lr / eta",
-    }
+    if wanted("capacity"):
+        cf = minimal_strength("capacity", p.a, n, k, p.gamma, p.T)
+        entry = {
+            "strength": cf if math.isfinite(cf) else None,
+            "achievable": not math.isnan(cf),
+            "units": "largest capacity factor cf (> 1) that still rules collapse out (B -> inf)",
+        }
+        if math.isfinite(cf):
+            entry["cost"] = _cost_of(
+                scheme_spec("capacity", cf), p, k, rate=1.0, batch=batch, eta=lr
+            )
+        bal["capacity"] = entry
+    if wanted("bias") or wanted("adam"):
+        phi = branch_drift_max(p.a, n, k, p.gamma, p.T)
+        u_min = lr * phi / 2.0
+        bt = BiasTheory(p, max(u_min, 1e-12), lr, batch, k)
+        ch = bt.chattering()
+        bias = {
+            "strength": u_min,
+            "achievable": True,
+            "units": "rate u per step (score units) above which no collapsing excursion exists",
+            "relay_rate_needed": phi,
+            "cost": {
+                "skew_response": 0.0,
+                "dropped_fraction": 0.0,
+                "chattering_std": ch.s_std,
+                "chattering_regime": ch.regime,
+            },
+        }
+        adam = {
+            "strength": u_min,
+            "achievable": True,
+            "units": "Adam step lr (aux loss dominating Adam's second moment): relay 2 lr / eta",
+        }
+        for key, entry in (("bias", bias), ("adam", adam)):
+            if wanted(key):
+                bal[key] = entry
     for name, cls in SCHEMES.items():
-        if not cls.by_construction:
+        if not cls.by_construction or not wanted(name):
             continue
         spec = BalancerSpec(**cls().parse(name, None, {}, name))
         bal[name] = {
@@ -132,12 +156,15 @@ def advise(
             "units": "balanced by construction (on/off)",
             "cost": _cost_of(spec, p, k, rate=1.0, batch=batch, eta=lr),
         }
-    sn = minimal_strength("noisy", p.a, n, k, p.gamma, p.T, s_max=1e3)
-    bal["noisy"] = {
-        "strength": sn if math.isfinite(sn) else None,
-        "achievable": math.isfinite(sn),
-        "units": "std sigma of Gaussian logit noise",
-    }
-    if math.isfinite(sn) and sn > 0:
-        bal["noisy"]["cost"] = _cost_of(BalancerSpec(noise=sn), p, k, rate=1.0, batch=batch, eta=lr)
+    if wanted("noisy"):
+        sn = minimal_strength("noisy", p.a, n, k, p.gamma, p.T, s_max=1e3)
+        bal["noisy"] = {
+            "strength": sn if math.isfinite(sn) else None,
+            "achievable": math.isfinite(sn),
+            "units": "std sigma of Gaussian logit noise",
+        }
+        if math.isfinite(sn) and sn > 0:
+            bal["noisy"]["cost"] = _cost_of(
+                BalancerSpec(noise=sn), p, k, rate=1.0, batch=batch, eta=lr
+            )
     return out
