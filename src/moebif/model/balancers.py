@@ -337,6 +337,9 @@ class BalancerSpec:
     task gradient on the scores, added to Adam's second moment: the part of ``v`` that the
     balancer does not make).
 
+    Each field belongs to one scheme of :data:`moebif.model.schemes.SCHEMES` (its ``fields``) or
+    to the optimizer; :attr:`schemes` lists the schemes a spec switches on.
+
     At most one selection override (``bias``, ``quantile``, ``sinkhorn``, ``expert_choice``);
     ``noise`` and ``jitter`` combine with none or with ``bias``; ``capacity`` not with
     ``expert_choice``. Invalid values raise :class:`ParameterError` naming ``balancer.<field>``.
