@@ -218,13 +218,15 @@ def return_map(theory: BiasTheory, beta: float) -> float:
     return -swing(theory, 0.0, beta).b_end
 
 
-def _fixed_points(theory: BiasTheory, points: int = 24) -> list:
+def _fixed_points(theory: BiasTheory, points: int = 32) -> list:
     """Fixed points of ``P`` above ``U / gamma`` with their multipliers ``P'``, ascending: sign
-    changes of ``P(beta) - beta`` on a grid refined towards the edge, then Brent's method."""
+    changes of ``P(beta) - beta`` on a grid geometric in ``beta - U / gamma``, then Brent."""
     p, U = theory.params, theory.U
     edge = U / p.gamma
     top = max(2.0 * fold_skew(theory) / p.gamma + 2.0 * edge, 4.0 * edge)
-    beta = edge + (top - edge) * np.linspace(0.0, 1.0, points + 1)[1:] ** 2
+    # geometric in beta - edge: the separatrix sits at ~ edge (1 + gamma / lambda) for small U,
+    # the stable cycle near H / gamma, up to a thousand times further out
+    beta = edge + np.geomspace(0.02 * edge, top - edge, points)
     d = np.array([return_map(theory, x) - x for x in beta])
     out = []
     for i in np.flatnonzero(np.sign(d[:-1]) != np.sign(d[1:])):
