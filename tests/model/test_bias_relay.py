@@ -132,7 +132,7 @@ def test_linear_recovery_radius_is_inside_the_first_return_radius(lam, gamma, U)
     a, T = 2.0 * (lam + gamma), 1.0
     bt = BiasTheory(RouterParams(a=a, gamma=gamma, T=T, n_experts=2), U * ETA / 2, ETA, BATCH)
     r = br.recovery_radius_linear(bt)
-    assert 0.0 < r <= bt.capture_radius_linear
+    assert 0.0 < r <= bt.capture_radius_linear * (1.0 + 1e-12)  # equal once e^-x underflows
     # and tends to it when the forgetting is slow (x = A / gamma -> inf)
     assert (
         r
