@@ -166,12 +166,12 @@ P2 = RouterParams(a=4.0, gamma=1.0, T=1.0, n_experts=2)
 def test_bias_linear_closed_forms_are_the_small_u_limit():
     b = bt.BiasTheory(P2, 1e-5, 0.01, 4096)
     lam, gam = b.lam, P2.gamma
-    assert b.capture_radius_linear == pytest.approx(b.U / lam * (1 + gam / lam))
+    assert b.first_return_radius_linear == pytest.approx(b.U / lam * (1 + gam / lam))
     assert b.absorbed_skew_linear == pytest.approx(b.U * (1 + gam / lam))
-    assert b.capture_radius() == pytest.approx(b.capture_radius_linear, rel=1e-3)
+    assert b.first_return_radius() == pytest.approx(b.first_return_radius_linear, rel=1e-3)
     assert b.absorbed_skew() == pytest.approx(b.absorbed_skew_linear, rel=1e-3)
     # the issue's forms are a factor 1 + gamma/lambda (= 2 here) too small
-    assert b.capture_radius_linear / b.capture_radius_issue == pytest.approx(2.0)
+    assert b.first_return_radius_linear / b.first_return_radius_issue == pytest.approx(2.0)
 
 
 def test_linear_closed_loop_capture_by_integration():

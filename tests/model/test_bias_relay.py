@@ -68,7 +68,7 @@ def test_return_map_near_the_sliding_edge_is_the_closed_form():
 def test_cycle_and_separatrix_against_the_discrete_loop(p1):
     bt, cyc, rr = p1
     assert cyc.exists and abs(cyc.multiplier) < 1.0
-    assert rr < bt.capture_radius()
+    assert rr < bt.first_return_radius()
     steps = round(3.0 * cyc.period / ETA)
     s = discrete_loop(bt, np.array([0.9 * rr, 1.1 * rr, 3.0 * rr]), 0.0, steps)
     late = np.abs(s[:, -round(1.2 * cyc.period / ETA) :]).max(axis=1)
@@ -132,13 +132,10 @@ def test_linear_recovery_radius_is_inside_the_first_return_radius(lam, gamma, U)
     a, T = 2.0 * (lam + gamma), 1.0
     bt = BiasTheory(RouterParams(a=a, gamma=gamma, T=T, n_experts=2), U * ETA / 2, ETA, BATCH)
     r = br.recovery_radius_linear(bt)
-    assert 0.0 < r <= bt.capture_radius_linear * (1.0 + 1e-12)  # equal once e^-x underflows
+    assert 0.0 < r <= bt.first_return_radius_linear * (1.0 + 1e-12)  # equal once e^-x underflows
     # and tends to it when the forgetting is slow (x = A / gamma -> inf)
-    assert (
-        r
-        > bt.capture_radius_linear * (1.0 - (1.0 + bt.gain / gamma) * math.exp(-bt.gain / gamma))
-        - 1e-15
-    )
+    x = bt.gain / gamma
+    assert r > bt.first_return_radius_linear * (1.0 - (1.0 + x) * math.exp(-x)) - 1e-15
 
 
 @pytest.mark.slow
@@ -156,7 +153,7 @@ def test_cycle_exceeds_escape_threshold_and_recovery_inside_first_return(a, gamm
         assert cyc.amplitude > bt.escape_threshold()
         assert abs(cyc.multiplier) < 1.0
         rr = br.recovery_radius(bt)
-        assert rr <= bt.capture_radius() * (1 + 1e-6)
+        assert rr <= bt.first_return_radius() * (1 + 1e-6)
         assert cyc.separatrix < cyc.b_amplitude
 
 

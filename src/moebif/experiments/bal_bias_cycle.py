@@ -11,8 +11,8 @@ the batch router at four points (the issue's two and two more):
 2. **relay cycle**: the replicas that do not stay settle on a cycle whose amplitude ``max |s|``
    and period match the fixed point of the return map within 10%;
 3. **first return is not recovery**: from ``0.8 x`` the first-return radius
-   (``BiasTheory.capture_radius``, the old "capture radius") the router lands on the cycle at the
-   points where the recovery radius is well inside it;
+   (``BiasTheory.first_return_radius``, the old "capture radius") the router lands on the
+   cycle at the points where the recovery radius is well inside it;
 4. **no start recovers** below the hold rate: at a small batch and ``u`` under
    ``BiasTheory.hold_rate`` even a balanced start is lost to the noise and ends on the relay
    cycle; above the hold rate it stays balanced.
@@ -118,7 +118,7 @@ def run(config: Config, progress=None) -> dict:
         p = RouterParams(a=a, gamma=gamma, T=T, n_experts=2)
         bt = BiasTheory(p, u, c.eta, c.batch)
         thr = bt.escape_threshold()
-        first = bt.capture_radius()
+        first = bt.first_return_radius()
         rr = br.recovery_radius(bt)
         cyc = br.relay_cycle(bt)
         s0 = [rr * f for f in c.factors]

@@ -40,7 +40,7 @@ before the gap can jump back.
   ``beta_1 < beta_u``. For the linear field, with ``x = A / gamma``,
   ``r_lin = (U / lambda) [(1 - e^-x) + (gamma / lambda)(1 - (1 + x) e^-x)]``
   (:func:`recovery_radius_linear`), below the first-return radius ``U A / lambda^2``
-  (``x -> inf``). The first-return radius (``BiasTheory.capture_radius``, the largest ``s0``
+  (``x -> inf``). The first-return radius (``BiasTheory.first_return_radius``, the largest ``s0``
   that returns to ``s = 0`` before reaching the escape threshold) says nothing about what
   happens after the return.
 - **No start recovers** in the mean field never happens (``beta_1 -> 0`` as ``s0 -> 0``).
@@ -292,7 +292,11 @@ def recovery_radius(theory: BiasTheory) -> float:
     def excess(s0):
         return -swing(theory, s0, 0.0).b_end - beta_u
 
-    hi = theory.capture_radius_linear if math.isfinite(theory.capture_radius_linear) else 1.0
+    hi = (
+        theory.first_return_radius_linear
+        if math.isfinite(theory.first_return_radius_linear)
+        else 1.0
+    )
     hi = max(hi, 1e-6)
     while excess(hi) < 0:
         hi *= 2.0

@@ -66,11 +66,14 @@ follows the selection, the forgetting acts on the scores:
 So the issue's form ``s' = lambda s + h - u sign(s)`` holds with ``u -> U`` and ``h -> h + gamma
 b``: the bias enters the forgetting term too, and that integral part helps. Solving the linear
 system from ``b = 0``: ``s`` returns to 0 iff ``s0 < U (1 + gamma / lambda) / lambda =
-U A / lambda^2`` (**capture radius**, not ``U / lambda``), and a step of skew ``h`` applied at
-balance is absorbed iff ``h < U (1 + gamma / lambda) = U A / lambda`` (not ``U``). A slowly
-rising skew is absorbed whatever its size: in the sliding state ``y = h / gamma``,
-``b = -h / gamma`` and the equivalent control ``h + gamma b`` is 0. Any ``U > 0`` eventually
-rebalances the selection (``b`` is unbounded); no excursion at all from any state needs
+U A / lambda^2`` (the **first-return radius**, not ``U / lambda``), and a step of skew ``h``
+applied at balance is absorbed iff ``h < U (1 + gamma / lambda) = U A / lambda`` (not ``U``).
+A slowly rising skew is absorbed whatever its size: in the sliding state ``y = h / gamma``,
+``b = -h / gamma`` and the equivalent control ``h + gamma b`` is 0. A first return is not a
+recovery: the bias has wound up by then, the gap overshoots, and below a critical rate the loop
+locks into a relay cycle of alternating collapses; it returns to balance and stays only from
+inside :meth:`BiasTheory.recovery_radius` (:mod:`moebif.model.bias_relay`). No excursion at
+all from any state needs
 ``U > max_d [a (pi_w - pi_l) / k - gamma T d]`` (the largest drift on the one-winner branch; the
 same for N experts and top-k with ``U = 2 u / eta`` on the winner-loser gap). **Chattering**: at
 balance, ``sign`` of a noisy count. When ``u sqrt(B) / T`` is small, the batch noise dithers the

@@ -68,13 +68,13 @@ class BiasTheory:
     # linear theory ------------------------------------------------------------------------
 
     @property
-    def capture_radius_linear(self) -> float:
-        """``U A / lambda^2`` (score units): the corrected capture radius (``inf`` if
+    def first_return_radius_linear(self) -> float:
+        """``U A / lambda^2`` (score units): the linear first-return radius (``inf`` if
         ``lambda <= 0``)."""
         return self.U * self.gain / self.lam**2 if self.lam > 0 else math.inf
 
     @property
-    def capture_radius_issue(self) -> float:
+    def first_return_radius_issue(self) -> float:
         """``U / lambda``: the issue's conjecture (``s' = lambda s + h - u sign s`` at ``b``
         frozen)."""
         return self.U / self.lam if self.lam > 0 else math.inf
@@ -196,16 +196,32 @@ class BiasTheory:
         )
         return float(res.x)
 
-    def capture_radius(self, *, s_thr: float | None = None) -> float:
-        """Largest initial gap ``s0`` (bias 0, no skew) from which the mean-field router returns
-        to balance without reaching ``s_thr`` (default :meth:`escape_threshold`)."""
+    def first_return_radius(self, *, s_thr: float | None = None) -> float:
+        """Largest initial gap ``s0`` (bias 0, no skew) from which the mean-field router's gap
+        first returns to 0 without reaching ``s_thr`` (default :meth:`escape_threshold`). This is
+        **not** a recovery region: the bias has wound up by then and the gap can overshoot into
+        a relay cycle; see :meth:`recovery_radius`. (Named ``capture_radius`` before.)"""
         s_thr = self.escape_threshold() if s_thr is None else s_thr
 
         def make(x, thr, t_max):
             return self._escape_many(np.minimum(x, 0.999 * thr), 0.0, thr, t_max)
 
-        out = self._boundary(make, s_thr, min(self.capture_radius_linear, 0.9 * s_thr))
+        out = self._boundary(make, s_thr, min(self.first_return_radius_linear, 0.9 * s_thr))
         return out if out < 0.999 * s_thr else math.inf
+
+    def recovery_radius(self) -> float:
+        """Largest initial gap ``s0`` (bias 0, no skew) from which the closed loop returns to
+        balance **and stays** (:func:`moebif.model.bias_relay.recovery_radius`)."""
+        from ..bias_relay import recovery_radius
+
+        return recovery_radius(self)
+
+    def relay_cycle(self):
+        """The closed loop's relay limit cycle of alternating collapses: existence, amplitude
+        and period (:func:`moebif.model.bias_relay.relay_cycle`)."""
+        from ..bias_relay import relay_cycle
+
+        return relay_cycle(self)
 
     def absorbed_skew(self, *, s_thr: float | None = None) -> float:
         """Largest skew step ``h`` (on the winner-loser gap, from balance with ``b = 0``) that
