@@ -89,8 +89,8 @@ def claims_title(claims: list[dict]) -> str:
         return f"claims: {ok}/{len(claims)} hold"
     n = max((len(c["holds_at"]) for c in claims), default=0)
     return (
-        f"claims: {ok}/{len(claims)} hold at all {n} seeds with a margin of 2 spreads or more, "
-        f"{fragile} fragile, {bad} do not hold"
+        f"claims: {ok}/{len(claims)} hold at all {n} seeds, {fragile} fragile, {bad} do not "
+        "hold (holding: a margin of 2 seed spreads or more)"
     )
 
 
