@@ -60,8 +60,12 @@ def test_margin_is_mean_slack_over_its_seed_spread_and_marks_thin_claims_fragile
     f = agg["fails"]
     assert f["status"] == "fragile" and f["margin"] < 1
     e = agg["exact"]  # no seed spread: no margin, and it holds
-    assert e["margin"] is None and e["status"] == "holds" and e["checks"][0]["slack_sd"] == 0
-    assert format_margin(t) == f"{expect:.2g} (v)" and format_margin(e) == "—"
+    assert e["margin"] is None and e["status"] == "holds" and e["checks"][0]["spread"] == 0
+    assert format_margin(t) == f"{expect:.2g} (v)" and format_margin(e) == "— (no seed spread)"
+    # a two-sided check: values symmetric about the centre have equal slacks, not no spread
+    sym = _claim("sym", [0.45, 0.55, 0.45, 0.55], 0.0, 1.0)
+    agg3 = aggregate_claims([[c] for c in sym], [{"x": j} for j in range(4)])[0]
+    assert agg3["margin"] == pytest.approx(0.45 / np.std([0.45, 0.55, 0.45, 0.55], ddof=1))
     # the smallest margin over a claim's checks is the claim's
     zs = [0.01, 0.02, 0.015, 0.03, 0.02]
     two = [

@@ -33,9 +33,9 @@ class Check:
 
     ``slack`` is the signed distance of ``value`` from the nearer bound: positive inside,
     negative outside, ``None`` when the value is NaN. Over several seeds the claim's margin is
-    the seed mean of the slack in units of its seed standard deviation (see
-    :func:`moebif.experiments.runner.aggregate_claims`); with fixed bounds that standard
-    deviation is the seed spread of the measured value itself. A strict inequality of the
+    the seed mean of the slack in units of the seed standard deviation of ``value`` (of the
+    slack, where the bounds depend on the seed); see
+    :func:`moebif.experiments.runner.aggregate_claims`. A strict inequality of the
     claim (``value > lower``) is stated with the same bound: slack 0 is the edge either way."""
 
     name: str

@@ -66,7 +66,7 @@ def format_margin(c: dict) -> str:
     text: ``"3.1 (a=3)"`` (spreads, worst check); ``"—"`` where none is defined."""
     m = c.get("margin")
     if m is None:
-        return "—"
+        return f"— ({c['margin_note']})" if c.get("margin_note") else "—"
     where = f" ({c['margin_check']})" if c.get("margin_check") else ""
     return f"{m:.2g}{where}" if abs(m) < 10 else f"{m:.0f}{where}"
 

@@ -313,8 +313,9 @@ even if it held at every seed run."""
 
 
 def _margins(rows: list[dict]) -> tuple[list[dict], float | None, str | None]:
-    """Per check (matched by position and name across seeds): the seed mean and standard
-    deviation of its slack and its margin ``mean / sd``; and the claim's margin, the smallest
+    """Per check (matched by position and name across seeds): the seed mean of its slack, the
+    seed standard deviation ``sd`` of its measured value (of its slack, where its bounds differ
+    between seeds), and its margin ``mean / sd``; and the claim's margin, the smallest
     over its checks, with that check's name. The margin is ``None`` where it is not a finite
     number: a check with no seed spread (sd 0; it cannot pass or fail by seed noise), a check
     that is NaN at some seed (it failed there, which ``holds_at`` shows), no checks, checks
@@ -328,12 +329,22 @@ def _margins(rows: list[dict]) -> tuple[list[dict], float | None, str | None]:
             return [], None, None
         slack = [x[k]["slack"] for x in lists]
         values = [x[k]["value"] for x in lists]
+        fixed = all(
+            (x[k]["lower"], x[k]["upper"]) == (first["lower"], first["upper"]) for x in lists
+        )
         if any(v is None for v in slack):  # NaN at some seed: the check failed there
             m = -np.inf
             mean = sd = None
         else:
             s = np.asarray(slack, dtype=float)
-            mean, sd = float(s.mean()), float(s.std(ddof=1))
+            # the spread: of the measured value where the bounds are the same at every seed
+            # (a two-sided slack can hide it: values symmetric about the centre have equal
+            # slacks); of the slack itself where the bounds move with the seed
+            spread_of = np.asarray(values, dtype=float) if fixed else s
+            mean, sd = float(s.mean()), float(spread_of.std(ddof=1))
+            scale = max(abs(mean), *(abs(float(v)) for v in values), 1e-300)
+            if sd <= 1e-9 * scale:  # the same value at every seed up to rounding: no spread
+                sd = 0.0
             if sd > 0:
                 m = mean / sd
             else:
@@ -344,7 +355,7 @@ def _margins(rows: list[dict]) -> tuple[list[dict], float | None, str | None]:
             "upper": first["upper"],
             "value": _spread(values),
             "slack_mean": mean,
-            "slack_sd": sd,
+            "spread": sd,
             "margin": float(m) if np.isfinite(m) else None,
         }
         out.append(rec)
@@ -353,6 +364,17 @@ def _margins(rows: list[dict]) -> tuple[list[dict], float | None, str | None]:
     if worst is None or not np.isfinite(worst):
         return out, None, worst_name
     return out, float(worst), worst_name
+
+
+def _margin_note(checks: list[dict], margin: float | None, holds_at: list[bool]) -> str:
+    """Why a claim has no margin, in words (empty when it has one)."""
+    if margin is not None:
+        return ""
+    if not checks:
+        return "no checks (exact or not seed-dependent)" if len(holds_at) > 1 else "one seed"
+    if any(c["slack_mean"] is None for c in checks):
+        return "NaN at some seed"
+    return "no seed spread"
 
 
 def aggregate_claims(per_seed: list[list[dict]], seeds: list[dict[str, int]]) -> list[dict]:
@@ -367,8 +389,9 @@ def aggregate_claims(per_seed: list[list[dict]], seeds: list[dict[str, int]]) ->
 
     The margin: for every check of the claim (:class:`moebif.experiments.base.Check`, the
     measured value and its bounds) the seed mean of its slack (distance from the nearer bound,
-    positive inside) over the seed standard deviation of that slack, i.e. how many seed spreads
-    the measured value lies inside its tolerance; ``margin`` is the smallest over the checks
+    positive inside) over the seed standard deviation of the measured value (of the slack,
+    where the bounds themselves depend on the seed), i.e. how many seed spreads the measured
+    value lies inside its tolerance; ``margin`` is the smallest over the checks
     (``margin_check`` names it; ``checks`` lists them all). A claim that holds at every seed
     but whose margin is below :data:`FRAGILE_MARGIN` (2 spreads) is ``fragile`` too: at five
     seeds it passed, yet a new seed fails it with a probability of a few percent or more.
@@ -389,6 +412,8 @@ def aggregate_claims(per_seed: list[list[dict]], seeds: list[dict[str, int]]) ->
         holds_at = [bool(c["holds"]) for _, c in rows]
         n_ok = sum(holds_at)
         checks, margin, margin_check = _margins([c for _, c in rows])
+        if margin is None:
+            margin_check = None
         thin = n_ok == len(rows) and margin is not None and margin < FRAGILE_MARGIN
         fragile = 0 < n_ok < len(rows) or thin
         out.append(
@@ -406,6 +431,7 @@ def aggregate_claims(per_seed: list[list[dict]], seeds: list[dict[str, int]]) ->
                 "fragile": fragile,
                 "margin": margin,
                 "margin_check": margin_check,
+                "margin_note": _margin_note(checks, margin, holds_at),
                 "checks": checks,
                 "status": "fragile" if fragile else ("holds" if n_ok else "does not hold"),
                 "seed_indices": [j for j, _ in rows],
