@@ -371,7 +371,7 @@ def _margin_note(checks: list[dict], margin: float | None, holds_at: list[bool])
     if margin is not None:
         return ""
     if not checks:
-        return "no checks (exact or not seed-dependent)" if len(holds_at) > 1 else "one seed"
+        return "exact, no checks" if len(holds_at) > 1 else "one seed"
     if any(c["slack_mean"] is None for c in checks):
         return "NaN at some seed"
     return "no seed spread"
