@@ -14,7 +14,9 @@ Layout of the output folder ``OUT`` of a run at one seed::
 A run at ``S`` seeds (``seeds=S``) keeps one such folder per seed, ``OUT/seed-0`` ...
 ``OUT/seed-<S-1>`` (seed 0 is the single-seed run's seed), and writes ``OUT/claims.json`` and
 ``OUT/report.html`` for all seeds together: every claim with the fraction of seeds at which it
-holds and the spread of its measured values; it holds only if it holds at every seed.
+holds, the spread of its measured values and its margin (how many seed spreads the measured
+values lie inside their tolerance); it holds only if it holds at every seed by a margin of 2
+spreads or more, and is fragile otherwise if it holds at some seed.
 
 Each experiment is built in a hidden temporary folder and renamed into place when complete, so a
 killed run loses only the experiments in flight; a re-run skips the finished ones (same variant,
@@ -382,7 +384,8 @@ def aggregate_claims(per_seed: list[list[dict]], seeds: list[dict[str, int]]) ->
     claims of every experiment at seed index ``j``; ``seeds[j]`` maps experiment id -> seed).
 
     One record per claim, in order: ``holds`` only if the claim holds at every seed where it
-    was checked, ``fraction_holding``, ``fragile`` (holds at some seeds, not all), ``status``
+    was checked, ``fraction_holding``, ``fragile`` (holds at some seeds, not all, or at every
+    seed by a margin under 2 spreads), ``status``
     (``"holds"``, ``"fragile"``, ``"does not hold"``), ``seeds`` and, per seed, ``holds_at``,
     ``measured`` and ``tolerances``; ``spread`` summarises the measured values (see
     :func:`_spread`); ``predicted``, ``statement`` and ``tolerance`` are seed 0's.
