@@ -286,6 +286,39 @@ def report(out: Path) -> int:
     return 0
 
 
+def advise_report(out: Path, until: int = 1000) -> int:
+    """``moebif advise --from-log`` on the ramped runs, from their first ``until`` (healthy)
+    steps, against the coefficient at the independent collapse: ``alpha*`` in the three stacks'
+    units and the relative error of the Hugging Face value."""
+    from moebif.monitor.advice import advise_from_log
+
+    print(f"advise --from-log from steps < {until} against the coefficient at collapse")
+    print("| run | layer | coef at collapse | alpha* [95%] (HF) | error | Megatron | OLMo-core |")
+    print("|---|---|---|---|---|---|---|")
+    hits = total = 0
+    for f in sorted(out.glob("*.json")):
+        r = json.loads(f.read_text())
+        if not r["drive"].startswith("ramp"):
+            continue
+        res = advise_from_log(f.with_suffix(".jsonl"), until=until, lr=2e-3)
+        for lab, L in r["layers"].items():
+            col = collapse_step(L["excess"], 1000)
+            a = res.layers[lab]
+            if col is None or a.critical is None:
+                continue
+            c = r["coef"][col]
+            err = abs(a.critical - c) / abs(c)
+            total += 1
+            hits += err <= 0.3
+            print(
+                f"| {r['family']}/{r['corpus']}/{r['drive']} | {lab} | {c:.3f} | "
+                f"{a.critical:.3f} [{a.critical_lo:.3f}, {a.critical_hi:.3f}] | {err:.0%} | "
+                f"{a.stacks['megatron']['critical']:.4f} | {a.stacks['olmo']['critical']:.4f} |"
+            )
+    print(f"\nwithin 30%: {hits} of {total}")
+    return 0
+
+
 def _fmt(v):
     if isinstance(v, float):
         return f"{v:.3g}"
@@ -297,10 +330,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-results/prediction"))
     ap.add_argument("--runs", nargs="*", default=[], help="family:corpus:drive[:seed] ...")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument(
+        "--advise", action="store_true", help="advise --from-log on the first 1000 steps"
+    )
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     if a.report:
         return report(a.out)
+    if a.advise:
+        return advise_report(a.out)
     for spec in a.runs:
         parts = spec.split(":")
         if len(parts) not in (3, 4) or parts[2] not in DRIVES:

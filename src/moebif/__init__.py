@@ -6,6 +6,9 @@ on first use, so ``import moebif`` and ``moebif theory`` stay fast.
 
 from . import monitor as monitor
 from ._version import __version__ as __version__
+from .model.balancer_theory import advise as advise
+from .model.balancers import BalancerSpec as BalancerSpec
+from .model.balancers import parse_balancers as parse_balancers
 from .model.continuation import Branch as Branch
 from .model.continuation import SpecialPoint as SpecialPoint
 from .model.continuation import continue_equilibria as continue_equilibria
@@ -21,6 +24,8 @@ from .model.meanfield import uniform_state as uniform_state
 from .model.meanfield import vector_field as vector_field
 from .model.metastability import escape_theory as escape_theory
 from .model.metastability import pulse_threshold as pulse_threshold
+from .model.schemes import SCHEMES as SCHEMES
+from .model.schemes import Scheme as Scheme
 from .model.symmetric import SymmetricBranch as SymmetricBranch
 from .model.symmetric import barrier as barrier
 from .model.symmetric import branch_curve as branch_curve

@@ -99,7 +99,9 @@ def test_advise_regimes_and_text(cli):
     low = cli("advise", "--experts", 8, "--a", 3, "--gamma", 1, "--T", 1, "--json").json
     assert low["regime"] == "balanced" and low["balancers"]["aux"]["strength"] == 0.0
     two = cli("advise", "--experts", 2, "--a", 3, "--gamma", 1, "--T", 1, "--json").json
-    assert two["regime"] == "collapsing"
+    # the one regime rule: two experts at a > 2 gamma T and h = 0 are bistable (not "collapsing")
+    assert two["regime"] == "bistable"
+    assert two["regime"] == cli("theory", "--a", 3, "--gamma", 1, "--T", 1, "--json").json["regime"]
     r = cli("advise", "--experts", 2, "--a", 3, "--gamma", 1, "--T", 1)
     assert r.code == 0 and "regime" in r.out and "aux" in r.out
 

@@ -38,6 +38,14 @@ TINY = {
         hold_steps=1500,
         hold_runs=3,
     ),
+    "bal-bias-cycle": dict(
+        points=((9.0, 1.5, 2.0, 2e-3),),
+        reps=2,
+        periods=1.0,
+        unheld_factors=(2.0,),
+        unheld_runs=2,
+        unheld_periods=0.5,
+    ),
     "bal-capacity": dict(
         drop_cases=((8, 1),),
         cfs=(1.0, 1.25),

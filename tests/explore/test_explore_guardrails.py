@@ -121,6 +121,34 @@ def test_trajectory_settings_are_bounded(client, key, value):
     assert r.json()["param"] == key
 
 
+def test_a_trajectory_past_the_mean_field_bound_is_a_400_naming_the_way_out(client):
+    """steps = 10**8 at the default eta: the simulation alone is allowed (runs x steps), the
+    mean-field curve over steps x eta is not; the message's own "at most" is exact."""
+    from moebif.explore.jobs import LIMITS, check_settings
+    from moebif.explore.server import DEFAULTS, _point
+    from moebif.params import ParameterError
+
+    t0 = time.monotonic()
+    r = client.post(
+        "/api/trajectories", params={"steps": 10**8, "runs": 1}, headers={"X-Moebif": "1"}
+    )
+    assert r.status_code == 400 and time.monotonic() - t0 < BOUND
+    body = r.json()
+    assert body["param"] == "steps" and "\n" not in body["error"]
+    assert "fewer steps or a smaller eta" in body["error"] and "moebif simulate" in body["error"]
+    most = int(re.search(r"at most (\d+) steps", body["error"]).group(1))
+    work, eta = LIMITS["trajectory_meanfield_work"], DEFAULTS["eta"]
+    assert most == int(work / (eta * (1.0 + 3.0 / 2.0)))  # a = 3, gamma = T = 1
+    # the edge, at another point: accepted, one step more refused
+    pt = _point({"a": "5", "T": "0.5", "gamma": "2"})
+    pe = pt.effective
+    edge = int(work / (eta * (pe.gamma + abs(pe.a) / (2.0 * pe.T))))
+    kw = dict(batch=64, eta=eta, runs=1, seed=0)
+    assert check_settings(pt, steps=edge, **kw)["steps"] == edge
+    with pytest.raises(ParameterError, match=f"at most {edge} steps"):
+        check_settings(pt, steps=edge + 1, **kw)
+
+
 def _diagnose_json(log_path) -> bytes:
     return json.dumps(
         {
@@ -246,6 +274,84 @@ def test_sigterm_stops_the_server_promptly_during_a_long_request():
             proc.wait()
     err = proc.stderr.read()
     assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("n,k", [(8, 2), (8, 5), (18, 2)])
+def test_the_branch_by_branch_threshold_is_the_librarys(n, k):
+    """The explorer scans topk_collapse_threshold's branches one at a time (to stop between
+    them): the same a_SN, bit for bit, also where other branches than m = 1 come first."""
+    from moebif.model import topk
+
+    V._thresholds.cache_clear()
+    assert V._thresholds(n, k)[0] == topk.topk_collapse_threshold(n, k, 1.0, 1.0)[0]
+
+
+def _heavy_first_visit():
+    """The N = 64, k = 8 diagram uncached (4-13 s: its thresholds, then 17 branches)."""
+    V._thresholds.cache_clear()
+    V._coarse.cache_clear()
+
+
+def test_a_heavy_view_stops_computing_when_its_client_leaves(monkeypatch):
+    """A real long view (not a stand-in): no branch of it is computed after its client left,
+    beyond the one in progress."""
+    from moebif.model import topk
+
+    calls: list[float] = []
+    real = topk.topk_branch
+
+    def spy(*a, **kw):
+        calls.append(time.monotonic())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(topk, "topk_branch", spy)
+    _heavy_first_visit()
+    with running_server(create_app(warm_up=False)) as url:
+        s = _raw(url)
+        s.sendall(b"GET /api/views?views=branches&N=64&k=8 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        deadline = time.monotonic() + 30
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert calls
+        time.sleep(0.3)
+        s.close()
+        left = time.monotonic()
+        time.sleep(2.5)
+        n_after = sum(t > left + 1.0 for t in calls)  # one chunk (<= 0.5 s) may finish
+        assert n_after == 0, f"{n_after} branch calls after the client left"
+    _heavy_first_visit()  # nothing partial was cached
+
+
+def test_a_server_told_to_stop_stops_its_heavy_computation(monkeypatch):
+    """What SIGTERM does to the server (should_exit; after 1 s of grace the requests are
+    cancelled), in a thread: the view computing then stops at its next branch, so that no thread
+    keeps computing after the server has gone (the CLI's process also exits at once,
+    test_sigterm_stops_the_server_promptly_during_a_long_request)."""
+    from moebif.model import topk
+
+    calls: list[float] = []
+    real = topk.topk_branch
+
+    def spy(*a, **kw):
+        calls.append(time.monotonic())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(topk, "topk_branch", spy)
+    _heavy_first_visit()
+    with running_server(create_app(warm_up=False)) as url:
+        s = _raw(url)
+        s.sendall(b"GET /api/views?views=branches&N=64&k=8 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        deadline = time.monotonic() + 30
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert calls
+        t_stop = time.monotonic()
+    assert time.monotonic() - t_stop < BOUND  # the server thread has ended
+    time.sleep(2.0)
+    s.close()
+    n_after = sum(t > t_stop + 2.0 for t in calls)  # 1 s of grace, one chunk (<= 0.5 s)
+    assert n_after == 0, f"{n_after} branch calls after the server stopped"
+    _heavy_first_visit()
 
 
 def test_an_uploaded_router_log_is_bounded_before_the_monitor_runs(client, tmp_path, monkeypatch):

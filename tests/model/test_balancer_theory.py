@@ -7,13 +7,16 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 from scipy.optimize import fsolve
 
 from moebif.model import balancer_theory as bt
 from moebif.model.balancers import BalancerSpec, field_terms, parse_balancers
 from moebif.model.field import VectorField
-from moebif.model.thresholds import thresholds
+from moebif.model.thresholds import regime, theory_report, thresholds
+from moebif.model.topk import topk_uniform_slope
 from moebif.model.two_expert import hysteresis_halfwidth
 from moebif.params import RouterParams
 
@@ -45,7 +48,7 @@ def test_effective_parameters_match_the_numeric_jacobian(text, n, k):
     assert np.allclose(contrast, eff.contrast, atol=tol)
     assert np.min(np.abs(ev - eff.common)) < tol
     # the four representations describe the same contrast eigenvalue
-    alpha = 1.0 / n if k == 1 else bt.topk_uniform_slope(n, k)
+    alpha = 1.0 / n if k == 1 else topk_uniform_slope(n, k)
     assert eff.a_eff * alpha / (k * p.T) - p.gamma == pytest.approx(eff.contrast)
     assert p.a * alpha / (k * p.T) - eff.gamma_eff == pytest.approx(eff.contrast)
     assert p.a * alpha / (k * eff.T_eff) - p.gamma == pytest.approx(eff.contrast)
@@ -163,12 +166,12 @@ P2 = RouterParams(a=4.0, gamma=1.0, T=1.0, n_experts=2)
 def test_bias_linear_closed_forms_are_the_small_u_limit():
     b = bt.BiasTheory(P2, 1e-5, 0.01, 4096)
     lam, gam = b.lam, P2.gamma
-    assert b.capture_radius_linear == pytest.approx(b.U / lam * (1 + gam / lam))
+    assert b.first_return_radius_linear == pytest.approx(b.U / lam * (1 + gam / lam))
     assert b.absorbed_skew_linear == pytest.approx(b.U * (1 + gam / lam))
-    assert b.capture_radius() == pytest.approx(b.capture_radius_linear, rel=1e-3)
+    assert b.first_return_radius() == pytest.approx(b.first_return_radius_linear, rel=1e-3)
     assert b.absorbed_skew() == pytest.approx(b.absorbed_skew_linear, rel=1e-3)
     # the issue's forms are a factor 1 + gamma/lambda (= 2 here) too small
-    assert b.capture_radius_linear / b.capture_radius_issue == pytest.approx(2.0)
+    assert b.first_return_radius_linear / b.first_return_radius_issue == pytest.approx(2.0)
 
 
 def test_linear_closed_loop_capture_by_integration():
@@ -267,3 +270,45 @@ def test_advise_fields_and_independent_values():
     balanced = bt.advise(p.replace(a=3.0), 2)
     assert balanced["regime"] == "balanced"
     assert balanced["balancers"]["aux"]["strength"] == 0.0
+
+
+def _same_regime(n, topk, frac, at, h, gT):
+    k, n_topk = topk
+    # top-k thresholds cost ~1-3 s each: a few (N, k) at gamma = T = 1, reused from the cache
+    n, (gamma, T) = (n, gT) if k == 1 else (n_topk, (1.0, 1.0))
+    thr = thresholds(n, k, gamma, T)
+    a = {"collapse": thr.collapse, "linear": thr.linear}.get(at, frac * thr.linear)
+    p = RouterParams(a=a, gamma=gamma, T=T, h=h if n == 2 else 0.0, n_experts=n)
+    got = bt.advise(p, k, schemes=())
+    assert got["balancers"] == {}
+    assert got["regime"] == regime(p, k) == theory_report(p, k)["regime"]
+
+
+_POINT = {
+    "n": st.integers(2, 64),
+    "frac": st.floats(0.0, 2.0),
+    "at": st.sampled_from([None, "collapse", "linear"]),
+    "h": st.floats(-1.0, 1.0),
+    "gT": st.sampled_from([(1.0, 1.0), (0.5, 2.0), (2.0, 0.3)]),
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(topk=st.sampled_from([(1, None), (1, None), (1, None), (2, 64)]), **_POINT)
+def test_advise_and_theory_give_the_same_regime(n, topk, frac, at, h, gT):
+    """``advise`` takes its regime from the one rule, ``regime()``, which ``moebif theory``
+    reports: the same answer at every N = 2..64 (top-1; top-2 at N = 64), at any a (the
+    thresholds themselves included) and, for two experts, any skew h. (The old ``advise`` said
+    ``collapsing`` for two experts above ``2 gamma T``, where the rule says ``bistable``.)"""
+    _same_regime(n, topk, frac, at, h, gT)
+
+
+@pytest.mark.slow
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    topk=st.sampled_from([(1, None), (2, 3), (2, 16), (3, 8), (4, 32), (7, 64), (12, 13)]),
+    **_POINT,
+)
+def test_advise_and_theory_give_the_same_regime_at_top_k(n, topk, frac, at, h, gT):
+    """As above, at top-k up to 12 (each new (N, k) costs a threshold computation)."""
+    _same_regime(n, topk, frac, at, h, gT)

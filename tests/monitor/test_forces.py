@@ -87,12 +87,15 @@ def test_no_restoring_force_is_unresolved():
     assert not e.resolved and "restoring" in e.reason
 
 
-def _score_router(c, *, n=8, a=1.0, T=1.0, eta=0.05, lr=0.05, batch=4096, steps=1500, seed=0):
+def _score_router(
+    c, *, n=8, a=1.0, T=1.0, eta=0.05, lr=0.05, batch=4096, steps=1500, seed=0, record=None
+):
     """The paper's batch router (sec. 8) with the HF aux loss of coefficient ``c`` under SGD on
     the scores, gamma = 0: ``r += eta a l - lr c dL/dr``, ``dL/dr_j = (1/T) p_j (l_j - l.p)``;
     the probe's sums computed as the device probe computes them (shock ``l - EMA(l)``, the
     reinforcement's running drive removed, the aux step's exact response to the shock).
-    Returns the estimate and the max-load excess per step."""
+    Returns the estimate and the max-load excess per step; ``record``: a list that receives the
+    per-step sums and counts."""
     rng = np.random.default_rng(seed)
     r = rng.normal(0.0, 0.01, n)
     ref = drive = None
@@ -110,7 +113,10 @@ def _score_router(c, *, n=8, a=1.0, T=1.0, eta=0.05, lr=0.05, batch=4096, steps=
         lm = dz - drive
         drive += 0.02 * (dz - drive)
         aux = -lr * p * (d - d @ p) / T
-        st.push([lm @ d, (aux - aux.mean()) @ d, d @ d, 1.0, c])
+        sums = [lm @ d, (aux - aux.mean()) @ d, d @ d, 1.0, c]
+        st.push(sums)
+        if record is not None:
+            record.append((sums, load * batch))
         r = r + eta * a * load - lr * c * p * (load - load @ p) / T
         excess.append((load.max() - 1 / n) / (1 - 1 / n))
     return st.estimate(), np.array(excess)

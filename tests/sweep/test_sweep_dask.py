@@ -97,6 +97,13 @@ def test_workers_with_other_versions_are_refused(dask_client, monkeypatch):
         DaskExecutor(client=dask_client)
 
 
+def test_an_existing_scheduler_by_its_address(dask_client):
+    """The address path (the connect probe reads the scheduler's first handshake byte, then Dask
+    connects) reaches a real scheduler within the default timeout."""
+    with DaskExecutor(dask_client.scheduler.address) as ex:
+        assert ex.workers == 2
+
+
 def test_cli_local_workers(tmp_path, capsys, small_doc):
     """`moebif sweep --local-workers 2` starts its own LocalCluster and gives the in-process
     numbers; the summary names the executor."""

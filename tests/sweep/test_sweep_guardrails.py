@@ -99,6 +99,43 @@ def test_a_bad_scheduler_address_is_one_line(tmp_path, capsys, small_doc):
     assert "notanaddress" in err
 
 
+def test_a_scheduler_that_does_not_answer_is_one_line_within_the_bound(tmp_path, capsys, small_doc):
+    """A port that accepts and stays silent (Dask's handshake alone would wait for it without
+    a bound) and a refused port (Dask retries those for its whole timeout): both within
+    --connect-timeout, and nothing written."""
+    import socket
+
+    spec, out = _spec(tmp_path, small_doc), tmp_path / "x.zarr"
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        t0 = time.monotonic()
+        err = _bad(
+            capsys, "sweep", spec, "--out", out, "--scheduler", f"tcp://127.0.0.1:{port}",
+            "--connect-timeout", "1", key="--scheduler",
+        )  # fmt: skip
+        assert time.monotonic() - t0 >= 1.0 and "no answer within 1 s" in err
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    err = _bad(
+        capsys, "sweep", spec, "--out", out, "--scheduler", f"127.0.0.1:{port}", key="--scheduler"
+    )
+    assert "refused" in err.lower()
+    _bad(
+        capsys,
+        "sweep",
+        spec,
+        "--scheduler",
+        "x:1",
+        "--connect-timeout",
+        "0",
+        key="--connect-timeout",
+    )
+    assert not out.exists()
+
+
 def test_sweep_plot_select_needs_a_coordinate(tmp_path, capsys, small_doc):
     from moebif.sweep.store import SweepStore
 

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from ..model.schemes import SCHEMES
 from ._common import CLIError, app, emit_json, finite, router_params
 
 _BIG_RUN = 2_000_000  # replica-steps above which a progress bar is worth showing
@@ -79,9 +80,7 @@ def simulate(
         typer.Option(
             "--balancer",
             help="Balancing schemes, e.g. aux:1e-2,zloss:1e-3,bias:1e-3,capacity:1.25 "
-            "(names: aux, aux-megatron, aux-olmo, aux-deepspeed, zloss, importance, bias, "
-            "bias-centred, quantile, capacity, noisy, jitter, sinkhorn, expert-choice; "
-            "sgd, adam, lr:LR). See docs/balancing.md.",
+            f"(names: {', '.join(SCHEMES)}; sgd, adam, lr:LR). See docs/balancing.md.",
         ),
     ] = None,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -75,6 +76,13 @@ def sweep(
         str | None,
         typer.Option("--scheduler", help="Address of a Dask scheduler, e.g. tcp://host:8786."),
     ] = None,
+    connect_timeout: Annotated[
+        float,
+        typer.Option(
+            "--connect-timeout",
+            help="Seconds to reach the --scheduler (default 2; docs/sweeps.md).",
+        ),
+    ] = 2.0,
     local_workers: Annotated[
         int | None,
         typer.Option("--local-workers", help="Start a Dask LocalCluster of K worker processes."),
@@ -124,6 +132,8 @@ def sweep(
         raise CLIError("--jobs", f"must be >= 1, got {jobs}")
     if scheduler is not None and not scheduler.strip():
         raise CLIError("--scheduler", "must be an address such as tcp://host:8786")
+    if not (math.isfinite(connect_timeout) and 0.0 < connect_timeout <= 600.0):
+        raise CLIError("--connect-timeout", f"must be in (0, 600] seconds, got {connect_timeout}")
     if max_cells < 1:
         raise CLIError("--max-cells", f"must be >= 1, got {max_cells}")
     if not dashboard.strip():
@@ -181,7 +191,7 @@ def sweep(
 
     try:
         if scheduler is not None:
-            executor = DaskExecutor(scheduler)
+            executor = DaskExecutor(scheduler, timeout=connect_timeout)
         elif local_workers is not None:
             address = None if dashboard.strip().lower() == "none" else dashboard.strip()
             executor = DaskExecutor(local_workers=local_workers, dashboard_address=address)

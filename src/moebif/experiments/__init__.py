@@ -43,6 +43,7 @@ REGISTRY: dict[str, str] = {
     "nexp-topk": "many_topk",
     "bal-phase": "bal_phase",
     "bal-bias": "bal_bias",
+    "bal-bias-cycle": "bal_bias_cycle",
     "bal-capacity": "bal_capacity",
     "bal-compare": "bal_compare",
 }

@@ -4,10 +4,11 @@ Two experts, ``a = 4 gamma T`` (the uniform state is linearly unstable, ``lambda
 = 1``), bias rate ``u`` per step (Megatron's update; centring changes nothing for two experts),
 step ``eta``. The relay moves the bias gap by ``U = 2u / eta`` per unit ODE time. Checked:
 
-1. **capture radius**: the largest initial score gap from which the router returns to balance
-   without collapsing, against the mean field of the closed loop
-   (:meth:`~moebif.model.balancer_theory.BiasTheory.capture_radius`); its ratio to the issue's
-   ``U / lambda`` is ``~ 1 + gamma / lambda`` (the bias also feeds the forgetting term);
+1. **first-return radius** (the "capture radius" of the claims): the largest initial score gap
+   from which the gap first returns to 0 without collapsing (not a recovery: see
+   ``bal-bias-cycle``), against the mean field of the closed loop
+   (:meth:`~moebif.model.balancer_theory.BiasTheory.first_return_radius`); its ratio to the
+   issue's ``U / lambda`` is ``~ 1 + gamma / lambda`` (the bias also feeds the forgetting term);
 2. **absorbed skew**: the largest skew step applied at balance that is absorbed without a
    collapse (:meth:`~moebif.model.balancer_theory.BiasTheory.absorbed_skew`), against the
    issue's ``|h| < U``;
@@ -116,7 +117,7 @@ def run(config: Config, progress=None) -> dict:
     for i, u in enumerate(c.rates):
         bt = BiasTheory(p, u, c.eta, c.batch)
         thr = bt.escape_threshold()
-        cap, skew = bt.capture_radius(), bt.absorbed_skew()
+        cap, skew = bt.first_return_radius(), bt.absorbed_skew()
         s0 = np.repeat(cap * np.asarray(c.factors), c.reps)
         run_c = simulate_balanced_router(
             p,
@@ -163,8 +164,8 @@ def run(config: Config, progress=None) -> dict:
                 "lambda": bt.lam,
                 "threshold": thr,
                 "capture_predicted": cap,
-                "capture_linear": bt.capture_radius_linear,
-                "capture_issue": bt.capture_radius_issue,
+                "capture_linear": bt.first_return_radius_linear,
+                "capture_issue": bt.first_return_radius_issue,
                 "capture_s0": x_c.tolist(),
                 "capture_p_escape": esc_c.tolist(),
                 "capture_measured": p50(x_c, esc_c),

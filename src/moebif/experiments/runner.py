@@ -92,6 +92,7 @@ COST = {
     "theory": (1, 12),
     "fig06": (2, 14),
     "bal-bias": (5, 25),
+    "bal-bias-cycle": (20, 60),
     "bal-capacity": (5, 25),
     "bal-compare": (2, 10),
 }

@@ -13,7 +13,10 @@ vanishes on a saturated collapsed branch), which ``moebif advise`` and docs/bala
 quantify. Their trajectories are the stochastic router with the scheme itself
 (``simulate_batch_router(..., balancer=...)``), so the page shows both.
 
-Adding a scheme is a few lines: build a :class:`Balancer` and :func:`register` it. Every view of
+The stacks' schemes are not listed here: every scheme of the one registry
+:data:`moebif.model.schemes.SCHEMES` whose :meth:`~moebif.model.schemes.Scheme.explorer` gives a
+view is registered from it. Adding another view is a few lines: build a :class:`Balancer` and
+:func:`register` it. Every view of
 the explorer (equilibria, fold curve, bifurcation and branch diagrams, mean-field curve) is
 computed from ``effective(params, strength)``; thresholds are drawn in the user's ``a`` through
 ``user_a``; trajectories run :func:`moebif.simulate_batch_router` with ``simulate(strength)``
@@ -150,30 +153,31 @@ register(
 )
 
 
-_aux_eff, _aux_user_a = _rho_scheme(lambda s, p: s / p.T)
-register(
-    Balancer(
-        name="aux-megatron",
-        label="Switch aux loss, Megatron N/k Σ f P (near balance ρ = α/T)",
-        strength_label="alpha",
-        strength_max=5.0,
-        effective=_aux_eff,
-        user_a=_aux_user_a,
-        simulate=lambda s: {"balancer": f"aux-megatron:{s:.17g}"} if s > 0 else {},
-        command=lambda s: f"near balance a_eff = a - alpha/T, alpha = {s:g}" if s else "",
-    )
-)
+def _register_schemes() -> None:
+    """Register every scheme of :data:`moebif.model.schemes.SCHEMES` whose
+    :meth:`~moebif.model.schemes.Scheme.explorer` view is a near-balance load feedback."""
+    from ..model.schemes import scheme_instances
 
-_imp_eff, _imp_user_a = _rho_scheme(lambda s, p: 2.0 * s / p.T)
-register(
-    Balancer(
-        name="importance",
-        label="importance loss w N Σ (P − 1/N)² (top-1, near balance ρ = 2w/T)",
-        strength_label="w",
-        strength_max=2.5,
-        effective=_imp_eff,
-        user_a=_imp_user_a,
-        simulate=lambda s: {"balancer": f"importance:{s:.17g}"} if s > 0 else {},
-        command=lambda s: f"near balance a_eff = a - 2 w/T, w = {s:g}" if s else "",
-    )
-)
+    for scheme in scheme_instances():
+        view = scheme.explorer()
+        if view is None:
+            continue
+        name, label, strength_label, strength_max, rho_of, rho_text = view
+        effective, user_a = _rho_scheme(rho_of)
+        register(
+            Balancer(
+                name=name,
+                label=label,
+                strength_label=strength_label,
+                strength_max=strength_max,
+                effective=effective,
+                user_a=user_a,
+                simulate=lambda s, name=name: {"balancer": f"{name}:{s:.17g}"} if s > 0 else {},
+                command=lambda s, sl=strength_label, rt=rho_text: (
+                    f"near balance a_eff = a - {rt}, {sl} = {s:g}" if s else ""
+                ),
+            )
+        )
+
+
+_register_schemes()

@@ -12,6 +12,7 @@ finished.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,13 @@ __all__ = ["Cancelled", "JobRunner", "TrajectoryJob", "check_settings"]
 CHUNK_WORK = 1 << 20
 MAX_RECORDS = 500  # records kept per run (record_every = steps // MAX_RECORDS)
 SHOWN_RUNS = 8  # individual runs sent to the page besides the mean and sd
-LIMITS = {"runs": 4000, "steps": 10**8, "work": 4 * 10**9}
+LIMITS = {"runs": 4000, "steps": 10**8, "work": 4 * 10**9, "trajectory_meanfield_work": 2e5}
+"""``trajectory_meanfield_work``: the largest ``steps * eta * (gamma + |a_eff|/2T)`` of a job. The
+mean-field
+curve drawn beside the runs is solved once, after the simulation, on the whole time span, by an
+explicit solver whose steps follow the field's fastest rate (~25 us each, one call that cannot
+stop in between): 2e5 is a few seconds. It is ten times the view's bound (``MEANFIELD_WORK``): a
+job runs once, in the background, not at every redraw."""
 
 
 class Cancelled(Exception):
@@ -77,6 +84,17 @@ def check_settings(pt: Point, *, batch, eta, steps, runs, seed) -> dict:
     simulate_batch_router_reference(
         pt.params, batch=batch, eta=eta, steps=1, runs=1, seed=seed, y0=pt.y0, **extra
     )
+    rate = pt.effective.gamma + abs(pt.effective.a) / (2.0 * pt.effective.T)
+    t_end = steps * float(eta)
+    if not math.isfinite(t_end * rate) or t_end * rate > LIMITS["trajectory_meanfield_work"]:
+        most = max(1, int(LIMITS["trajectory_meanfield_work"] / (float(eta) * rate)))
+        raise ParameterError(
+            "steps",
+            f"steps x eta = {t_end:.4g} is too long for the mean-field curve drawn beside the "
+            f"runs (t * (gamma + |a|/2T) <= {LIMITS['trajectory_meanfield_work']:.0e}): at most "
+            f"{most} steps at eta = {float(eta):g} here; use fewer steps or a smaller eta "
+            "(longer runs: moebif simulate)",
+        )
     return {
         "batch": batch,
         "eta": float(eta),
@@ -212,6 +230,8 @@ class JobRunner:
                 chunk_steps=max(1, CHUNK_WORK // s["runs"]),
                 **pt.balancer.simulate(pt.strength),
             )
+            if job.cancel_flag.is_set():  # the mean field below is one call: not started
+                raise Cancelled
             u_mf = solve_meanfield(pt.effective, res.t, y0=pt.y0)
             mean, std = res.u_mean, res.u_std
             job.result = {

@@ -30,7 +30,6 @@ rebinding).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import io
 import json
 import math
@@ -100,16 +99,10 @@ WINDOW_KEYS = (
 SIM_KEYS = ("batch", "eta", "steps", "runs", "seed")
 
 
-_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
-    "moebif_explore_cancel", default=None
-)
-
-
-def cancelled() -> bool:
-    """True once the client of the request being computed in this thread has gone away (long
-    computations may check it and return early: nobody reads the answer)."""
-    ev = _CANCEL.get()
-    return ev is not None and ev.is_set()
+_CANCEL = V.CANCEL
+# True once the client of the request being computed in this thread has gone away, or the server
+# is stopping: the long views check it between chunks (views.check_cancelled)
+cancelled = V.cancelled
 
 
 class BadRequest(Exception):
@@ -376,6 +369,7 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
     from starlette.routing import Route
 
     state = {"monitor": monitor, "runner": None}
+    inflight: set[threading.Event] = set()  # the cancel flags of the requests computing now
 
     def jresp(obj, status=200, headers=None, binary=False):
         return Response(
@@ -389,6 +383,8 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
         def wrapped(request: Request):
             try:
                 return fn(request)
+            except V.Cancelled:  # the client left or the server stops: nobody to answer
+                return Response(status_code=499)
             except BadRequest as e:
                 return jresp({"error": str(e), "param": e.param}, status=e.status)
             except (ParameterError, LogError) as e:
@@ -402,12 +398,14 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
 
     async def off_loop(request: Request, fn, *args):
         """``fn(*args)`` in a worker thread, abandoned (and its cancel flag set) as soon as the
-        client disconnects, so a closed tab or a killed script leaves no work behind in the
-        event loop and a shutdown does not wait for it."""
+        client disconnects or the server stops, so a closed tab or a killed script leaves no
+        work behind in the event loop and a shutdown does not wait for it; the long views stop
+        at their next chunk (:func:`moebif.explore.views.check_cancelled`)."""
         import anyio
 
         stop = threading.Event()
         box: dict = {}
+        inflight.add(stop)
 
         def call():
             token = _CANCEL.set(stop)
@@ -416,20 +414,26 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
             finally:
                 _CANCEL.reset(token)
 
-        async with anyio.create_task_group() as tg:
+        try:
+            async with anyio.create_task_group() as tg:
 
-            async def watch():
-                while (await request.receive())["type"] != "http.disconnect":
-                    pass
-                stop.set()
-                tg.cancel_scope.cancel()
+                async def watch():
+                    while (await request.receive())["type"] != "http.disconnect":
+                        pass
+                    stop.set()
+                    tg.cancel_scope.cancel()
 
-            async def work():
-                box["response"] = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
-                tg.cancel_scope.cancel()
+                async def work():
+                    box["response"] = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+                    tg.cancel_scope.cancel()
 
-            tg.start_soon(watch)
-            tg.start_soon(work)
+                tg.start_soon(watch)
+                tg.start_soon(work)
+        finally:
+            # also when this task is cancelled (the server stops): the thread's computation
+            # stops at its next chunk instead of running on to an answer nobody reads
+            stop.set()
+            inflight.discard(stop)
         # None: the client left; the server answers nobody
         return box.get("response") or Response(status_code=499)
 
@@ -659,6 +663,8 @@ def create_app(*, monitor: MonitorLog | None = None, warm_up: bool = True):
         try:
             yield
         finally:
+            for stop in list(inflight):  # computations still running stop at their next chunk
+                stop.set()
             if state["runner"] is not None:
                 # a server that is told to stop stops now (the CLI exits without waiting for
                 # the warm-up compilation)

@@ -19,7 +19,9 @@ of ``F_y`` there. (This branch data, and :func:`branch_diagram`, would belong in
 
 from __future__ import annotations
 
+import contextvars
 import math
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -33,7 +35,9 @@ from ..params import ParameterError, RouterParams
 from .balancers import Balancer
 
 __all__ = [
+    "Cancelled",
     "Point",
+    "cancelled",
     "h_slider",
     "bifurcation_view",
     "branch_diagram",
@@ -47,6 +51,34 @@ __all__ = [
 
 # at most this many m-winner branches are drawn for top-1 (the m >= 2 ones are all unstable)
 MAX_BRANCHES = 16
+
+
+# ----------------------------------------------------------------------------------------------
+# cooperative cancellation
+
+CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "moebif_explore_cancel", default=None
+)
+"""The cancel flag of the request computed in this thread (set by the server when its client
+leaves or the server stops; ``None`` outside a request)."""
+
+
+class Cancelled(Exception):
+    """Raised between the chunks of a long view once its request is cancelled: nobody reads the
+    answer, so the rest is not computed (and nothing partial is cached)."""
+
+
+def cancelled() -> bool:
+    """True once the client of the request being computed in this thread has gone away."""
+    ev = CANCEL.get()
+    return ev is not None and ev.is_set()
+
+
+def check_cancelled() -> None:
+    """:class:`Cancelled` if :func:`cancelled`: called between the chunks of the long views (the
+    N-expert thresholds and branches, one branch at a time, each well under a second)."""
+    if cancelled():
+        raise Cancelled
 
 
 @dataclass(frozen=True)
@@ -337,7 +369,15 @@ def _thresholds(n: int, k: int) -> tuple[float, float]:
     """``(a_SN, a_lin)`` in units of ``gamma T`` (both scale with ``gamma T``)."""
     if k == 1:
         return symmetric.collapse_threshold(n, 1.0, 1.0), float(n)
-    a_sn, _ = topk.topk_collapse_threshold(n, k, 1.0, 1.0)
+    # topk_collapse_threshold's scan, one branch at a time (its default branches; the smallest
+    # onset, the first one on ties, as it does): ~0.1-0.5 s each at N = 64, k = 8, 4.5 s in all
+    ms = range(1, n) if n <= 16 else sorted(set(range(1, k + 2)) | set(range(n - k - 1, n)))
+    a_sn = math.inf
+    for m in ms:
+        check_cancelled()
+        a_m, m_best = topk.topk_collapse_threshold(n, k, 1.0, 1.0, winners=[m])
+        if m_best and a_m < a_sn:
+            a_sn = a_m
     return a_sn, topk.topk_linear_threshold(n, k, 1.0, 1.0)
 
 
@@ -357,6 +397,7 @@ def _coarse(n: int, k: int, x_max: float) -> tuple:
     point)."""
     out = []
     for m in _winners(n, k):
+        check_cancelled()  # one branch at a time: <= 0.5 s each at N = 64, k = 8
         d_top = x_max / m + 2.0 * math.log(n) + 10.0
         d = np.geomspace(1e-4 if k == 1 else 2e-3, d_top, 400 if k == 1 else 120)
         out.append(_branch(n, k, m, d))

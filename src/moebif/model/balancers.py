@@ -98,6 +98,7 @@ import numpy as np
 
 from ..params import ParameterError, check_finite
 from .field import FieldState
+from .schemes import SCHEMES, lookup, scheme_instances
 
 __all__ = [
     "AUX_VARIANTS",
@@ -317,22 +318,8 @@ def noisy_logits(logits, rng, *, sigma: float = 0.0, jitter: float = 0.0) -> np.
 # ----------------------------------------------------------------------------------------------
 # the spec of a combination of schemes
 
-SCHEMES = {
-    "aux": "Switch aux loss, HF normalisation N sum f P (f sums to k): coefficient alpha",
-    "aux-megatron": "Switch aux loss, Megatron normalisation N/k sum f P: coefficient alpha",
-    "aux-olmo": "Switch aux loss, OLMo-core N/k sum f P (/ n_layers): coefficient alpha",
-    "aux-deepspeed": "Switch aux loss, DeepSpeed top1/top2 (first choice)/topk: coefficient",
-    "zloss": "router z-loss c mean lse(z)^2: coefficient c",
-    "importance": "importance loss w N sum (P - 1/N)^2: weight w",
-    "bias": "loss-free bias, uncentred (Megatron): rate u per step (score units)",
-    "bias-centred": "loss-free bias, centred (torchtitan): rate u per step (score units)",
-    "quantile": "quantile balancing (Megatron): value = EMA factor (default 0)",
-    "capacity": "capacity factor cf (drop beyond ceil(cf k B / N))",
-    "noisy": "noisy gating: Gaussian logit noise of std sigma",
-    "jitter": "multiplicative logit jitter U(1 - eps, 1 + eps)",
-    "sinkhorn": "Sinkhorn selection (Megatron), no value",
-    "expert-choice": "expert choice with capacity factor cf",
-}
+# The schemes themselves (parse, label, terms, shift, kind, kernel mode, cost): one class each in
+# :mod:`moebif.model.schemes`, and its registry SCHEMES (name -> class) is the only list of names.
 
 
 @dataclass(frozen=True)
@@ -349,6 +336,9 @@ class BalancerSpec:
     the router's ``eta``), ``adam_beta1``, ``adam_beta2``, ``adam_eps``, ``adam_floor`` (RMS of the
     task gradient on the scores, added to Adam's second moment: the part of ``v`` that the
     balancer does not make).
+
+    Each field belongs to one scheme of :data:`moebif.model.schemes.SCHEMES` (its ``fields``) or
+    to the optimizer; :attr:`schemes` lists the schemes a spec switches on.
 
     At most one selection override (``bias``, ``quantile``, ``sinkhorn``, ``expert_choice``);
     ``noise`` and ``jitter`` combine with none or with ``bias``; ``capacity`` not with
@@ -432,28 +422,30 @@ class BalancerSpec:
     # -- descriptions ---------------------------------------------------------------------------
 
     @property
+    def schemes(self) -> tuple:
+        """The registered schemes (:mod:`moebif.model.schemes`) this spec switches on, in
+        registry order."""
+        return tuple(s for s in scheme_instances() if s.active(self))
+
+    @property
     def selection(self) -> str:
         """The selection mode: ``softmax``, ``bias``, ``quantile``, ``sinkhorn``,
-        ``expert_choice`` (``noisy`` when noise or jitter is on and nothing overrides it)."""
-        if self.bias > 0:
-            return "bias"
-        if self.quantile:
-            return "quantile"
-        if self.sinkhorn:
-            return "sinkhorn"
-        if self.expert_choice > 0:
-            return "expert_choice"
-        if self.noise > 0 or self.jitter > 0:
-            return "noisy"
-        return "softmax"
+        ``expert_choice`` (``noisy`` when noise or jitter is on and nothing overrides it): the
+        ``kernel_mode`` of the active scheme that overrides the selection, else of any active
+        scheme with a mode, else ``softmax``."""
+        on = [s for s in self.schemes if s.kernel_mode is not None]
+        for s in on:
+            if s.overrides:
+                return s.kernel_mode[0]
+        return on[0].kernel_mode[0] if on else "softmax"
 
     @property
     def has_gradient(self) -> bool:
-        return self.aux > 0 or self.zloss > 0 or self.importance > 0
+        return any(s.kind == "gradient" for s in self.schemes)
 
     @property
     def is_null(self) -> bool:
-        return not self.has_gradient and self.selection == "softmax" and self.capacity == 0
+        return not self.schemes
 
     def scaled(self, factor: float) -> BalancerSpec:
         """Every strength multiplied by ``factor`` (coefficients, ``u``, ``sigma``, ``eps``,
@@ -475,30 +467,7 @@ class BalancerSpec:
 
     def label(self) -> str:
         """The spec in the ``--balancer`` syntax (:func:`parse_balancers`)."""
-        parts = []
-        if self.aux > 0:
-            name = "aux" if self.aux_variant == "hf" else f"aux-{self.aux_variant}"
-            extra = f":layers={self.aux_layers}" if self.aux_layers != 1 else ""
-            parts.append(f"{name}:{self.aux:g}{extra}")
-        if self.zloss > 0:
-            parts.append(f"zloss:{self.zloss:g}")
-        if self.importance > 0:
-            parts.append(f"importance:{self.importance:g}")
-        if self.bias > 0:
-            parts.append(f"{'bias-centred' if self.bias_centred else 'bias'}:{self.bias:g}")
-        if self.quantile:
-            parts.append(f"quantile:{self.quantile_ema:g}")
-        if self.capacity > 0:
-            pol = f":policy={self.capacity_policy}" if self.capacity_policy != "probs" else ""
-            parts.append(f"capacity:{self.capacity:g}{pol}")
-        if self.noise > 0:
-            parts.append(f"noisy:{self.noise:g}")
-        if self.jitter > 0:
-            parts.append(f"jitter:{self.jitter:g}")
-        if self.sinkhorn:
-            parts.append("sinkhorn")
-        if self.expert_choice > 0:
-            parts.append(f"expert-choice:{self.expert_choice:g}")
+        parts = [item for scheme in self.schemes for item in scheme.label(self)]
         if self.optimizer == "adam":
             parts.append("adam" + (f":floor={self.adam_floor:g}" if self.adam_floor else ""))
         if self.lr is not None:
@@ -553,48 +522,11 @@ def parse_balancers(text: str) -> BalancerSpec:
             if bad:
                 raise ParameterError("balancer", f"{item!r}: unknown option {sorted(bad)[0]!r}")
 
-        if name in ("aux", "aux-hf", "aux-megatron", "aux-olmo", "aux-deepspeed"):
-            known("layers")
-            kw["aux"] = need()
-            kw["aux_variant"] = "hf" if name in ("aux", "aux-hf") else name.split("-", 1)[1]
-            if "layers" in opts:
-                try:
-                    kw["aux_layers"] = int(opts["layers"])
-                except ValueError:
-                    raise ParameterError(
-                        "balancer", f"{item!r}: layers must be an integer"
-                    ) from None
-        elif name in ("zloss", "z-loss"):
-            known()
-            kw["zloss"] = need()
-        elif name == "importance":
-            known()
-            kw["importance"] = need()
-        elif name in ("bias", "bias-centred", "bias-centered"):
-            known()
-            kw["bias"] = need()
-            kw["bias_centred"] = name != "bias"
-        elif name == "quantile":
-            known()
-            kw["quantile"] = True
-            kw["quantile_ema"] = 0.0 if value is None else value
-        elif name == "capacity":
-            known("policy")
-            kw["capacity"] = need()
-            if "policy" in opts:
-                kw["capacity_policy"] = opts["policy"]
-        elif name in ("noisy", "noise"):
-            known()
-            kw["noise"] = need()
-        elif name == "jitter":
-            known()
-            kw["jitter"] = 1e-2 if value is None else value
-        elif name == "sinkhorn":
-            known()
-            kw["sinkhorn"] = True
-        elif name in ("expert-choice", "expert_choice", "ec"):
-            known()
-            kw["expert_choice"] = 1.0 if value is None else value
+        found = lookup(name)
+        if found is not None:
+            key, scheme = found
+            known(*scheme.options)
+            kw.update(scheme.parse(key, value, opts, item))
         elif name in ("sgd", "adam"):
             known("floor")
             kw["optimizer"] = name
@@ -934,14 +866,6 @@ def field_terms(spec: BalancerSpec, *, rate: float = 1.0, batch: int | None = No
     ``rate = lr / eta``, capacity, noisy gating). Selection overrides (bias, quantile, Sinkhorn,
     expert choice) have no static term; Adam has none either (see the module docstring)."""
     out = []
-    if spec.aux > 0:
-        out.append(AuxLossTerm(spec.aux, spec.aux_variant, spec.aux_layers, rate))
-    if spec.zloss > 0:
-        out.append(ZLossTerm(spec.zloss, rate))
-    if spec.importance > 0:
-        out.append(ImportanceTerm(spec.importance, rate))
-    if spec.capacity > 0:
-        out.append(CapacityTerm(spec.capacity, batch))
-    if spec.noise > 0 or spec.jitter > 0:
-        out.append(NoisyGatingTerm(spec.noise, spec.jitter))
+    for scheme in spec.schemes:
+        out.extend(scheme.terms(spec, rate=rate, batch=batch))
     return tuple(out)

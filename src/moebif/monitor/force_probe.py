@@ -10,13 +10,14 @@ no host read, no synchronisation; the coefficient is a Python number read from t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from .forces import FORCE_FIELDS, aux_logit_gradient
 
-__all__ = ["ForceProbe", "aux_coefficient"]
+__all__ = ["ForceProbe", "aux_coefficient", "optimizer_record"]
 
 BETA2 = 0.999  # Adam's default second-moment rate
 EPS = 1e-8
@@ -39,6 +40,33 @@ def aux_coefficient(root) -> Callable[[], float]:
         return float(c)
 
     return read
+
+
+def optimizer_record(optimizer) -> dict | None:
+    """What the log keeps of the optimiser, for ``moebif advise --from-log``: ``{"kind", "lr",
+    "betas", "eps", "weight_decay"}`` of its first parameter group (``None`` entries where the
+    optimiser has no such setting), or ``None`` without an optimiser. The per-step rates of the
+    advice (a bias rate in logits per step) need ``lr``: the forces are measured in its units."""
+    if optimizer is None:
+        return None
+    groups = getattr(optimizer, "param_groups", None) or [{}]
+    g = groups[0]
+
+    def num(v):
+        try:
+            x = float(v.item() if isinstance(v, torch.Tensor) else v)
+        except (TypeError, ValueError, RuntimeError):
+            return None
+        return x if math.isfinite(x) else None
+
+    betas = g.get("betas")
+    return {
+        "kind": type(optimizer).__name__,
+        "lr": num(g.get("lr")),
+        "betas": None if betas is None else [num(b) for b in betas],
+        "eps": num(g.get("eps")),
+        "weight_decay": num(g.get("weight_decay")),
+    }
 
 
 def _weight(module) -> torch.Tensor | None:

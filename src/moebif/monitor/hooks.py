@@ -69,7 +69,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .force_probe import ForceProbe, aux_coefficient
+from .force_probe import ForceProbe, aux_coefficient, optimizer_record
 from .forces import FORCE_FIELDS
 from .monitor import Alarm, LayerMonitor
 
@@ -108,6 +108,14 @@ class RouterIndexError(ValueError):
 
 # --------------------------------------------------------------------------------------------
 # labels
+
+
+def _finite_or_none(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def clean_label(name: str) -> str:
@@ -669,6 +677,14 @@ class RouterMonitor:
             def coef():
                 return c0
 
+        self._run_info = {
+            "optimizer": optimizer_record(optimizer),
+            "aux": {
+                "coefficient": _finite_or_none(coef()),
+                "variant": "hf",
+                "pooled_layers": len(routes),
+            },
+        }
         self._pool_cache: dict = {}
         if self.forces:
             for r in routes.values():
@@ -1016,6 +1032,7 @@ class RouterMonitor:
             model_class=self.model_class,
             max_bytes=self.log_max_bytes,
             backups=self.log_backups,
+            run=self._run_info,
         )
 
     def flush(self) -> list[Alarm]:

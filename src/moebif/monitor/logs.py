@@ -713,11 +713,16 @@ def data_line(
     return "".join(parts)
 
 
-def make_header(layers: dict, *, segment: int, start_step: int, model_class: str = "") -> dict:
-    """A format-2 header: ``layers`` is ``{label: {"n_experts": N, "top_k": k, ...}}``."""
+def make_header(
+    layers: dict, *, segment: int, start_step: int, model_class: str = "", run: dict | None = None
+) -> dict:
+    """A format-2 header: ``layers`` is ``{label: {"n_experts": N, "top_k": k, ...}}``;
+    ``run``: what the monitor knows of the training (``{"optimizer": {"kind", "lr", "betas",
+    "eps", "weight_decay"} or None, "aux": {"coefficient", "variant", "pooled_layers"}}``), read
+    by ``moebif advise --from-log``; omitted when ``None``."""
     from .._version import __version__
 
-    return {
+    h = {
         "moebif_log": LOG_FORMAT,
         "segment": int(segment),
         "start_step": int(start_step),
@@ -726,6 +731,9 @@ def make_header(layers: dict, *, segment: int, start_step: int, model_class: str
         "model_class": model_class,
         "layers": layers,
     }
+    if run is not None:
+        h["run"] = run
+    return h
 
 
 class LogWriter:
@@ -737,7 +745,7 @@ class LogWriter:
     - ``layers``: ``{label: {"n_experts": N, "top_k": k, "router_class": ..., "importance":
       bool, "probabilities": ..., "scores": bool}}`` (the header's ``layers``).
     - ``segment``, ``start_step``: of the header written first.
-    - ``model_class``: for the header.
+    - ``model_class``, ``run``: for the header (:func:`make_header`).
     - ``max_bytes``: rotate before a step's lines would take the file past this size (``None``:
       never); ``backups``: rotated files kept (``log.jsonl.1`` newest ... ``.K`` oldest; 0: the
       file is truncated, keeping only the current steps). Each rotated-to file starts with a
@@ -757,6 +765,7 @@ class LogWriter:
         max_bytes: int | None = None,
         backups: int = 3,
         fsync: bool = True,
+        run: dict | None = None,
     ):
         if max_bytes is not None and int(max_bytes) < 4096:
             raise ValueError(f"log_max_bytes: need >= 4096 bytes or None, got {max_bytes}")
@@ -769,6 +778,7 @@ class LogWriter:
         self.layers = layers
         self.segment = int(segment)
         self.model_class = model_class
+        self.run = run
         self.max_bytes = None if max_bytes is None else int(max_bytes)
         self.backups = int(backups)
         self.fsync = fsync
@@ -789,7 +799,11 @@ class LogWriter:
 
     def _header(self, start_step: int) -> None:
         h = make_header(
-            self.layers, segment=self.segment, start_step=start_step, model_class=self.model_class
+            self.layers,
+            segment=self.segment,
+            start_step=start_step,
+            model_class=self.model_class,
+            run=self.run,
         )
         self._write(json.dumps(h) + "\n")
 

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.balancers import BalancerSpec, aux_normalisation, parse_balancers
+from ..model.balancers import BalancerSpec, parse_balancers
+from ..model.schemes import scheme_instances
 from ..params import ParameterError, RouterParams, check_finite
 from ._validation import (
     CHUNK_WORK,
@@ -54,7 +55,10 @@ from .results import NExpertRun
 
 __all__ = ["BalancedRun", "balancer_vector", "simulate_balanced_router"]
 
-_MODES = {"softmax": 0, "bias": 1, "quantile": 2, "sinkhorn": 3, "expert_choice": 4, "noisy": 5}
+# the kernel's selection modes, read from the scheme registry (softmax: no scheme changes it)
+_MODES = {"softmax": 0} | {
+    s.kernel_mode[0]: s.kernel_mode[1] for s in scheme_instances() if s.kernel_mode is not None
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,19 +94,9 @@ def balancer_vector(spec: BalancerSpec, n_experts: int, top_k: int, lr: float) -
 
     v = np.zeros(kb.BAL_SIZE)
     v[kb.BAL_MODE] = _MODES[spec.selection]
-    if spec.aux > 0:
-        c, first = aux_normalisation(spec.aux_variant, n_experts, top_k, spec.aux_layers)
-        v[kb.BAL_AUX] = spec.aux * c
-        v[kb.BAL_AUX_FIRST] = 1.0 if first else 0.0
-    v[kb.BAL_Z] = spec.zloss
-    v[kb.BAL_IMP] = spec.importance
-    v[kb.BAL_U] = spec.bias
-    v[kb.BAL_CENTRED] = 1.0 if spec.bias_centred else 0.0
-    v[kb.BAL_EMA] = spec.quantile_ema
-    v[kb.BAL_CAP] = spec.capacity
-    v[kb.BAL_SIGMA] = spec.noise
-    v[kb.BAL_JITTER] = spec.jitter
-    v[kb.BAL_EC] = spec.expert_choice
+    for scheme in scheme_instances():
+        for slot, value in scheme.kernel(spec, n_experts, top_k).items():
+            v[getattr(kb, f"BAL_{slot}")] = value
     v[kb.BAL_LR] = lr
     v[kb.BAL_ADAM] = 1.0 if spec.optimizer == "adam" else 0.0
     v[kb.BAL_B1] = spec.adam_beta1

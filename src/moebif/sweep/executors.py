@@ -26,7 +26,19 @@ from collections.abc import Iterable, Iterator
 
 from .tasks import Task, TaskResult, run_task, versions
 
-__all__ = ["DaskExecutor", "Executor", "ExecutorError", "InProcess", "LocalProcesses"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "DaskExecutor",
+    "Executor",
+    "ExecutorError",
+    "InProcess",
+    "LocalProcesses",
+]
+
+CONNECT_TIMEOUT = 2.0
+"""Seconds to reach a scheduler (``--connect-timeout``): the name lookup and TCP connect, then
+again Dask's handshake. A scheduler that answers at all answers within milliseconds; an address
+that drops packets would otherwise keep ``moebif sweep`` waiting for Dask's own 10 s (or more)."""
 
 
 class ExecutorError(RuntimeError):
@@ -164,6 +176,52 @@ def _warm_sleep(_):
     return v
 
 
+def _probe(address: str, timeout: float) -> None:
+    """Reach ``host:port`` of a ``tcp://`` (or ``tls://``, or bare) scheduler address with a plain
+    socket, the name lookup included, and (tcp) read the first byte of the scheduler's handshake,
+    all within ``timeout`` seconds; :class:`ExecutorError` if that fails. Other protocols
+    (``inproc://``, ``ucx://``) are left to Dask."""
+    import socket
+    import threading
+    import time
+
+    proto, sep, rest = address.strip().rpartition("://")
+    if sep and proto not in ("tcp", "tls"):
+        return
+    host, colon, port = rest.rpartition(":")
+    if not colon or not port.isdigit() or not host:
+        return  # Dask's own message names what is missing ("missing port number")
+    host = host.strip("[]")
+    box: dict = {}
+
+    def connect():
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+                if proto != "tls":
+                    # a Dask listener speaks first (its handshake): a port that accepts and
+                    # stays silent would keep Dask's own handshake waiting without a bound
+                    sock.settimeout(max(timeout - (time.monotonic() - t0), 0.01))
+                    if not sock.recv(1):
+                        box["error"] = "the port closed the connection (not a Dask scheduler?)"
+                        return
+            box["ok"] = True
+        except TimeoutError:
+            pass  # reported below, as a thread still looking up the name
+        except (OSError, ValueError, OverflowError) as e:
+            box["error"] = getattr(e, "strerror", None) or str(e) or type(e).__name__
+
+    # in a thread: getaddrinfo has no timeout of its own
+    t0 = time.monotonic()
+    th = threading.Thread(target=connect, name="moebif-probe-scheduler", daemon=True)
+    th.start()
+    th.join(timeout)
+    if box.get("ok"):
+        return
+    why = box.get("error") or f"no answer within {timeout:g} s (--connect-timeout to wait longer)"
+    # (proto is "" for a bare host:port, which Dask reads as tcp)
+    raise ExecutorError(f"cannot connect to the scheduler at {address}: {why}")
+
+
 class DaskExecutor(Executor):
     """Run the tasks as Dask futures on an existing cluster or on a new ``LocalCluster``.
 
@@ -178,6 +236,7 @@ class DaskExecutor(Executor):
     - ``dashboard_address``: of the ``LocalCluster`` (``None``: no dashboard); the loopback
       by default, like every other service of the cluster (scheduler, workers, nannies and the
       workers' own status pages).
+    - ``timeout``: seconds to reach the scheduler at ``address`` (:data:`CONNECT_TIMEOUT`).
     """
 
     name = "dask"
@@ -190,13 +249,16 @@ class DaskExecutor(Executor):
         client=None,
         retries: int = 2,
         dashboard_address: str | None = "127.0.0.1:8787",
-        timeout: float = 10.0,
+        timeout: float = CONNECT_TIMEOUT,
     ):
-        from distributed import Client, LocalCluster
-
         given = sum(x is not None for x in (address, local_workers, client))
         if given != 1:
             raise ValueError("give exactly one of address, local_workers, client")
+        if address is not None:
+            _probe(address, timeout)  # before importing distributed (a second or two)
+
+        from distributed import Client, LocalCluster
+
         self.retries = int(retries)
         self._cluster = None
         self._own_client = client is None
@@ -221,9 +283,13 @@ class DaskExecutor(Executor):
         else:
             try:
                 self.client = Client(address, timeout=timeout)
-            except (OSError, TimeoutError, ValueError, TypeError) as e:
-                # ValueError: not an address ("missing port number", unknown protocol)
-                msg = " ".join(str(e).split()) or type(e).__name__
+            except Exception as e:
+                # ValueError: not an address ("missing port number", unknown protocol); OSError,
+                # TimeoutError: nobody answers; anything else (a MemoryError from reading a
+                # length prefix): the port is not a Dask scheduler
+                msg = " ".join(str(e).split())[:200] or type(e).__name__
+                if isinstance(e, MemoryError):
+                    msg = "the answer is not Dask's (is this a scheduler's port?)"
                 raise ExecutorError(
                     f"cannot connect to the scheduler at {address}: {msg}"
                 ) from None

@@ -71,7 +71,9 @@ class RouterMonitorCallback(TrainerCallback):
         if self.monitor is None:
             from ..hooks import RouterMonitor
 
-            self.monitor = RouterMonitor(model, **self.monitor_options)
+            opts = dict(self.monitor_options)
+            opts.setdefault("optimizer", kwargs.get("optimizer"))  # its lr goes in the log
+            self.monitor = RouterMonitor(model, **opts)
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE)
         if state.global_step > 0 and os.path.isfile(path):
             with open(path, encoding="utf-8") as fh:

@@ -56,7 +56,9 @@ class RouterMonitorLightning(pl.Callback):
         if self.monitor is None:
             from ..hooks import RouterMonitor
 
-            self.monitor = RouterMonitor(pl_module, **self.monitor_options)
+            opts = dict(self.monitor_options)
+            opts.setdefault("optimizer", trainer.optimizers[0] if trainer.optimizers else None)
+            self.monitor = RouterMonitor(pl_module, **opts)
         if self._restored is not None:
             self.monitor.load_state_dict(self._restored)
             self._restored = None
