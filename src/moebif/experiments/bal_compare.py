@@ -251,6 +251,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
                 measured=pc,
                 tolerance="P(collapse) = 0",
                 holds=all(v == 0.0 for v in pc.values()),
+                checks=tuple(Check(f"P(collapse) {n}", v, upper=0.0) for n, v in pc.items()),
             )
         )
     return out
