@@ -43,7 +43,7 @@ def panel_label(ax, label: str) -> None:
 
 def save_figure(fig, stem, *, formats=("png", "svg"), dpi: int = 200) -> list[str]:
     """Write ``fig`` as ``stem.png`` and ``stem.svg`` (``formats``), each atomically, at ``dpi``
-    (SVG without a date, so the same figure gives the same bytes). Returns the paths."""
+    (SVG and PDF without a date, so the same figure gives the same bytes). Returns the paths."""
     import io
     from pathlib import Path
 
@@ -53,7 +53,8 @@ def save_figure(fig, stem, *, formats=("png", "svg"), dpi: int = 200) -> list[st
     files = []
     for ext in formats:
         buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=dpi, metadata={"Date": None} if ext == "svg" else None)
+        meta = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(ext)
+        fig.savefig(buf, format=ext, dpi=dpi, metadata=meta)
         path = stem.with_name(f"{stem.name}.{ext}")
         atomic_write_bytes(path, buf.getvalue())
         files.append(str(path))

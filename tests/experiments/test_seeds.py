@@ -168,7 +168,7 @@ def test_recheck_of_a_seeds_run_marks_a_claim_fragile(two_seeds, tmp_path, cli):
     html = (out / "report.html").read_text()
     assert 'class="fragile"' in html
     # the section listing the seeds at which a claim fails names prop6.1 and its failing seed
-    section = html.split("Claims that do not hold at every seed", 1)[1].split("<h2", 1)[0]
+    section = html.split("Fragile claims and claims that do not hold", 1)[1].split("<h2", 1)[0]
     assert "prop6.1" in section and f"seed {claims['prop6.1']['seeds'][1]}:" in section
     assert f"seed {claims['prop6.1']['seeds'][0]}:" not in section
     outcomes = recheck(out)

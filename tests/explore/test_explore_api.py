@@ -414,3 +414,18 @@ def test_regime_labels_across_the_pitchfork(get_views):
     assert (below["n_equilibria"], below["regime"]["two"]) == (1, "balanced")
     assert (above["n_equilibria"], above["regime"]["two"]) == (3, "bistable")
     assert math.isclose(above["views"]["state"]["equilibria"][1]["y"], 0.0, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "a,gamma,T,strength",
+    [(3.0, 1.0, 1.0, 0.0), (3.5, 1.0, 1.0, 1.2), (1.5, 1.0, 1.0, 0.0), (12.0, 0.5, 1.0, 0.0)],
+)
+def test_h_slider_spans_the_bistable_window(get_views, a, gamma, T, strength):
+    """The h slider's ends are 1.5 H(a_eff) (at least 0.5, at most the global 3) and its step
+    resolves the window: the fold points +-H are inside, 2000 steps or more across."""
+    d = get_views(a=a, gamma=gamma, T=T, h=0.0, strength=strength, N=8)
+    lo, hi, step = d["sliders"]["h"]
+    H = moebif.hysteresis_halfwidth(a - strength, gamma, T)
+    w = min(max(1.5 * H, 0.5), 3.0)
+    assert lo == -hi and w - 1e-12 <= hi <= w + step  # the end on the step grid
+    assert hi >= min(H, 3.0) and (hi - lo) / step >= 2000 and step <= 1e-3

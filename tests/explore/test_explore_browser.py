@@ -368,3 +368,42 @@ def test_no_request_left_the_loopback():
     assert REQUESTS, "the browser tests above made no request"
     assert BLOCKED == []
     assert all(urlparse(u).hostname == "127.0.0.1" for u in REQUESTS), set(REQUESTS)
+
+
+def test_h_slider_resolution_two_expert_label_and_no_zoom_notice(page):
+    """The h slider resolves the bistable window (the issue: 0.055 a pixel against H = 0.415);
+    the time view says it is the two-expert router when N = 8; plotly's zoom notice is off."""
+    page.goto(page.base + "?a=3&gamma=1&T=1&h=0&N=8")
+    wait_rendered(page, 1)
+    H = moebif.hysteresis_halfwidth(3.0, 1.0, 1.0)
+    lo, hi, step, width = page.evaluate(
+        "(() => { const s = document.getElementById('s-h');"
+        " return [+s.min, +s.max, +s.step, s.getBoundingClientRect().width]; })()"
+    )
+    per_pixel = (hi - lo) / width
+    assert lo <= -H and hi >= H and step < per_pixel
+    assert per_pixel <= H / 30, (per_pixel, width)  # 30 pixels or more across H
+    # a value between the old 0.005 steps is kept
+    n = page.evaluate("window.__explore.renders")
+    page.fill("#s-h", "0.413")
+    wait_rendered(page, n + 1)
+    assert _value(page, "h") == 0.413
+    # the time view is two experts, and says so while N = 8
+    assert "two experts" in _text(page, "#card-time h3")
+    assert page.is_visible("#time-note") and "N = 8" in _text(page, "#time-note")
+    n = page.evaluate("window.__explore.renders")
+    page.fill("#n-N", "2")
+    page.dispatch_event("#n-N", "change")
+    wait_rendered(page, n + 1)
+    assert not page.is_visible("#time-note")
+    # a drag-zoom leaves no plotly notice over the panel titles
+    n = page.evaluate("window.__explore.renders")
+    x0, y0 = plot_pixel(page, "plot-plane", 2.1, 0.08)
+    x1, y1 = plot_pixel(page, "plot-plane", 2.6, -0.08)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x1, y1, steps=6)
+    page.mouse.up()
+    wait_rendered(page, n + 1)
+    notes = page.evaluate("document.querySelectorAll('.plotly-notifier .notifier-note').length")
+    assert notes == 0

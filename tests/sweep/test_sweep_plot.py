@@ -123,3 +123,65 @@ def test_sweep_plot_not_a_store(tmp_path, capsys):
         main(["sweep-plot", str(tmp_path / "none.zarr")])
     assert e.value.code == 2
     assert capsys.readouterr().err.startswith("moebif: error: STORE:")
+
+
+def test_wilson_interval_matches_scipy():
+    from scipy.stats import binomtest
+
+    from moebif.sweep.plot import wilson_interval
+
+    for k, n in ((0, 16), (3, 16), (8, 16), (16, 16), (1, 5)):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        lo, hi = wilson_interval(k, n)
+        assert (float(lo), float(hi)) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    lo, hi = wilson_interval(np.array([2, 0]), np.array([4, 0]))
+    assert np.isnan(lo[1]) and np.isnan(hi[1]) and lo[0] < 0.5 < hi[0]
+
+
+def _texts(fig) -> list[str]:
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in fig.findobj(Text)]
+
+
+def test_phase_diagram_title_labels_half_line_and_formats(tmp_path, capsys, small_doc):
+    """The title in the paper's symbols, wrapped between items; a proper colour-bar label; the
+    measured p = 0.5 line with its Wilson interval; PDF output."""
+    import matplotlib.pyplot as plt
+
+    from moebif.sweep.plot import plot_store
+
+    small_doc["params"]["eta"] = 0.05
+    store = tmp_path / "map.zarr"
+    run_sweep(parse_spec(small_doc), store)
+    fig = plot_store(str(store))
+    title = fig._suptitle.get_text()
+    assert "η = 0.05" in title and "B = 256" in title and "6 replicas a cell" in title
+    assert "eta" not in title and "batch" not in title
+    items = [s.strip(",") for line in title.splitlines()[1:] for s in line.split(", ")]
+    assert all(" = " in s or s.endswith(("steps", "cell")) for s in items), items
+    texts = _texts(fig)
+    assert "measured p = 0.5 (replica mean)" in texts
+    assert "95% interval of the p = 0.5 line (Wilson)" in texts
+    assert "collapse probability\n(6 replicas a cell)" in {a.get_ylabel() for a in fig.axes}
+    plt.close(fig)
+    fig = plot_store(str(store), quantity="max_load")
+    assert "largest expert load maxᵢ ℓᵢ\n(mean of 6 replicas)" in {a.get_ylabel() for a in fig.axes}
+    plt.close(fig)
+    # the cut names its slice, and its legend lies below the axes, off the theory lines
+    fig = plot_store(str(store), x="gamma", select={"T": 1.0})
+    ax = fig.axes[0]
+    assert ax.get_title().startswith("cut at T = ")
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    assert fig.legends[0].get_window_extent(r).y1 <= ax.get_tightbbox(r).y0 + 1
+    plt.close(fig)
+    main(["sweep-plot", str(store), "--format", "pdf", "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["files"] == [str(tmp_path / "map.pdf")]
+    assert (tmp_path / "map.pdf").read_bytes().startswith(b"%PDF")
+    main(["sweep-plot", str(store), "--out", str(tmp_path / "one.pdf")])
+    assert (tmp_path / "one.pdf").exists() and not (tmp_path / "one.png").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["sweep-plot", str(store), "--format", "gif"])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("moebif: error: --format:")

@@ -53,7 +53,8 @@ def reproduce(
         typer.Option(
             "--seeds",
             help="Run every experiment at S >= 1 seeds (OUT/seed-0 ... OUT/seed-<S-1>); a claim "
-            "holds only if it holds at every seed, otherwise it is fragile or does not hold.",
+            "holds only if it holds at every seed with a margin of 2 seed spreads or more; "
+            "otherwise it is fragile (some seeds, or a thinner margin) or does not hold.",
         ),
     ] = None,
     recheck: Annotated[

@@ -261,9 +261,18 @@ def sweep_plot(
         Path | None,
         typer.Option("--out", help="File stem of the figure (default: STORE without .zarr)."),
     ] = None,
+    formats: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Comma-separated file formats among png, svg, pdf (default: png,svg; an --out "
+            "ending in .png, .svg or .pdf gives that one).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Draw the phase diagram of a sweep store (PNG + SVG, 200 dpi) with theory boundaries."""
+    """Draw the phase diagram of a sweep store (PNG + SVG, or PDF; 200 dpi) with theory
+    boundaries."""
     _need_extra()
     if not store.is_dir():
         raise CLIError("STORE", f"{str(store)!r} is not a store (no such folder)")
@@ -276,8 +285,19 @@ def sweep_plot(
     stem = out if out is not None else store.with_suffix("") if store.suffix else store
     if stem == store:
         stem = store.with_name(store.name + "_phase")
-    if out is not None and out.suffix in (".png", ".svg"):
+    from ..sweep.plot import FORMATS
+
+    chosen_formats = ("png", "svg")
+    if out is not None and out.suffix.lower() in tuple(f".{f}" for f in FORMATS):
         stem = out.with_suffix("")
+        chosen_formats = (out.suffix.lower()[1:],)
+    if formats is not None:
+        chosen_formats = tuple(f.strip().lower() for f in formats.split(",") if f.strip())
+        bad = [f for f in chosen_formats if f not in FORMATS]
+        if bad or not chosen_formats:
+            raise CLIError(
+                "--format", f"expected one or more of {', '.join(FORMATS)}, got {formats!r}"
+            )
 
     from .._io import check_writable_dir
     from ..sweep.plot import PlotError, plot_store, save_figure
@@ -293,13 +313,13 @@ def sweep_plot(
         fig = plot_store(ds, quantity=quantity, x=x, y=y, select=chosen)
     except PlotError as e:
         raise CLIError(e.option, str(e).split(": ", 1)[1]) from None
-    files = [str(p) for p in save_figure(fig, stem)]
+    files = [str(p) for p in save_figure(fig, stem, formats=chosen_formats)]
     done = int(ds["done"].sum())
     summary = {"store": str(store), "files": files, "cells": int(ds["done"].size), "done": done}
     if as_json:
         emit_json(summary)
     else:
-        print(f"phase diagram: {files[0]}, {files[1]} ({done} of {summary['cells']} cells)")
+        print(f"phase diagram: {', '.join(files)} ({done} of {summary['cells']} cells)")
 
 
 def _parse_value(text: str):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..params import RouterParams
-from .base import Claim
+from .base import Check, Claim
 
 ID = "bal-bias"
 TITLE = "The loss-free bias as a relay controller: capture radius, absorbed skew, chattering"
@@ -241,6 +241,19 @@ def run(config: Config, progress=None) -> dict:
     }
 
 
+def _relative(name, rows, measured, predicted, c) -> tuple[Check, ...]:
+    """``|measured / predicted - 1| <= tolerance`` at every row, one check a row (named by u)."""
+    return tuple(
+        Check.relative(
+            f"{name} u={r['u']:g}",
+            math.nan if r[measured] is None else r[measured],
+            r[predicted],
+            c.tolerance,
+        )
+        for r in rows
+    )
+
+
 def _rel(m, p):
     return abs(m / p - 1.0) if m is not None and math.isfinite(m) else math.inf
 
@@ -261,6 +274,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
             measured=[r["capture_measured"] for r in rows],
             tolerance=f"relative error <= {c.tolerance:.0%} at every u (worst {max(rc):.1%})",
             holds=max(rc) <= c.tolerance,
+            checks=_relative("capture", rows, "capture_measured", "capture_predicted", c),
         )
     )
     ratio = [
@@ -288,6 +302,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f"every measured ratio >= (1 - {c.tolerance:.0%}) (1 + gamma/lambda) "
             f"(smallest: {worst:.2f} x 1 + gamma/lambda); the issue's ratio 1 does not hold",
             holds=bool(ok),
+            checks=tuple(
+                Check(f"ratio u={r['u']:g}", x, lower=(1.0 - c.tolerance) * y)
+                for r, x, y in zip(rows, ratio, lin, strict=True)
+            ),
         )
     )
     rs = [_rel(r["skew_measured"], r["skew_predicted"]) for r in rows]
@@ -301,6 +319,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
             measured=[r["skew_measured"] for r in rows],
             tolerance=f"relative error <= {c.tolerance:.0%} at every u (worst {max(rs):.1%})",
             holds=max(rs) <= c.tolerance,
+            checks=_relative("skew", rows, "skew_measured", "skew_predicted", c),
         )
     )
     ch = data["chatter_noise"]
@@ -318,6 +337,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f"relative error <= {c.tolerance:.0%} at every u (worst {max(rn):.1%}), "
             "slope < 0.75",
             holds=max(rn) <= c.tolerance and slope < 0.75,
+            checks=(
+                *_relative("s_std", ch, "s_std", "s_std_predicted", c),
+                Check("log-log slope in u", slope, upper=0.75),
+            ),
         )
     )
     rl = data["chatter_relay"]
@@ -333,6 +356,12 @@ def claims(data: dict, config: Config) -> list[Claim]:
             measured=[x["s_std"] / x["u"] for x in rl],
             tolerance=f"within {c.tolerance:.0%} at every u (worst {max(rv):.1%})",
             holds=max(rv) <= c.tolerance,
+            checks=tuple(
+                Check.relative(
+                    f"sd(s) / u at u={x['u']:g}", x["s_std"] / x["u"], math.sqrt(2.0), c.tolerance
+                )
+                for x in rl
+            ),
         )
     )
     h = data["hold"]
@@ -349,6 +378,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             measured={f"P(lost) at {x['factor']:g} x hold_rate": x["p_lost"] for x in h},
             tolerance="P(lost) >= 0.75 below, <= 0.25 above",
             holds=all(x["p_lost"] >= 0.75 for x in lo) and all(x["p_lost"] <= 0.25 for x in hi),
+            checks=(
+                *(Check(f"P(lost) at {x['factor']:g}", x["p_lost"], lower=0.75) for x in lo),
+                *(Check(f"P(lost) at {x['factor']:g}", x["p_lost"], upper=0.25) for x in hi),
+            ),
         )
     )
     return out

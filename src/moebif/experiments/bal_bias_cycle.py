@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..params import RouterParams
-from .base import Claim
+from .base import Check, Claim
 
 ID = "bal-bias-cycle"
 TITLE = "The loss-free bias: recovery region and relay limit cycle of the closed loop"
@@ -251,6 +251,16 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f">= {c.p_recover:.0%} at {c.factors[0]:g}x and <= {c.p_escape:.0%} at "
             f"{c.factors[-1]:g}x, at every point",
             holds=min(lo) >= c.p_recover and max(hi) <= c.p_escape,
+            checks=(
+                *(
+                    Check(f"P(stay) low {_label(r)}", x, lower=c.p_recover)
+                    for r, x in zip(rows, lo, strict=True)
+                ),
+                *(
+                    Check(f"P(stay) high {_label(r)}", x, upper=c.p_escape)
+                    for r, x in zip(rows, hi, strict=True)
+                ),
+            ),
         )
     )
     ra = [_rel(r["sim_amplitude"], r["cycle_amplitude"]) for r in rows]
@@ -274,6 +284,24 @@ def claims(data: dict, config: Config) -> list[Claim]:
             holds=max(ra) <= c.tolerance
             and max(rp) <= c.tolerance
             and all(r["cycle_amplitude"] > r["escape_threshold"] for r in rows),
+            checks=tuple(
+                ch
+                for r in rows
+                for ch in (
+                    Check.relative(
+                        f"amplitude {_label(r)}",
+                        math.nan if r["sim_amplitude"] is None else r["sim_amplitude"],
+                        r["cycle_amplitude"],
+                        c.tolerance,
+                    ),
+                    Check.relative(
+                        f"period {_label(r)}",
+                        math.nan if r["sim_period"] is None else r["sim_period"],
+                        r["cycle_period"],
+                        c.tolerance,
+                    ),
+                )
+            ),
         )
     )
     fr = [r for r in rows if r["first_return_p_stay"] is not None]
@@ -294,6 +322,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f"P(stay) <= {c.p_escape:.0%} at every point with first-return / recovery "
             f">= {c.first_return_gap:g} ({len(fr)} points)",
             holds=bool(fr) and all(r["first_return_p_stay"] <= c.p_escape for r in fr),
+            checks=tuple(
+                Check(f"P(stay) {_label(r)}", r["first_return_p_stay"], upper=c.p_escape)
+                for r in fr
+            ),
         )
     )
     un = data["unheld"]
@@ -320,6 +352,26 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f">= {c.p_recover:.0%} on the cycle (amplitude within "
             f"{c.tolerance:.0%}) below, <= {c.p_escape:.0%} above",
             holds=bool(ok),
+            checks=(
+                *(
+                    Check(f"P(on cycle) at {x['factor']:g}", x["p_on_cycle"], lower=c.p_recover)
+                    for x in below
+                ),
+                *(
+                    Check.relative(
+                        f"amplitude at {x['factor']:g}",
+                        math.nan if x["sim_amplitude"] is None else x["sim_amplitude"],
+                        x["cycle_amplitude"],
+                        c.tolerance,
+                    )
+                    for x in below
+                    if x["cycle_amplitude"]
+                ),
+                *(
+                    Check(f"P(on cycle) at {x['factor']:g}", x["p_on_cycle"], upper=c.p_escape)
+                    for x in above
+                ),
+            ),
         )
     )
     return out

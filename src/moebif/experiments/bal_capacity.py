@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..params import RouterParams
-from .base import Claim
+from .base import Check, Claim
 
 ID = "bal-capacity"
 TITLE = "Capacity factor: dropped fraction against cf, and the collapse it bounds"
@@ -245,6 +245,15 @@ def claims(data: dict, config: Config) -> list[Claim]:
                 + ", ".join(f"{e:.1e}" for e in d.get("dropped_se", []))
                 + ")",
                 holds=max(rel) <= c.tolerance,
+                checks=tuple(
+                    Check.absolute(
+                        f"dropped {i}",
+                        math.nan if m is None else m,
+                        p,
+                        c.tolerance * max(abs(p), 2e-4),
+                    )
+                    for i, (m, p) in enumerate(zip(d["dropped"], d["predicted"], strict=True))
+                ),
             )
         )
     co = data["collapsed"]
@@ -259,6 +268,9 @@ def claims(data: dict, config: Config) -> list[Claim]:
             measured=co["dropped"],
             tolerance=f"relative error <= {c.tolerance:.0%} ({rc:.1%})",
             holds=rc <= c.tolerance,
+            checks=(
+                Check.relative("dropped", co["dropped"], co["dropped_predicted"], c.tolerance),
+            ),
         )
     )
     pol = data["policies"]
@@ -278,6 +290,12 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f"spread 0 (exact); each within {2 * c.tolerance:.0%} of the binomial "
             f"formula (worst {rp:.1%}; {c.policy_batches} batches)",
             holds=rp <= 2 * c.tolerance and spread <= 1e-12,
+            checks=tuple(
+                Check.absolute(
+                    f"dropped {k}", pol[k]["dropped"], pd, 2 * c.tolerance * max(abs(pd), 1e-3)
+                )
+                for k in names
+            ),
         )
     )
     return out

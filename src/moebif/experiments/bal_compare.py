@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..params import RouterParams
-from .base import Claim
+from .base import Check, Claim
 
 ID = "bal-compare"
 TITLE = "All balancing schemes on one router: collapse after a skew pulse against routing cost"
@@ -222,6 +222,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
                 + " x the minimal strength",
                 holds=all(x["p_collapse"] >= 0.75 for x in lo)
                 and all(x["p_collapse"] <= 0.25 for x in hi),
+                checks=(
+                    *(Check(f"P at {x['factor']:g}", x["p_collapse"], lower=0.75) for x in lo),
+                    *(Check(f"P at {x['factor']:g}", x["p_collapse"], upper=0.25) for x in hi),
+                ),
             )
         )
     base = data["baseline"]
@@ -233,6 +237,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
             measured=base["p_collapse"],
             tolerance="P(collapse) >= 0.9",
             holds=base["p_collapse"] >= 0.9,
+            checks=(Check("P(collapse)", base["p_collapse"], lower=0.9),),
         )
     )
     sel = [n for n in ("sinkhorn", "expert-choice") if n in data["sweeps"]]
@@ -246,6 +251,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
                 measured=pc,
                 tolerance="P(collapse) = 0",
                 holds=all(v == 0.0 for v in pc.values()),
+                checks=tuple(Check(f"P(collapse) {n}", v, upper=0.0) for n, v in pc.items()),
             )
         )
     return out

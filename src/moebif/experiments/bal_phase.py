@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..params import RouterParams
-from .base import Claim
+from .base import Check, Claim
 
 ID = "bal-phase"
 TITLE = "Balancers in the bifurcation: collapse threshold against strength, N = 2, 8, 64, top-2"
@@ -211,6 +211,15 @@ def claims(data: dict, config: Config) -> list[Claim]:
                     if math.isfinite(worst)
                     else "no crossing found",
                     holds=bool(ok),
+                    checks=tuple(
+                        Check.relative(
+                            f"a50 strength={r['strength']:g}",
+                            math.nan if r["a50"] is None else r["a50"],
+                            r["collapse_a"],
+                            c.tolerance,
+                        )
+                        for r in d["rows"]
+                    ),
                 )
             )
             below = [r["collapse_a"] <= r["linear_a"] + 1e-9 for r in d["rows"]]

@@ -14,6 +14,7 @@ import numpy as np
 from .._io import jsonable
 
 __all__ = [
+    "Check",
     "Claim",
     "ExperimentResult",
     "config_from_dict",
@@ -26,9 +27,60 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class Check:
+    """One quantitative condition of a claim, in the measured quantity's own units:
+    ``lower <= value <= upper`` (either bound may be absent).
+
+    ``slack`` is the signed distance of ``value`` from the nearer bound: positive inside,
+    negative outside, ``None`` when the value is NaN. Over several seeds the claim's margin is
+    the seed mean of the slack in units of the seed standard deviation of ``value`` (of the
+    slack, where the bounds depend on the seed); see
+    :func:`moebif.experiments.runner.aggregate_claims`. A strict inequality of the
+    claim (``value > lower``) is stated with the same bound: slack 0 is the edge either way."""
+
+    name: str
+    value: float
+    lower: float | None = None
+    upper: float | None = None
+
+    @classmethod
+    def relative(cls, name: str, value: float, predicted: float, rtol: float) -> Check:
+        """``|value / predicted - 1| <= rtol``, written as bounds on ``value``."""
+        lo, hi = sorted((predicted * (1 - rtol), predicted * (1 + rtol)))
+        return cls(name, value, lo, hi)
+
+    @classmethod
+    def absolute(cls, name: str, value: float, predicted: float, atol: float) -> Check:
+        """``|value - predicted| <= atol``."""
+        return cls(name, value, predicted - atol, predicted + atol)
+
+    @property
+    def slack(self) -> float | None:
+        v = float(self.value)
+        if math.isnan(v):
+            return None
+        gaps = [v - self.lower] if self.lower is not None else []
+        gaps += [self.upper - v] if self.upper is not None else []
+        return float(min(gaps)) if gaps else math.inf
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "value": jsonable(float(self.value)),
+            "lower": None if self.lower is None else float(self.lower),
+            "upper": None if self.upper is None else float(self.upper),
+            "slack": jsonable(self.slack),
+        }
+
+
+@dataclass(frozen=True)
 class Claim:
     """One checkable statement of the paper: what theory predicts, what was measured, whether it
-    holds within the stated tolerance. A claim that fails is reported, never dropped."""
+    holds within the stated tolerance. A claim that fails is reported, never dropped.
+
+    ``checks``: the claim's quantitative conditions as :class:`Check` rows (value and bounds),
+    from which the runner derives its margin over seeds. Empty for a claim with no seed
+    dependence (closed forms), whose margin is not defined."""
 
     id: str
     statement: str
@@ -37,6 +89,7 @@ class Claim:
     tolerance: str
     holds: bool
     experiment: str = ""
+    checks: tuple[Check, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -47,6 +100,7 @@ class Claim:
             "measured": jsonable(self.measured),
             "tolerance": self.tolerance,
             "holds": bool(self.holds),
+            "checks": [c.to_dict() for c in self.checks],
         }
 
 

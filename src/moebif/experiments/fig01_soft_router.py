@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..model.crossing import first_crossing
-from .base import Claim, floats, num
+from .base import Check, Claim, floats, num
+
+UD = ("up", "down")  # the scan directions, in the order the claims list them
 
 ID = "fig01"
 TITLE = "Trainable soft router under a slow skew scan: load, boundary and error"
@@ -164,6 +166,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
             measured={"alpha > 0 at h = 0, up": pos["up"], "down": pos["down"]},
             tolerance="fractions of seeds differ by >= 0.75",
             holds=bool(abs(pos["up"] - pos["down"]) >= 0.75),
+            checks=(Check("fraction difference", abs(pos["up"] - pos["down"]), lower=0.75),),
         )
     )
     return out
@@ -210,6 +213,14 @@ def _scan_claims(c: Config, legs: dict, single: float) -> list[Claim]:
             tolerance="seed mean of E u_hat and MSE, seed median of x*, worst h in the region; "
             "MSE <= 0.5 x single-expert MSE",
             holds=bool(ok),
+            checks=(
+                *(Check(f"|E u_hat| max {d}", v, upper=0.1) for d, v in zip(UD, eu_c, strict=True)),
+                *(Check(f"|x*| max {d}", v, upper=0.2) for d, v in zip(UD, x_c, strict=True)),
+                *(
+                    Check(f"MSE max {d}", v, upper=0.5 * single)
+                    for d, v in zip(UD, mse_c, strict=True)
+                ),
+            ),
         )
     )
     # (2) collapse at large |h|
@@ -231,16 +242,28 @@ def _scan_claims(c: Config, legs: dict, single: float) -> list[Claim]:
             tolerance="|E u_hat| > 0.95 and MSE within 10% of the single-expert MSE at every end "
             f"of both scans (worst {max(rel):.1%})",
             holds=bool(min(eu_end) > 0.95 and max(rel) <= 0.10),
+            checks=tuple(
+                ch
+                for k, v in ends.items()
+                for ch in (
+                    Check(f"|E u_hat| {k}", abs(v[0]), lower=0.95),
+                    Check.relative(f"MSE {k}", v[1], single, 0.10),
+                )
+            ),
         )
     )
     # (3) hysteresis: the two scans pass E u_hat = +-1/2 at different h
-    widths, seed_ok, detail = [], True, {}
+    widths, seed_ok, detail, checks = [], True, {}, []
     for level in (0.5, -0.5):
         up_m, up_s = _switches(legs["up"], level)
         dn_m, dn_s = _switches(legs["down"], level)
         w = up_m - dn_m
         widths.append(w)
         per = np.array(up_s) - np.array(dn_s)
+        checks += [
+            Check(f"width at E u = {level:+g}", w, lower=2 * c.h_step),
+            Check(f"smallest seed width at E u = {level:+g}", np.min(per), lower=0.0),
+        ]
         seed_ok &= bool(np.all(per > 0))
         detail[f"E u = {level:+g}"] = {
             "h up": up_m,
@@ -258,6 +281,7 @@ def _scan_claims(c: Config, legs: dict, single: float) -> list[Claim]:
             tolerance=f"both widths of the seed mean > 2 h_step = {2 * c.h_step:g}, and > 0 for "
             "every seed",
             holds=bool(min(widths) > 2 * c.h_step and seed_ok),
+            checks=tuple(checks),
         )
     )
     return out

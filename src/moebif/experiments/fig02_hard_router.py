@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Claim, floats
+from .base import Check, Claim, floats
 
 ID = "fig02"
 TITLE = "Hard top-1 router (straight-through) under a skew scan, with and without balancing"
@@ -154,6 +154,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance="seed mean of |u_hat| > 0.9 at every end of both scans; smallest MSE at "
             "the ends > largest scan-average MSE at |h| <= 0.5",
             holds=bool(min(ends.values()) > 0.9 and min(mse_end) > max(mse_mid)),
+            checks=(
+                *(Check(f"|u_hat| {k}", v, lower=0.9) for k, v in ends.items()),
+                Check("smallest end MSE", min(mse_end), lower=max(mse_mid)),
+            ),
         )
     )
     # (2) balancing delays saturation and lowers |u_hat| at every h != 0
@@ -187,6 +191,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance="seed means of |u_hat|, at every grid h != 0 of both scans (at h = 0 the "
             "bias-free router splits at x = 0 and u_hat = 0 for both)",
             holds=bool(worst < 0 and delayed),
+            checks=(Check("max difference", worst, upper=0.0),),
         )
     )
     return out

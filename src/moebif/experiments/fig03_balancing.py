@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Claim, floats
+from .base import Check, Claim, floats
 
 ID = "fig03"
 TITLE = "Load-balancing penalty on the hard top-1 MoE at fixed skew h = 2"
@@ -116,6 +116,14 @@ def claims(data: dict, config: Config) -> list[Claim]:
             measured={f"lambda={v:g}": float(x) for v, x in zip(lam[small], u[small], strict=True)},
             tolerance="seed mean of |u_hat| >= 0.85 and within 0.05 of its lambda_lb = 0 value",
             holds=bool(np.all(u[small] >= 0.85) and np.all(np.abs(u[small] - u[i0]) <= 0.05)),
+            checks=tuple(
+                ch
+                for v, x in zip(lam[small], u[small], strict=True)
+                for ch in (
+                    Check(f"|u_hat| lambda={v:g}", x, lower=0.85),
+                    Check(f"change lambda={v:g}", abs(x - u[i0]), upper=0.05),
+                )
+            ),
         ),
         Claim(
             "fig03-large",
@@ -128,6 +136,14 @@ def claims(data: dict, config: Config) -> list[Claim]:
             },
             tolerance="seed means, at every lambda_lb of the grid >= large",
             holds=bool(np.all(u[large] < 0.25) and np.all(mse[large] < mse[i0])),
+            checks=tuple(
+                ch
+                for v, a, b in zip(lam[large], u[large], mse[large], strict=True)
+                for ch in (
+                    Check(f"|u_hat| lambda={v:g}", a, upper=0.25),
+                    Check(f"MSE lambda={v:g} - MSE lambda=0", b - mse[i0], upper=0.0),
+                )
+            ),
         ),
     ]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Claim, floats
+from .base import Check, Claim, floats
 
 ID = "fig04"
 TITLE = "Hard top-1 MoE on digits: test load imbalance and accuracy against the skew h"
@@ -165,6 +165,11 @@ def claims(data: dict, config: Config) -> list[Claim]:
             },
             tolerance=f"means over {c.inits} inits a point; Spearman correlation over the h grid",
             holds=bool(u0[imax] > 0.9 and rho >= 0.9 and drop >= 3.0),
+            checks=(
+                Check("|u_hat| at h_max", u0[imax], lower=0.9),
+                Check("rank correlation", rho, lower=0.9),
+                Check("accuracy drop", drop, lower=3.0),
+            ),
         ),
         Claim(
             "fig04-balanced",
@@ -178,6 +183,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             },
             tolerance=f"means over {c.inits} inits a point, worst h of the grid",
             holds=bool(u1.max() < 0.25 and dev1 <= 1.5),
+            checks=(
+                Check("max |u_hat|", u1.max(), upper=0.25),
+                Check("max |accuracy - accuracy(h=0)|", dev1, upper=1.5),
+            ),
         ),
     ]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Claim, floats
+from .base import Check, Claim, floats
 from .fig04_digits import train_grid
 
 ID = "fig05"
@@ -112,6 +112,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             "lambda_lb = 0: that threshold was ours, not the paper's "
             f"(measured {float(u[i0]):.3f})",
             holds=bool(ratio >= c.imbalance_ratio and interval[0] > 1.0),
+            checks=(
+                Check("ratio", ratio, lower=c.imbalance_ratio),
+                Check("bootstrap interval, lower end", interval[0], lower=1.0),
+            ),
         ),
         Claim(
             "fig05-load-balanced",
@@ -120,6 +124,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             measured={f"lambda={v:g}": float(x) for v, x in zip(lam, u, strict=True)},
             tolerance=f"means over {c.inits} inits, every lambda_lb >= {c.large:g}",
             holds=bool(np.all(u[large] < 0.15)),
+            checks=tuple(
+                Check(f"|u_hat| lambda={v:g}", x, upper=0.15)
+                for v, x in zip(lam[large], u[large], strict=True)
+            ),
         ),
         Claim(
             "fig05-accuracy",
@@ -137,6 +145,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             },
             tolerance=f"means over {c.inits} inits a point (large-lambda points pooled)",
             holds=bool(acc_large > acc[i0] and ref - acc_large <= 1.5),
+            checks=(
+                Check("accuracy gain", acc_large - acc[i0], lower=0.0),
+                Check("reference - accuracy(lambda >= large)", ref - acc_large, upper=1.5),
+            ),
         ),
     ]
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..model.meanfield import solve_meanfield
 from ..params import RouterParams
 from ..sim.router import simulate_batch_router, stationary_spread
-from .base import Claim
+from .base import Check, Claim
 
 ID = "fig06"
 TITLE = "Batch router vs the mean-field ODE: transient, stationary spread, eta -> 0 limit"
@@ -208,6 +208,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f"sup over t in [0, {cfg.horizon:g}] of |mean u_hat - u_mf| "
             f"<= {cfg.meanfield_tol:g}",
             holds=tr["sup_error"] <= cfg.meanfield_tol,
+            checks=(Check("sup_error", tr["sup_error"], upper=cfg.meanfield_tol),),
         )
     ]
     rel_u = st["measured_u_hat_std"] / st["predicted_u_hat_std"] - 1.0
@@ -229,6 +230,17 @@ def claims(data: dict, config: Config) -> list[Claim]:
             f"({cfg.spread_runs} runs x {cfg.spread_horizon:g} time units from y*, "
             f"first {cfg.spread_burn_in:g} dropped)",
             holds=abs(rel_u) <= cfg.spread_rtol and abs(rel_y) <= cfg.spread_rtol,
+            checks=(
+                Check.relative(
+                    "u_hat_std",
+                    st["measured_u_hat_std"],
+                    st["predicted_u_hat_std"],
+                    cfg.spread_rtol,
+                ),
+                Check.relative(
+                    "y_std", st["measured_y_std"], st["predicted_y_std"], cfg.spread_rtol
+                ),
+            ),
         )
     )
     weak, strong = np.array(cv["weak_error"]), np.array(cv["strong_error"])
@@ -253,6 +265,11 @@ def claims(data: dict, config: Config) -> list[Claim]:
             "weak_error(eta_min) < weak_error(eta_max) / 2 "
             f"({cfg.conv_runs} runs an eta; path load = tanh(y/2T) = E[u_hat | y])",
             holds=mono_w and mono_s and weak[-1] < weak[0] / 2,
+            checks=(
+                Check("smallest weak-error decrease", -np.max(np.diff(weak)), lower=0.0),
+                Check("smallest strong-error decrease", -np.max(np.diff(strong)), lower=0.0),
+                Check("weak_error(eta_min)", weak[-1], upper=weak[0] / 2),
+            ),
         )
     )
     return out

@@ -16,7 +16,7 @@ from ..model import two_expert as th
 from ..params import RouterParams
 from ..sim.hysteresis import sweep_hysteresis
 from . import _hysteresis as hy
-from .base import Claim, num
+from .base import Check, Claim, num
 
 ID = "fig07"
 TITLE = "Hysteresis of the empirical load under a slow skew sweep"
@@ -95,6 +95,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
                 measured=measured,
                 tolerance=f"relative error <= {c.tolerance:.0%} (measured {rel:.2%})",
                 holds=rel <= c.tolerance,
+                checks=(Check.relative("switch h", measured, sign * H, c.tolerance),),
             )
         )
     # history dependence at h = 0: lower branch on the way up, upper branch on the way down
@@ -109,6 +110,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             measured=[up0, dn0],
             tolerance="each within 0.05 of the stable equilibria -+u*",
             holds=abs(up0 + u_star) <= 0.05 and abs(dn0 - u_star) <= 0.05,
+            checks=(
+                Check.absolute("u_hat up", up0, -u_star, 0.05),
+                Check.absolute("u_hat down", dn0, u_star, 0.05),
+            ),
         )
     )
     return out

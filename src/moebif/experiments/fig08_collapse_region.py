@@ -33,7 +33,7 @@ import numpy as np
 from ..model import two_expert as th
 from ..params import RouterParams
 from ..sim.router import simulate_batch_router
-from .base import Claim, floats
+from .base import Check, Claim, floats
 
 ID = "fig08"
 TITLE = "Collapse region in the (T, gamma) plane at h = 0 against the threshold a = 2 gamma T"
@@ -181,6 +181,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f"agreement >= {cfg.min_agreement:g} on cells with |kappa - 1| > "
             f"{cfg.band:g} (kappa = a / 2 gamma T)",
             holds=agreement >= cfg.min_agreement,
+            checks=(Check("agreement", agreement, lower=cfg.min_agreement),),
         )
     ]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Claim, floats, num
+from .base import Check, Claim, floats, num
 from .fig08_collapse_region import final_abs_u
 
 ID = "fig09"
@@ -153,6 +153,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f"{cfg.ratio_min:g} <= T_onset / Tc < 1 for all {gammas.size} gammas "
             f"(horizon {cfg.horizon_gamma:g} / gamma, {cfg.runs} runs a point)",
             holds=ok_ratio,
+            checks=tuple(
+                Check(f"T_onset / Tc gamma={g:g}", r, lower=cfg.ratio_min, upper=1.0)
+                for g, r in zip(gammas, ratio, strict=True)
+            ),
         ),
         Claim(
             "fig09-scale",
@@ -162,6 +166,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f"least-squares exponent of T_onset ~ gamma^p within "
             f"{cfg.exponent_tol:g} of -1",
             holds=bool(abs(exponent + 1.0) <= cfg.exponent_tol),
+            checks=(Check.absolute("exponent", exponent, -1.0, cfg.exponent_tol),),
         ),
     ]
 

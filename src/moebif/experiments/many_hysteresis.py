@@ -19,7 +19,7 @@ import numpy as np
 
 from ..model.thresholds import thresholds
 from ..params import RouterParams
-from .base import Claim, floats, num
+from .base import Check, Claim, floats, num
 
 ID = "nexp-hysteresis"
 TITLE = "Collapse near N gamma T, recovery only at a_SN: hysteresis in the feedback a"
@@ -169,6 +169,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
                 measured=limit,
                 tolerance=f"relative error <= {c.tolerance_down:.0%} (measured {rel:.2%})",
                 holds=rel <= c.tolerance_down,
+                checks=(Check.relative("recovery a", limit, cs["a_sn"], c.tolerance_down),),
             )
         )
         rel_up = abs(ups[-1] - cs["a_lin"]) / cs["a_lin"]
@@ -184,6 +185,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
                 tolerance=f"relative distance <= {c.tolerance_up:.0%} (measured {rel_up:.2%}) "
                 "and a_up > a_down at every rate",
                 holds=rel_up <= c.tolerance_up and hyst,
+                checks=(
+                    Check.relative("collapse a", ups[-1], cs["a_lin"], c.tolerance_up),
+                    Check("smallest a_up - a_down", np.min(ups - downs), lower=0.0),
+                ),
             )
         )
     return out

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..params import RouterParams
-from .base import Claim, floats, num
+from .base import Check, Claim, floats, num
 
 ID = "nexp-metastable"
 TITLE = "Metastable balance: escape times against Kramers, and collapse by a skew pulse"
@@ -305,6 +305,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f"relative error <= {c.slope_tolerance:.0%} "
             f"(measured {abs(slope / pred_slope - 1):.1%})",
             holds=abs(slope / pred_slope - 1.0) <= c.slope_tolerance,
+            checks=(Check.relative("slope", slope, pred_slope, c.slope_tolerance),),
         ),
         Claim(
             "nexp-kramers-prefactor",
@@ -323,6 +324,9 @@ def claims(data: dict, config: Config) -> list[Claim]:
             f"{len(ratio)} B) within 3 standard errors ({3 * pooled_se:.1%}) of C = {corr:.3f} "
             f"(measured {pooled / corr - 1:+.1%}); the earlier tolerance was a factor 2 around 1",
             holds=bool(ok.any() and abs(math.log(pooled / corr)) <= 3 * pooled_se),
+            checks=(
+                Check.absolute("log pooled ratio", math.log(pooled), math.log(corr), 3 * pooled_se),
+            ),
         ),
         Claim(
             "nexp-pulse-boundary",
@@ -334,6 +338,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f"relative error <= {c.pulse_tolerance:.0%} at every tau "
             f"(worst {np.nanmax(rel) if np.isfinite(rel).any() else math.nan:.1%})",
             holds=bool(np.all(np.isfinite(rel)) and np.all(rel <= c.pulse_tolerance)),
+            checks=tuple(
+                Check.relative(f"h_50 tau={t:g}", m, p, c.pulse_tolerance)
+                for t, m, p in zip(data["pulse"]["taus"], h50, h_c, strict=True)
+            ),
         ),
     ]
 

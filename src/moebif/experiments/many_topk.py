@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..params import RouterParams
-from .base import Claim, num
+from .base import Check, Claim, num
 
 ID = "nexp-topk"
 TITLE = "Top-k routing: linear and saddle-node thresholds against k"
@@ -268,6 +268,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             measured=lin,
             tolerance=f"relative error <= {c.tolerance:.0%} each (worst {np.max(rel_lin):.2%})",
             holds=bool(np.all(rel_lin <= c.tolerance)),
+            checks=tuple(
+                Check.relative(f"a_lin N={r['n']} k={r['k']}", m, r["a_lin"], c.tolerance)
+                for m, r in zip(lin, rows, strict=True)
+            ),
         ),
         Claim(
             "nexp-topk-saddle-node",
@@ -280,6 +284,10 @@ def claims(data: dict, config: Config) -> list[Claim]:
             tolerance=f"relative error <= {c.tolerance:.0%} each (worst {np.max(rel_sn):.2%}; "
             f"a recovery point outside +-{c.bracket:.0%} of a_SN is not bracketed: NaN)",
             holds=bool(np.all(rel_sn <= c.tolerance)),
+            checks=tuple(
+                Check.relative(f"a_SN N={r['n']} k={r['k']}", m, r["a_sn"], c.tolerance)
+                for m, r in zip(sn, rows, strict=True)
+            ),
         ),
     ]
 

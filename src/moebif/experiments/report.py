@@ -14,6 +14,7 @@ from . import REGISTRY
 __all__ = [
     "claims_table",
     "claims_title",
+    "format_margin",
     "format_spread",
     "format_value",
     "write_report",
@@ -60,14 +61,25 @@ def format_spread(v, digits: int = 3) -> str:
     return format_value(v, digits)
 
 
+def format_margin(c: dict) -> str:
+    """A claim's margin over seeds (see :func:`moebif.experiments.runner.aggregate_claims`) as
+    text: ``"3.1 (a=3)"`` (spreads, worst check); ``"—"`` where none is defined."""
+    m = c.get("margin")
+    if m is None:
+        return f"— ({c['margin_note']})" if c.get("margin_note") else "—"
+    where = f" ({c['margin_check']})" if c.get("margin_check") else ""
+    return f"{m:.2g}{where}" if abs(m) < 10 else f"{m:.0f}{where}"
+
+
 def _is_multi(claims: list[dict]) -> bool:
     return bool(claims) and all("fraction_holding" in c for c in claims)
 
 
 def _counts(claims: list[dict]) -> tuple[int, int, int]:
-    """(hold, fragile, do not hold) among the claims."""
+    """(hold, fragile, do not hold) among the claims. A fragile claim may have held at every
+    seed (margin under 2 spreads); it is counted as fragile, not as holding."""
     fragile = sum(bool(c.get("fragile")) for c in claims)
-    ok = sum(bool(c["holds"]) for c in claims)
+    ok = sum(bool(c["holds"]) and not c.get("fragile") for c in claims)
     return ok, fragile, len(claims) - ok - fragile
 
 
@@ -76,7 +88,10 @@ def claims_title(claims: list[dict]) -> str:
     if not _is_multi(claims):
         return f"claims: {ok}/{len(claims)} hold"
     n = max((len(c["holds_at"]) for c in claims), default=0)
-    return f"claims: {ok}/{len(claims)} hold at all {n} seeds, {fragile} fragile, {bad} do not hold"
+    return (
+        f"claims: {ok}/{len(claims)} hold at all {n} seeds, {fragile} fragile, {bad} do not "
+        "hold (holding: a margin of 2 seed spreads or more)"
+    )
 
 
 def claims_table(claims: list[dict]):
@@ -91,6 +106,7 @@ def claims_table(claims: list[dict]):
     cols.append(("measured (min…max over seeds)" if multi else "measured", {"max_width": 40}))
     if multi:
         cols.append(("seeds", {"no_wrap": True}))
+        cols.append(("margin", {"max_width": 24}))
     cols.append(("holds", {"no_wrap": True}))
     for col, kw in cols:
         t.add_column(col, **kw)
@@ -98,8 +114,8 @@ def claims_table(claims: list[dict]):
         row = [c["id"], format_value(c["predicted"])]
         if multi:
             n_ok, n = sum(c["holds_at"]), len(c["holds_at"])
-            row += [format_spread(c["spread"]), f"{n_ok}/{n}"]
-            if c["holds"]:
+            row += [format_spread(c["spread"]), f"{n_ok}/{n}", format_margin(c)]
+            if c["holds"] and not c.get("fragile"):
                 row.append("[green]yes[/green]")
             elif c.get("fragile"):
                 row.append("[bold yellow]FRAGILE[/bold yellow]")
@@ -133,7 +149,9 @@ _RESULT = {"ok": "holds", "fragile": "fragile", "fail": "does not hold"}
 
 
 def _status(c: dict) -> str:
-    return "ok" if c["holds"] else ("fragile" if c.get("fragile") else "fail")
+    if c.get("fragile"):
+        return "fragile"
+    return "ok" if c["holds"] else "fail"
 
 
 def _sections(folder: Path) -> list[tuple[str, dict, list[dict], str]]:
@@ -252,26 +270,33 @@ def write_seeds_report(out: Path, claims: list[dict], *, n_seeds: int, quick: bo
             f"<td>{html.escape(format_spread(c['spread']))}</td>"
             f"<td>{html.escape(c['tolerance'])}</td>"
             f"<td>{n_ok}/{n}</td>"
+            f"<td>{html.escape(format_margin(c))}</td>"
             f'<td class="holds">{_RESULT[cls]}</td></tr>'
         )
     body = [
         *_header(quick, f" — {n_seeds} seeds"),
         f'<p class="summary"><b>{ok} of {len(claims)} claims hold at every seed; {fragile} '
-        f"fragile (hold at some seeds only); {bad} do not hold.</b> A claim counts as holding "
-        "only if it holds at every seed. Measured values: min…max over the seeds.</p>",
+        f"fragile; {bad} do not hold.</b> A claim counts as holding only if it holds at every "
+        "seed with a margin of at least 2 seed spreads. The margin of a claim: for each of its "
+        "checks, the seed mean of the distance of the measured value inside its tolerance, "
+        "over the seed standard deviation of that distance; the smallest over the checks "
+        "(named in brackets). A claim is fragile if it holds at some seeds only, or at every "
+        "seed with a margin under 2 spreads; '—': no margin defined (no seed spread, or no "
+        "checks). Measured values: min…max over the seeds.</p>",
         "<table><tr><th>id</th><th>statement</th><th>predicted</th><th>measured (min…max)</th>"
-        "<th>tolerance (seed 0)</th><th>seeds holding</th><th>result</th></tr>",
+        "<th>tolerance (seed 0)</th><th>seeds holding</th><th>margin (spreads)</th>"
+        "<th>result</th></tr>",
         *rows,
         "</table>",
     ]
-    weak = [c for c in claims if not c["holds"]]
+    weak = [c for c in claims if not c["holds"] or c.get("fragile")]
     if weak:
-        body.append("<h2 id='fragile'>Claims that do not hold at every seed</h2>")
+        body.append("<h2 id='fragile'>Fragile claims and claims that do not hold</h2>")
         body.append(
-            "<p>For each, the seeds at which it fails, with the tolerance as evaluated there "
-            "(it names the margin that was missed) and the measured value. A claim that holds "
-            "at some seeds only is fragile: its margin is within the seed-to-seed scatter of "
-            "the measurement.</p><ul>"
+            "<p>For each, its margin and the seeds at which it fails, with the tolerance as "
+            "evaluated there (it names the margin that was missed) and the measured value. A "
+            "claim that holds at some seeds only, or at every seed by less than 2 seed "
+            "spreads, is fragile: a new seed may fail it.</p><ul>"
         )
         for c in weak:
             fails = [
@@ -283,7 +308,8 @@ def write_seeds_report(out: Path, claims: list[dict], *, n_seeds: int, quick: bo
             ]
             body.append(
                 f"<li><b>{html.escape(c['id'])}</b> ({_RESULT[_status(c)]}, holds at "
-                f"{sum(c['holds_at'])}/{len(c['holds_at'])} seeds): {html.escape(c['statement'])}"
+                f"{sum(c['holds_at'])}/{len(c['holds_at'])} seeds, margin "
+                f"{html.escape(format_margin(c))}): {html.escape(c['statement'])}"
                 "<ul>" + "".join(f"<li>{f}</li>" for f in fails) + "</ul></li>"
             )
         body.append("</ul>")
@@ -300,10 +326,11 @@ def write_seeds_report(out: Path, claims: list[dict], *, n_seeds: int, quick: bo
             png,
             f"{'Quick variant; ' if meta.get('quick') else ''}seeds "
             f"{', '.join(str(x) for x in seeds)} (figure and notes: seed {meta.get('seed')}); "
-            f"{e_ok}/{len(exp_claims)} claims hold at every seed, {e_fr} fragile.",
+            f"{e_ok}/{len(exp_claims)} claims hold at every seed by 2 spreads or more, "
+            f"{e_fr} fragile.",
         )
         head = "".join(f"<th>seed {x}</th>" for x in seeds)
-        body.append(f"<table><tr><th>claim</th>{head}<th>result</th></tr>")
+        body.append(f"<table><tr><th>claim</th>{head}<th>margin</th><th>result</th></tr>")
         for c in exp_claims:
             cells = "".join(
                 f'<td class="{"seed-ok" if h else "seed-fail"}" '
@@ -314,6 +341,7 @@ def write_seeds_report(out: Path, claims: list[dict], *, n_seeds: int, quick: bo
             cls = _status(c)
             body.append(
                 f'<tr class="{cls}"><td><b>{html.escape(c["id"])}</b></td>{cells}'
+                f"<td>{html.escape(format_margin(c))}</td>"
                 f'<td class="holds">{_RESULT[cls]}</td></tr>'
             )
         body.append("</table>")

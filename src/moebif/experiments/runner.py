@@ -14,7 +14,9 @@ Layout of the output folder ``OUT`` of a run at one seed::
 A run at ``S`` seeds (``seeds=S``) keeps one such folder per seed, ``OUT/seed-0`` ...
 ``OUT/seed-<S-1>`` (seed 0 is the single-seed run's seed), and writes ``OUT/claims.json`` and
 ``OUT/report.html`` for all seeds together: every claim with the fraction of seeds at which it
-holds and the spread of its measured values; it holds only if it holds at every seed.
+holds, the spread of its measured values and its margin (how many seed spreads the measured
+values lie inside their tolerance); it holds only if it holds at every seed by a margin of 2
+spreads or more, and is fragile otherwise if it holds at some seed.
 
 Each experiment is built in a hidden temporary folder and renamed into place when complete, so a
 killed run loses only the experiments in flight; a re-run skips the finished ones (same variant,
@@ -50,6 +52,7 @@ from . import REGISTRY, load_experiment
 from .base import ExperimentResult, config_from_dict, config_to_dict, json_roundtrip
 
 __all__ = [
+    "FRAGILE_MARGIN",
     "ExperimentOutcome",
     "RecheckError",
     "RecheckOutcome",
@@ -307,15 +310,96 @@ def _spread(values: list):
     return {"values": values}
 
 
+FRAGILE_MARGIN = 2.0
+"""A claim whose margin over seeds is below this many seed standard deviations is fragile,
+even if it held at every seed run."""
+
+
+def _margins(rows: list[dict]) -> tuple[list[dict], float | None, str | None]:
+    """Per check (matched by position and name across seeds): the seed mean of its slack, the
+    seed standard deviation ``sd`` of its measured value (of its slack, where its bounds differ
+    between seeds), and its margin ``mean / sd``; and the claim's margin, the smallest
+    over its checks, with that check's name. The margin is ``None`` where it is not a finite
+    number: a check with no seed spread (sd 0; it cannot pass or fail by seed noise), a check
+    that is NaN at some seed (it failed there, which ``holds_at`` shows), no checks, checks
+    that differ between seeds, or fewer than two seeds."""
+    lists = [r.get("checks") or [] for r in rows]
+    if not lists[0] or len({len(x) for x in lists}) != 1 or len(rows) < 2:
+        return [], None, None
+    out, worst, worst_name = [], None, None
+    for k, first in enumerate(lists[0]):
+        if any(x[k]["name"] != first["name"] for x in lists):
+            return [], None, None
+        slack = [x[k]["slack"] for x in lists]
+        values = [x[k]["value"] for x in lists]
+        fixed = all(
+            (x[k]["lower"], x[k]["upper"]) == (first["lower"], first["upper"]) for x in lists
+        )
+        if any(v is None for v in slack):  # NaN at some seed: the check failed there
+            m = -np.inf
+            mean = sd = None
+        else:
+            s = np.asarray(slack, dtype=float)
+            # the spread: of the measured value where the bounds are the same at every seed
+            # (a two-sided slack can hide it: values symmetric about the centre have equal
+            # slacks); of the slack itself where the bounds move with the seed
+            spread_of = np.asarray(values, dtype=float) if fixed else s
+            mean, sd = float(s.mean()), float(spread_of.std(ddof=1))
+            scale = max(abs(mean), *(abs(float(v)) for v in values), 1e-300)
+            if sd <= 1e-9 * scale:  # the same value at every seed up to rounding: no spread
+                sd = 0.0
+            if sd > 0:
+                m = mean / sd
+            else:
+                m = np.inf if mean > 0 else -np.inf
+        rec = {
+            "name": first["name"],
+            "lower": first["lower"],
+            "upper": first["upper"],
+            "value": _spread(values),
+            "slack_mean": mean,
+            "spread": sd,
+            "margin": float(m) if np.isfinite(m) else None,
+        }
+        out.append(rec)
+        if worst is None or m < worst:
+            worst, worst_name = m, first["name"]
+    if worst is None or not np.isfinite(worst):
+        return out, None, worst_name
+    return out, float(worst), worst_name
+
+
+def _margin_note(checks: list[dict], margin: float | None, holds_at: list[bool]) -> str:
+    """Why a claim has no margin, in words (empty when it has one)."""
+    if margin is not None:
+        return ""
+    if not checks:
+        return "exact, no checks" if len(holds_at) > 1 else "one seed"
+    if any(c["slack_mean"] is None for c in checks):
+        return "NaN at some seed"
+    return "no seed spread"
+
+
 def aggregate_claims(per_seed: list[list[dict]], seeds: list[dict[str, int]]) -> list[dict]:
     """The claims of one run at several seeds, from each seed's claims (``per_seed[j]``, the
     claims of every experiment at seed index ``j``; ``seeds[j]`` maps experiment id -> seed).
 
     One record per claim, in order: ``holds`` only if the claim holds at every seed where it
-    was checked, ``fraction_holding``, ``fragile`` (holds at some seeds, not all), ``status``
+    was checked, ``fraction_holding``, ``fragile`` (holds at some seeds, not all, or at every
+    seed by a margin under 2 spreads), ``status``
     (``"holds"``, ``"fragile"``, ``"does not hold"``), ``seeds`` and, per seed, ``holds_at``,
     ``measured`` and ``tolerances``; ``spread`` summarises the measured values (see
-    :func:`_spread`); ``predicted``, ``statement`` and ``tolerance`` are seed 0's."""
+    :func:`_spread`); ``predicted``, ``statement`` and ``tolerance`` are seed 0's.
+
+    The margin: for every check of the claim (:class:`moebif.experiments.base.Check`, the
+    measured value and its bounds) the seed mean of its slack (distance from the nearer bound,
+    positive inside) over the seed standard deviation of the measured value (of the slack,
+    where the bounds themselves depend on the seed), i.e. how many seed spreads the measured
+    value lies inside its tolerance; ``margin`` is the smallest over the checks
+    (``margin_check`` names it; ``checks`` lists them all). A claim that holds at every seed
+    but whose margin is below :data:`FRAGILE_MARGIN` (2 spreads) is ``fragile`` too: at five
+    seeds it passed, yet a new seed fails it with a probability of a few percent or more.
+    ``margin`` is ``None`` for a claim with no checks, or none with a seed spread."""
     order: list[tuple[str, str]] = []
     found: dict[tuple[str, str], list[tuple[int, dict]]] = {}
     for j, claims in enumerate(per_seed):
@@ -331,6 +415,11 @@ def aggregate_claims(per_seed: list[list[dict]], seeds: list[dict[str, int]]) ->
         first = rows[0][1]
         holds_at = [bool(c["holds"]) for _, c in rows]
         n_ok = sum(holds_at)
+        checks, margin, margin_check = _margins([c for _, c in rows])
+        if margin is None:
+            margin_check = None
+        thin = n_ok == len(rows) and margin is not None and margin < FRAGILE_MARGIN
+        fragile = 0 < n_ok < len(rows) or thin
         out.append(
             {
                 "id": first["id"],
@@ -343,10 +432,12 @@ def aggregate_claims(per_seed: list[list[dict]], seeds: list[dict[str, int]]) ->
                 "tolerances": [c["tolerance"] for _, c in rows],
                 "holds": n_ok == len(rows),
                 "fraction_holding": n_ok / len(rows),
-                "fragile": 0 < n_ok < len(rows),
-                "status": "holds"
-                if n_ok == len(rows)
-                else ("fragile" if n_ok else "does not hold"),
+                "fragile": fragile,
+                "margin": margin,
+                "margin_check": margin_check,
+                "margin_note": _margin_note(checks, margin, holds_at),
+                "checks": checks,
+                "status": "fragile" if fragile else ("holds" if n_ok else "does not hold"),
                 "seed_indices": [j for j, _ in rows],
                 "seeds": [seeds[j].get(key[0]) for j, _ in rows],
                 "holds_at": holds_at,

@@ -233,6 +233,7 @@ def compute_views(q, names=VIEW_NAMES) -> dict:
         },
         "regime": {"two": V.regime(pt.effective), "n": V.n_regime(pt)},
         "n_equilibria": len(eqs),
+        "sliders": {"h": V.h_slider(pt.effective, limit=SLIDERS["h"][1])},
         "command": V.theory_command(pt),
         "views": out,
     }

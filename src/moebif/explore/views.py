@@ -38,6 +38,7 @@ __all__ = [
     "Cancelled",
     "Point",
     "cancelled",
+    "h_slider",
     "bifurcation_view",
     "branch_diagram",
     "branches_view",
@@ -603,3 +604,17 @@ def theory_command(pt: Point) -> str:
     if note:
         lines = [f"{line}  # {note}" for line in lines]
     return "\n".join(lines)
+
+
+def h_slider(params: RouterParams, *, limit: float) -> list[float]:
+    """Ends and step of the page's h slider at this point: ``[-w, w, step]`` with
+    ``w = max(1.5 H(a), 0.5)`` (``H``: the bistable half-width, eq. 18, at the effective ``a``)
+    but at most ``limit``, and 2000 steps or more across. So the bistable window ``|h| < H`` is
+    two thirds of the slider, whatever its width in pixels; a slider spanning the whole
+    ``[-limit, limit]`` resolved h at 0.055 a pixel against H(3) = 0.415. Any h within
+    ``limit`` can still be typed in the box beside it or clicked in the plane."""
+    H = th.hysteresis_halfwidth(max(params.a, 0.0), params.gamma, params.T)
+    w = min(max(1.5 * H, 0.5), limit)
+    step = 10.0 ** math.floor(math.log10(2 * w / 2000))
+    w = min(round(math.ceil(w / step) * step, 12), limit)  # the ends on the step grid
+    return [-w, w, step]

@@ -6,7 +6,14 @@ boundaries (:meth:`~moebif.sweep.studies.Study.boundaries`: ``a = 2 gamma T``, `
 ``a = a_lin``, ...) drawn as the zero lines of their residuals on a fine grid. A third axis
 gives one panel per value. One axis: the replica mean against the axis, with its standard error,
 the theory's value of the quantity where the study has one (``2 H(a)`` for a hysteresis width)
-and the boundaries as vertical lines.
+and the boundaries as vertical lines; the slice the cut is taken at is named in its title.
+
+For the collapse probability (``collapsed``) the figure also shows where it crosses 1/2, with
+the uncertainty of that line: on a map the contour ``p = 0.5`` of the replica mean and the
+contours where the lower and upper ends of its 95% Wilson score interval over the replicas
+(:func:`wilson_interval`) reach 1/2, so the measured line lies between those two with 95%
+confidence cell by cell; on a cut the Wilson band and the interval of ``x`` where the band
+contains 1/2.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import numpy as np
 from .experiments import get_study
 from .studies import Study
 
-__all__ = ["PlotError", "plot_store", "save_figure"]
+__all__ = ["FORMATS", "PlotError", "plot_store", "save_figure", "wilson_interval"]
+
+FORMATS = ("png", "svg", "pdf")  # what save_figure writes; png and svg by default
 
 _FINE = 160  # points a float axis of the theory grid
 _MAX_PANELS = 6
@@ -67,6 +76,51 @@ def _fine(v: np.ndarray, log: bool) -> np.ndarray:
     return np.geomspace(lo, hi, _FINE) if log else np.linspace(lo, hi, _FINE)
 
 
+# the paper's symbols, for titles and panel labels
+_SYMBOLS = {
+    "gamma": "γ",
+    "rho": "ρ",
+    "eta": "η",
+    "n_experts": "N",
+    "top_k": "k",
+    "batch": "B",
+}
+
+_QUANTITY_LABELS = {
+    "collapsed": "collapse probability",
+    "max_load": "largest expert load maxᵢ ℓᵢ",
+    "load_excess": "load excess (0 balanced, 1 collapsed)",
+    "final_u": "final imbalance u = p₁ − p₂",
+    "final_abs_u_hat": "final |û|",
+    "final_abs_u": "final |û|",
+    "width": "hysteresis width",
+    "h_switch_up": "switching point h (upward)",
+    "h_switch_down": "switching point h (downward)",
+    "a_switch_up": "collapse point a (upward)",
+    "a_switch_down": "recovery point a (downward)",
+    "hit_time": "collapse time (ODE time)",
+}
+
+
+def wilson_interval(k, n, level: float = 0.95):
+    """Wilson score interval of a binomial proportion, ``k`` successes of ``n`` (arrays
+    broadcast; ``n = 0`` gives NaN). Returns ``(lower, upper)``."""
+    from scipy.stats import norm
+
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    z = float(norm.ppf(0.5 + level / 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        denom = 1 + z * z / n
+        centre = (p + z * z / (2 * n)) / denom
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
+def _symbol(name: str) -> str:
+    return _SYMBOLS.get(name, name)
+
+
 def _label(name: str) -> str:
     return {
         "gamma": "forgetting rate γ",
@@ -81,14 +135,22 @@ def _label(name: str) -> str:
     }.get(name, name)
 
 
-def _quantity_label(q: str, replicas: bool) -> str:
+def _quantity_label(q: str, replicas: int | None) -> str:
+    """Axis or colour-bar label of quantity ``q``; ``replicas``: how many a cell (``None``: the
+    quantity is one value a cell)."""
+    base = _QUANTITY_LABELS.get(q, q)
+    if not replicas:
+        return base
     if q == "collapsed":
-        return "collapse probability"
-    return f"mean {q}" + (" over replicas" if replicas else "")
+        return f"{base}\n({replicas} replicas a cell)"
+    return f"{base}\n(mean of {replicas} replicas)"
 
 
 def _value_label(name: str, value) -> str:
-    return f"{name} = {value:g}" if isinstance(value, float) else f"{name} = {value}"
+    if name == "steps":
+        return f"{value} steps"
+    v = f"{value:g}" if isinstance(value, float) else f"{value}"
+    return f"{_symbol(name)} = {v}"
 
 
 def _coordinate(ds, axis: str, value):
@@ -186,13 +248,18 @@ def plot_store(
             se = vals.std("replica", ddof=1, skipna=True) / np.sqrt(count.where(count > 1))
         else:
             m, se = vals, None
+    band = None  # the collapse probability's Wilson interval, as two arrays like m
+    if has_rep and quantity == "collapsed":
+        lo, hi = wilson_interval(vals.sum("replica", skipna=True), count)
+        band = (m.copy(data=lo), m.copy(data=hi))
+    n_rep = int(ds.sizes["replica"]) if has_rep else None
     done_sel = done
     missing = int((~done_sel.values).sum())
 
     fixed = dict(spec["params"]) | sel
     panels = [None] if facet is None else list(ds[facet].values)
     is_prob = quantity == "collapsed"
-    title = _title(ds, fixed, entry, missing, int(done_sel.size), len(panels))
+    title = _title(ds, spec["params"], sel, entry, missing, int(done_sel.size), len(panels))
     with figure_style():
         ncol = len(panels)
         fig, axs = plt.subplots(
@@ -202,19 +269,44 @@ def plot_store(
             layout="constrained",
             squeeze=False,
         )
-        mesh = None
+        mesh, handles = None, {}
         for ax, pv in zip(axs[0], panels, strict=True):
             vals = dict(fixed) | ({} if facet is None else {facet: _py(pv)})
-            mp = m if facet is None else m.sel({facet: pv})
+
+            def part(a, pv=pv):
+                return a if a is None or facet is None else a.sel({facet: pv})
+
+            mp = part(m)
+            bp = None if band is None else (part(band[0]), part(band[1]))
             if y is None:
-                sp = None if se is None else (se if facet is None else se.sel({facet: pv}))
-                _line(ax, ds, entry, quantity, x, mp, sp, vals, COLORS, THEORY)
+                hs = _line(
+                    ax, ds, entry, quantity, x, mp, part(se), bp, vals, COLORS, THEORY, n_rep
+                )
             else:
-                mesh = _map(ax, ds, entry, x, y, mp, vals, is_prob, COLORS)
+                mesh, hs = _map(ax, ds, entry, x, y, mp, bp, vals, is_prob, COLORS)
+            for h in hs:  # one legend for all panels; a p = 0.5 label per panel
+                handles.setdefault(h.get_label(), h)
+            where = [_value_label(k, _py(v)) for k, v in sel.items()]
             if facet is not None:
-                ax.set_title(_value_label(facet, _py(pv)))
+                where.append(_value_label(facet, _py(pv)))
+            if where:
+                prefix = "cut at " if y is None else ("at " if sel else "")
+                ax.set_title(prefix + ", ".join(where), fontsize=8)
         if mesh is not None:
-            fig.colorbar(mesh, ax=list(axs[0]), label=_quantity_label(quantity, has_rep), pad=0.02)
+            fig.colorbar(mesh, ax=list(axs[0]), label=_quantity_label(quantity, n_rep), pad=0.02)
+        if handles:
+            # below the panels: a legend inside would hide the lines it explains
+            style = {"facecolor": "0.35", "labelcolor": "white"} if y is not None else {}
+            fig.legend(
+                handles=list(handles.values()),
+                loc="outside lower center",
+                ncol=2 if len(handles) > 2 and y is not None else 1,
+                fontsize=6.5,
+                frameon=y is not None,
+                edgecolor="none",
+                framealpha=1.0,
+                **style,
+            )
         fig.suptitle(title, fontsize=8.5)
     return fig
 
@@ -223,23 +315,44 @@ def _py(v):
     return v.item() if hasattr(v, "item") else v
 
 
-def _title(ds, fixed, entry: Study, missing: int, total: int, ncol: int = 1) -> str:
+def _title(ds, params, sel, entry: Study, missing: int, total: int, ncol: int = 1) -> str:
+    """The study's name; its fixed parameters in the paper's symbols (``γ = 1, η = 0.05``),
+    wrapped between items, never inside one; the cells not computed yet. The slice of a cut
+    (``--select``) is named in the panel's own title."""
     spec = ds.attrs["spec"]
     shown = [
         _value_label(k, v)
-        for k, v in fixed.items()
-        if v is not None and k in entry.params and k not in ("collapse_excess",)
-    ][:7]
-    import textwrap
-
-    reps = spec["run"]["replicas"]
-    body = ", ".join(shown) + f"; {reps} replicas a cell"
-    t = f"{ds.attrs.get('name') or ds.attrs['study']}\n" + "\n".join(
-        textwrap.wrap(body, int(11 * (3.8 * ncol + 0.9)))
-    )
+        for k, v in params.items()
+        if k in entry.params and k not in sel and _worth_showing(entry, k, v)
+    ]
+    shown.append(f"{spec['run']['replicas']} replicas a cell")
+    width = int(11 * (3.8 * ncol + 0.9))
+    lines, line = [], ""
+    for item in shown:
+        if line and len(line) + 2 + len(item) > width:
+            lines.append(line + ",")
+            line = item
+        else:
+            line = f"{line}, {item}" if line else item
+    lines.append(line)
+    t = "\n".join([str(ds.attrs.get("name") or ds.attrs["study"]), *lines])
     if missing:
         t += f"\n{missing} of {total} cells not computed yet (grey)"
     return t
+
+
+# the model's own parameters: named in a title whenever fixed; any other (an initial state, a
+# balancer's options, the collapse indicator) only where it differs from its default
+_CORE = ("a", "gamma", "T", "h", "rho", "n_experts", "top_k", "batch", "eta", "steps")
+
+
+def _worth_showing(entry: Study, name: str, value) -> bool:
+    if value is None or value == "":
+        return False
+    if name in _CORE:
+        return True
+    default = getattr(entry.params[name], "default", None)
+    return value != default
 
 
 def _theory_grid(entry: Study, vals: dict, names: list[str], grids: list[np.ndarray]):
@@ -263,7 +376,10 @@ def _theory_grid(entry: Study, vals: dict, names: list[str], grids: list[np.ndar
 _STYLES = [("--", "white"), (":", "#7fdbff"), ("-.", "#ffd166")]
 
 
-def _map(ax, ds, entry, x, y, m, vals, is_prob, colors):
+_HALF = "#39d98a"  # the measured p = 0.5 line and its interval
+
+
+def _map(ax, ds, entry, x, y, m, band, vals, is_prob, colors):
     import matplotlib.patheffects as pe
     from matplotlib.lines import Line2D
 
@@ -312,28 +428,75 @@ def _map(ax, ds, entry, x, y, m, vals, is_prob, colors):
     e_x, e_y = _edges(xv, xlog), _edges(yv, ylog)
     ax.set_xlim(e_x[0], e_x[-1])
     ax.set_ylim(e_y[0], e_y[-1])
-    if handles:
-        leg = ax.legend(
-            handles=handles,
-            loc="upper right",
-            fontsize=6.5,
-            frameon=True,
-            facecolor="0.2",
-            edgecolor="none",
-            labelcolor="white",
-            framealpha=0.8,
-        )
-        leg.set_zorder(5)
-    return mesh
+    if band is not None and min(xv.size, yv.size) >= 2:
+        handles += _half_contours(ax, xv, yv, data, band, x, y)
+    return mesh, handles
 
 
-def _line(ax, ds, entry, quantity, x, m, se, vals, colors, theory_style):
+def _half_contours(ax, xv, yv, data, band, x, y) -> list:
+    """The measured ``p = 0.5`` line (replica mean) and the lines where the lower and upper
+    ends of its Wilson interval reach 0.5, on the cell centres; legend handles of those drawn."""
+    import matplotlib.patheffects as pe
+    from matplotlib.lines import Line2D
+
+    lo = band[0].transpose(y, x).values.astype(float)
+    hi = band[1].transpose(y, x).values.astype(float)
+    stroke = [pe.withStroke(linewidth=2.8, foreground="0.1")]
+    handles = []
+    for arr, ls, lw, label in (
+        (data, "-", 1.6, "measured p = 0.5 (replica mean)"),
+        (lo, (0, (1, 1.5)), 1.1, "95% interval of the p = 0.5 line (Wilson)"),
+        (hi, (0, (1, 1.5)), 1.1, None),
+    ):
+        if not np.isfinite(arr).any() or not (np.nanmin(arr) < 0.5 < np.nanmax(arr)):
+            continue  # nothing computed yet, or the line does not cross this plane
+        cs = ax.contour(xv, yv, arr, levels=[0.5], colors=[_HALF], linestyles=[ls], linewidths=lw)
+        cs.set(path_effects=stroke)
+        if label:
+            handles.append(
+                Line2D([], [], color=_HALF, ls=ls, lw=lw, label=label, path_effects=stroke)
+            )
+    return handles
+
+
+def _crossing(xs: np.ndarray, ys: np.ndarray, level: float) -> float | None:
+    """First ``x`` where ``ys`` crosses ``level`` (linear interpolation), ``None`` if none."""
+    ok = np.isfinite(ys)
+    xs, ys = xs[ok], ys[ok]
+    s = np.sign(ys - level)
+    idx = np.flatnonzero(s[1:] * s[:-1] < 0)
+    hit = np.flatnonzero(s == 0)
+    if hit.size and (not idx.size or hit[0] <= idx[0]):
+        return float(xs[hit[0]])
+    if not idx.size:
+        return None
+    i = idx[0]
+    return float(xs[i] + (level - ys[i]) * (xs[i + 1] - xs[i]) / (ys[i + 1] - ys[i]))
+
+
+def _line(ax, ds, entry, quantity, x, m, se, band, vals, colors, theory_style, n_rep):
     xv = np.asarray(ds[x].values)
     log = _geometric(xv)
     yv = m.values.astype(float)
-    label = "sweep (mean over replicas)" if "replica" in ds[quantity].dims else "sweep"
+    label = f"sweep (mean of {n_rep} replicas)" if n_rep else "sweep"
     ax.plot(xv, yv, "o-", color=colors[0], ms=3.5, label=label)
-    if se is not None:
+    if band is not None:
+        lo, hi = (b.values.astype(float) for b in band)
+        ax.fill_between(
+            xv, lo, hi, color=colors[0], alpha=0.22, lw=0, label="95% interval (Wilson)"
+        )
+        ax.axhline(0.5, color="0.6", lw=0.6, zorder=0)
+        x_mid = _crossing(xv.astype(float), yv, 0.5)
+        ends = [_crossing(xv.astype(float), b, 0.5) for b in (hi, lo)]
+        if x_mid is not None:
+            if all(e is not None for e in ends):
+                e0, e1 = sorted(ends)
+                ax.axvspan(e0, e1, color=_HALF, alpha=0.25, lw=0)
+                text = f"p = 0.5 at {_symbol(x)} = {x_mid:.3g} [{e0:.3g}, {e1:.3g}]"
+            else:
+                text = f"p = 0.5 at {_symbol(x)} = {x_mid:.3g}"
+            ax.plot([x_mid], [0.5], "D", color=_HALF, mec="0.1", ms=5, label=text, zorder=4)
+    elif se is not None:
         s = se.values.astype(float)
         ax.fill_between(xv, yv - s, yv + s, color=colors[0], alpha=0.25, lw=0, label="± 1 s.e.")
     xf = _fine(xv, log)
@@ -364,11 +527,11 @@ def _line(ax, ds, entry, quantity, x, m, se, vals, colors, theory_style):
     ax.set(
         xscale="log" if log else "linear",
         xlabel=_label(x),
-        ylabel=_quantity_label(quantity, "replica" in ds[quantity].dims),
+        ylabel=_quantity_label(quantity, n_rep),
     )
     if quantity == "collapsed":
         ax.set_ylim(-0.03, 1.03)
-    ax.legend(loc="best")
+    return ax.get_legend_handles_labels()[0]
 
 
 _NICE = np.array([1.0, 2.0, 3.0, 5.0])
@@ -391,13 +554,16 @@ def _log_ticks(axis, v: np.ndarray, log: bool) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def save_figure(fig, stem: str | Path) -> list[Path]:
-    """Write ``stem.png`` and ``stem.svg`` (:func:`moebif.style.save_figure`) and close the
-    figure; returns the two paths."""
+def save_figure(fig, stem: str | Path, *, formats=("png", "svg")) -> list[Path]:
+    """Write ``stem.<format>`` for each of ``formats`` (of :data:`FORMATS`; default PNG and
+    SVG, :func:`moebif.style.save_figure`) and close the figure; returns the paths."""
     import matplotlib.pyplot as plt
 
     from ..style import save_figure as save
 
-    out = [Path(f) for f in save(fig, stem)]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise PlotError("--format", f"one or more of {', '.join(FORMATS)}, got {bad or '[]'}")
+    out = [Path(f) for f in save(fig, stem, formats=tuple(formats))]
     plt.close(fig)
     return out

@@ -7,7 +7,9 @@ const WINDOWS = ["y_range", "plane_a", "plane_h", "bif_x", "bif_u", "br_x", "br_
 const SIM = ["batch", "eta", "steps", "runs", "seed"];
 const COLORS = { main: "#1f5fa8", red: "#c0392b", grey: "#8a8f98", amber: "#d68910",
                  violet: "#8e44ad", green: "#2a9d4b", point: "#111" };
-const PLOT_CONFIG = { displaylogo: false, responsive: true, doubleClick: false,
+// showTips: false, or plotly's "double-click to zoom back out" notice covers the panel titles
+// at the top right of the page (the Reset and Back buttons restore a zoom)
+const PLOT_CONFIG = { displaylogo: false, responsive: true, doubleClick: false, showTips: false,
                       modeBarButtonsToRemove: ["select2d", "lasso2d", "toImage"] };
 
 let meta = null;
@@ -121,13 +123,20 @@ function flushCommit() {
 
 function sliderKeys() { return ["a", "gamma", "T", "h", "strength", "N", "k"]; }
 
+function snap(value, step) {
+  // a slider value to its step's decimals: min + k step in binary floating point is not
+  // always the decimal the thumb stands for (0.41300000000000003)
+  const digits = Math.max(0, -Math.floor(Math.log10(Number(step) || 1)));
+  return String(+Number(value).toFixed(digits));
+}
+
 function setupSliders() {
   for (const key of sliderKeys()) {
     const s = $("s-" + key), n = $("n-" + key);
     const range = key === "strength" ? [0, balancer().strength_max, 0.01] : meta.sliders[key];
     [s.min, s.max, s.step] = range;
     s.addEventListener("input", () => {
-      S.point[key] = s.value; n.value = s.value; constrain(key);
+      S.point[key] = n.value = snap(s.value, s.step); constrain(key);
       changed(performance.now(), false);
     });
     s.addEventListener("change", () => commit(true));
@@ -430,6 +439,20 @@ function render(d) {
   $("regime-n").textContent = d.regime.n;
   $("n-label").textContent = `N = ${d.point.N}, top-${d.point.k}`;
   $("a-eff-label").textContent = d.point.strength > 0 ? `a_eff = ${fmt(d.point.a_eff, 5)}` : "";
+  // the h slider spans the bistable window at this point (the server's h_slider); its thumb
+  // shows S.point.h, which a typed or clicked h outside the slider keeps
+  if (d.sliders && d.sliders.h) {
+    const s = $("s-h");
+    [s.min, s.max, s.step] = d.sliders.h;
+    s.value = S.point.h;
+  }
+  // the time view is the two-expert router: say so when the page is set to N experts
+  const N = Number(d.point.N);
+  $("time-note").textContent = N !== 2
+    ? `two experts (N = 2), not the N = ${N} of the branches view: this simulator and its ` +
+      "mean field are the two-expert router of eq. (6)"
+    : "";
+  $("time-note").hidden = N === 2;
   $("command").textContent = d.command;
   const jobs = [];
   const y0 = Number(d.point.y0);
@@ -545,7 +568,7 @@ function drawTime() {
                   hovertemplate: "t = %{x:.4g}<br>mean field u = %{y:.4g}<extra></extra>" });
   }
   return draw("plot-time", JSON.stringify([traj.job, !!r, d.range]), traces,
-    baseLayout("", "", axes("t = n η (ODE time)", d.range, "u = p₁ − p₂", [-1.05, 1.05])), [
+    baseLayout("", "", axes("t = n η (ODE time)", d.range, "u = p₁ − p₂ (N = 2)", [-1.05, 1.05])), [
       ...d.equilibria.filter((e) => e.stable).map((e) => ({ kind: "hline", y: e.u, color: COLORS.grey })),
       { kind: "path", x: d.t, y: d.u, color: COLORS.red, cls: "meanfield" },
     ]);
