@@ -188,6 +188,8 @@ class RouterController:
             missing = [lab for lab in self.layers if lab not in monitor.routers]
             if missing:
                 raise ValueError(f"monitor: does not count {', '.join(missing)}")
+            if monitor.history == 0:
+                raise ValueError("monitor: keeps no counts (history=0); need history >= 1")
         avail = torch.distributed.is_available() and torch.distributed.is_initialized()
         if distributed and not avail:
             raise ValueError("distributed: torch.distributed is not initialised")
@@ -344,11 +346,11 @@ class RouterController:
     def _loads(self) -> dict[str, np.ndarray]:
         out = {}
         if self.monitor is not None:  # its counts: nothing transferred here
-            steps = self.monitor.steps()
+            counts = {label: self.monitor.counts(label) for label in self.layers}  # drains
+            steps = self.monitor.steps
             if len(steps) and int(steps[-1]) > self._monitor_step:
                 self._monitor_step = int(steps[-1])
-                for label in self.layers:
-                    c = self.monitor.counts(label)
+                for label, c in counts.items():
                     if len(c):
                         out[label] = np.asarray(c[-1], dtype=np.float64)
             return out
