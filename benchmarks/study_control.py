@@ -94,9 +94,7 @@ def train(family, arm, seed, corpus, steps, perturb=None, gains=None) -> dict:
     routers = find_routers(model)
     ctl = None
     if arm in ("control", "sign"):
-        ctl = RouterController(
-            model, law="pi" if arm == "control" else "sign", u=1e-3, gains=gains
-        )
+        ctl = RouterController(model, law="pi" if arm == "control" else "sign", u=1e-3, gains=gains)
     flip = (2 * steps // 3, 2 * steps // 3 + 100) if perturb == "flip" else None
     skew_at = steps // 3 if perturb == "skew" else None
     counts = {lab: [] for lab in routers}
