@@ -210,3 +210,27 @@ def test_deepseek_drives_the_correction_bias():
         b = lay.module.e_score_correction_bias.double().numpy()
         np.testing.assert_allclose(b, ctl.score_scale * lay.state.bias, rtol=1e-6, atol=1e-7)
         assert np.any(b != 0)
+
+
+def test_gain_scheduled_on_the_monitors_margin(monkeypatch):
+    # the force probe's margin (learning-rate units) times lr is the law's margin
+    from moebif.model.control_law import gain_factor
+    from moebif.monitor.hooks import RouterMonitor
+
+    model = tiny_model("mixtral", seed=0).train()
+    mon = RouterMonitor(model, forces=False)
+    lr = 1e-3
+    ctl = RouterController(model, monitor=mon, lr=lambda: lr)
+    margins = {lab: -40.0 * (i + 1) for i, lab in enumerate(ctl.layers)}
+    for lab, m in margins.items():
+        fc = {"margin": {"value": m, "lo": None, "hi": None}}
+        monkeypatch.setattr(mon.monitors[lab], "forecast", lambda fc=fc: fc)
+    with torch.no_grad():
+        model(input_ids=_batch())
+    mon.step()
+    ctl.step()
+    for lab, m in margins.items():
+        g = gain_factor(ctl.gains, 8, lr * m)
+        assert g > 1 and ctl.gain(lab) == pytest.approx(g)
+    ctl_fixed = RouterController(tiny_model("mixtral").train(), monitor=None)
+    assert ctl_fixed._margin(next(iter(ctl_fixed.layers))) is None
