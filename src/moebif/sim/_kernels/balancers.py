@@ -21,7 +21,11 @@ the draws and the arithmetic are those of :func:`.topk.topk_chunk`, number for n
 4. ``r <- (1 - eta gamma) r + eta (a l - rho (l - 1/N) + b + h e) + Delta``, ``l`` = served / (kB);
    ``rb`` (the part of ``r`` the balancer contributed) ``<- (1 - eta gamma) rb + Delta``.
 5. bias: ``beta += u sign(mean n - n)`` (centred: minus its mean); quantile: ``beta <-
-   ema beta + (1 - ema)(r/T - mean r/T)`` (the next batch is routed with it).
+   ema beta + (1 - ema)(r/T - mean r/T)`` (the next batch is routed with it); control (selection
+   ``r / T + beta``, ``beta`` in logits): the law of :func:`moebif.model.control_law.update` on
+   the selected loads ``n / (k B)``, with its integral and error EMA in ``ctl`` (``(runs, 2, N)``)
+   and the gain factor ``g`` from the model's margin ``eta (gamma k / alpha_k - (a - rho) / T)``
+   of the replica's ``a`` (:func:`moebif.model.schemes.control.model_margin`).
 
 **Balancer parameters** ``bal`` (float64, layout ``BAL_*`` below), per-replica ``a_rep`` and a
 per-replica multiplier ``s_rep`` of every strength (coefficients, ``u``, ``sigma``, ``eps`` and the
@@ -52,7 +56,7 @@ __all__ = [
 ]
 
 # layout of the balancer parameter vector
-BAL_MODE = 0  # 0 softmax, 1 bias, 2 quantile, 3 sinkhorn, 4 expert choice, 5 noisy
+BAL_MODE = 0  # 0 softmax, 1 bias, 2 quantile, 3 sinkhorn, 4 expert choice, 5 noisy, 6 control
 BAL_AUX = 1  # alpha * c (the normalisation of the variant folded in)
 BAL_AUX_FIRST = 2  # 1: f of the first choice only (DeepSpeed top-2)
 BAL_Z = 3
@@ -71,7 +75,16 @@ BAL_B2 = 15
 BAL_EPS = 16
 BAL_FLOOR = 17
 BAL_GRAD = 18  # 1: a gradient scheme is on
-BAL_SIZE = 19
+# the closed-loop PI selection bias (mode 6, moebif.model.control_law)
+BAL_KI = 19
+BAL_KP = 20
+BAL_CBETA = 21
+BAL_SAFETY = 22
+BAL_BMAX = 23
+BAL_GMAX = 24
+BAL_SCHED = 25  # 1: the gain schedule reads the model's margin, 0: fixed gains
+BAL_KALPHA = 26  # k / alpha_k (the margin's restoring force per unit load, over gamma)
+BAL_SIZE = 27
 
 
 @njit(cache=True)
@@ -143,7 +156,42 @@ def noisy_counts_sample(z, k, batch, sigma, jitter, size, seed):
 
 
 @njit(cache=True)
-def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
+def _control_update(bi, ct, counts, slots, sc, an, rho, eta, gamma, T, bal):
+    """One step of :func:`moebif.model.control_law.update` in place: ``bi`` the bias (logits),
+    ``ct[0]`` the integral, ``ct[1]`` the error EMA, ``counts`` the selected counts (``slots``
+    in all); gains multiplied by the replica's strength ``sc``."""
+    n = bi.size
+    ki = bal[BAL_KI] * sc
+    kp = bal[BAL_KP] * sc
+    beta = bal[BAL_CBETA]
+    g = 1.0
+    if bal[BAL_SCHED] > 0.0 and ki > 0.0:
+        margin = eta * (gamma * bal[BAL_KALPHA] - (an - rho) / T)
+        ref = n * ki
+        g = 1.0 + bal[BAL_SAFETY] * max(0.0, ref - margin) / ref
+        g = min(g, bal[BAL_GMAX])
+    bmax = bal[BAL_BMAX]
+    mean_i = 0.0
+    for m in range(n):
+        e = n * counts[m] / slots - 1.0
+        ct[1, m] = (1.0 - beta) * ct[1, m] + beta * e
+        ct[0, m] = ct[0, m] - g * ki * e
+        mean_i += ct[0, m]
+    mean_i /= n
+    mean_b = 0.0
+    for m in range(n):
+        v = ct[0, m] - mean_i
+        v = min(max(v, -bmax), bmax)
+        ct[0, m] = v
+        bi[m] = v - g * kp * ct[1, m]
+        mean_b += bi[m]
+    mean_b /= n
+    for m in range(n):
+        bi[m] -= mean_b
+
+
+@njit(cache=True)
+def _balanced_block(r, beta, mom, vel, rb, ctl, states, lo, hi, args):
     n0, n1, steps, record_every, batch, k, eta, rho, gamma, T = args[:10]
     a_rep, s_rep, h, h_stride, b, e, bal, l_out, sel_out, drop_out = args[10:20]
     record, snapshot, rec_scores, r_out, beta_out, rb_out = args[20:]
@@ -152,6 +200,7 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
     ms = mom[lo:hi].copy()
     vs = vel[lo:hi].copy()
     rbs = rb[lo:hi].copy()
+    cts = ctl[lo:hi].copy()
     sts = states[lo:hi].copy()
     n = rs.shape[1]
     work = topk_work(n, k)
@@ -207,6 +256,10 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
                 zs = zsel
                 for m in range(n):
                     zsel[m] = ri[m] - T * bi[m]
+            elif mode == 6:
+                zs = zsel
+                for m in range(n):
+                    zsel[m] = ri[m] + T * bi[m]
             if mode == 4:
                 cap_ec = math.ceil(bal[BAL_EC] * sc * k * batch * inv_n - 1e-12)
                 cap_ec = min(cap_ec, batch)
@@ -341,6 +394,8 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
                     centre = dsum * inv_n
                     for m in range(n):
                         bi[m] -= centre
+            elif mode == 6:
+                _control_update(bi, cts[i], counts, k * batch, sc, an, rho, eta, gamma, T, bal)
             elif mode == 2:
                 ema = bal[BAL_EMA]
                 zbar = 0.0
@@ -366,6 +421,7 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
     mom[lo:hi] = ms
     vel[lo:hi] = vs
     rb[lo:hi] = rbs
+    ctl[lo:hi] = cts
     states[lo:hi] = sts
 
 
@@ -376,19 +432,19 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
 
 
 @njit(cache=True)
-def balanced_chunk(r, beta, mom, vel, rb, states, args, blocks):
+def balanced_chunk(r, beta, mom, vel, rb, ctl, states, args, blocks):
     """Steps ``n0 <= n < n1`` of the balanced router for every replica (serial), in place on the
-    state arrays (all ``(runs, N)``) and ``states`` (``(runs, 4)``)."""
+    state arrays (all ``(runs, N)``; ``ctl``: ``(runs, 2, N)``) and ``states`` (``(runs, 4)``)."""
     runs = r.shape[0]
     for blk in range(blocks):
         lo, hi = blk * runs // blocks, (blk + 1) * runs // blocks
-        _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args)
+        _balanced_block(r, beta, mom, vel, rb, ctl, states, lo, hi, args)
 
 
 @njit(cache=True, parallel=True)
-def balanced_chunk_parallel(r, beta, mom, vel, rb, states, args, blocks):
+def balanced_chunk_parallel(r, beta, mom, vel, rb, ctl, states, args, blocks):
     """:func:`balanced_chunk` with the replica blocks spread over numba's threads."""
     runs = r.shape[0]
     for blk in prange(blocks):
         lo, hi = blk * runs // blocks, (blk + 1) * runs // blocks
-        _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args)
+        _balanced_block(r, beta, mom, vel, rb, ctl, states, lo, hi, args)
