@@ -353,3 +353,55 @@ class ControlTheory:
                     loads = np.where(group > 0, pw[j], pl[j]) / k
                     states[j] = update(gains, states[j], loads, margin)
         return TwoLevelRun(S, D, Bg, conv >= 0, conv)
+
+
+def control_advice(params: RouterParams, top_k: int, *, eta: float, batch: int) -> dict:
+    """``advise``'s entry for the controller at ``params`` (N experts, top-``k``, router step
+    ``eta``): the range of integral gains ``k_i`` (with ``k_p = 10 k_i``, the default ratio, and
+    the gain schedule on the model's margin) for which balance is stable (spectral radius of the
+    linear map below 1), the recommended ``k_i`` (the default 1e-2 when inside the range, else
+    the range's geometric middle), the ``bias_max`` the integral needs to rule the collapsed
+    fixed points out (part 4, with a factor 2 of headroom) and the cost at the recommended
+    gains."""
+    from scipy.optimize import brentq
+
+    d = ControlGains()
+
+    def theory(ki: float, bias_max: float = d.bias_max) -> ControlTheory:
+        gains = ControlGains(k_i=ki, k_p=10.0 * ki, bias_max=bias_max)
+        return ControlTheory(params, gains, eta, batch, top_k)
+
+    def excess(log_ki: float) -> float:
+        return theory(math.exp(log_ki)).spectral_radius() - 1.0
+
+    grid = np.linspace(math.log(1e-7), math.log(10.0), 120)
+    vals = np.array([excess(x) for x in grid])
+    ok = vals < 0
+    if not ok.any():
+        return {"strength": None, "achievable": False, "units": "integral gain k_i"}
+    i0 = int(np.argmax(ok))
+    i1 = len(ok) - 1 - int(np.argmax(ok[::-1]))
+    lo = math.exp(grid[i0] if i0 == 0 else brentq(excess, grid[i0 - 1], grid[i0]))
+    hi = math.exp(grid[i1] if i1 == len(ok) - 1 else brentq(excess, grid[i1], grid[i1 + 1]))
+    rec = d.k_i if lo < d.k_i < hi else math.sqrt(lo * hi)
+    t = theory(rec)
+    need = max((c["bias_needed"] * max(c["winners"], t.n - c["winners"]) / t.n)
+               for c in t.collapsed_states())
+    ch = t.chattering()
+    return {
+        "strength": lo,
+        "achievable": True,
+        "units": "integral gain k_i, logits per step per unit load error N f - 1 (k_p = 10 k_i)",
+        "k_i_max": hi,
+        "recommended": {"k_i": rec, "k_p": 10.0 * rec, "bias_max": max(2.0 * need, d.bias_max)},
+        "bias_max_needed": need,
+        "gain_factor": t.gain,
+        "margin": t.open_margin,
+        "settling_steps": t.settling_steps(),
+        "cost": {
+            "skew_response": 0.0,
+            "dropped_fraction": 0.0,
+            "chattering_load_std": ch.load_std,
+            "noise_load_std": ch.noise_load_std,
+        },
+    }
