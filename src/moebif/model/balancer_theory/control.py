@@ -61,7 +61,7 @@ from ...params import RouterParams
 from ..control_law import ControlGains, gain_factor, initial_state, update
 from ..schemes.control import gains_of, model_margin, uniform_slope
 
-__all__ = ["ControlChattering", "ControlTheory", "TwoLevelRun"]
+__all__ = ["ControlChattering", "ControlTheory", "TwoLevelRun", "control_advice", "two_level_pi"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class TwoLevelRun:
     steps_to_converge: np.ndarray
 
 
-def _two_level_pi(n: int, m: int, k: int, s) -> tuple[np.ndarray, np.ndarray]:
+def two_level_pi(n: int, m: int, k: int, s) -> tuple[np.ndarray, np.ndarray]:
     """Inclusion probabilities of a winner and a loser at selection gaps ``s`` (logits)."""
     s = np.asarray(s, dtype=float)
     if k == 1:
@@ -247,7 +247,7 @@ class ControlTheory:
         n, m, k = self.n, int(winners), self.top_k
         s_max = s_max or (p.a - self.rho) / (k * p.gamma * p.T) + 2.0
         s = np.linspace(1e-6, s_max, points)
-        pw, pl = _two_level_pi(n, m, k, s)
+        pw, pl = two_level_pi(n, m, k, s)
         val = (p.a - self.rho) * (pw - pl) / (k * p.gamma * p.T) - s
         return float(max(val.max(), 0.0))
 
@@ -345,7 +345,7 @@ class ControlTheory:
             if t == steps or conv.min() >= 0:
                 S, D, Bg = S[:, : t + 1], D[:, : t + 1], Bg[:, : t + 1]
                 break
-            pw, pl = _two_level_pi(n, m, k, s)
+            pw, pl = two_level_pi(n, m, k, s)
             # scores: r_i <- (1 - eta gamma) r_i + eta (a - rho) l_i (+ rho / N, common)
             d = (1.0 - self.eta * p.gamma) * d + self.eta * a_eff * (pw - pl) / (k * p.T)
             if closed:

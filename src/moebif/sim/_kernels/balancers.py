@@ -156,34 +156,37 @@ def noisy_counts_sample(z, k, batch, sigma, jitter, size, seed):
 
 
 @njit(cache=True)
-def _control_update(bi, ct, counts, slots, sc, an, rho, eta, gamma, T, bal):
+def _control_gain(sc, an, rho, eta, gamma, T, n, bal):
+    """The law's gain factor ``g`` (:func:`moebif.model.control_law.gain_factor`) at the model's
+    margin ``eta (gamma k / alpha_k - (a - rho) / T)`` (1 with fixed gains)."""
+    ki = bal[BAL_KI] * sc
+    if bal[BAL_SCHED] <= 0.0 or ki <= 0.0:
+        return 1.0
+    margin = eta * (gamma * bal[BAL_KALPHA] - (an - rho) / T)
+    ref = n * ki
+    g = 1.0 + bal[BAL_SAFETY] * max(0.0, ref - margin) / ref
+    return min(g, bal[BAL_GMAX])
+
+
+@njit(cache=True, inline="always")
+def _control_update(bi, ct, counts, slots, gki, gkp, beta, bmax):
     """One step of :func:`moebif.model.control_law.update` in place: ``bi`` the bias (logits),
     ``ct[0]`` the integral, ``ct[1]`` the error EMA, ``counts`` the selected counts (``slots``
-    in all); gains multiplied by the replica's strength ``sc``."""
+    in all); ``gki``, ``gkp``: the scheduled gains."""
     n = bi.size
-    ki = bal[BAL_KI] * sc
-    kp = bal[BAL_KP] * sc
-    beta = bal[BAL_CBETA]
-    g = 1.0
-    if bal[BAL_SCHED] > 0.0 and ki > 0.0:
-        margin = eta * (gamma * bal[BAL_KALPHA] - (an - rho) / T)
-        ref = n * ki
-        g = 1.0 + bal[BAL_SAFETY] * max(0.0, ref - margin) / ref
-        g = min(g, bal[BAL_GMAX])
-    bmax = bal[BAL_BMAX]
+    scale = n / slots
     mean_i = 0.0
     for m in range(n):
-        e = n * counts[m] / slots - 1.0
+        e = counts[m] * scale - 1.0
         ct[1, m] = (1.0 - beta) * ct[1, m] + beta * e
-        ct[0, m] = ct[0, m] - g * ki * e
+        ct[0, m] = ct[0, m] - gki * e
         mean_i += ct[0, m]
     mean_i /= n
     mean_b = 0.0
     for m in range(n):
-        v = ct[0, m] - mean_i
-        v = min(max(v, -bmax), bmax)
+        v = min(max(ct[0, m] - mean_i, -bmax), bmax)
         ct[0, m] = v
-        bi[m] = v - g * kp * ct[1, m]
+        bi[m] = v - gkp * ct[1, m]
         mean_b += bi[m]
     mean_b /= n
     for m in range(n):
@@ -220,6 +223,15 @@ def _balanced_block(r, beta, mom, vel, rb, ctl, states, lo, hi, args):
     lr = bal[BAL_LR]
     b1, b2, aeps, floor2 = bal[BAL_B1], bal[BAL_B2], bal[BAL_EPS], bal[BAL_FLOOR] ** 2
     decay = 1.0 - eta * gamma
+    gki = np.zeros(hi - lo)
+    gkp = np.zeros(hi - lo)
+    if mode == 6:
+        for i in range(hi - lo):
+            sc = s_rep[lo + i]
+            gc = _control_gain(sc, a_rep[lo + i], rho, eta, gamma, T, rs.shape[1], bal)
+            gki[i] = gc * bal[BAL_KI] * sc
+            gkp[i] = gc * bal[BAL_KP] * sc
+    c_beta, c_bmax = bal[BAL_CBETA], bal[BAL_BMAX]
     inv_t = 1.0 / T
     inv_n = 1.0 / n
     inv_kb = 1.0 / (k * batch)
@@ -395,7 +407,7 @@ def _balanced_block(r, beta, mom, vel, rb, ctl, states, lo, hi, args):
                     for m in range(n):
                         bi[m] -= centre
             elif mode == 6:
-                _control_update(bi, cts[i], counts, k * batch, sc, an, rho, eta, gamma, T, bal)
+                _control_update(bi, cts[i], counts, k * batch, gki[i], gkp[i], c_beta, c_bmax)
             elif mode == 2:
                 ema = bal[BAL_EMA]
                 zbar = 0.0
