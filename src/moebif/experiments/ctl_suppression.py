@@ -77,7 +77,7 @@ class Config:
     skew_runs: int = 4
     # throughput, as benchmarks/bench_balancers.py: (N, k, B, runs, steps)
     speed_cases: tuple = ((8, 1, 512, 256, 400), (64, 2, 256, 64, 200))
-    speed_repeats: int = 5
+    speed_repeats: int = 7
     p_max: float = 0.05
     p_collapse: float = 0.95
     tolerance: float = 0.10

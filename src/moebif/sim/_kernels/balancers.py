@@ -168,26 +168,32 @@ def _control_gain(sc, an, rho, eta, gamma, T, n, bal):
     return min(g, bal[BAL_GMAX])
 
 
-@njit(cache=True, inline="always")
-def _control_update(bi, ct, counts, slots, gki, gkp, beta, bmax):
+@njit(cache=True)
+def _control_update(bi, integ, eema, counts, scale, gki, gkp, beta, bmax):
     """One step of :func:`moebif.model.control_law.update` in place: ``bi`` the bias (logits),
-    ``ct[0]`` the integral, ``ct[1]`` the error EMA, ``counts`` the selected counts (``slots``
-    in all); ``gki``, ``gkp``: the scheduled gains."""
+    ``integ`` the integral, ``eema`` the error EMA, ``counts`` the selected counts, ``scale``
+    ``N / (k B)``; ``gki``, ``gkp``: the scheduled gains."""
     n = bi.size
-    scale = n / slots
+    keep = 1.0 - beta
     mean_i = 0.0
     for m in range(n):
         e = counts[m] * scale - 1.0
-        ct[1, m] = (1.0 - beta) * ct[1, m] + beta * e
-        ct[0, m] = ct[0, m] - gki * e
-        mean_i += ct[0, m]
+        eema[m] = keep * eema[m] + beta * e
+        v = integ[m] - gki * e
+        integ[m] = v
+        mean_i += v
     mean_i /= n
     mean_b = 0.0
     for m in range(n):
-        v = min(max(ct[0, m] - mean_i, -bmax), bmax)
-        ct[0, m] = v
-        bi[m] = v - gkp * ct[1, m]
-        mean_b += bi[m]
+        v = integ[m] - mean_i
+        if v > bmax:
+            v = bmax
+        elif v < -bmax:
+            v = -bmax
+        integ[m] = v
+        w = v - gkp * eema[m]
+        bi[m] = w
+        mean_b += w
     mean_b /= n
     for m in range(n):
         bi[m] -= mean_b
@@ -232,6 +238,7 @@ def _balanced_block(r, beta, mom, vel, rb, ctl, states, lo, hi, args):
             gki[i] = gc * bal[BAL_KI] * sc
             gkp[i] = gc * bal[BAL_KP] * sc
     c_beta, c_bmax = bal[BAL_CBETA], bal[BAL_BMAX]
+    c_scale = n / (k * batch)
     inv_t = 1.0 / T
     inv_n = 1.0 / n
     inv_kb = 1.0 / (k * batch)
@@ -407,7 +414,7 @@ def _balanced_block(r, beta, mom, vel, rb, ctl, states, lo, hi, args):
                     for m in range(n):
                         bi[m] -= centre
             elif mode == 6:
-                _control_update(bi, cts[i], counts, k * batch, gki[i], gkp[i], c_beta, c_bmax)
+                _control_update(bi, cts[i, 0], cts[i, 1], counts, c_scale, gki[i], gkp[i], c_beta, c_bmax)
             elif mode == 2:
                 ema = bal[BAL_EMA]
                 zbar = 0.0
