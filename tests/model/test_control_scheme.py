@@ -36,8 +36,14 @@ def test_spec_syntax_round_trips_and_rejects_bad_items():
     assert s.selection == "control"
     assert parse_balancers("control").control == GAINS.k_i  # the law's default gains
     assert parse_balancers("control:k_i=0.05").control == 0.05
-    for bad in ("control:0", "control:0.01:margin=x", "control:0.01:beta=0", "control,bias:1e-3",
-                "control:0.01:k_p=a", "control:0.01:foo=1"):
+    for bad in (
+        "control:0",
+        "control:0.01:margin=x",
+        "control:0.01:beta=0",
+        "control,bias:1e-3",
+        "control:0.01:k_p=a",
+        "control:0.01:foo=1",
+    ):
         with pytest.raises(ParameterError):
             parse_balancers(bad)
 
@@ -62,8 +68,19 @@ def test_kernel_is_the_law_of_control_law_number_for_number(margin):
     r0 = np.zeros(n)
     r0[0] = 4.0
     run = simulate_balanced_router(
-        p, f"control:0.02:k_p=0.15:margin={margin}", batch=256, eta=eta, steps=200, runs=2,
-        top_k=k, seed=3, r0=r0, snapshot=True, record_every=1, record_scores=True, threads=1,
+        p,
+        f"control:0.02:k_p=0.15:margin={margin}",
+        batch=256,
+        eta=eta,
+        steps=200,
+        runs=2,
+        top_k=k,
+        seed=3,
+        r0=r0,
+        snapshot=True,
+        record_every=1,
+        record_scores=True,
+        threads=1,
     )
     gains = cl.ControlGains(k_i=0.02, k_p=0.15)
     m = model_margin(a, 1.0, 0.8, n, k, eta) if margin == "theory" else None
@@ -192,8 +209,17 @@ def test_chattering_matches_the_simulator():
     assert ch.load_std >= ch.noise_load_std
     p = RouterParams(a=a, gamma=1.0, T=1.0, n_experts=n)
     run = simulate_balanced_router(
-        p, "control", batch=batch, eta=eta, steps=3000, runs=8, top_k=k, seed=5,
-        snapshot=True, record_every=1, threads=1,
+        p,
+        "control",
+        batch=batch,
+        eta=eta,
+        steps=3000,
+        runs=8,
+        top_k=k,
+        seed=5,
+        snapshot=True,
+        record_every=1,
+        threads=1,
     )
     sd = run.selected[:, 1000:, :].std()
     assert sd == pytest.approx(ch.load_std, rel=0.05)
@@ -206,8 +232,18 @@ def test_a_genuine_skew_is_absorbed_by_the_integral():
     p = RouterParams(a=a, gamma=1.0, T=1.0, n_experts=n)
     e = np.zeros(n)
     e[0] = 1.0
-    common = dict(batch=batch, eta=eta, steps=4000, runs=4, top_k=k, seed=2, h=h, direction=e,
-                  record_every=1000, threads=1)
+    common = dict(
+        batch=batch,
+        eta=eta,
+        steps=4000,
+        runs=4,
+        top_k=k,
+        seed=2,
+        h=h,
+        direction=e,
+        record_every=1000,
+        threads=1,
+    )
     closed = simulate_balanced_router(p, "control", **common)
     open_ = simulate_balanced_router(p, "none", **common)
     t = _theory(n, k, a, eta=eta, batch=batch)
@@ -227,7 +263,7 @@ def test_advise_has_a_line_for_the_controller():
     out = advise(p, 2, lr=0.02, batch=512, schemes=["control"])
     c = out["balancers"]["control"]
     assert c["achievable"] and "logits per step" in c["units"]
-    assert c["strength"] < GAINS.k_i < c["k_i_max"]
+    assert 0.0 < c["strength"] < GAINS.k_i < c["k_i_max"]  # a = 13 > a_lin: a floor on k_i
     assert c["recommended"]["k_i"] == GAINS.k_i
     # the recommended gains are stable and rule collapse out
     t = _theory(8, 2, 13.0, gains=cl.ControlGains(bias_max=c["recommended"]["bias_max"]))

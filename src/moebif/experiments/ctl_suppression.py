@@ -110,8 +110,17 @@ def _pulse_run(c: Config, n, k, batch, a, spec, gap, winners, seed, reps):
     h[:pulse] = gap + c.pulse_extra
     late = max(1, round(c.late_time / c.eta))
     run = simulate_balanced_router(
-        p, spec, batch=batch, eta=c.eta, steps=pulse + relax, runs=reps, top_k=k, seed=seed,
-        h=h, direction=e, record_every=late,
+        p,
+        spec,
+        batch=batch,
+        eta=c.eta,
+        steps=pulse + relax,
+        runs=reps,
+        top_k=k,
+        seed=seed,
+        h=h,
+        direction=e,
+        record_every=late,
     )
     return run.selected[:, -1, :]  # mean selected loads over the last window
 
@@ -139,15 +148,28 @@ def _throughput(c: Config) -> list[dict]:
         a = 0.5 * topk_linear_threshold(n, k, 1.0, 1.0)
         p = RouterParams(a=a, gamma=1.0, T=1.0, n_experts=n)
         common = dict(
-            batch=batch, eta=c.eta, steps=steps, runs=runs, top_k=k, seed=1, record_every=None,
+            batch=batch,
+            eta=c.eta,
+            steps=steps,
+            runs=runs,
+            top_k=k,
+            seed=1,
+            record_every=None,
             threads=1,
         )
         r_end = simulate_balanced_router(p, c.controller, **common).scores[0].copy()
         topk_counts_sample(r_end, p.T, k, batch, 2, 0)
+
+        def kernel(p=p, common=common):
+            simulate_balanced_router(p, c.controller, **common)
+
+        def floor(r_end=r_end, k=k, batch=batch, size=runs * steps):
+            topk_counts_sample(r_end, 1.0, k, batch, size, 0)
+
         tk = tf = math.inf
         for _ in range(c.speed_repeats):
-            tk = min(tk, timed(lambda: simulate_balanced_router(p, c.controller, **common)))
-            tf = min(tf, timed(lambda: topk_counts_sample(r_end, p.T, k, batch, runs * steps, 0)))
+            tk = min(tk, timed(kernel))
+            tf = min(tf, timed(floor))
         rows.append({"n": n, "k": k, "batch": batch, "seconds": tk, "floor": tf, "ratio": tf / tk})
     return rows
 
@@ -188,8 +210,16 @@ def run(config: Config, progress=None) -> dict:
                 winner_load = float(pw[0] / k)
             level = 0.5 * (1.0 / n + winner_load) if winner_load else 2.0 / n
             row = {
-                "n": n, "k": k, "batch": batch, "factor": f, "a": a, "a_sn": thr.collapse,
-                "a_lin": thr.linear, "winners": m, "open_gap": gap, "winner_load": winner_load,
+                "n": n,
+                "k": k,
+                "batch": batch,
+                "factor": f,
+                "a": a,
+                "a_sn": thr.collapse,
+                "a_lin": thr.linear,
+                "winners": m,
+                "open_gap": gap,
+                "winner_load": winner_load,
                 "collapse_level": level,
             }
             for key, sp in (("control", c.controller), ("sign", c.sign_update), ("aux", c.aux)):
@@ -203,8 +233,9 @@ def run(config: Config, progress=None) -> dict:
                 "gain": ct.gain,
                 "margin": ct.open_margin,
                 "bias_needed": max(s["bias_needed"] for s in states),
-                "authority_ratio": min(s["authority"] / max(s["bias_needed"], 1e-300)
-                                       for s in states),
+                "authority_ratio": min(
+                    s["authority"] / max(s["bias_needed"], 1e-300) for s in states
+                ),
                 "fixed_point": any(s["fixed_point"] for s in states),
             }
             if math.isfinite(gap):
@@ -230,27 +261,48 @@ def run(config: Config, progress=None) -> dict:
         period = cyc.period if cyc.exists else 20.0 / gamma
         steps = round((c.osc_periods * period + 20.0 / gamma) / c.osc_eta)
         window = 1.2 * period
-        res = {"a": a, "gamma": gamma, "T": T, "u": u, "first_return_radius": first,
-               "escape_threshold": thr, "cycle_exists": cyc.exists,
-               "cycle_amplitude": cyc.amplitude, "cycle_period": cyc.period,
-               "radius": ct.spectral_radius(), "factors": list(c.osc_factors)}
-        tl = ct.two_level_run(1, np.r_[s0[:: c.osc_reps] / T, -cyc.b_amplitude / T],
-                              np.r_[np.zeros(len(c.osc_factors)), cyc.b_amplitude / T],
-                              steps=40000, tol=1e-4)
+        res = {
+            "a": a,
+            "gamma": gamma,
+            "T": T,
+            "u": u,
+            "first_return_radius": first,
+            "escape_threshold": thr,
+            "cycle_exists": cyc.exists,
+            "cycle_amplitude": cyc.amplitude,
+            "cycle_period": cyc.period,
+            "radius": ct.spectral_radius(),
+            "factors": list(c.osc_factors),
+        }
+        tl = ct.two_level_run(
+            1,
+            np.r_[s0[:: c.osc_reps] / T, -cyc.b_amplitude / T],
+            np.r_[np.zeros(len(c.osc_factors)), cyc.b_amplitude / T],
+            steps=40000,
+            tol=1e-4,
+        )
         res["two_level_converged"] = tl.converged.tolist()
         for key, sp in (("control", c.controller), ("sign", f"bias:{u}")):
             run_o = simulate_balanced_router(
-                p, sp, batch=c.osc_batch, eta=c.osc_eta, steps=steps, runs=s0.size,
+                p,
+                sp,
+                batch=c.osc_batch,
+                eta=c.osc_eta,
+                steps=steps,
+                runs=s0.size,
                 seed=c.seed + 500 + 10 * i + (key == "sign"),
-                r0=np.stack([s0 / 2, -s0 / 2], axis=1), b=np.zeros(2), record_every=10,
-                snapshot=True, record_scores=True,
+                r0=np.stack([s0 / 2, -s0 / 2], axis=1),
+                b=np.zeros(2),
+                record_every=10,
+                snapshot=True,
+                record_scores=True,
             )
             s = _gap(run_o, T)
             late = np.abs(s[:, run_o.t >= run_o.t[-1] - window]).max(axis=1)
             on = (late >= 0.5 * thr).reshape(len(c.osc_factors), c.osc_reps)
             res[f"p_osc_{key}"] = on.mean(axis=1).tolist()
             res[f"late_{key}"] = float(np.median(late))
-            res[f"example_t"] = run_o.t[::5].tolist()
+            res["example_t"] = run_o.t[::5].tolist()
             res[f"example_{key}"] = s[-1, ::5].tolist()
         osc.append(res)
         tick()
@@ -266,14 +318,28 @@ def run(config: Config, progress=None) -> dict:
     sim_sd = {}
     for key, sp in (("control", c.controller), ("open", "none")):
         run_c = simulate_balanced_router(
-            p, sp, batch=batch, eta=c.eta, steps=c.chatter_steps, runs=c.chatter_runs, top_k=k,
-            seed=c.seed + 700 + (key == "open"), snapshot=True, record_every=1,
+            p,
+            sp,
+            batch=batch,
+            eta=c.eta,
+            steps=c.chatter_steps,
+            runs=c.chatter_runs,
+            top_k=k,
+            seed=c.seed + 700 + (key == "open"),
+            snapshot=True,
+            record_every=1,
         )
         sim_sd[key] = float(run_c.selected[:, c.chatter_burn :, :].std())
     chatter = {
-        "n": n, "k": k, "batch": batch, "a": p.a, "predicted_control": ch.load_std,
-        "predicted_open": ch.open_load_std, "noise": ch.noise_load_std,
-        "bias_std": ch.bias_std, "measured_control": sim_sd["control"],
+        "n": n,
+        "k": k,
+        "batch": batch,
+        "a": p.a,
+        "predicted_control": ch.load_std,
+        "predicted_open": ch.open_load_std,
+        "noise": ch.noise_load_std,
+        "bias_std": ch.bias_std,
+        "measured_control": sim_sd["control"],
         "measured_open": sim_sd["open"],
     }
     tick()
@@ -282,13 +348,23 @@ def run(config: Config, progress=None) -> dict:
     sk = ct.skew_response()
     e = np.zeros(n)
     e[0] = 1.0
-    common = dict(batch=c.skew_batch, eta=c.eta, steps=c.skew_steps, runs=c.skew_runs, top_k=k,
-                  h=c.skew_h, direction=e, record_every=c.skew_steps // 4)
+    common = dict(
+        batch=c.skew_batch,
+        eta=c.eta,
+        steps=c.skew_steps,
+        runs=c.skew_runs,
+        top_k=k,
+        h=c.skew_h,
+        direction=e,
+        record_every=c.skew_steps // 4,
+    )
     closed = simulate_balanced_router(p, c.controller, seed=c.seed + 800, **common)
     open_ = simulate_balanced_router(p, "none", seed=c.seed + 801, **common)
     contrast = c.skew_h * (n - 1) / n
     skew = {
-        "h": c.skew_h, "a": p.a, "predicted_open": sk["open_load"] * contrast,
+        "h": c.skew_h,
+        "a": p.a,
+        "predicted_open": sk["open_load"] * contrast,
         "predicted_bias": sk["bias"] * contrast,
         "measured_open": float(open_.loads[:, -1, 0].mean() - 1.0 / n),
         "measured_closed": float(closed.loads[:, -1, 0].mean() - 1.0 / n),
@@ -297,8 +373,14 @@ def run(config: Config, progress=None) -> dict:
     tick()
     speed = _throughput(c)
     tick()
-    return {"eta": c.eta, "points": points, "osc": osc, "chatter": chatter, "skew": skew,
-            "throughput": speed}
+    return {
+        "eta": c.eta,
+        "points": points,
+        "osc": osc,
+        "chatter": chatter,
+        "skew": skew,
+        "throughput": speed,
+    }
 
 
 def _rel(m, p):
@@ -333,9 +415,7 @@ def claims(data: dict, config: Config) -> list[Claim]:
             f"The same pulse collapses the sign update ({c.sign_update}) and the aux loss "
             f"({c.aux}) at {max(c.factors):g} a_SN (reported at every point)",
             predicted="a stable collapsed state exists (a >= a_SN) and neither removes it",
-            measured={
-                _lab(r): {"sign": r["p_sign"], "aux": r["p_aux"]} for r in pts
-            },
+            measured={_lab(r): {"sign": r["p_sign"], "aux": r["p_aux"]} for r in pts},
             tolerance=f"P(collapse) >= {c.p_collapse:.0%} for both at {max(c.factors):g} a_SN",
             holds=all(min(r["p_sign"], r["p_aux"]) >= c.p_collapse for r in top),
         )
@@ -375,14 +455,16 @@ def claims(data: dict, config: Config) -> list[Claim]:
             "(no lasting oscillation)",
             predicted={
                 f"a={o['a']:g},u={o['u']:g}": {
-                    "sign cycle": o["cycle_exists"], "control radius": o["radius"],
+                    "sign cycle": o["cycle_exists"],
+                    "control radius": o["radius"],
                     "control two-level converged": all(o["two_level_converged"]),
                 }
                 for o in osc
             },
             measured={
                 f"a={o['a']:g},u={o['u']:g}": {
-                    "P(osc) control": o["p_osc_control"], "P(osc) sign": o["p_osc_sign"]
+                    "P(osc) control": o["p_osc_control"],
+                    "P(osc) sign": o["p_osc_sign"],
                 }
                 for o in osc
             },
@@ -390,8 +472,9 @@ def claims(data: dict, config: Config) -> list[Claim]:
             f"update >= {c.p_collapse:.0%} on its cycle from >= {c.osc_cycle_factor:g}x",
             holds=ctl_max <= c.p_max
             and sign_min >= c.p_collapse
-            and all(o["cycle_exists"] and o["radius"] < 1 and all(o["two_level_converged"])
-                    for o in osc),
+            and all(
+                o["cycle_exists"] and o["radius"] < 1 and all(o["two_level_converged"]) for o in osc
+            ),
         )
     )
     ch = data["chatter"]
@@ -420,10 +503,16 @@ def claims(data: dict, config: Config) -> list[Claim]:
             "Cost 2, distortion: with a genuine skew h the open loop's load follows it (linear "
             "response), the integral absorbs it entirely (bias -h / (gamma T)): the whole of "
             "the task's load preference is removed",
-            predicted={"open load shift": sk["predicted_open"], "closed load shift": 0.0,
-                       "bias": sk["predicted_bias"]},
-            measured={"open load shift": sk["measured_open"],
-                      "closed load shift": sk["measured_closed"], "bias": sk["measured_bias"]},
+            predicted={
+                "open load shift": sk["predicted_open"],
+                "closed load shift": 0.0,
+                "bias": sk["predicted_bias"],
+            },
+            measured={
+                "open load shift": sk["measured_open"],
+                "closed load shift": sk["measured_closed"],
+                "bias": sk["measured_bias"],
+            },
             tolerance=f"open within 15% ({e_open:.1%}), closed <= {c.tolerance:.0%} of open, "
             f"bias within 5% ({e_bias:.1%})",
             holds=e_open <= 0.15 and absorbed and e_bias <= 0.05,
@@ -458,11 +547,21 @@ def plot(data: dict, config: Config):
             rows = [r for r in pts if (r["n"], r["k"]) == (n, k)]
             f = [r["factor"] for r in rows]
             ax.plot(f, [r["p_sign"] for r in rows], "s--", color=COLORS[j], lw=0.8, ms=3)
-            ax.plot(f, [r["p_control"] for r in rows], "o-", color=COLORS[j], lw=0.9, ms=3,
-                    label=f"N={n}, top-{k}")
+            ax.plot(
+                f,
+                [r["p_control"] for r in rows],
+                "o-",
+                color=COLORS[j],
+                lw=0.9,
+                ms=3,
+                label=f"N={n}, top-{k}",
+            )
         ax.axhline(config.p_max, **THEORY, label="5%")
-        ax.set(xlabel="a / a_SN(N, k)", ylabel="P(collapse) after the pulse",
-               title="control (o, solid) vs sign update (s, dashed)")
+        ax.set(
+            xlabel="a / a_SN(N, k)",
+            ylabel="P(collapse) after the pulse",
+            title="control (o, solid) vs sign update (s, dashed)",
+        )
         ax.legend(fontsize=5.5)
         panel_label(ax, "a")
         ax = axs[1]
@@ -471,17 +570,30 @@ def plot(data: dict, config: Config):
         ax.plot(o["example_t"], o["example_control"], color=COLORS[0], lw=0.9, label="control")
         for sgn in (1, -1):
             ax.axhline(sgn * o["cycle_amplitude"], **THEORY)
-        ax.set(xlabel="time t = n eta", ylabel="selection gap s",
-               title=f"start at {o['factors'][-1]:g}x first-return radius")
+        ax.set(
+            xlabel="time t = n eta",
+            ylabel="selection gap s",
+            title=f"start at {o['factors'][-1]:g}x first-return radius",
+        )
         ax.legend(fontsize=6)
         panel_label(ax, "b")
         ax = axs[2]
         ch = data["chatter"]
         x = np.arange(2)
-        ax.bar(x - 0.18, [ch["predicted_open"], ch["predicted_control"]], 0.36, color="0.6",
-               label="theory (Lyapunov)")
-        ax.bar(x + 0.18, [ch["measured_open"], ch["measured_control"]], 0.36, color=COLORS[0],
-               label="batch router")
+        ax.bar(
+            x - 0.18,
+            [ch["predicted_open"], ch["predicted_control"]],
+            0.36,
+            color="0.6",
+            label="theory (Lyapunov)",
+        )
+        ax.bar(
+            x + 0.18,
+            [ch["measured_open"], ch["measured_control"]],
+            0.36,
+            color=COLORS[0],
+            label="batch router",
+        )
         ax.axhline(ch["noise"], **THEORY, label="batch noise alone")
         ax.set_xticks(x, ["open loop", "control"])
         ax.set(ylabel="sd of one expert's load", title="chattering")

@@ -109,9 +109,9 @@ from .advise import advise as advise
 from .bias import BiasTheory as BiasTheory
 from .bias import Chattering as Chattering
 from .capacity import dropped_fraction as dropped_fraction
+from .capacity import expert_choice_unrouted as expert_choice_unrouted
 from .control import ControlChattering as ControlChattering
 from .control import ControlTheory as ControlTheory
-from .capacity import expert_choice_unrouted as expert_choice_unrouted
 from .effective import EffectiveParameters as EffectiveParameters
 from .effective import effective_parameters as effective_parameters
 from .effective import linear_threshold as linear_threshold

@@ -338,7 +338,10 @@ class ControlTheory:
             s = d + bg
             S[:, t], D[:, t], Bg[:, t] = s, d, bg
             norm = np.abs(d) + np.array(
-                [abs(st.integral[0] - st.integral[-1]) + abs(st.e_ema[0] - st.e_ema[-1]) for st in states]
+                [
+                    abs(st.integral[0] - st.integral[-1]) + abs(st.e_ema[0] - st.e_ema[-1])
+                    for st in states
+                ]
             )
             newly = (conv < 0) & (norm < tol)
             conv[newly] = t
@@ -360,9 +363,9 @@ def control_advice(params: RouterParams, top_k: int, *, eta: float, batch: int) 
     ``eta``): the range of integral gains ``k_i`` (with ``k_p = 10 k_i``, the default ratio, and
     the gain schedule on the model's margin) for which balance is stable (spectral radius of the
     linear map below 1), the recommended ``k_i`` (the default 1e-2 when inside the range, else
-    the range's geometric middle), the ``bias_max`` the integral needs to rule the collapsed
-    fixed points out (part 4, with a factor 2 of headroom) and the cost at the recommended
-    gains."""
+    the range's geometric middle; ``strength`` 0: any ``k_i > 0``), the ``bias_max`` the
+    integral needs to rule the collapsed fixed points out (part 4, with a factor 2 of headroom)
+    and the cost at the recommended gains."""
     from scipy.optimize import brentq
 
     d = ControlGains()
@@ -381,12 +384,15 @@ def control_advice(params: RouterParams, top_k: int, *, eta: float, batch: int) 
         return {"strength": None, "achievable": False, "units": "integral gain k_i"}
     i0 = int(np.argmax(ok))
     i1 = len(ok) - 1 - int(np.argmax(ok[::-1]))
-    lo = math.exp(grid[i0] if i0 == 0 else brentq(excess, grid[i0 - 1], grid[i0]))
+    # stable down to the grid's end: any k_i > 0 holds balance (the open loop's is stable)
+    lo = 0.0 if i0 == 0 else math.exp(brentq(excess, grid[i0 - 1], grid[i0]))
     hi = math.exp(grid[i1] if i1 == len(ok) - 1 else brentq(excess, grid[i1], grid[i1 + 1]))
-    rec = d.k_i if lo < d.k_i < hi else math.sqrt(lo * hi)
+    rec = d.k_i if lo < d.k_i < hi else math.sqrt(max(lo, 1e-7) * hi)
     t = theory(rec)
-    need = max((c["bias_needed"] * max(c["winners"], t.n - c["winners"]) / t.n)
-               for c in t.collapsed_states())
+    need = max(
+        (c["bias_needed"] * max(c["winners"], t.n - c["winners"]) / t.n)
+        for c in t.collapsed_states()
+    )
     ch = t.chattering()
     return {
         "strength": lo,

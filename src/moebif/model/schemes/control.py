@@ -1,4 +1,5 @@
-"""The closed-loop balancer: the gain-scheduled PI selection bias of :mod:`moebif.model.control_law`.
+"""The closed-loop balancer: the gain-scheduled PI selection bias of
+:mod:`moebif.model.control_law`.
 
 In the score model (one router step = one optimizer step on a batch of ``B`` tokens) the law is
 the real-model controller's, number for number: the tokens select the top-``k`` of
@@ -115,6 +116,8 @@ class Control(Scheme):
                 except ValueError:
                     raise ParameterError("balancer", f"{item!r}: {key} must be a number") from None
         if "margin" in opts:
+            if opts["margin"] not in ("theory", "none"):
+                raise ParameterError("balancer", f"{item!r}: margin must be theory or none")
             kw["control_margin"] = opts["margin"]
         if not kw["control"] > 0:
             raise ParameterError("balancer", f"{item!r}: k_i must be > 0")

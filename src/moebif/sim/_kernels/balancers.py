@@ -414,7 +414,9 @@ def _balanced_block(r, beta, mom, vel, rb, ctl, states, lo, hi, args):
                     for m in range(n):
                         bi[m] -= centre
             elif mode == 6:
-                _control_update(bi, cts[i, 0], cts[i, 1], counts, c_scale, gki[i], gkp[i], c_beta, c_bmax)
+                _control_update(
+                    bi, cts[i, 0], cts[i, 1], counts, c_scale, gki[i], gkp[i], c_beta, c_bmax
+                )
             elif mode == 2:
                 ema = bal[BAL_EMA]
                 zbar = 0.0
