@@ -69,8 +69,8 @@ class BalancedRun(NExpertRun):
     Extra fields: ``selected`` (the selected loads ``n_i / (k B)``, same shape), ``dropped``
     (dropped fraction of assignments, ``(runs, K)``), ``beta`` (final selection bias, score units
     for the loss-free bias, logit units for quantile balancing and the closed-loop control),
-    ``contribution`` (the part of the final scores the gradient schemes contributed), ``score_records``, ``beta_records``,
-    ``contribution_records`` (``(runs, K, N)`` with ``record_scores``, else ``None``),
+    ``contribution`` (the part of the final scores the gradient schemes contributed),
+    ``score_records``, ``beta_records``, ``contribution_records`` (``(runs, K, N)`` with ``record_scores``, else ``None``),
     ``a_rep``, ``strength`` (per-replica ``a`` and strength multiplier), ``balancer``, ``lr``,
     ``snapshot``."""
 
