@@ -71,8 +71,8 @@ class BalancedRun(NExpertRun):
     for the loss-free bias, logit units for quantile balancing and the closed-loop control),
     ``contribution`` (the part of the final scores the gradient schemes contributed),
     ``score_records``, ``beta_records``, ``contribution_records`` (``(runs, K, N)`` with
-    ``record_scores``, else ``None``), ``a_rep``, ``strength`` (per-replica ``a`` and strength multiplier), ``balancer``, ``lr``,
-    ``snapshot``."""
+    ``record_scores``, else ``None``), ``a_rep``, ``strength`` (per-replica ``a`` and strength
+    multiplier), ``balancer``, ``lr``, ``snapshot``."""
 
     selected: np.ndarray
     dropped: np.ndarray
