@@ -226,13 +226,14 @@ def report(out: Path) -> int:
         key = (r["family"], r["arm"], r["perturb"] or "-", r["corpus"])
         rows.setdefault(key, []).append((r["seed"], m, r["seconds"]))
     print("| family | arm | perturbation | corpus | seeds | MaxVio_batch (median, last 1000) "
-          "| LM loss (last 200) | bias step | rerouted |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| LM loss (last 200) | bias step | bias range | rerouted |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for key in sorted(rows):
         ms = [m for _, m, _ in rows[key]]
         seeds = ",".join(str(s) for s, _, _ in rows[key])
         print(f"| {' | '.join(key)} | {seeds} | {_fmt([m['maxvio_last1000'] for m in ms])} | "
               f"{_fmt([m['lm_last200'] for m in ms])} | {_fmt([m.get('bias_step') for m in ms])} "
+              f"| {_fmt([m.get('bias_range') for m in ms])} "
               f"| {_fmt([m.get('rerouted') for m in ms])} |")  # fmt: skip
     print()
     for key in sorted(rows):

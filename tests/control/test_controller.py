@@ -234,3 +234,20 @@ def test_gain_scheduled_on_the_monitors_margin(monkeypatch):
         assert g > 1 and ctl.gain(lab) == pytest.approx(g)
     ctl_fixed = RouterController(tiny_model("mixtral").train(), monitor=None)
     assert ctl_fixed._margin(next(iter(ctl_fixed.layers))) is None
+
+
+def test_sign_law_is_deepseeks_update_on_the_same_actuator():
+    from moebif.model.control_law import sign_update
+
+    model = tiny_model("olmoe", seed=0).train()
+    ctl = RouterController(model, law="sign", u=1e-3)
+    x = _batch()
+    want = {lab: np.zeros(8) for lab in ctl.layers}
+    with torch.no_grad():
+        for _ in range(4):
+            seen = _loads_of(model, x)  # the biased selection, counted independently
+            for lab, name in zip(ctl.layers, sorted(seen), strict=True):
+                want[lab] = sign_update(want[lab], seen[name])
+            ctl.step()
+    for lab in ctl.layers:
+        np.testing.assert_allclose(ctl.bias(lab), want[lab], rtol=0, atol=1e-12)
