@@ -269,3 +269,13 @@ def test_advise_has_a_line_for_the_controller():
     t = _theory(8, 2, 13.0, gains=cl.ControlGains(bias_max=c["recommended"]["bias_max"]))
     assert t.spectral_radius() < 1 and not any(x["fixed_point"] for x in t.collapsed_states())
     assert c["bias_max_needed"] < GAINS.bias_max
+
+
+def test_advise_any_gain_holds_balance_in_the_metastable_window():
+    # a_SN <= a < a_lin: the open loop's balance is stable, so any k_i > 0 keeps it; the
+    # integral is what removes the collapsed states (no collapsed fixed point)
+    p = RouterParams(a=8.0, gamma=1.0, T=1.0, n_experts=8)
+    c = advise(p, 2, lr=0.02, batch=512, schemes=["control"])["balancers"]["control"]
+    assert c["strength"] == 0.0 and c["margin"] > 0
+    assert c["gain_factor"] == pytest.approx(cl.gain_factor(GAINS, 8, c["margin"]))
+    assert c["bias_max_needed"] > 0
