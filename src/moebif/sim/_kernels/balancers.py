@@ -169,29 +169,29 @@ def _control_gain(sc, an, rho, eta, gamma, T, n, bal):
 
 
 @njit(cache=True)
-def _control_update(bi, integ, eema, counts, scale, gki, gkp, beta, bmax):
+def _control_update(bi, cts, i, counts, scale, gki, gkp, beta, bmax):
     """One step of :func:`moebif.model.control_law.update` in place: ``bi`` the bias (logits),
-    ``integ`` the integral, ``eema`` the error EMA, ``counts`` the selected counts, ``scale``
-    ``N / (k B)``; ``gki``, ``gkp``: the scheduled gains."""
+    ``cts[i, 0]`` the integral, ``cts[i, 1]`` the error EMA, ``counts`` the selected counts,
+    ``scale`` ``N / (k B)``; ``gki``, ``gkp``: the scheduled gains."""
     n = bi.size
     keep = 1.0 - beta
     mean_i = 0.0
     for m in range(n):
         e = counts[m] * scale - 1.0
-        eema[m] = keep * eema[m] + beta * e
-        v = integ[m] - gki * e
-        integ[m] = v
+        cts[i, 1, m] = keep * cts[i, 1, m] + beta * e
+        v = cts[i, 0, m] - gki * e
+        cts[i, 0, m] = v
         mean_i += v
     mean_i /= n
     mean_b = 0.0
     for m in range(n):
-        v = integ[m] - mean_i
+        v = cts[i, 0, m] - mean_i
         if v > bmax:
             v = bmax
         elif v < -bmax:
             v = -bmax
-        integ[m] = v
-        w = v - gkp * eema[m]
+        cts[i, 0, m] = v
+        w = v - gkp * cts[i, 1, m]
         bi[m] = w
         mean_b += w
     mean_b /= n
@@ -414,9 +414,7 @@ def _balanced_block(r, beta, mom, vel, rb, ctl, states, lo, hi, args):
                     for m in range(n):
                         bi[m] -= centre
             elif mode == 6:
-                _control_update(
-                    bi, cts[i, 0], cts[i, 1], counts, c_scale, gki[i], gkp[i], c_beta, c_bmax
-                )
+                _control_update(bi, cts, i, counts, c_scale, gki[i], gkp[i], c_beta, c_bmax)
             elif mode == 2:
                 ema = bal[BAL_EMA]
                 zbar = 0.0
