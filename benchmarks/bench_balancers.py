@@ -44,6 +44,7 @@ SCHEMES = [
     "quantile",
     "capacity:1.25",
     "sinkhorn",
+    "control",
     "aux:0.05,zloss:0.001,bias:1e-3,capacity:1.25",
 ]
 NOISY = [(8, 2, 128, "noisy:0.5"), (8, 1, 128, "jitter:0.01")]

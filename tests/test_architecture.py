@@ -11,7 +11,18 @@ import pytest
 SRC = Path(__file__).parents[1] / "src" / "moebif"
 
 # bottom to top; a module may import its own layer and any layer listed before it
-LAYERS = ["base", "model", "sim", "monitor", "nn", "experiments", "sweep", "explore", "cli"]
+LAYERS = [
+    "base",
+    "model",
+    "sim",
+    "monitor",
+    "control",
+    "nn",
+    "experiments",
+    "sweep",
+    "explore",
+    "cli",
+]
 BASE = {"params", "_io", "_version", "style"}  # the shared bottom: no moebif imports but these
 
 

@@ -60,6 +60,25 @@ TINY = {
     "bal-compare": dict(
         reps=3, relax_time=10.0, schemes=("aux", "bias", "sinkhorn"), check_schemes=("aux",)
     ),
+    "ctl-suppression": dict(
+        cases=((8, 1, 256),),
+        factors=(2.0,),
+        reps=3,
+        relax_time=4.0,
+        two_level_steps=500,
+        osc_points=((9.0, 1.5, 2.0, 2e-3),),
+        osc_factors=(0.5, 1.0),
+        osc_reps=2,
+        osc_periods=0.5,
+        osc_batch=4096,
+        chatter_steps=400,
+        chatter_burn=100,
+        chatter_runs=2,
+        skew_steps=400,
+        skew_runs=2,
+        speed_cases=((8, 1, 256, 16, 50),),
+        speed_repeats=1,
+    ),
 }
 
 

@@ -97,6 +97,13 @@ def advise(
             note = f"rho rule {e['rho_rule']:.3g}"
         if "chattering_std" in cost:
             note = f"chattering sd {cost['chattering_std']:.2g} ({cost['chattering_regime']})"
+        if "recommended" in e:
+            r = e["recommended"]
+            note = (
+                f"stable up to k_i {e['k_i_max']:.3g}; use k_i {r['k_i']:.3g}, k_p {r['k_p']:.3g}, "
+                f"bias_max >= {e['bias_max_needed']:.3g} logits; load sd "
+                f"{cost['chattering_load_std']:.2g} (noise {cost['noise_load_std']:.2g})"
+            )
         tab.add_row(
             name,
             "not reachable" if s is None else f"{s:.4g}",

@@ -46,6 +46,7 @@ REGISTRY: dict[str, str] = {
     "bal-bias-cycle": "bal_bias_cycle",
     "bal-capacity": "bal_capacity",
     "bal-compare": "bal_compare",
+    "ctl-suppression": "ctl_suppression",
 }
 
 __all__ = ["REGISTRY", "load_experiment"]

@@ -95,6 +95,7 @@ COST = {
     "bal-bias-cycle": (20, 60),
     "bal-capacity": (5, 25),
     "bal-compare": (2, 10),
+    "ctl-suppression": (30, 120),
 }
 
 

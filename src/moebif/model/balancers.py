@@ -335,12 +335,18 @@ class BalancerSpec:
     ``optimizer`` (``sgd`` or ``adam``) and ``lr`` (step size of the gradient schemes; ``None``:
     the router's ``eta``), ``adam_beta1``, ``adam_beta2``, ``adam_eps``, ``adam_floor`` (RMS of the
     task gradient on the scores, added to Adam's second moment: the part of ``v`` that the
-    balancer does not make).
+    balancer does not make); ``control`` (integral gain ``k_i`` of the closed-loop law of
+    :mod:`moebif.model.control_law`, logits per step per unit relative load error; 0: off),
+    ``control_kp``, ``control_beta``, ``control_safety``, ``control_bias_max``,
+    ``control_gain_max`` (the other :class:`~moebif.model.control_law.ControlGains`) and
+    ``control_margin`` (``theory``: the gain schedule reads the open-loop margin of the model's
+    theory; ``none``: fixed gains), see :mod:`moebif.model.schemes.control`.
 
     Each field belongs to one scheme of :data:`moebif.model.schemes.SCHEMES` (its ``fields``) or
     to the optimizer; :attr:`schemes` lists the schemes a spec switches on.
 
-    At most one selection override (``bias``, ``quantile``, ``sinkhorn``, ``expert_choice``);
+    At most one selection override (``bias``, ``quantile``, ``sinkhorn``, ``expert_choice``,
+    ``control``);
     ``noise`` and ``jitter`` combine with none or with ``bias``; ``capacity`` not with
     ``expert_choice``. Invalid values raise :class:`ParameterError` naming ``balancer.<field>``.
     """
@@ -366,11 +372,18 @@ class BalancerSpec:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     adam_floor: float = 0.0
+    control: float = 0.0
+    control_kp: float = 0.1
+    control_beta: float = 0.2
+    control_safety: float = 2.0
+    control_bias_max: float = 16.0
+    control_gain_max: float = 20.0
+    control_margin: str = "theory"
 
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("aux_variant", "capacity_policy", "optimizer"):
+            if f.name in ("aux_variant", "capacity_policy", "optimizer", "control_margin"):
                 continue
             if isinstance(v, bool) or v is None:
                 continue
@@ -398,6 +411,12 @@ class BalancerSpec:
         for name in ("adam_beta1", "adam_beta2"):
             if not getattr(self, name) < 1.0:
                 raise ParameterError(f"balancer.{name}", "must be < 1")
+        if not 0.0 < self.control_beta <= 1.0:
+            raise ParameterError("balancer.control_beta", "must be in (0, 1]")
+        if not self.control_gain_max >= 1.0:
+            raise ParameterError("balancer.control_gain_max", "must be >= 1")
+        if self.control_margin not in ("theory", "none"):
+            raise ParameterError("balancer.control_margin", "must be theory or none")
         if 0.0 < self.capacity < 1e-9 or 0.0 < self.expert_choice < 1e-9:
             raise ParameterError("balancer.capacity", "must be 0 (off) or > 0")
         sel = [
@@ -407,6 +426,7 @@ class BalancerSpec:
                 ("quantile", self.quantile),
                 ("sinkhorn", self.sinkhorn),
                 ("expert_choice", self.expert_choice > 0),
+                ("control", self.control > 0),
             )
             if on
         ]
@@ -460,6 +480,8 @@ class BalancerSpec:
             noise=self.noise * factor,
             jitter=min(self.jitter * factor, 0.999),
             expert_choice=self.expert_choice * factor,
+            control=self.control * factor,
+            control_kp=self.control_kp * factor,
         )
 
     def to_dict(self) -> dict:

@@ -68,11 +68,11 @@ class BalancedRun(NExpertRun):
 
     Extra fields: ``selected`` (the selected loads ``n_i / (k B)``, same shape), ``dropped``
     (dropped fraction of assignments, ``(runs, K)``), ``beta`` (final selection bias, score units
-    for the loss-free bias, logit units for quantile balancing), ``contribution`` (the part of the
-    final scores the gradient schemes contributed), ``score_records``, ``beta_records``,
-    ``contribution_records`` (``(runs, K, N)`` with ``record_scores``, else ``None``),
-    ``a_rep``, ``strength`` (per-replica ``a`` and strength multiplier), ``balancer``, ``lr``,
-    ``snapshot``."""
+    for the loss-free bias, logit units for quantile balancing and the closed-loop control),
+    ``contribution`` (the part of the final scores the gradient schemes contributed),
+    ``score_records``, ``beta_records``, ``contribution_records`` (``(runs, K, N)`` with
+    ``record_scores``, else ``None``), ``a_rep``, ``strength`` (per-replica ``a`` and strength
+    multiplier), ``balancer``, ``lr``, ``snapshot``."""
 
     selected: np.ndarray
     dropped: np.ndarray
@@ -226,6 +226,9 @@ def simulate_balanced_router(
     mom = np.zeros((runs, n))
     vel = np.zeros((runs, n))
     contrib = np.zeros((runs, n))
+    ctl = np.zeros((runs, 2, n))
+    if spec.selection == "control":
+        ctl[:, 0, :] = beta - beta.mean(axis=1, keepdims=True)  # the integral holds the bias
     rec = record_every is not None
     R = record_every if rec else steps
     if snapshot:
@@ -262,7 +265,7 @@ def simulate_balanced_router(
             args = (n0, n1, steps, R, batch, k, eta, rho, p.gamma, p.T)
             args += (a_rep, s_rep, hv, h_stride, bvec, e, bal, l_out, sel_out, drop_out)
             args += (rec, snapshot, bool(record_scores and rec), r_out, b_out, rb_out)
-            kernel(state, beta, mom, vel, contrib, rng, args, blocks)
+            kernel(state, beta, mom, vel, contrib, ctl, rng, args, blocks)
             n0 = n1
             if progress is not None:
                 progress(min(n0, steps), steps)

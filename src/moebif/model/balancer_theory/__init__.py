@@ -95,6 +95,12 @@ at ``cf / N`` but keeps the selection's: a collapsed router keeps dropping.
 ``a``. Their cost: the selection ignores the scores, so a genuine preference is removed from the
 loads (``skew_response = 0``), and expert choice leaves a fraction ``(1 - C/B)^N`` of tokens with
 no expert (column-wise choice on iid token scores; :func:`expert_choice_unrouted`).
+
+**6. The closed-loop balancer,** :class:`ControlTheory` (:mod:`.control`): the gain-scheduled PI
+selection bias of :mod:`moebif.model.control_law`. Its fixed points have uniform loads unless
+the integral is clipped, so a collapsed fixed point needs a bias gap beyond the integral's
+authority; its linear map at balance has no switching (no relay cycle); its cost is the
+chattering of that AR(1) map and the whole of a genuine skew's load response (absorbed).
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ from .bias import BiasTheory as BiasTheory
 from .bias import Chattering as Chattering
 from .capacity import dropped_fraction as dropped_fraction
 from .capacity import expert_choice_unrouted as expert_choice_unrouted
+from .control import ControlChattering as ControlChattering
+from .control import ControlTheory as ControlTheory
 from .effective import EffectiveParameters as EffectiveParameters
 from .effective import effective_parameters as effective_parameters
 from .effective import linear_threshold as linear_threshold
@@ -121,6 +129,8 @@ __all__ = [
     "BalancedThresholds",
     "BiasTheory",
     "Chattering",
+    "ControlChattering",
+    "ControlTheory",
     "EffectiveParameters",
     "STRENGTH_SCHEMES",
     "advise",

@@ -10,6 +10,7 @@ from ..schemes import SCHEMES
 from ..thresholds import regime, thresholds
 from ..topk import topk_uniform_slope
 from .bias import BiasTheory
+from .control import control_advice
 from .effective import effective_parameters
 from .strength import STRENGTH_SCHEMES, branch_drift_max, minimal_strength, scheme_spec
 
@@ -79,7 +80,7 @@ def advise(
     if want is not None:
         known = (
             set(STRENGTH_SCHEMES)
-            | {"bias", "adam"}
+            | {"bias", "adam", "control"}
             | {name for name, cls in SCHEMES.items() if cls.by_construction}
         )
         bad = sorted(want - known)
@@ -146,6 +147,8 @@ def advise(
         for key, entry in (("bias", bias), ("adam", adam)):
             if wanted(key):
                 bal[key] = entry
+    if wanted("control"):
+        bal["control"] = control_advice(p, k, eta=lr, batch=batch)
     for name, cls in SCHEMES.items():
         if not cls.by_construction or not wanted(name):
             continue

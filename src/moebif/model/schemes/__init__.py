@@ -11,6 +11,7 @@ from .aux import AuxLoss
 from .base import KINDS, ExplorerView, Kind, Scheme, Shift, ShiftContext
 from .bias import LossFreeBias
 from .capacity import Capacity, capacity_slope
+from .control import Control
 from .expert_choice import ExpertChoice
 from .importance import Importance
 from .noisy import NoisyGating
@@ -23,6 +24,7 @@ __all__ = [
     "SCHEMES",
     "AuxLoss",
     "Capacity",
+    "Control",
     "ExplorerView",
     "ExpertChoice",
     "Importance",
@@ -52,6 +54,7 @@ _CLASSES: tuple[type[Scheme], ...] = (
     NoisyGating,
     Sinkhorn,
     ExpertChoice,
+    Control,
 )
 
 #: name -> scheme class: every ``--balancer`` name (``aux-megatron`` is :class:`AuxLoss`).

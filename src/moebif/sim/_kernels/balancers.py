@@ -21,7 +21,11 @@ the draws and the arithmetic are those of :func:`.topk.topk_chunk`, number for n
 4. ``r <- (1 - eta gamma) r + eta (a l - rho (l - 1/N) + b + h e) + Delta``, ``l`` = served / (kB);
    ``rb`` (the part of ``r`` the balancer contributed) ``<- (1 - eta gamma) rb + Delta``.
 5. bias: ``beta += u sign(mean n - n)`` (centred: minus its mean); quantile: ``beta <-
-   ema beta + (1 - ema)(r/T - mean r/T)`` (the next batch is routed with it).
+   ema beta + (1 - ema)(r/T - mean r/T)`` (the next batch is routed with it); control (selection
+   ``r / T + beta``, ``beta`` in logits): the law of :func:`moebif.model.control_law.update` on
+   the selected loads ``n / (k B)``, with its integral and error EMA in ``ctl`` (``(runs, 2, N)``)
+   and the gain factor ``g`` from the model's margin ``eta (gamma k / alpha_k - (a - rho) / T)``
+   of the replica's ``a`` (:func:`moebif.model.schemes.control.model_margin`).
 
 **Balancer parameters** ``bal`` (float64, layout ``BAL_*`` below), per-replica ``a_rep`` and a
 per-replica multiplier ``s_rep`` of every strength (coefficients, ``u``, ``sigma``, ``eps`` and the
@@ -52,7 +56,7 @@ __all__ = [
 ]
 
 # layout of the balancer parameter vector
-BAL_MODE = 0  # 0 softmax, 1 bias, 2 quantile, 3 sinkhorn, 4 expert choice, 5 noisy
+BAL_MODE = 0  # 0 softmax, 1 bias, 2 quantile, 3 sinkhorn, 4 expert choice, 5 noisy, 6 control
 BAL_AUX = 1  # alpha * c (the normalisation of the variant folded in)
 BAL_AUX_FIRST = 2  # 1: f of the first choice only (DeepSpeed top-2)
 BAL_Z = 3
@@ -71,7 +75,16 @@ BAL_B2 = 15
 BAL_EPS = 16
 BAL_FLOOR = 17
 BAL_GRAD = 18  # 1: a gradient scheme is on
-BAL_SIZE = 19
+# the closed-loop PI selection bias (mode 6, moebif.model.control_law)
+BAL_KI = 19
+BAL_KP = 20
+BAL_CBETA = 21
+BAL_SAFETY = 22
+BAL_BMAX = 23
+BAL_GMAX = 24
+BAL_SCHED = 25  # 1: the gain schedule reads the model's margin, 0: fixed gains
+BAL_KALPHA = 26  # k / alpha_k (the margin's restoring force per unit load, over gamma)
+BAL_SIZE = 27
 
 
 @njit(cache=True)
@@ -143,7 +156,51 @@ def noisy_counts_sample(z, k, batch, sigma, jitter, size, seed):
 
 
 @njit(cache=True)
-def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
+def _control_gain(sc, an, rho, eta, gamma, T, n, bal):
+    """The law's gain factor ``g`` (:func:`moebif.model.control_law.gain_factor`) at the model's
+    margin ``eta (gamma k / alpha_k - (a - rho) / T)`` (1 with fixed gains)."""
+    ki = bal[BAL_KI] * sc
+    if bal[BAL_SCHED] <= 0.0 or ki <= 0.0:
+        return 1.0
+    margin = eta * (gamma * bal[BAL_KALPHA] - (an - rho) / T)
+    ref = n * ki
+    g = 1.0 + bal[BAL_SAFETY] * max(0.0, ref - margin) / ref
+    return min(g, bal[BAL_GMAX])
+
+
+@njit(cache=True)
+def _control_update(bi, cts, i, counts, scale, gki, gkp, beta, bmax):
+    """One step of :func:`moebif.model.control_law.update` in place: ``bi`` the bias (logits),
+    ``cts[i, 0]`` the integral, ``cts[i, 1]`` the error EMA, ``counts`` the selected counts,
+    ``scale`` ``N / (k B)``; ``gki``, ``gkp``: the scheduled gains."""
+    n = bi.size
+    keep = 1.0 - beta
+    mean_i = 0.0
+    for m in range(n):
+        e = counts[m] * scale - 1.0
+        cts[i, 1, m] = keep * cts[i, 1, m] + beta * e
+        v = cts[i, 0, m] - gki * e
+        cts[i, 0, m] = v
+        mean_i += v
+    mean_i /= n
+    mean_b = 0.0
+    for m in range(n):
+        v = cts[i, 0, m] - mean_i
+        if v > bmax:
+            v = bmax
+        elif v < -bmax:
+            v = -bmax
+        cts[i, 0, m] = v
+        w = v - gkp * cts[i, 1, m]
+        bi[m] = w
+        mean_b += w
+    mean_b /= n
+    for m in range(n):
+        bi[m] -= mean_b
+
+
+@njit(cache=True)
+def _balanced_block(r, beta, mom, vel, rb, ctl, states, lo, hi, args):
     n0, n1, steps, record_every, batch, k, eta, rho, gamma, T = args[:10]
     a_rep, s_rep, h, h_stride, b, e, bal, l_out, sel_out, drop_out = args[10:20]
     record, snapshot, rec_scores, r_out, beta_out, rb_out = args[20:]
@@ -152,6 +209,7 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
     ms = mom[lo:hi].copy()
     vs = vel[lo:hi].copy()
     rbs = rb[lo:hi].copy()
+    cts = ctl[lo:hi].copy()
     sts = states[lo:hi].copy()
     n = rs.shape[1]
     work = topk_work(n, k)
@@ -171,6 +229,16 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
     lr = bal[BAL_LR]
     b1, b2, aeps, floor2 = bal[BAL_B1], bal[BAL_B2], bal[BAL_EPS], bal[BAL_FLOOR] ** 2
     decay = 1.0 - eta * gamma
+    gki = np.zeros(hi - lo)
+    gkp = np.zeros(hi - lo)
+    if mode == 6:
+        for i in range(hi - lo):
+            sc = s_rep[lo + i]
+            gc = _control_gain(sc, a_rep[lo + i], rho, eta, gamma, T, rs.shape[1], bal)
+            gki[i] = gc * bal[BAL_KI] * sc
+            gkp[i] = gc * bal[BAL_KP] * sc
+    c_beta, c_bmax = bal[BAL_CBETA], bal[BAL_BMAX]
+    c_scale = n / (k * batch)
     inv_t = 1.0 / T
     inv_n = 1.0 / n
     inv_kb = 1.0 / (k * batch)
@@ -207,6 +275,10 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
                 zs = zsel
                 for m in range(n):
                     zsel[m] = ri[m] - T * bi[m]
+            elif mode == 6:
+                zs = zsel
+                for m in range(n):
+                    zsel[m] = ri[m] + T * bi[m]
             if mode == 4:
                 cap_ec = math.ceil(bal[BAL_EC] * sc * k * batch * inv_n - 1e-12)
                 cap_ec = min(cap_ec, batch)
@@ -341,6 +413,8 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
                     centre = dsum * inv_n
                     for m in range(n):
                         bi[m] -= centre
+            elif mode == 6:
+                _control_update(bi, cts, i, counts, c_scale, gki[i], gkp[i], c_beta, c_bmax)
             elif mode == 2:
                 ema = bal[BAL_EMA]
                 zbar = 0.0
@@ -366,6 +440,7 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
     mom[lo:hi] = ms
     vel[lo:hi] = vs
     rb[lo:hi] = rbs
+    ctl[lo:hi] = cts
     states[lo:hi] = sts
 
 
@@ -376,19 +451,19 @@ def _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args):
 
 
 @njit(cache=True)
-def balanced_chunk(r, beta, mom, vel, rb, states, args, blocks):
+def balanced_chunk(r, beta, mom, vel, rb, ctl, states, args, blocks):
     """Steps ``n0 <= n < n1`` of the balanced router for every replica (serial), in place on the
-    state arrays (all ``(runs, N)``) and ``states`` (``(runs, 4)``)."""
+    state arrays (all ``(runs, N)``; ``ctl``: ``(runs, 2, N)``) and ``states`` (``(runs, 4)``)."""
     runs = r.shape[0]
     for blk in range(blocks):
         lo, hi = blk * runs // blocks, (blk + 1) * runs // blocks
-        _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args)
+        _balanced_block(r, beta, mom, vel, rb, ctl, states, lo, hi, args)
 
 
 @njit(cache=True, parallel=True)
-def balanced_chunk_parallel(r, beta, mom, vel, rb, states, args, blocks):
+def balanced_chunk_parallel(r, beta, mom, vel, rb, ctl, states, args, blocks):
     """:func:`balanced_chunk` with the replica blocks spread over numba's threads."""
     runs = r.shape[0]
     for blk in prange(blocks):
         lo, hi = blk * runs // blocks, (blk + 1) * runs // blocks
-        _balanced_block(r, beta, mom, vel, rb, states, lo, hi, args)
+        _balanced_block(r, beta, mom, vel, rb, ctl, states, lo, hi, args)
