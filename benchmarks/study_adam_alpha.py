@@ -1,0 +1,342 @@
+"""Does Adam's elementwise normalisation move alpha* as the aux coefficient moves?
+
+The force probe (:mod:`moebif.monitor.force_probe`) normalises both force parts by the second
+moment ``v = E[(g_LM + alpha g_aux)^2]`` of the router weight's total gradient, which depends on
+the coefficient ``alpha`` in force. Hypothesis: that dependence is what moves ``alpha*`` when the
+coefficient is ramped, and the collapse threshold is the fixed point ``alpha' = alpha*(alpha')``.
+
+:class:`GridProbe` (a :class:`~moebif.monitor.force_probe.ForceProbe` beside the monitor's own, on
+the same backward-pass data) keeps the three elementwise second moments ``v_LL = E[g_LM^2]``,
+``v_LA = E[g_LM g_aux]``, ``v_AA = E[g_aux^2]`` (EMAs with Adam's ``beta2``, bias-corrected;
+``g_aux`` the aux weight gradient per unit coefficient at the pooled fractions, ``g_LM`` the total
+minus ``alpha g_aux``) and, for every hypothetical coefficient ``alpha'`` of a grid, normalises
+with ``1 / (sqrt(v_LL + 2 alpha' v_LA + alpha'^2 v_AA) + eps)``: the second moment Adam would hold
+had the coefficient been ``alpha'`` all along, with the same gradients. Per ``alpha'`` the
+language model's step and the aux step's response to the shock are projected on the shock exactly
+as the probe does (its own drive EMA per ``alpha'``), and fed to a
+:class:`~moebif.monitor.forces.ForceStats` (50-step segments, last 20): ``alpha*(alpha')``. The
+grid probe also keeps the ordinary ``alpha*`` (the actual ``v``), which must equal the monitor's.
+
+Training as :mod:`study_prediction` (same model, optimiser, batches, seed, ``ramp025`` drive), so
+the collapse steps must match ``/work/study/pred``. The prediction read at step 1000: the largest
+``alpha'`` where ``alpha' - alpha*(alpha')`` changes sign from + (above) to - (below), linearly
+interpolated between grid points.
+
+Usage: ``python benchmarks/study_adam_alpha.py --out DIR --runs mixtral:licenses ...`` then
+``--report`` (``--pred DIR`` the study_prediction outputs for the sanity check).
+
+Results: see the end of this docstring (filled in by the study).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from study_prediction import collapse_step, replay, schedule  # noqa: E402
+
+GRID = np.round(np.linspace(-0.30, 0.05, 36), 4)  # step 0.01
+READ_AT = (1000, 1200, 1400, 1600, 1800)
+
+
+def _grid_probe_class():
+    import torch
+
+    from moebif.monitor.force_probe import BETA2, DRIVE_RATE, EPS, SHOCK_RATE, ForceProbe
+    from moebif.monitor.forces import aux_logit_gradient
+
+    class GridProbe(ForceProbe):
+        """ForceProbe (shock "loads", mean input "batch", Adam) that also evaluates the forces
+        under the second moment of every hypothetical coefficient of ``grid``. ``out`` after
+        each backward: ``(len(grid) + 1, 5)`` sums, row 0 the ordinary probe (actual ``v``)."""
+
+        def __init__(self, *a, grid, **kw):
+            super().__init__(*a, **kw)
+            self.grid = torch.as_tensor(np.asarray(grid), dtype=torch.float32)
+            self._m = None  # (3, N, d): v_LL, v_LA, v_AA
+            self._tm = 0
+            self._drives = None  # (G, N)
+            self.out = torch.zeros(len(grid) + 1, 5, dtype=torch.float64)
+
+        def _backward(self, g, z, x, alpha) -> None:
+            p = torch.softmax(z.float(), dim=-1)
+            F, rows = self.pool()
+            xf = x.float()
+            c = self.counts.float()
+            tokens = c.sum() / self.k
+            f = c / c.sum().clamp_min(1.0)
+            if self._ref is None:
+                self._ref = f.clone()
+            d = f - self._ref
+            self._ref.add_(d, alpha=SHOCK_RATE)
+            fr = torch.stack([F, d * (self.k * tokens / rows)])
+            g3 = torch.cat([g.float()[None], aux_logit_gradient(p[None], fr[:, None, :], rows)])
+            w3 = g3.transpose(1, 2) @ xf  # (3, N, d)
+            xbar = xf.mean(0)
+            dd = (d * d).sum()
+            # the ordinary probe: the actual second moment of the total gradient
+            scale = 1.0 / (self._second_moment(w3[0]).sqrt() + EPS)
+            dz = -(torch.stack([w3[0] - alpha * w3[1], w3[2]]) * scale) @ xbar
+            dz = dz - dz.mean(1, keepdim=True)
+            if self._drive is None:
+                self._drive = dz[0].clone()
+            lm = dz[0] - self._drive
+            self._drive.add_(dz[0] - self._drive, alpha=DRIVE_RATE)
+            self.out[0] = torch.stack(
+                [(lm * d).sum(), (dz[1] * d).sum(), dd, torch.tensor(1.0), torch.tensor(alpha)]
+            ).double()
+            # the three second moments, and the forces under each hypothetical coefficient
+            g_lm, g_aux = w3[0] - alpha * w3[1], w3[1]
+            mom = torch.stack([g_lm * g_lm, g_lm * g_aux, g_aux * g_aux])
+            self._tm += 1
+            if self._m is None:
+                self._m = torch.zeros_like(mom)
+            self._m.mul_(BETA2).add_(mom, alpha=1.0 - BETA2)
+            m = self._m / (1.0 - BETA2**self._tm)
+            a = self.grid[:, None, None]
+            v = (m[0][None] + 2.0 * a * m[1][None] + a * a * m[2][None]).clamp_min(0.0)
+            sc = 1.0 / (v.sqrt() + EPS)  # (G, N, d)
+            dz_lm = -(g_lm[None] * sc) @ xbar  # (G, N)
+            dz_ax = -(w3[2][None] * sc) @ xbar
+            dz_lm = dz_lm - dz_lm.mean(1, keepdim=True)
+            dz_ax = dz_ax - dz_ax.mean(1, keepdim=True)
+            if self._drives is None:
+                self._drives = dz_lm.clone()
+            lmg = dz_lm - self._drives
+            self._drives.add_(dz_lm - self._drives, alpha=DRIVE_RATE)
+            G = len(self.grid)
+            self.out[1:, 0] = (lmg @ d).double()
+            self.out[1:, 1] = (dz_ax @ d).double()
+            self.out[1:, 2] = float(dd)
+            self.out[1:, 3] = 1.0
+            self.out[1:, 4] = self.grid.double()
+            assert self.out.shape[0] == G + 1
+
+    return GridProbe
+
+
+def run(
+    family: str, corpus_name: str, seed: int, out: Path, drive: str = "ramp025", stop: int = 0
+) -> Path:
+    import torch
+
+    from moebif.monitor.forces import ForceStats
+    from moebif.monitor.hooks import RouterMonitor, _first_scores, _tensors
+    from moebif.monitor.metrics import max_load_excess
+    from moebif.monitor.tiny import corpus, text_batches, tiny_model
+
+    path = out / f"{family}-{corpus_name}-{drive}-s{seed}.json"
+    if path.exists():
+        return path
+    torch.set_num_threads(1)
+    model = tiny_model(family, seed)
+    model.train()
+    default_coef = float(type(model.config)().router_aux_loss_coef or 0.0)
+    steps, coef = schedule(drive, default_coef)
+    if stop > 0:  # the collapses all come before step 2000: the rest of the ramp is not needed
+        steps = min(steps, stop)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    log = out / (path.stem + ".jsonl")
+    if log.exists():
+        log.unlink()
+    mon = RouterMonitor(model, log=log)
+    GridProbe = _grid_probe_class()
+    probes, stats, est = {}, {}, {}
+    for lab, r in mon._routes.items():
+        if r.probe is None:
+            continue
+        pr = GridProbe(
+            r.module, r.n, r.k, torch.zeros(5, dtype=torch.float64), r.buf[2 : r.n + 2],
+            mon._pool_for(r), r.probe.coefficient, grid=GRID,
+        )  # fmt: skip
+        probes[lab] = pr
+        stats[lab] = [ForceStats() for _ in range(len(GRID) + 1)]
+        est[lab] = []
+
+        def hook(module, args, output, pr=pr, n=r.n):
+            if module.training:
+                pr.forward(args, _first_scores(_tensors(output), n))
+
+        r.module.register_forward_hook(hook)
+    data = corpus(corpus_name)
+    coefs, losses, excess = [], [], {lab: [] for lab in mon.monitors}
+    t0 = time.time()
+    for i, x in enumerate(text_batches(steps, 8, 64, seed=seed, corpus=data)):
+        c = coef(i)
+        model.router_aux_loss_coef = c
+        outp = model(input_ids=x, labels=x)
+        aux = outp.aux_loss if outp.aux_loss is not None else 0.0
+        lm = float((outp.loss - c * aux).detach()) if torch.is_tensor(aux) else float(outp.loss)
+        for pr in probes.values():
+            pr.out.zero_()
+        outp.loss.backward()
+        for lab, pr in probes.items():
+            if pr.error is not None:
+                raise RuntimeError(f"{lab}: grid probe: {pr.error}") from pr.error
+            vals = pr.out.numpy()
+            closed = False
+            for st, v in zip(stats[lab], vals, strict=True):
+                closed = st.push(v) or closed
+            if closed:
+                e = [st.estimate().critical_coefficient for st in stats[lab]]
+                est[lab].append([i + 1, c, *e])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        mon.step()
+        coefs.append(c)
+        losses.append(lm)
+        for lab in mon.monitors:
+            cnt = mon.counts(lab)[-1]
+            k = mon.monitors[lab].top_k
+            excess[lab].append(max_load_excess(float(cnt.max() / cnt.sum()), len(cnt), k))
+        if i % 500 == 0:
+            print(f"{path.stem}: step {i} loss {lm:.3f} ({time.time() - t0:.0f} s)", flush=True)
+    mon.flush()
+    res = {
+        "family": family,
+        "corpus": corpus_name,
+        "drive": drive,
+        "seed": seed,
+        "steps": steps,
+        "seconds": time.time() - t0,
+        "grid": GRID.tolist(),
+        "coef": coefs,
+        "lm_loss": losses,
+        "layers": {
+            lab: {
+                "excess": excess[lab],
+                "forecast": m.forecast_history(),
+                # rows: [step, coef, ordinary alpha*, alpha*(grid[0]), ...] every 50 steps
+                "grid_estimates": est.get(lab, []),
+            }
+            for lab, m in mon.monitors.items()
+        },
+    }
+    mon.close()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, allow_nan=True))
+    tmp.replace(path)
+    return path
+
+
+def fixed_point(grid, crit) -> float | None:
+    """The largest ``alpha'`` where ``h = alpha' - alpha*(alpha')`` goes from > 0 (above) to
+    <= 0 (below), linearly interpolated; None without such a crossing."""
+    g = np.asarray(grid, dtype=float)
+    h = g - np.asarray(crit, dtype=float)
+    for j in range(len(g) - 1, 0, -1):
+        hi, lo = h[j], h[j - 1]
+        if np.isfinite(hi) and np.isfinite(lo) and hi > 0 >= lo:
+            return float(g[j - 1] + (g[j] - g[j - 1]) * (0 - lo) / (hi - lo))
+    return None
+
+
+def _row_at(rows, step):
+    at = [r for r in rows if r[0] <= step]
+    return at[-1] if at else None
+
+
+def report(out: Path, pred: Path | None) -> int:
+    print("| run | layer | collapse (pred run) | coef at collapse | alpha*@1000 (monitor) | "
+          "alpha*@1000 (grid probe, actual v) | fixed point @1000 | rel err alpha* | "
+          "rel err fixed point |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    curves = []
+    n_ok = {"alpha*": 0, "fixed": 0, "n": 0}
+    for f in sorted(out.glob("*.json")):
+        r = json.loads(f.read_text())
+        grid = np.asarray(r["grid"])
+        now = replay(f.with_suffix(".jsonl"))
+        pr = None
+        if pred is not None and (pred / f.name).exists():
+            pr = json.loads((pred / f.name).read_text())
+        for lab, L in r["layers"].items():
+            col = collapse_step(L["excess"])
+            col_p = None if pr is None else collapse_step(pr["layers"][lab]["excess"])
+            cc = None if col is None else r["coef"][col]
+            fh = [h for h in now[lab][1] if h["step"] <= 1000]
+            a_mon = fh[-1]["critical_coefficient"] if fh else None
+            row = _row_at(L["grid_estimates"], 1000)
+            a_ord = row[2] if row else None
+            crit = np.asarray(row[3:], dtype=float) if row else None
+            fp = fixed_point(grid, crit) if row else None
+
+            def rel(x, cc=cc):
+                return None if x is None or cc is None else abs(x - cc) / abs(cc)
+
+            ra, rf = rel(a_mon), rel(fp)
+            if cc is not None:
+                n_ok["n"] += 1
+                n_ok["alpha*"] += ra is not None and ra <= 0.3
+                n_ok["fixed"] += rf is not None and rf <= 0.3
+            print(
+                f"| {r['family']}/{r['corpus']} | {lab.split('.')[2]} | {col} ({col_p}) | "
+                f"{_f(cc)} | {_f(a_mon)} | {_f(a_ord)} | {_f(fp)} | {_f(ra)} | {_f(rf)} |"
+            )
+            # the live alpha*(t) (replayed monitor) against alpha*(alpha' = coef(t)) read at 1000
+            live = []
+            for t in READ_AT:
+                h = [x for x in now[lab][1] if x["step"] <= t]
+                a_t = h[-1]["critical_coefficient"] if h else None
+                c_t = r["coef"][t - 1]
+                pred_t = float(np.interp(c_t, grid, crit)) if row else None
+                rt = _row_at(L["grid_estimates"], t)
+                live.append((t, c_t, a_t, pred_t, rt[2] if rt else None))
+            curves.append((f"{r['family']} {lab.split('.')[2]}", grid, crit, live))
+    print(
+        f"\nwithin 30% of the collapse coefficient: ordinary alpha*@1000 {n_ok['alpha*']}/"
+        f"{n_ok['n']}, fixed point @1000 {n_ok['fixed']}/{n_ok['n']}"
+    )
+    print("\nalpha*(alpha') read at step 1000 (grid -0.30 .. 0.05):")
+    for name, grid, crit, _ in curves:
+        if crit is None:
+            continue
+        sel = [j for j, g in enumerate(grid) if round(g * 100) % 5 == 0]
+        print(f"  {name}: " + " ".join(f"{grid[j]:+.2f}:{crit[j]:+.4f}" for j in sel))
+    print("\nlive alpha*(t) (replayed monitor / grid probe actual v) vs alpha*(coef(t))@1000:")
+    for name, _, _, live in curves:
+        print(
+            f"  {name}: "
+            + "; ".join(
+                f"t={t} c={c:+.3f} live={_f(a)}/{_f(o)} grid@1000={_f(p)}" for t, c, a, p, o in live
+            )  # fmt: skip
+        )
+    return 0
+
+
+def _f(v):
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("bench-results/adam-alpha"))
+    ap.add_argument("--pred", type=Path, default=None, help="study_prediction outputs")
+    ap.add_argument("--runs", nargs="*", default=[], help="family:corpus[:seed] ...")
+    ap.add_argument("--stop", type=int, default=2000, help="train this many steps (0: all)")
+    ap.add_argument("--report", action="store_true")
+    a = ap.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.report:
+        return report(a.out, a.pred)
+    for spec in a.runs:
+        parts = spec.split(":")
+        if len(parts) not in (2, 3):
+            print(f"study_adam_alpha: error: --runs: bad spec {spec!r}", file=sys.stderr)
+            return 2
+        seed = int(parts[2]) if len(parts) == 3 else 0
+        print(run(parts[0], parts[1], seed, a.out, stop=a.stop), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
