@@ -148,7 +148,7 @@ def run(
         log.unlink()
     mon = RouterMonitor(model, log=log)
     GridProbe = _grid_probe_class()
-    probes, stats, est = {}, {}, {}
+    probes, stats, est, moments = {}, {}, {}, {}
     for lab, r in mon._routes.items():
         if r.probe is None:
             continue
@@ -159,6 +159,7 @@ def run(
         probes[lab] = pr
         stats[lab] = [ForceStats() for _ in range(len(GRID) + 1)]
         est[lab] = []
+        moments[lab] = []
 
         def hook(module, args, output, pr=pr, n=r.n):
             if module.training:
@@ -187,6 +188,10 @@ def run(
             if closed:
                 e = [st.estimate().critical_coefficient for st in stats[lab]]
                 est[lab].append([i + 1, c, *e])
+            if i + 1 in READ_AT and pr._m is not None:  # how much alpha' can move v at all
+                m = pr._m.double()
+                aa, la = m[2] / m[0].clamp_min(1e-30), m[1] / m[0].clamp_min(1e-30)
+                moments[lab].append([i + 1, float(aa.median()), float(la.median())])
         opt.step()
         opt.zero_grad(set_to_none=True)
         mon.step()
@@ -215,6 +220,8 @@ def run(
                 "forecast": m.forecast_history(),
                 # rows: [step, coef, ordinary alpha*, alpha*(grid[0]), ...] every 50 steps
                 "grid_estimates": est.get(lab, []),
+                # [step, median v_AA / v_LL, median v_LA / v_LL] over the weight's elements
+                "moments": moments.get(lab, []),
             }
             for lab, m in mon.monitors.items()
         },
