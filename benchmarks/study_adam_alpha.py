@@ -295,7 +295,12 @@ def report(out: Path, pred: Path | None) -> int:
                 c_t = r["coef"][t - 1]
                 pred_t = float(np.interp(c_t, grid, crit)) if row else None
                 rt = _row_at(L["grid_estimates"], t)
-                live.append((t, c_t, a_t, pred_t, rt[2] if rt else None))
+                # at time t: alpha* under the normalisation of a constant 0.01 (the state's own
+                # movement) and under that of the coefficient in force
+                g_t = np.asarray(rt[3:], dtype=float) if rt else None
+                a01 = float(np.interp(0.01, grid, g_t)) if rt else None
+                act = float(np.interp(c_t, grid, g_t)) if rt else None
+                live.append((t, c_t, a_t, pred_t, rt[2] if rt else None, a01, act))
             curves.append((f"{r['family']} {lab.split('.')[2]}", grid, crit, live))
     print(
         f"\nwithin 30% of the collapse coefficient: ordinary alpha*@1000 {n_ok['alpha*']}/"
@@ -312,9 +317,20 @@ def report(out: Path, pred: Path | None) -> int:
         print(
             f"  {name}: "
             + "; ".join(
-                f"t={t} c={c:+.3f} live={_f(a)}/{_f(o)} grid@1000={_f(p)}" for t, c, a, p, o in live
-            )  # fmt: skip
+                f"t={t} c={c:+.3f} live={_f(a)}/{_f(o)} grid@1000={_f(p)} "
+                f"now(0.01)={_f(a01)} now(c)={_f(act)}"
+                for t, c, a, p, o, a01, act in live
+            )
         )
+    print("\nmedian over the weight's elements of v_AA / v_LL and v_LA / v_LL (step: values):")
+    for f in sorted(out.glob("*.json")):
+        r = json.loads(f.read_text())
+        for lab, L in r["layers"].items():
+            if L.get("moments"):
+                print(
+                    f"  {r['family']} {lab.split('.')[2]}: "
+                    + "; ".join(f"{t}: {aa:.3g}, {la:.3g}" for t, aa, la in L["moments"])
+                )
     return 0
 
 
