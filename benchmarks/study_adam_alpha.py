@@ -48,7 +48,8 @@ qwen3_moe/pydoc     1      1521      -0.0577    -0.0157   -0.0243    -0.0162    
 Within 30%: online 1/8, replay 3/8, fixed point 2/8. The hypothesis does not hold:
 
 - ``alpha*(alpha')`` at step 1000 is nearly flat over ``alpha'`` in [-0.3, 0.05]: layer 1 varies
-  by <= 15% (e.g. mixtral -0.0062 .. -0.0072), layer 0 by <= 30% (mixtral -0.047 .. -0.063), so
+  by <= 15% (e.g. mixtral -0.0062 .. -0.0072), layer 0 by <= 30% (mixtral -0.047 .. -0.063;
+  granite layer 0 only at the grid's ends, -0.56 at -0.30 and -0.011 at +0.05), so
   the fixed point is ``alpha*`` itself within ~10%. The reason: at step 1000 the median over the
   weight's elements of ``v_AA / v_LL`` is 8-23 (``v_LA / v_LL`` 0.05-0.2), so over the range the
   ramp crosses before collapse (``|alpha'| <= 0.085``) ``alpha'^2 v_AA`` changes ``v`` by <= 17%:
@@ -61,7 +62,12 @@ Within 30%: online 1/8, replay 3/8, fixed point 2/8. The hypothesis does not hol
   -0.0055, -0.0157, -0.0172 on the ramp; qwen3 layer 1 -0.0157, -0.0441, -0.0509 against -0.0157,
   -0.0443, -0.0488; granite layer 1 -0.0124, -0.0531, -0.0586 against -0.0124, -0.0499, -0.0588.
   Up to ~1600 it is the estimator's 1000-step window shedding the first ~200 steps of training
-  (alpha* near 0 there), not a response to the coefficient.
+  (which pull alpha* toward 0: the replay, whose window misses ~the first 100 steps, already
+  reads 1.2-3.6 times the online value at step 1000), not a response to the coefficient.
+- Pointer, not a prediction available at step 1000 of these runs: the healthy runs' online
+  alpha* at 1600 (window 600-1600, coefficient 0.01) is within 30% of the ramp's collapse
+  coefficient in 5/8 layers (granite 0.05/0.26, mixtral 0.12/0.62, olmoe 0.22/0.40, qwen3
+  0.68/0.02 for layers 0/1): a window free of the early transient is the next thing to test.
 """
 
 from __future__ import annotations
