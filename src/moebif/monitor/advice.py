@@ -143,8 +143,9 @@ LIMITS = [
     "alpha* is the linear threshold of the balanced state measured over the steps read; the "
     "coefficient at which a layer visibly collapses under a schedule comes a growth time "
     "later, which depends on the schedule's speed (docs/real-training.md)",
-    "alpha* moves as training changes the language model's reinforcement: re-read it from a "
-    "later window before lowering the coefficient",
+    "alpha* moves as training changes the language model's reinforcement (on tiny real models "
+    "it drifted by 2-4x between steps 1000 and 1600 at a constant coefficient): re-read it from "
+    "a recent window before lowering the coefficient (docs/real-training.md)",
     "the other stacks' coefficients assume their aux loss matches their published formula "
     "and the other layers are balanced (the pooled loss couples layers only through their "
     "means)",
