@@ -4,7 +4,8 @@ Hugging Face MoE models (2 layers, 8 experts, top-2) trained on CPU on byte-leve
 
 Arms (same seed, same batches, same init):
 
-- ``control``: :class:`moebif.control.RouterController` at its default gains, aux loss off;
+- ``control``, ``control-ki05``, ``control-ki10``: :class:`moebif.control.RouterController`
+  with ``k_i`` = 0.01, 0.05, 0.1 (``k_p = 0.1``; 0.1 is the default), aux loss off;
 - ``default``: the family's Hugging Face default aux coefficient (Mixtral 1e-3, OLMoE 1e-2);
 - ``aux0.01``: aux coefficient 1e-2 (for OLMoE the same run as ``default``: not recomputed);
 - ``sign``: DeepSeek-V3's sign-updated selection bias, ``u = 1e-3``, aux loss off (the same
@@ -46,6 +47,13 @@ FAMILIES = ("mixtral", "olmoe")
 ARMS = ("control", "default", "aux0.01", "sign")
 DEFAULT_AUX = {"mixtral": 1e-3, "olmoe": 1e-2, "qwen2_moe": 1e-3, "qwen3_moe": 1e-3}
 SKEW_H = 1.0
+# controller variants (arm name -> gains): "control" ran at the first gains tried (k_i = 0.01);
+# "control-ki10" is the default ControlGains() since (k_i = 0.1, set by the flip on Mixtral)
+CONTROL_GAINS = {
+    "control": {"k_i": 0.01, "k_p": 0.1},
+    "control-ki05": {"k_i": 0.05, "k_p": 0.1},
+    "control-ki10": {"k_i": 0.1, "k_p": 0.1},
+}
 
 
 def _aux(family: str, arm: str) -> float:
@@ -93,8 +101,11 @@ def train(family, arm, seed, corpus, steps, perturb=None, gains=None) -> dict:
     aux0 = _aux(family, arm)
     routers = find_routers(model)
     ctl = None
-    if arm in ("control", "sign"):
-        ctl = RouterController(model, law="pi" if arm == "control" else "sign", u=1e-3, gains=gains)
+    if arm in CONTROL_GAINS or arm == "sign":
+        if gains is None and arm != "sign":
+            gains = CONTROL_GAINS[arm]
+        law = "sign" if arm == "sign" else "pi"
+        ctl = RouterController(model, law=law, u=1e-3, gains=gains)
     flip = (2 * steps // 3, 2 * steps // 3 + 100) if perturb == "flip" else None
     skew_at = steps // 3 if perturb == "skew" else None
     counts = {lab: [] for lab in routers}
@@ -196,11 +207,15 @@ def metrics(run: dict) -> dict:
         out["rerouted"] = float(np.mean(list(run["rerouted"].values())))
     if run["flip"]:
         s, e = run["flip"]
-        rises = []
+        rises, held, after = [], [], []
         for exc in exc_all:
             base = float(np.median(exc[max(0, s - 500) : s]))
             rises.append(float(exc[s : e + 50].max()) - base)
+            held.append(float(exc[s + 40 : e].mean()) - base)  # the pulse's last 60 steps
+            after.append(float(exc[e + 20 : e + 120].mean()) - base)
         out["flip_rise"] = rises
+        out["flip_held"] = held  # excess over the baseline while the pulse still pushes
+        out["flip_after"] = after  # and in the 100 steps after it
     if run["skew_at"] is not None:
         s = run["skew_at"]
         out["skew_e0_before"] = [float(np.mean(x[max(0, s - 300) : s])) for x in e0]
@@ -240,7 +255,9 @@ def report(out: Path) -> int:
         for seed, m, _ in rows[key]:
             if "flip_rise" in m:
                 print(f"flip {key[0]}/{key[1]} s{seed}: excess rise per layer "
-                      f"{np.round(m['flip_rise'], 3).tolist()}")  # fmt: skip
+                      f"{np.round(m['flip_rise'], 3).tolist()}, held (pulse steps 40-100) "
+                      f"{np.round(m['flip_held'], 3).tolist()}, after (100 steps) "
+                      f"{np.round(m['flip_after'], 3).tolist()}")  # fmt: skip
             if "skew_e0_before" in m:
                 print(f"skew {key[0]}/{key[1]} s{seed}: expert-0 relative load N f0 - 1 per layer: "
                       f"before {np.round(m['skew_e0_before'], 3).tolist()}, first 100 steps "
@@ -275,7 +292,7 @@ def main() -> int:
         for fam in a.families.split(","):
             for arm in a.arms.split(","):
                 if perturbs:
-                    if arm not in ("control", "default"):
+                    if arm not in CONTROL_GAINS and arm != "default":
                         continue
                     jobs += [(fam, arm, seed, p, a.perturb_steps) for p in perturbs]
                 elif not (arm == "aux0.01" and DEFAULT_AUX[fam] == 1e-2):
