@@ -111,6 +111,11 @@ class _Layer:
         self.error: Exception | None = None
 
 
+# the real-model default: an Adam-trained router moves its logits ~0.4 a step under a strong
+# anti-balancing drive, so the integral must be ten times faster than the model's default
+REAL_MODEL_GAINS = ControlGains(k_i=0.1)
+
+
 class RouterController:
     """Balance every MoE router of ``model`` in closed loop (module docstring).
 
@@ -119,7 +124,9 @@ class RouterController:
     - ``model``: the model (DDP / DataParallel wrappers are looked through); its routers are
       those :func:`moebif.monitor.hooks.find_routers` finds, or ``modules``.
     - ``modules``: a list of labels of those routers to control (default: all found).
-    - ``gains``: a :class:`~moebif.model.control_law.ControlGains` (default gains), or a dict of
+    - ``gains``: a :class:`~moebif.model.control_law.ControlGains` (default
+      :data:`REAL_MODEL_GAINS`: ``k_i = 0.1``, ten times the law's model default, set by the aux
+      -1 pulse on tiny Mixtral and checked on OLMoE, docs/control.md), or a dict of
       its fields.
     - ``monitor``: a :class:`~moebif.monitor.hooks.RouterMonitor` on the same model: its counts
       are used (nothing counted twice); call ``monitor.step()`` before :meth:`step`.
@@ -155,7 +162,7 @@ class RouterController:
             raise ValueError(f"law: one of pi, sign, got {law!r}")
         self.law, self.u = law, float(u)
         if gains is None:
-            gains = ControlGains()
+            gains = REAL_MODEL_GAINS
         elif isinstance(gains, dict):
             gains = ControlGains(**gains)
         elif not isinstance(gains, ControlGains):

@@ -64,7 +64,7 @@ class ControlGains:
     - ``gain_max``: cap of the scheduled factor ``g``.
     """
 
-    k_i: float = 0.1
+    k_i: float = 1e-2
     k_p: float = 0.1
     beta: float = 0.2
     safety: float = 2.0
