@@ -370,3 +370,10 @@ def test_an_uploaded_router_log_is_bounded_before_the_monitor_runs(client, tmp_p
     )
     assert r.status_code == 400 and time.monotonic() - t0 < BOUND
     assert "at most 100" in r.json()["error"] and "--log" in r.json()["error"]
+
+
+@pytest.mark.parametrize("y0", ["1e308", "-1e7"])
+def test_a_start_far_past_the_equilibria_is_a_400_naming_y0(client, y0):
+    r = client.get("/api/views", params={"y0": y0, "views": "meanfield"})
+    assert r.status_code == 400 and "y0" in r.json()["error"]
+    assert client.get("/api/views", params={"y0": "1e6", "views": "meanfield"}).status_code == 200

@@ -134,6 +134,16 @@ def _float(q, name: str) -> float:
     return x
 
 
+Y0_MAX = 1e6  # the scores' equilibria lie within (a + |h|) / gamma; far beyond, the ODE overflows
+
+
+def _y0(q) -> float:
+    y0 = _float(q, "y0")
+    if abs(y0) > Y0_MAX:
+        raise BadRequest("y0", f"y0: must be within +-{Y0_MAX:g}, got {q.get('y0')!r}")
+    return y0
+
+
 def _int(q, name: str) -> int:
     raw = q.get(name)
     if raw is None or raw == "":
@@ -181,7 +191,7 @@ def _point(q) -> V.Point:
             strength=strength,
             n_experts=_int(q, "N"),
             top_k=_int(q, "k"),
-            y0=_float(q, "y0"),
+            y0=_y0(q),
         )
     except ParameterError as e:
         raise BadRequest(_PARAM_OF.get(e.name, e.name), _message(e)) from None
